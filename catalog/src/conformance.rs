@@ -1,0 +1,271 @@
+//! One behaviour suite for every catalog backend: the unit tests run it against SQLite
+//! and, when `TROVE_TEST_POSTGRES_URL` is set, against PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::{
+    AccessAction, AccessDecision, AccessLogEntry, AgreementStatus, Catalog, CatalogError, ConnectionStatus,
+    ConnectionTerms, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, DatasetKind, DatasetName, ErrorKind,
+    Field, FieldType, GdprDeclaration, RevisionState, Secret, SubscriberId,
+};
+
+/// A PostgreSQL database of its own for one test, created on the server at `admin_url`.
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::Executor;
+    let name = format!("trove_test_{}", &Secret::generate().expose()[..16]);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin_url).await.expect("connect to PostgreSQL");
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("URL with a database");
+    format!("{base}/{name}")
+}
+
+/// Terms granting read and write of every field of `datasets`.
+pub fn terms(name: &str, datasets: &[&str]) -> ConnectionTerms {
+    ConnectionTerms {
+        name: name.into(),
+        description: "test connection".into(),
+        company_name: "Test Co".into(),
+        contact_name: "Ann Test".into(),
+        contact_email: "ann@test.example".into(),
+        contact_phone: String::new(),
+        logo_url: String::new(),
+        callback_url: String::new(),
+        datasets: datasets
+            .iter()
+            .map(|d| (d.parse().unwrap(), DatasetGrant { read: ["*".into()].into(), write: ["*".into()].into() }))
+            .collect(),
+        purposes: vec!["testing".into()],
+        gdpr: GdprDeclaration { lawful_basis: "consent".into(), statement: "we test".into() },
+    }
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T, CatalogError>) -> ErrorKind {
+    r.expect_err("expected a refusal").kind()
+}
+
+/// Runs every check against `catalog` (a fresh, empty store).
+pub async fn run_all(catalog: &Catalog) {
+    builtin_datasets(catalog).await;
+    operator_datasets(catalog).await;
+    admin_token(catalog).await;
+    members_and_subscribers(catalog).await;
+    connection_lifecycle(catalog).await;
+    agreements(catalog).await;
+    metadata_instances(catalog).await;
+    access_log(catalog).await;
+}
+
+async fn builtin_datasets(c: &Catalog) {
+    let all = c.datasets().await.unwrap();
+    assert_eq!(all.len(), 61);
+    let energy = c.dataset(&"ds_energy_consumption".parse().unwrap()).await.unwrap();
+    assert_eq!(energy.kind, DatasetKind::Transactional);
+    assert_eq!(energy.environment, DatasetEnvironment::Production);
+    let home = c.dataset(&"ds_home".parse().unwrap()).await.unwrap();
+    assert_eq!(home.kind, DatasetKind::Metadata);
+    assert!(home.field("field_home_postcode").is_some());
+    assert_eq!(kind(c.dataset(&"ds_nope".parse().unwrap()).await), ErrorKind::NotFound);
+}
+
+async fn operator_datasets(c: &Catalog) {
+    let name: DatasetName = "ds_test_readings".parse().unwrap();
+    let field = |n: &str, t: FieldType| Field {
+        name: n.parse().unwrap(),
+        title: n.into(),
+        description: String::new(),
+        documented_type: String::new(),
+        data_type: t,
+        max_bytes: 1024,
+    };
+    let mut d = Dataset {
+        name: name.clone(),
+        title: "Test readings".into(),
+        description: "d".into(),
+        kind: DatasetKind::Transactional,
+        environment: DatasetEnvironment::Production,
+        fields: vec![field("reading", FieldType::Float)],
+        event_time_field: Some("reading_timestamp".parse().unwrap()),
+    };
+    assert_eq!(kind(c.create_dataset(d.clone()).await), ErrorKind::Invalid, "event time must be a field");
+    d.fields.push(field("reading_timestamp", FieldType::Timestamp));
+    let created = c.create_dataset(d.clone()).await.unwrap();
+    assert_eq!(created.environment, DatasetEnvironment::Sandbox, "new datasets start in the sandbox");
+    assert_eq!(kind(c.create_dataset(d).await), ErrorKind::Conflict);
+    assert_eq!(c.promote_dataset(&name).await.unwrap().environment, DatasetEnvironment::Production);
+    assert_eq!(kind(c.promote_dataset(&name).await), ErrorKind::Conflict);
+}
+
+async fn admin_token(c: &Catalog) {
+    let first = c.ensure_admin_token(None).await.unwrap().expect("generated on first start");
+    assert!(c.ensure_admin_token(None).await.unwrap().is_none(), "generated once");
+    assert!(c.authenticate_admin(first.expose()).await.unwrap());
+    let configured = Secret::from_plaintext("operator-chosen-token-0123456789");
+    c.ensure_admin_token(Some(&configured)).await.unwrap();
+    assert!(c.authenticate_admin(configured.expose()).await.unwrap(), "TROVE_ADMIN_TOKEN wins");
+    assert!(!c.authenticate_admin(first.expose()).await.unwrap());
+    assert!(c.is_initialized().await.unwrap());
+}
+
+async fn members_and_subscribers(c: &Catalog) {
+    let (m, secret) = c.create_member("alice").await.unwrap();
+    assert_eq!(c.authenticate_member(secret.expose()).await.unwrap(), m.uid);
+    assert_eq!(kind(c.authenticate_member("wrong").await), ErrorKind::Unauthenticated);
+    assert_eq!(kind(c.create_member("alice").await), ErrorKind::Conflict);
+    assert_eq!(kind(c.create_member("bad name").await), ErrorKind::Invalid);
+
+    let (s, creds) = c.create_subscriber("Acme Energy").await.unwrap();
+    assert_eq!(kind(c.create_subscriber("Acme Energy").await), ErrorKind::Conflict);
+    let hour = Duration::from_secs(3600);
+    let token = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), hour).await.unwrap();
+    assert_eq!(c.authenticate_subscriber_token(token.expose()).await.unwrap(), s.id);
+    assert_eq!(kind(c.issue_access_token(&creds.client_id, "wrong", hour).await), ErrorKind::Unauthenticated);
+    assert_eq!(kind(c.issue_access_token("nobody", creds.client_secret.expose(), hour).await), ErrorKind::Unauthenticated);
+    let expired = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), Duration::ZERO).await.unwrap();
+    assert_eq!(kind(c.authenticate_subscriber_token(expired.expose()).await), ErrorKind::Unauthenticated);
+    assert_eq!(c.authenticate_api_key(creds.api_key.expose()).await.unwrap(), s.id);
+    assert_eq!(kind(c.authenticate_api_key(creds.client_secret.expose()).await), ErrorKind::Unauthenticated);
+}
+
+async fn subscriber(c: &Catalog, name: &str) -> SubscriberId {
+    c.create_subscriber(name).await.unwrap().0.id
+}
+
+async fn connection_lifecycle(c: &Catalog) {
+    let sub = subscriber(c, "Lifecycle Ltd").await;
+    let conn = c.create_connection(sub, terms("Meter feed", &["ds_energy_consumption"])).await.unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Draft);
+    let grant = &conn.latest().terms.datasets[&"ds_energy_consumption".parse::<DatasetName>().unwrap()];
+    assert!(grant.read.contains("field_energy_reading_value") && !grant.read.contains("*"), "* is expanded");
+    assert!(!grant.read.contains("id"), "reserved names are not grantable fields");
+
+    let mut bad = terms("x", &["ds_energy_consumption"]);
+    bad.datasets.values_mut().next().unwrap().read.insert("no_such_field".into());
+    assert_eq!(kind(c.create_connection(sub, bad).await), ErrorKind::Invalid);
+    assert_eq!(kind(c.create_connection(sub, terms("x", &["ds_nope"])).await), ErrorKind::Invalid);
+
+    // draft -> approve is refused; draft -> requested -> (edit) draft -> requested -> approved
+    assert_eq!(kind(c.approve_connection(conn.id).await), ErrorKind::Conflict);
+    assert_eq!(kind(c.request_promotion(conn.id).await), ErrorKind::Conflict);
+    let conn = c.submit_connection(conn.id).await.unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Requested);
+    assert_eq!(kind(c.submit_connection(conn.id).await), ErrorKind::Conflict);
+    let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Draft, "editing a requested connection returns it to draft");
+    assert_eq!(conn.revisions.len(), 1);
+    c.submit_connection(conn.id).await.unwrap();
+    let (conn, key) = c.approve_connection(conn.id).await.unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Approved);
+    let (nid, key) = (conn.nid.expect("nid issued"), key.expect("key issued"));
+    assert_eq!(c.authenticate_connection(nid, key.expose()).await.unwrap().id, conn.id);
+    assert_eq!(kind(c.authenticate_connection(nid, "wrong").await), ErrorKind::Unauthenticated);
+    assert_eq!(kind(c.approve_connection(conn.id).await), ErrorKind::Conflict);
+
+    // Editing an approved connection opens a new draft revision; v1 keeps serving.
+    let conn = c.edit_connection(conn.id, terms("Meter feed v2", &["ds_energy_consumption", "ds_browsing_history"])).await.unwrap();
+    assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(1), 2));
+    assert_eq!(conn.pending().unwrap().state, RevisionState::Draft);
+    assert_eq!(conn.approved().unwrap().terms.name, "Meter feed v1b");
+    c.submit_connection(conn.id).await.unwrap();
+    let (conn, second_key) = c.approve_connection(conn.id).await.unwrap();
+    assert!(second_key.is_none(), "later approvals keep the nid and key");
+    assert_eq!((conn.approved_version, conn.nid), (Some(2), Some(nid)));
+    assert_eq!(conn.revision(1).unwrap().state, RevisionState::Superseded);
+
+    // approved -> (promote-request) -> live
+    assert_eq!(kind(c.promote_connection(conn.id).await), ErrorKind::Conflict, "no request yet");
+    assert!(c.request_promotion(conn.id).await.unwrap().promote_requested);
+    let conn = c.promote_connection(conn.id).await.unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Live);
+    assert_eq!(kind(c.promote_connection(conn.id).await), ErrorKind::Conflict);
+
+    let copy = c.clone_connection(conn.id).await.unwrap();
+    assert_eq!((copy.status, copy.nid, copy.subscriber_id), (ConnectionStatus::Draft, None, sub));
+    assert_eq!(copy.latest().terms.datasets, conn.latest().terms.datasets);
+    assert_eq!(c.connections(Some(sub)).await.unwrap().len(), 2);
+}
+
+async fn approved_connection(c: &Catalog, sub: SubscriberId, datasets: &[&str]) -> crate::Connection {
+    let conn = c.create_connection(sub, terms("Feed", datasets)).await.unwrap();
+    c.submit_connection(conn.id).await.unwrap();
+    c.approve_connection(conn.id).await.unwrap().0
+}
+
+async fn agreements(c: &Catalog) {
+    let sub = subscriber(c, "Agreements Ltd").await;
+    let other = subscriber(c, "Someone Else").await;
+    let (member, _) = c.create_member("bob").await.unwrap();
+    let draft = c.create_connection(sub, terms("Draft", &["ds_home"])).await.unwrap();
+    assert_eq!(kind(c.approve_agreement(member.uid, draft.id).await), ErrorKind::Conflict, "a draft cannot be agreed");
+
+    let conn = approved_connection(c, sub, &["ds_home"]).await;
+    let (agreement, key) = c.approve_agreement(member.uid, conn.id).await.unwrap();
+    assert_eq!((agreement.version, agreement.status), (1, AgreementStatus::Active));
+    let con_id = agreement.con_id;
+    assert_eq!(con_id.to_string(), format!("{}-{}", member.uid, conn.nid.unwrap()));
+    let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
+    assert!(scope.grant(&"ds_home".parse().unwrap()).is_some());
+    assert_eq!(kind(c.agreement_scope(sub, con_id, "wrong").await), ErrorKind::Unauthenticated);
+    assert_eq!(kind(c.agreement_scope(other, con_id, key.expose()).await), ErrorKind::Unauthenticated, "forged by another subscriber");
+
+    // A new revision does not widen access until the member approves it.
+    c.edit_connection(conn.id, terms("Feed v2", &["ds_home", "ds_passport"])).await.unwrap();
+    c.submit_connection(conn.id).await.unwrap();
+    c.approve_connection(conn.id).await.unwrap();
+    let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
+    assert_eq!(scope.agreement.version, 1);
+    assert!(scope.grant(&"ds_passport".parse().unwrap()).is_none());
+    let (agreement, new_key) = c.approve_agreement(member.uid, conn.id).await.unwrap();
+    assert_eq!(agreement.version, 2);
+    assert_eq!(kind(c.agreement_scope(sub, con_id, key.expose()).await), ErrorKind::Unauthenticated, "old key replaced");
+    let scope = c.agreement_scope(sub, con_id, new_key.expose()).await.unwrap();
+    assert!(scope.grant(&"ds_passport".parse().unwrap()).is_some());
+
+    // Revocation stops the key at once.
+    assert_eq!(c.revoke_agreement(member.uid, conn.id).await.unwrap().status, AgreementStatus::Revoked);
+    assert_eq!(kind(c.agreement_scope(sub, con_id, new_key.expose()).await), ErrorKind::Unauthenticated);
+    assert_eq!(kind(c.revoke_agreement(member.uid, conn.id).await), ErrorKind::NotFound);
+    let listed = c.agreements(member.uid).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0.status, AgreementStatus::Revoked);
+}
+
+async fn metadata_instances(c: &Catalog) {
+    let (member, _) = c.create_member("carol").await.unwrap();
+    let ds: DatasetName = "ds_bank_account".parse().unwrap();
+    let prod = DataEnvironment::Production;
+    let values = |name: &str| BTreeMap::from([("field_ba_account_name".to_string(), serde_json::json!(name))]);
+    let first = c.create_metadata_instance(member.uid, &ds, prod, values("Current")).await.unwrap();
+    let second = c.create_metadata_instance(member.uid, &ds, prod, values("Savings")).await.unwrap();
+    assert_eq!((first.id, second.id, second.index()), (1, 2, 1));
+    let mut update = values("Joint");
+    update.insert("field_ba_sort_code".into(), serde_json::json!("01-02-03"));
+    let updated = c.update_metadata_instance(member.uid, &ds, prod, 1, update).await.unwrap();
+    assert_eq!(updated.values.len(), 2);
+    let all = c.metadata_instances(member.uid, &ds, prod).await.unwrap();
+    assert_eq!(all[0].values["field_ba_account_name"], "Joint");
+    assert_eq!(all[1].values["field_ba_account_name"], "Savings");
+    assert_eq!(kind(c.update_metadata_instance(member.uid, &ds, prod, 9, values("x")).await), ErrorKind::NotFound);
+    assert!(c.metadata_instances(member.uid, &ds, DataEnvironment::Sandbox).await.unwrap().is_empty(), "sandbox is separate");
+}
+
+async fn access_log(c: &Catalog) {
+    let sub = subscriber(c, "Log Readers").await;
+    let conn = approved_connection(c, sub, &["ds_home"]).await;
+    let (member, _) = c.create_member("dave").await.unwrap();
+    let entry = |decision| AccessLogEntry {
+        at: 1,
+        member: member.uid,
+        subscriber_id: sub,
+        connection_id: conn.id,
+        agreement_version: Some(1),
+        purpose: "testing".into(),
+        dataset: "ds_home".into(),
+        action: AccessAction::Read,
+        rows: 1,
+        decision,
+    };
+    c.record_access(&[entry(AccessDecision::Allowed), entry(AccessDecision::Refused)]).await.unwrap();
+    let log = c.access_log(member.uid, 100).await.unwrap();
+    assert_eq!(log, vec![entry(AccessDecision::Refused), entry(AccessDecision::Allowed)], "newest first");
+}

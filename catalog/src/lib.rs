@@ -1,0 +1,45 @@
+//! # trove catalog
+//!
+//! Owns everything about trove that is not a transactional row: the dataset catalogue
+//! (metadata and transactional datasets with typed field schemas, sandbox and production),
+//! members, subscribers, dedicated connections with their revisions and lifecycle, members'
+//! data sharing agreements, hashed keys and tokens, metadata dataset instances, and the
+//! access log. It does not own transactional rows (the `ingest` and `query` crates do) nor
+//! HTTP (the server maps [`CatalogError::kind`] to statuses).
+//!
+//! ```text
+//!  operator ──► datasets, members, subscribers, approve/promote connections
+//!  subscriber ─► connection terms (draft → requested → approved → live; edits open revisions)
+//!  member ─────► agreement (approve / revoke a connection's serving revision) ──► key issued
+//!                                   │
+//!        every data request ──► agreement_scope(subscriber, con_id, key) ──► AgreementScope
+//!                                   │
+//!                              access log (durable before the answer)
+//! ```
+//!
+//! ## Subsystems
+//! - [`model`]: domain types ([`MemberId`], [`ConId`], [`DatasetName`], [`Connection`],
+//!   [`Agreement`], ...), parsed at the edge.
+//! - [`Catalog`]: the store, on SQLite (embedded default, WAL mode) or PostgreSQL, one code
+//!   path over `sqlx::Any` with one migration folder per dialect.
+//! - built-in datasets: the 61 datasets of the Mydex catalogue, with trove's definitions for
+//!   the fields the public catalogue does not list (`datasets/`).
+//! - [`Secret`]: keys are random (192 bits), stored as SHA-256, compared in constant time.
+
+mod builtin;
+mod error;
+pub mod model;
+mod secret;
+mod store;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod conformance;
+
+pub use builtin::DEFAULT_EVENT_TIME_FIELD;
+pub use error::{CatalogError, ErrorKind};
+pub use model::*;
+pub use secret::{Secret, SecretHash};
+pub use store::accounts::SubscriberCredentials;
+pub use store::{Backend, Catalog, normalize_terms};
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;

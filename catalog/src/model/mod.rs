@@ -1,0 +1,110 @@
+//! Domain types of the catalog.
+
+mod connection;
+mod dataset;
+mod ids;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use connection::{
+    Agreement, AgreementScope, AgreementStatus, Connection, ConnectionEnvironment, ConnectionStatus, ConnectionTerms,
+    DatasetGrant, GdprDeclaration, LAWFUL_BASES, Revision, RevisionState,
+};
+pub use dataset::{Dataset, DatasetEnvironment, DatasetKind, Field, FieldType, MAX_TEXT_BYTES, RESERVED_FIELDS};
+pub use ids::{ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
+
+/// A person who owns a personal data store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub uid: MemberId,
+    pub mydexid: String,
+    pub created_at: i64,
+}
+
+/// An organisation delivering data into PDSs or collecting it from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub id: SubscriberId,
+    pub name: String,
+    pub client_id: String,
+    pub created_at: i64,
+}
+
+/// Which data a metadata instance or transactional row belongs to: sandbox connections see
+/// only sandbox data, live ones only production data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataEnvironment {
+    Sandbox,
+    Production,
+}
+
+impl DataEnvironment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataEnvironment::Sandbox => "sandbox",
+            DataEnvironment::Production => "production",
+        }
+    }
+}
+
+impl From<ConnectionEnvironment> for DataEnvironment {
+    fn from(e: ConnectionEnvironment) -> Self {
+        match e {
+            ConnectionEnvironment::Sandbox => DataEnvironment::Sandbox,
+            ConnectionEnvironment::Live => DataEnvironment::Production,
+        }
+    }
+}
+
+/// One instance of a metadata dataset held by a member (e.g. one of two bank accounts).
+/// `id` starts at 1 per member and dataset; `instance_0` is id 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataInstance {
+    pub id: i64,
+    /// Values already checked against the dataset's field types.
+    pub values: BTreeMap<String, serde_json::Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl MetadataInstance {
+    /// The 0-based `instance` index Mydex calls use.
+    pub fn index(&self) -> i64 {
+        self.id - 1
+    }
+}
+
+/// Whether an access was a read or a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessAction {
+    Read,
+    Write,
+}
+
+/// Whether an access was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessDecision {
+    Allowed,
+    Refused,
+}
+
+/// One entry of the access log: who touched what of a member, under which agreement. Never
+/// holds values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogEntry {
+    pub at: i64,
+    pub member: MemberId,
+    pub subscriber_id: SubscriberId,
+    pub connection_id: ConnectionId,
+    pub agreement_version: Option<i64>,
+    pub purpose: String,
+    pub dataset: String,
+    pub action: AccessAction,
+    pub rows: i64,
+    pub decision: AccessDecision,
+}

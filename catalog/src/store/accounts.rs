@@ -1,0 +1,189 @@
+//! Members, subscribers and their credentials.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Catalog, Result, now_ms, unique_violation};
+use crate::error::CatalogError;
+use crate::model::{Member, MemberId, Subscriber, SubscriberId};
+use crate::secret::{Secret, SecretHash};
+
+/// What a new subscriber is given, once.
+#[derive(Debug, Clone)]
+pub struct SubscriberCredentials {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub api_key: Secret,
+}
+
+fn member_from_row(row: &AnyRow) -> Result<Member> {
+    Ok(Member {
+        uid: MemberId::new(row.try_get("uid")?).map_err(CatalogError::corrupt)?,
+        mydexid: row.try_get("mydexid")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn subscriber_from_row(row: &AnyRow) -> Result<Subscriber> {
+    Ok(Subscriber {
+        id: SubscriberId::new(row.try_get("id")?).map_err(CatalogError::corrupt)?,
+        name: row.try_get("name")?,
+        client_id: row.try_get("client_id")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Mydex usernames: short, printable, no spaces.
+fn check_mydexid(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    ok.then_some(()).ok_or_else(|| CatalogError::invalid("mydexid must be 1-64 characters of letters, digits, - _ . @"))
+}
+
+impl Catalog {
+    /// Creates a member; the member secret is returned once and stored only as a hash.
+    pub async fn create_member(&self, mydexid: &str) -> Result<(Member, Secret)> {
+        check_mydexid(mydexid)?;
+        let secret = Secret::generate();
+        let row = sqlx::query(
+            "INSERT INTO members (mydexid, secret_hash, created_at) VALUES ($1, $2, $3) \
+             RETURNING uid, mydexid, created_at",
+        )
+        .bind(mydexid)
+        .bind(secret.hash().0)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unique_violation("member"))?;
+        Ok((member_from_row(&row)?, secret))
+    }
+
+    pub async fn member(&self, uid: MemberId) -> Result<Member> {
+        let row = sqlx::query("SELECT uid, mydexid, created_at FROM members WHERE uid = $1")
+            .bind(uid.get())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CatalogError::NotFound { what: "member" })?;
+        member_from_row(&row)
+    }
+
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let rows = sqlx::query("SELECT uid, mydexid, created_at FROM members ORDER BY uid").fetch_all(&self.pool).await?;
+        rows.iter().map(member_from_row).collect()
+    }
+
+    /// Resolves a member secret to its member. Any wrong secret is the same
+    /// `Unauthenticated`, so the answer never says whether a member exists.
+    pub async fn authenticate_member(&self, secret: &str) -> Result<MemberId> {
+        let hash = SecretHash::of(secret);
+        let row = sqlx::query("SELECT uid, secret_hash FROM members WHERE secret_hash = $1")
+            .bind(&hash.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CatalogError::Unauthenticated)?;
+        let stored: String = row.try_get("secret_hash")?;
+        if !hash.matches(&stored) {
+            return Err(CatalogError::Unauthenticated);
+        }
+        MemberId::new(row.try_get("uid")?).map_err(CatalogError::corrupt)
+    }
+
+    /// Creates a subscriber with its OAuth2 client credentials and `api_key`.
+    pub async fn create_subscriber(&self, name: &str) -> Result<(Subscriber, SubscriberCredentials)> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(CatalogError::invalid("name must be 1-200 characters"));
+        }
+        let client_id = format!("trove-{}", &Secret::generate().expose()[..24]);
+        let creds = SubscriberCredentials { client_id, client_secret: Secret::generate(), api_key: Secret::generate() };
+        let row = sqlx::query(
+            "INSERT INTO subscribers (name, client_id, client_secret_hash, api_key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, name, client_id, created_at",
+        )
+        .bind(name)
+        .bind(&creds.client_id)
+        .bind(creds.client_secret.hash().0)
+        .bind(creds.api_key.hash().0)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unique_violation("subscriber"))?;
+        Ok((subscriber_from_row(&row)?, creds))
+    }
+
+    pub async fn subscriber(&self, id: SubscriberId) -> Result<Subscriber> {
+        let row = sqlx::query("SELECT id, name, client_id, created_at FROM subscribers WHERE id = $1")
+            .bind(id.get())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CatalogError::NotFound { what: "subscriber" })?;
+        subscriber_from_row(&row)
+    }
+
+    pub async fn subscribers(&self) -> Result<Vec<Subscriber>> {
+        let rows =
+            sqlx::query("SELECT id, name, client_id, created_at FROM subscribers ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(subscriber_from_row).collect()
+    }
+
+    /// OAuth2 client credentials grant: checks the client secret in constant time and
+    /// issues a bearer token valid for `ttl`, stored only as a hash.
+    pub async fn issue_access_token(&self, client_id: &str, client_secret: &str, ttl: Duration) -> Result<Secret> {
+        let row = sqlx::query("SELECT id, client_secret_hash FROM subscribers WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        // Hash even when the client is unknown so both paths cost the same.
+        let presented = SecretHash::of(client_secret);
+        let Some(row) = row else {
+            return Err(CatalogError::Unauthenticated);
+        };
+        let stored: String = row.try_get("client_secret_hash")?;
+        if !presented.matches(&stored) {
+            return Err(CatalogError::Unauthenticated);
+        }
+        let token = Secret::generate();
+        let now = now_ms();
+        sqlx::query("INSERT INTO access_tokens (token_hash, subscriber_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(token.hash().0)
+            .bind(row.try_get::<i64, _>("id")?)
+            .bind(now + ttl.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        // Expired tokens are useless; dropping them here keeps the table small without a timer.
+        sqlx::query("DELETE FROM access_tokens WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        Ok(token)
+    }
+
+    /// Resolves a subscriber bearer token; expired or unknown tokens are `Unauthenticated`.
+    pub async fn authenticate_subscriber_token(&self, token: &str) -> Result<SubscriberId> {
+        let hash = SecretHash::of(token);
+        let row = sqlx::query("SELECT token_hash, subscriber_id FROM access_tokens WHERE token_hash = $1 AND expires_at > $2")
+            .bind(&hash.0)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CatalogError::Unauthenticated)?;
+        if !hash.matches(&row.try_get::<String, _>("token_hash")?) {
+            return Err(CatalogError::Unauthenticated);
+        }
+        SubscriberId::new(row.try_get("subscriber_id")?).map_err(CatalogError::corrupt)
+    }
+
+    /// Resolves a subscriber's `api_key` (the older Mydex style of call).
+    pub async fn authenticate_api_key(&self, api_key: &str) -> Result<SubscriberId> {
+        let hash = SecretHash::of(api_key);
+        let row = sqlx::query("SELECT id, api_key_hash FROM subscribers WHERE api_key_hash = $1")
+            .bind(&hash.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CatalogError::Unauthenticated)?;
+        if !hash.matches(&row.try_get::<String, _>("api_key_hash")?) {
+            return Err(CatalogError::Unauthenticated);
+        }
+        SubscriberId::new(row.try_get("id")?).map_err(CatalogError::corrupt)
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The ONE command that runs the whole test suite (locally and in CI).
+# Without TROVE_TEST_POSTGRES_URL it starts a private PostgreSQL itself, so the
+# PostgreSQL tests always run instead of being skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap below
+stop_pg() { local rc=$?; scripts/start-postgres.sh stop || true; exit "$rc"; }
+if [ -z "${TROVE_TEST_POSTGRES_URL:-}" ]; then
+  # Stop it on exit only if we started it (a developer's running cluster stays up).
+  scripts/start-postgres.sh status 2>/dev/null || trap stop_pg EXIT
+  TROVE_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
+  export TROVE_TEST_POSTGRES_URL
+fi
+echo "test.sh: PostgreSQL at $TROVE_TEST_POSTGRES_URL" >&2
+
+# Compile every target, benches included, so nothing rots unbuilt. Dev profile on
+# purpose: `cargo bench --no-run` would be a much slower release build.
+cargo build --workspace --all-targets --locked
+
+# Run all suites even if one fails, then report failure.
+failed=0
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast || failed=1
+else
+  cargo test --workspace --locked --no-fail-fast || failed=1
+fi
+# nextest does not run doctests.
+cargo test --workspace --doc --locked || failed=1
+
+exit "$failed"
