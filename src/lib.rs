@@ -1,1 +1,131 @@
-//! trove
+//! # trove server
+//!
+//! Wires the catalog, ingest and query crates behind one axum router.
+//!
+//! ```text
+//!  HTTP (axum, src/http) ─┬─ control plane ──► catalog (datasets, members, subscribers,
+//!                         │                     connections, agreements, keys, access log)
+//!                         ├─ /api/pds/pds ────► catalog metadata instances, scoped by query::Scope,
+//!                         │                     values checked by ingest::validate
+//!                         ├─ /v1/ingest ──────► ingest: validate → WAL → buffer → Parquet → object store
+//!                         └─ /v1/query ───────► query: agreement-scoped DataFusion reads
+//! ```
+//!
+//! - [`config`]: the one `clap` struct, every flag also a `TROVE_*` variable.
+//! - [`http`]: routes, authentication, and the one mapping of errors to statuses.
+//! - [`demo`]: the demo fixture of CONTRACT.md, also the base of the end-to-end tests.
+//! - [`telemetry`]: logs and Prometheus metrics.
+
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod telemetry;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog::{Catalog, Secret};
+
+use crate::config::{ObjectStoreLocation, ServeConfig, StorageConfig};
+
+/// Errors that stop the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("the data directory already holds a catalog; demo seeds only a new one")]
+    AlreadySeeded,
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Exit status: 2 for usage problems (a bad flag, a seeded directory), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::AlreadySeeded => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub settings: Arc<Settings>,
+}
+
+/// Server settings handlers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub token_ttl: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// Opens the data directory and the catalog (creating both if needed) and makes sure an
+/// operator token exists.
+pub async fn open(storage: &StorageConfig) -> Result<Catalog, Error> {
+    std::fs::create_dir_all(&storage.data_dir)?;
+    if let ObjectStoreLocation::Local(dir) = storage.object_store().map_err(Error::Config)? {
+        std::fs::create_dir_all(dir)?;
+    }
+    let catalog = Catalog::connect(&storage.catalog_url()).await?;
+    let configured = storage.admin_token.as_deref().map(Secret::from_plaintext);
+    if let Some(generated) = catalog.ensure_admin_token(configured.as_ref()).await? {
+        let path = storage.data_dir.join("admin-token");
+        write_private(&path, generated.expose())?;
+        tracing::info!(path = %path.display(), "generated the operator token");
+    }
+    Ok(catalog)
+}
+
+/// Writes a file only its owner can read (0600), for the operator token.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// The state and router of a server over `catalog`.
+pub fn app(catalog: Catalog, settings: Settings) -> axum::Router {
+    http::router(AppState { catalog, settings: Arc::new(settings) })
+}
+
+/// Runs the server until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let catalog = open(&config.storage).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let settings = Settings { token_ttl: config.token_ttl, max_body_bytes: config.max_body_bytes };
+    tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
+    serve_on(listener, app(catalog, settings), shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("trove stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}

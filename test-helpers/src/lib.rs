@@ -1,1 +1,151 @@
-//! placeholder
+//! Test helpers, written once: a real trove server (the real router, real HTTP, a real
+//! catalog) on port 0, seeded with the demo fixture, on SQLite or PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use catalog::{Catalog, Secret};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use trove::demo::DemoCredentials;
+
+/// Which catalog store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// Every store the suite must cover: SQLite always; PostgreSQL when
+/// `TROVE_TEST_POSTGRES_URL` is set (`scripts/test.sh` sets it; CI refuses to run without).
+pub fn stores() -> Vec<Store> {
+    match std::env::var("TROVE_TEST_POSTGRES_URL") {
+        Ok(_) => vec![Store::Sqlite, Store::Postgres],
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "CI must run the PostgreSQL suite: set TROVE_TEST_POSTGRES_URL");
+            eprintln!("*** SKIPPED: PostgreSQL end-to-end runs (set TROVE_TEST_POSTGRES_URL, or run scripts/test.sh) ***");
+            vec![Store::Sqlite]
+        }
+    }
+}
+
+/// A catalog URL for a fresh, empty store of the given kind in `dir`.
+pub async fn fresh_catalog_url(store: Store, dir: &std::path::Path) -> String {
+    match store {
+        Store::Sqlite => Catalog::sqlite_url(&dir.join("catalog.db")),
+        Store::Postgres => {
+            let admin = std::env::var("TROVE_TEST_POSTGRES_URL").expect("TROVE_TEST_POSTGRES_URL");
+            catalog::conformance::fresh_postgres_database(&admin).await
+        }
+    }
+}
+
+/// A running server with the demo fixture (10 members) and a client for it.
+#[derive(Debug)]
+pub struct TestServer {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub creds: DemoCredentials,
+    pub catalog: Catalog,
+    pub client: reqwest::Client,
+    pub store: Store,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn spawn(store: Store) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::connect(&fresh_catalog_url(store, dir.path()).await).await.expect("catalog");
+        let admin = Secret::generate();
+        catalog.ensure_admin_token(Some(&admin)).await.expect("admin token");
+        let creds = trove::demo::seed(&catalog, &admin, 10).await.expect("demo fixture");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let settings = trove::Settings { token_ttl: Duration::from_secs(3600), max_body_bytes: 64 * 1024 };
+        let app = trove::app(catalog.clone(), settings);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(trove::serve_on(listener, app, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            addr,
+            creds,
+            catalog,
+            client: reqwest::Client::new(),
+            store,
+            _dir: dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns the status and
+    /// the body parsed as JSON (`Value::Null` when empty or not JSON).
+    pub async fn call(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, text) = self.call_text(method, path, bearer, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// As [`TestServer::call`], with the body as text.
+    pub async fn call_text(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, String) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        (status, resp.text().await.expect("body"))
+    }
+
+    pub fn admin(&self) -> &str {
+        &self.creds.admin_token
+    }
+
+    /// An OAuth2 bearer token for the demo subscriber `name`.
+    pub async fn subscriber_token(&self, name: &str) -> String {
+        let s = self.creds.subscribers.iter().find(|s| s.name == name).expect("demo subscriber");
+        let resp = self
+            .client
+            .post(self.url("/oauth2/token"))
+            .basic_auth(&s.client_id, Some(&s.client_secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().await.expect("token json")["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// `con_id=..&key=..&source_type=connection` for demo member `uid` and subscriber `name`.
+    pub fn member_query(&self, uid: i64, name: &str) -> String {
+        let s = self.creds.subscribers.iter().find(|s| s.name == name).expect("demo subscriber");
+        let m = &self.creds.members[uid as usize - 1];
+        let k = &m.keys[&s.connection.nid.to_string()];
+        format!("con_id={}&key={}&source_type=connection", k.con_id, k.key)
+    }
+
+    pub fn member_secret(&self, uid: i64) -> &str {
+        &self.creds.members[uid as usize - 1].secret
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Terms for a test connection: read and write every field of `datasets`.
+pub fn terms(name: &str, datasets: &[&str]) -> Value {
+    serde_json::to_value(catalog::conformance::terms(name, datasets)).expect("terms serialize")
+}

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real router over real HTTP with a real catalog (SQLite, and
+//! PostgreSQL when `TROVE_TEST_POSTGRES_URL` is set), plus the real binary. One test binary
+//! so the workspace links once.
 
+mod auth;
+mod binary;
+mod lifecycle;
+mod operations;
+mod pds;

@@ -16,7 +16,7 @@ pub use dataset::{Dataset, DatasetEnvironment, DatasetKind, Field, FieldType, MA
 pub use ids::{ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
 
 /// A person who owns a personal data store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub uid: MemberId,
     pub mydexid: String,
@@ -24,7 +24,7 @@ pub struct Member {
 }
 
 /// An organisation delivering data into PDSs or collecting it from them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subscriber {
     pub id: SubscriberId,
     pub name: String,
@@ -34,7 +34,7 @@ pub struct Subscriber {
 
 /// Which data a metadata instance or transactional row belongs to: sandbox connections see
 /// only sandbox data, live ones only production data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataEnvironment {
     Sandbox,
@@ -61,7 +61,7 @@ impl From<ConnectionEnvironment> for DataEnvironment {
 
 /// One instance of a metadata dataset held by a member (e.g. one of two bank accounts).
 /// `id` starts at 1 per member and dataset; `instance_0` is id 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetadataInstance {
     pub id: i64,
     /// Values already checked against the dataset's field types.
@@ -78,7 +78,7 @@ impl MetadataInstance {
 }
 
 /// Whether an access was a read or a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessAction {
     Read,
@@ -86,7 +86,7 @@ pub enum AccessAction {
 }
 
 /// Whether an access was allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessDecision {
     Allowed,
@@ -95,7 +95,7 @@ pub enum AccessDecision {
 
 /// One entry of the access log: who touched what of a member, under which agreement. Never
 /// holds values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessLogEntry {
     pub at: i64,
     pub member: MemberId,

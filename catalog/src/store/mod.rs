@@ -89,6 +89,12 @@ impl Catalog {
         format!("sqlite://{}?mode=rwc", path.display())
     }
 
+    /// Checks the store answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

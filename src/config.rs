@@ -1,0 +1,154 @@
+//! The command line: one `clap` struct; every flag is also a `TROVE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// trove: personal data stores with agreement-scoped streaming ingest and query.
+#[derive(Debug, Parser)]
+#[command(name = "trove", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "TROVE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` env-filter syntax (e.g. `info`, `trove=debug`).
+    #[arg(long, env = "TROVE_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeConfig),
+    /// Seed a new data directory with the demo fixture and print its credentials.
+    Demo(DemoConfig),
+}
+
+/// Where trove keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Data directory: the SQLite catalog, the operator token file and (by default) the
+    /// object store live here.
+    #[arg(long, env = "TROVE_DATA_DIR", default_value = "./trove-data")]
+    pub data_dir: PathBuf,
+
+    /// Catalog store: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`.
+    /// Default: SQLite at `<data-dir>/catalog.db`.
+    #[arg(long, env = "TROVE_CATALOG", hide_env_values = true)]
+    pub catalog: Option<String>,
+
+    /// Object store for Parquet files: a local directory path or `s3://bucket/prefix`
+    /// (endpoint, region and credentials from the `AWS_*` variables).
+    /// Default: `<data-dir>/objects`.
+    #[arg(long, env = "TROVE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+
+    /// Operator token. When set it wins over the one stored in the catalog; otherwise a
+    /// token is generated on first start and written to `<data-dir>/admin-token` (0600).
+    #[arg(long, env = "TROVE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl StorageConfig {
+    /// The catalog URL, SQLite in the data directory by default.
+    pub fn catalog_url(&self) -> String {
+        match &self.catalog {
+            Some(url) => url.clone(),
+            None => catalog::Catalog::sqlite_url(&self.data_dir.join("catalog.db")),
+        }
+    }
+
+    /// The object store location, `<data-dir>/objects` by default.
+    pub fn object_store(&self) -> Result<ObjectStoreLocation, String> {
+        match self.object_store.as_deref() {
+            None => Ok(ObjectStoreLocation::Local(self.data_dir.join("objects"))),
+            Some(s) if s.starts_with("s3://") => {
+                let rest = &s["s3://".len()..];
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err("--object-store s3://BUCKET[/PREFIX] needs a bucket".into());
+                }
+                Ok(ObjectStoreLocation::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() })
+            }
+            Some(s) if s.contains("://") => Err("--object-store must be a directory path or s3://bucket/prefix".into()),
+            Some(path) => Ok(ObjectStoreLocation::Local(path.into())),
+        }
+    }
+}
+
+/// Where Parquet files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStoreLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub storage: StorageConfig,
+
+    /// Address to listen on.
+    #[arg(long, env = "TROVE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// How long a subscriber's OAuth2 bearer token lives (humantime, e.g. `1h`, `30m`).
+    #[arg(long, env = "TROVE_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Largest request body accepted on the control-plane and Mydex routes, in bytes.
+    #[arg(long, env = "TROVE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoConfig {
+    #[command(flatten)]
+    pub storage: StorageConfig,
+
+    /// How many members the fixture has (uids 1..N).
+    #[arg(long, env = "TROVE_DEMO_MEMBERS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub members: u32,
+
+    /// Print the credentials as one JSON object on stdout (logs go to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let cli = Cli::try_parse_from(["trove", "serve"]).unwrap();
+        let Command::Serve(c) = cli.command else { panic!() };
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./trove-data"));
+        assert_eq!(c.storage.catalog_url(), "sqlite://./trove-data/catalog.db?mode=rwc");
+        assert_eq!(c.storage.object_store().unwrap(), ObjectStoreLocation::Local("./trove-data/objects".into()));
+    }
+
+    #[test]
+    fn object_store_urls() {
+        let mut s = StorageConfig { data_dir: "d".into(), catalog: None, object_store: None, admin_token: None };
+        s.object_store = Some("s3://bucket/a/b/".into());
+        assert_eq!(s.object_store().unwrap(), ObjectStoreLocation::S3 { bucket: "bucket".into(), prefix: "a/b".into() });
+        s.object_store = Some("gs://x".into());
+        assert!(s.object_store().is_err());
+        s.object_store = Some("s3://".into());
+        assert!(s.object_store().is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Who is calling: the bearer credential resolved to a principal (CONTRACT.md "Credentials").
+//! A wrong, expired, revoked or missing credential is 401; a valid credential asking for
+//! something it may not do is 403. Neither says whether anything exists.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use catalog::{ConId, MemberId, SubscriberId};
+
+use super::error::ApiError;
+use crate::AppState;
+
+/// The authenticated caller of a `/v1` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Principal {
+    Operator,
+    Subscriber(SubscriberId),
+    Member(MemberId),
+}
+
+impl Principal {
+    /// Only the operator may do this.
+    pub(super) fn operator(self) -> Result<(), ApiError> {
+        match self {
+            Principal::Operator => Ok(()),
+            _ => Err(ApiError::forbidden()),
+        }
+    }
+
+    /// Only member `uid` may do this (not the operator: it reads no member data).
+    pub(super) fn member(self, uid: MemberId) -> Result<(), ApiError> {
+        match self {
+            Principal::Member(m) if m == uid => Ok(()),
+            _ => Err(ApiError::forbidden()),
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, if any.
+pub(super) fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
+        let catalog = &state.catalog;
+        if catalog.authenticate_admin(token).await? {
+            return Ok(Principal::Operator);
+        }
+        if let Ok(s) = catalog.authenticate_subscriber_token(token).await {
+            return Ok(Principal::Subscriber(s));
+        }
+        Ok(Principal::Member(catalog.authenticate_member(token).await?))
+    }
+}
+
+/// A subscriber calling a Mydex-style `/api/pds/*` route: its bearer token, or the older
+/// `api_key=` query parameter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MydexSubscriber(pub(super) SubscriberId);
+
+impl FromRequestParts<AppState> for MydexSubscriber {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = bearer(parts) {
+            return Ok(MydexSubscriber(state.catalog.authenticate_subscriber_token(token).await?));
+        }
+        let query = parts.uri.query().unwrap_or("");
+        let api_key = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "api_key").map(|(_, v)| v))
+            .ok_or_else(ApiError::unauthenticated)?;
+        Ok(MydexSubscriber(state.catalog.authenticate_api_key(&api_key).await?))
+    }
+}
+
+/// Parses `con_id` and checks it names the member of the path: a `con_id` for another uid
+/// is a wrong credential (401).
+pub(super) fn con_id_for(uid: MemberId, con_id: Option<&str>) -> Result<ConId, ApiError> {
+    let con_id: ConId = con_id.and_then(|c| c.parse().ok()).ok_or_else(ApiError::unauthenticated)?;
+    if con_id.member != uid {
+        return Err(ApiError::unauthenticated());
+    }
+    Ok(con_id)
+}
