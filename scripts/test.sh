@@ -19,14 +19,14 @@ echo "test.sh: PostgreSQL at $TROVE_TEST_POSTGRES_URL" >&2
 # purpose: `cargo bench --no-run` would be a much slower release build.
 cargo build --workspace --all-targets --locked
 
-# Run all suites even if one fails, then report failure.
+# Run all suites even if one fails, then report failure. Doctests first (nextest does
+# not run them), so the run closes on the main suite's summary.
 failed=0
+cargo test --workspace --doc --locked || failed=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast || failed=1
 else
   cargo test --workspace --locked --no-fail-fast || failed=1
 fi
-# nextest does not run doctests.
-cargo test --workspace --doc --locked || failed=1
 
 exit "$failed"

@@ -192,3 +192,47 @@ mod tests {
         }
     }
 }
+
+/// `docs/datasets.md`: every built-in dataset with its resolved field types, generated
+/// from the same code that serves them (a unit test keeps the file current).
+pub(crate) fn render_docs() -> String {
+    use std::fmt::Write;
+    let mut s = String::from(
+        "# The dataset catalogue\n\n\
+         Generated from `catalog/datasets/*.json` by `catalog/src/builtin.rs` \
+         (`TROVE_BLESS=1 cargo test -p trove-catalog docs` rewrites it). The public Mydex \
+         catalogue lists fields for 13 datasets; trove defines the others \
+         (`catalog/datasets/trove-fields.json`). Types are resolved as CONTRACT.md says. \
+         Transactional rows also carry the reserved `member_uid`, `instance`, `id` and `ds_id`.\n\n",
+    );
+    for d in datasets() {
+        let kind = match d.kind {
+            DatasetKind::Metadata => "metadata".to_owned(),
+            DatasetKind::Transactional => {
+                format!("transactional, event time `{}`", d.event_time_field.as_ref().map_or("", |f| f.as_str()))
+            }
+        };
+        let _ = writeln!(s, "## `{}`: {}\n\n{} ({kind})\n", d.name, d.title, d.description.trim());
+        let _ = writeln!(s, "| field | type | documented as | description |\n|---|---|---|---|");
+        for f in &d.fields {
+            let desc = f.description.replace('|', "/").replace('\n', " ");
+            let _ = writeln!(s, "| `{}` | {} | {} | {} |", f.name, f.data_type.as_str(), f.documented_type.replace('|', "/"), desc);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod docs {
+    #[test]
+    fn docs_datasets_md_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/datasets.md");
+        let want = super::render_docs();
+        if std::env::var("TROVE_BLESS").is_ok() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(have == want, "docs/datasets.md is stale: run TROVE_BLESS=1 cargo test -p trove-catalog docs");
+    }
+}

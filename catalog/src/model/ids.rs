@@ -83,6 +83,13 @@ positive_id!(
 );
 
 /// The member-connection pair `"<uid>-<nid>"` that Mydex calls take as `con_id`.
+///
+/// ```
+/// use catalog::ConId;
+/// let c: ConId = "12-3".parse().unwrap();
+/// assert_eq!((c.member.get(), c.nid.get()), (12, 3));
+/// assert!("12-x".parse::<ConId>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConId {
     pub member: MemberId,
