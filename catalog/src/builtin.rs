@@ -195,7 +195,8 @@ mod tests {
 
 /// `docs/datasets.md`: every built-in dataset with its resolved field types, generated
 /// from the same code that serves them (a unit test keeps the file current).
-pub(crate) fn render_docs() -> String {
+#[cfg(test)]
+fn render_docs() -> String {
     use std::fmt::Write;
     let mut s = String::from(
         "# The dataset catalogue\n\n\
