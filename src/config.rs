@@ -111,6 +111,48 @@ pub struct ServeConfig {
     /// Largest request body accepted on the control-plane and Mydex routes, in bytes.
     #[arg(long, env = "TROVE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+}
+
+/// The write path.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Write-ahead log directory (local disk). Default: `<data-dir>/wal`.
+    #[arg(long, env = "TROVE_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// `fsync`: acknowledge rows only once the WAL is synced to disk (survives power loss).
+    /// `process`: acknowledge once written to the OS (survives a crash of trove, not of the
+    /// machine); faster on slow disks.
+    #[arg(long, env = "TROVE_DURABILITY", default_value = "fsync")]
+    pub durability: DurabilityArg,
+
+    /// Hard limit on buffered, not yet flushed rows, in bytes: above it writes get 429
+    /// with `Retry-After` before their body is read. Above half of it the largest
+    /// partitions are flushed first.
+    #[arg(long, env = "TROVE_BUFFER_BYTES", default_value_t = 1 << 30)]
+    pub buffer_bytes: usize,
+
+    /// A member's buffered rows of a dataset are flushed to Parquet once the oldest is this
+    /// old (humantime) ...
+    #[arg(long, env = "TROVE_FLUSH_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flush_age: Duration,
+
+    /// ... or once they take this many bytes.
+    #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 8 << 20)]
+    pub flush_bytes: usize,
+
+    /// Largest body accepted by `POST /v1/ingest/{dataset}`, in bytes.
+    #[arg(long, env = "TROVE_MAX_INGEST_BYTES", default_value_t = 64 << 20)]
+    pub max_ingest_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Fsync,
+    Process,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -27,8 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{Catalog, Secret};
+use ingest::wal::Durability;
+use ingest::{IngestConfig, Ingester};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
 
-use crate::config::{ObjectStoreLocation, ServeConfig, StorageConfig};
+use crate::config::{DurabilityArg, IngestArgs, ObjectStoreLocation, ServeConfig, StorageConfig};
 
 /// Errors that stop the binary.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +45,8 @@ pub enum Error {
     AlreadySeeded,
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -57,6 +65,7 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    pub ingester: Arc<Ingester>,
     pub settings: Arc<Settings>,
 }
 
@@ -65,15 +74,51 @@ pub struct AppState {
 pub struct Settings {
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
+    pub max_ingest_bytes: usize,
+}
+
+/// The object store of a location: a local directory, or S3 (endpoint, region and
+/// credentials from the `AWS_*` environment variables).
+pub fn object_store(location: &ObjectStoreLocation) -> Result<Arc<dyn ObjectStore>, Error> {
+    match location {
+        ObjectStoreLocation::Local(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::Config(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        ObjectStoreLocation::S3 { bucket, prefix } => {
+            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| Error::Config(e.to_string()))?;
+            if prefix.is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
+            }
+        }
+    }
+}
+
+/// The write path's settings from the command line.
+pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig {
+    IngestConfig {
+        wal_dir: args.wal_dir.clone().unwrap_or_else(|| storage.data_dir.join("wal")),
+        durability: match args.durability {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Process => Durability::Process,
+        },
+        segment_bytes: 64 << 20,
+        buffer_bytes: args.buffer_bytes,
+        buffer_soft_bytes: args.buffer_bytes / 2,
+        flush_age: args.flush_age,
+        flush_bytes: args.flush_bytes,
+        flush_tick: Duration::from_millis(200),
+        put_attempts: 5,
+    }
 }
 
 /// Opens the data directory and the catalog (creating both if needed) and makes sure an
 /// operator token exists.
 pub async fn open(storage: &StorageConfig) -> Result<Catalog, Error> {
     std::fs::create_dir_all(&storage.data_dir)?;
-    if let ObjectStoreLocation::Local(dir) = storage.object_store().map_err(Error::Config)? {
-        std::fs::create_dir_all(dir)?;
-    }
     let catalog = Catalog::connect(&storage.catalog_url()).await?;
     let configured = storage.admin_token.as_deref().map(Secret::from_plaintext);
     if let Some(generated) = catalog.ensure_admin_token(configured.as_ref()).await? {
@@ -94,18 +139,28 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The state and router of a server over `catalog`.
-pub fn app(catalog: Catalog, settings: Settings) -> axum::Router {
-    http::router(AppState { catalog, settings: Arc::new(settings) })
+/// The state and router of a server.
+pub fn app(catalog: Catalog, ingester: Arc<Ingester>, settings: Settings) -> axum::Router {
+    http::router(AppState { catalog, ingester, settings: Arc::new(settings) })
 }
 
-/// Runs the server until `shutdown` resolves, then finishes in-flight requests.
+/// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes
+/// every acknowledged row to Parquet.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let catalog = open(&config.storage).await?;
+    let store = object_store(&config.storage.object_store().map_err(Error::Config)?)?;
+    let ingester = Ingester::open(ingest_config(&config.storage, &config.ingest), catalog.clone(), store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let settings = Settings { token_ttl: config.token_ttl, max_body_bytes: config.max_body_bytes };
+    let settings = Settings {
+        token_ttl: config.token_ttl,
+        max_body_bytes: config.max_body_bytes,
+        max_ingest_bytes: config.ingest.max_ingest_bytes,
+    };
     tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
-    serve_on(listener, app(catalog, settings), shutdown).await
+    serve_on(listener, app(catalog, ingester.clone(), settings), shutdown).await?;
+    ingester.shutdown().await?;
+    tracing::info!("every acknowledged row is in Parquet");
+    Ok(())
 }
 
 /// Serves `router` on `listener` until `shutdown`.

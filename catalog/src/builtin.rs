@@ -76,7 +76,7 @@ impl RawField {
 
 /// Every built-in dataset, resolved and checked. Panics only if the files shipped in the
 /// binary are inconsistent, which the unit tests below rule out.
-pub(crate) fn datasets() -> Vec<Dataset> {
+pub fn datasets() -> Vec<Dataset> {
     build().unwrap_or_else(|e| panic!("built-in dataset catalogue: {e}"))
 }
 

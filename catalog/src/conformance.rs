@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
+    ParquetFile, MemberId,
     AccessAction, AccessDecision, AccessLogEntry, AgreementStatus, Catalog, CatalogError, ConnectionStatus,
     ConnectionTerms, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, DatasetKind, DatasetName, ErrorKind,
     Field, FieldType, GdprDeclaration, RevisionState, Secret, SubscriberId,
@@ -54,6 +55,7 @@ pub async fn run_all(catalog: &Catalog) {
     agreements(catalog).await;
     metadata_instances(catalog).await;
     access_log(catalog).await;
+    manifest(catalog).await;
 }
 
 async fn builtin_datasets(c: &Catalog) {
@@ -268,4 +270,31 @@ async fn access_log(c: &Catalog) {
     c.record_access(&[entry(AccessDecision::Allowed), entry(AccessDecision::Refused)]).await.unwrap();
     let log = c.access_log(member.uid, 100).await.unwrap();
     assert_eq!(log, vec![entry(AccessDecision::Refused), entry(AccessDecision::Allowed)], "newest first");
+}
+
+async fn manifest(c: &Catalog) {
+    let ds: DatasetName = "ds_energy_consumption".parse().unwrap();
+    let member = MemberId::new(42).unwrap();
+    let file = |path: &str, min_id: i64, max_id: i64, t: i64| ParquetFile {
+        environment: DataEnvironment::Production,
+        dataset: ds.clone(),
+        member,
+        path: path.into(),
+        rows: max_id - min_id + 1,
+        size_bytes: 1000,
+        min_event_time: t,
+        max_event_time: t + 10,
+        min_id,
+        max_id,
+    };
+    c.commit_parquet_files(&[file("b", 11, 20, 200), file("a", 1, 10, 100)], &[]).await.unwrap();
+    let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
+    assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest events first");
+    assert!(c.parquet_files(DataEnvironment::Sandbox, &ds, member).await.unwrap().is_empty());
+    assert_eq!(c.max_row_ids().await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member, 20)]);
+    // Compaction's swap: the merged file replaces both in one transaction.
+    c.commit_parquet_files(&[file("ab", 1, 20, 100)], &["a".into(), "b".into()]).await.unwrap();
+    let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
+    assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["ab"]);
+    assert_eq!(kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await), ErrorKind::Internal, "paths are unique");
 }

@@ -35,7 +35,7 @@ mod store;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod conformance;
 
-pub use builtin::DEFAULT_EVENT_TIME_FIELD;
+pub use builtin::{DEFAULT_EVENT_TIME_FIELD, datasets as builtin_datasets};
 pub use error::{CatalogError, ErrorKind};
 pub use model::*;
 pub use secret::{Secret, SecretHash};

@@ -1,25 +1,42 @@
 //! # trove ingest
 //!
 //! Owns the write path of member data: a body arrives over HTTP, is validated against the
-//! dataset's typed schema and the writer's agreement, and is stored. It does not own
-//! credentials or agreements (the `catalog` crate does) nor reads (`query`).
+//! dataset's typed schema and the writers' agreements, made durable in a write-ahead log
+//! (a 200 means durable), buffered in Arrow, and written as Parquet into object storage
+//! under one prefix per member and dataset. It does not own credentials or agreements (the
+//! `catalog` crate does) nor reads (`query`), which union its buffer with the files.
 //!
 //! ```text
-//!  HTTP body ──► validate (types, sizes, unknown and reserved fields, write grants)
-//!                  ├─ metadata datasets ──► catalog metadata instances
-//!                  └─ transactional rows ─► WAL (group commit) → Arrow buffer →
-//!                                           Parquet → object store → compaction
+//!  HTTP body ─► decode (NDJSON / JSON / CSV / Arrow IPC → typed Arrow, row-numbered refusals)
+//!            ─► validate (event time, write grants per row and field)
+//!            ─► Ingester::write ─► sequencer thread: row ids, WAL group commit (one fsync)
+//!                                   └─► buffer (per environment, dataset, member; byte budget)
+//!            flusher (by age or size, largest first above the soft limit)
+//!                   └─► persist: sort by event time → Parquet (ZSTD, dictionary, page index)
+//!                        → object store (PutMode::Create) → manifest row in the catalog
+//!                        → WAL segments below the oldest buffered row deleted
+//!  metadata datasets: validate::check_values → catalog metadata instances
 //! ```
 //!
 //! ## Subsystems
-//! - [`validate`]: values checked and converted to their field's type once, at the edge;
-//!   a refusal names the field and the reason, never the value.
-//!
-//! The transactional half of the diagram (WAL, buffers, Parquet, compaction) is the
-//! durable-ingest issue's (#3).
+//! - [`schema`]: a dataset as Arrow columns.
+//! - [`decode`]: request bodies to validated Arrow in one pass.
+//! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
+//! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
+//! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget.
+//! - [`persist`]: Parquet encoding and the put-then-record commit.
+//! - [`Ingester`]: the sequencer and flusher that tie them together.
 
+pub mod buffer;
+pub mod decode;
+mod error;
+mod ingester;
+pub mod persist;
+pub mod schema;
 pub mod validate;
+pub mod wal;
 
-pub use validate::{FieldProblem, IngestError};
+pub use error::{ErrorKind, FieldProblem, IngestError};
+pub use ingester::{IngestConfig, Ingester};
 
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;

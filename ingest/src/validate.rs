@@ -2,26 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use catalog::{AgreementScope, DataEnvironment, Dataset, DatasetEnvironment, Field, FieldType, RESERVED_FIELDS};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use catalog::{
+    AgreementScope, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, FieldType, MemberId, RESERVED_FIELDS,
+};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
 use serde_json::Value;
 
-/// One refused field: which, and why. Never the value (it may be personal data).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldProblem {
-    pub field: String,
-    pub reason: String,
-}
+use crate::decode::{MAX_ROW_ERRORS, RowError};
+use crate::schema::DatasetSchema;
 
-/// Why a write was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    /// Values that do not fit the schema; nothing was stored.
-    #[error("{} field(s) refused", problems.len())]
-    Invalid { problems: Vec<FieldProblem> },
-    /// The agreement does not grant writing (some of) these fields or this dataset.
-    #[error("the agreement does not permit this write")]
-    Forbidden,
-}
+pub use crate::error::{FieldProblem, IngestError};
 
 /// Most refused fields reported in one answer.
 const MAX_PROBLEMS: usize = 100;
@@ -101,7 +95,7 @@ pub fn coerce(field: &Field, value: &Value) -> Result<Value, String> {
                 Value::String(s) => s.trim().to_owned(),
                 _ => return Err(expected("a decimal with at most 2 places")),
             };
-            parse_cents(&s).map(|c| Value::from(format_cents(c))).ok_or_else(|| expected("a decimal with at most 2 places"))
+            crate::decode::parse_cents(&s).map(|c| Value::from(format_cents(c))).ok_or_else(|| expected("a decimal with at most 2 places"))
         }
         FieldType::Boolean => match value {
             Value::Bool(b) => Ok(Value::Bool(*b)),
@@ -144,24 +138,67 @@ fn check_len(field: &Field, s: String) -> Result<Value, String> {
     }
 }
 
-/// `-12.3` → -1230 cents. At most 2 decimal places and 16 integer digits (Decimal(18, 2)).
-fn parse_cents(s: &str) -> Option<i64> {
-    let (neg, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || int.len() > 16 || frac.len() > 2 || !all_digits(int) || !all_digits(frac) {
-        return None;
-    }
-    let cents = int.parse::<i64>().ok()? * 100 + format!("{frac:0<2}").parse::<i64>().ok()?;
-    Some(if neg { -cents } else { cents })
-}
-
 fn format_cents(c: i64) -> String {
     let sign = if c < 0 { "-" } else { "" };
     format!("{sign}{}.{:02}", c.unsigned_abs() / 100, c.unsigned_abs() % 100)
+}
+
+/// An event time more than this far ahead of the server's clock is refused.
+pub const MAX_FUTURE_SECS: i64 = 86_400;
+
+/// Fills a missing `created_timestamp` with the arrival time (datasets whose event time is
+/// that field) and refuses rows without an event time or with one more than a day ahead.
+pub fn check_event_time(schema: &DatasetSchema, batch: RecordBatch, now_secs: i64) -> Result<RecordBatch, IngestError> {
+    let i = schema.event_time_input;
+    let times = batch.column(i).as_primitive::<Int64Type>();
+    let name = schema.input.field(i).name();
+    let mut rows = Vec::new();
+    for (r, t) in times.iter().enumerate() {
+        let reason = match t {
+            None if !schema.fills_event_time() => "the event time is required",
+            Some(t) if t > now_secs + MAX_FUTURE_SECS => "the event time is more than a day in the future",
+            _ => continue,
+        };
+        if rows.len() < MAX_ROW_ERRORS {
+            rows.push(RowError { row: r + 1, field: Some(name.clone()), reason: reason.into() });
+        }
+    }
+    if !rows.is_empty() {
+        return Err(IngestError::Rows { rows, forbidden: false });
+    }
+    if times.null_count() == 0 {
+        return Ok(batch);
+    }
+    let filled: Int64Array = times.iter().map(|t| Some(t.unwrap_or(now_secs))).collect();
+    let mut columns = batch.columns().to_vec();
+    columns[i] = Arc::new(filled);
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// Checks every row against its member's agreement with the writing connection: the member
+/// must have one granting write of this dataset and of every field the row sets. Members
+/// without an agreement and members that do not exist are refused alike.
+pub fn authorize_rows(schema: &DatasetSchema, batch: &RecordBatch, grants: &HashMap<MemberId, &DatasetGrant>) -> Result<(), IngestError> {
+    let members = batch.column(0).as_primitive::<Int64Type>();
+    let mut rows = Vec::new();
+    for r in 0..batch.num_rows() {
+        if rows.len() >= MAX_ROW_ERRORS {
+            break;
+        }
+        let grant = MemberId::new(members.value(r)).ok().and_then(|m| grants.get(&m));
+        let Some(grant) = grant else {
+            rows.push(RowError { row: r + 1, field: None, reason: "no agreement permits writing this member's data".into() });
+            continue;
+        };
+        // Run before the server fills event times: only what the writer sent is checked.
+        for (c, column) in batch.columns().iter().enumerate().skip(2) {
+            let field = schema.input.field(c).name();
+            if column.is_valid(r) && !grant.write.contains(field.as_str()) {
+                rows.push(RowError { row: r + 1, field: Some(field.clone()), reason: "the agreement does not permit writing this field".into() });
+            }
+        }
+    }
+    if rows.is_empty() { Ok(()) } else { Err(IngestError::Rows { rows, forbidden: true }) }
 }
 
 #[cfg(test)]

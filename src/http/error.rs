@@ -13,14 +13,19 @@ use serde::Serialize;
 pub struct ApiError {
     status: StatusCode,
     detail: String,
-    /// Structured detail, e.g. the failing fields of a write (never values).
+    /// Structured detail, e.g. the failing rows and fields of a write (never values).
     errors: Vec<FieldProblem>,
+    retry_after: Option<u64>,
 }
 
-/// One refused field of a write: where, and why; never the value.
+/// One refused row or field of a write: where, and why; never the value.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
-    pub field: String,
+    /// 1-based row of the body (0: the body's schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     pub reason: String,
 }
 
@@ -43,13 +48,13 @@ const FORBIDDEN: &str = "the credentials do not permit this request";
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError { status, detail: detail.into(), errors: Vec::new() }
+        ApiError { status, detail: detail.into(), errors: Vec::new(), retry_after: None }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
     pub fn unprocessable(detail: impl Into<String>, errors: Vec<FieldProblem>) -> Self {
-        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, detail: detail.into(), errors }
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, detail: detail.into(), errors, retry_after: None }
     }
     pub fn unauthenticated() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, UNAUTHENTICATED)
@@ -83,6 +88,38 @@ impl From<CatalogError> for ApiError {
             ErrorKind::Unauthenticated => Self::unauthenticated(),
             ErrorKind::Forbidden => Self::forbidden(),
             kind => Self::new(status(kind), e.to_string()),
+        }
+    }
+}
+
+impl From<ingest::IngestError> for ApiError {
+    fn from(e: ingest::IngestError) -> Self {
+        use ingest::{ErrorKind as K, IngestError as E};
+        let kind = e.kind();
+        match e {
+            E::Invalid { problems } => Self::unprocessable(
+                "some fields were refused; nothing was stored",
+                problems.into_iter().map(|p| FieldProblem { row: None, field: Some(p.field), reason: p.reason }).collect(),
+            ),
+            E::Rows { rows, forbidden } => {
+                let status = if forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNPROCESSABLE_ENTITY };
+                let errors = rows.into_iter().map(|r| FieldProblem { row: Some(r.row), field: r.field, reason: r.reason }).collect();
+                let detail = "rows were refused (the first 100 are listed); nothing was stored".to_owned();
+                ApiError { status, detail, errors, retry_after: None }
+            }
+            E::Overloaded { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "the write buffer is full; retry later")
+            },
+            other => match kind {
+                K::Malformed => Self::bad_request(other.to_string()),
+                K::Forbidden => Self::forbidden(),
+                K::Unavailable => {
+                    tracing::error!(error = %other, "write path unavailable");
+                    ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later") }
+                }
+                _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            },
         }
     }
 }
@@ -139,6 +176,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

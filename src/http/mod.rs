@@ -7,6 +7,7 @@ mod connections;
 pub mod error;
 mod health;
 mod helpers;
+mod ingest;
 mod members;
 mod oauth;
 mod pds;
@@ -73,6 +74,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(members::revoke))
         .routes(routes!(members::access_log))
         .routes(routes!(pds::read, pds::create, pds::update))
+        .routes(routes!(ingest::ingest))
 }
 
 /// The OpenAPI document of every route.

@@ -10,12 +10,12 @@ use catalog::{
     AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName,
     ErrorKind, MemberId, MetadataInstance,
 };
-use ingest::validate::{self, IngestError};
+use ingest::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::auth::{MydexSubscriber, con_id_for};
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, FieldProblem, Problem};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
 use super::xml;
 use crate::AppState;
 
@@ -222,22 +222,12 @@ async fn write(
     if fields.is_empty() {
         return Err(ApiError::unprocessable("no fields to write", Vec::new()));
     }
-    let values = validate::check_values(&dataset, fields).map_err(ingest_error)?;
+    let values = validate::check_values(&dataset, fields).map_err(ApiError::from)?;
     if let Err(e) = validate::authorize_write(&call.scope, &dataset, values.keys().map(String::as_str)) {
         state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
-        return Err(ingest_error(e));
+        return Err(e.into());
     }
     Ok((dataset, values))
-}
-
-fn ingest_error(e: IngestError) -> ApiError {
-    match e {
-        IngestError::Invalid { problems } => ApiError::unprocessable(
-            "some fields were refused; nothing was stored",
-            problems.into_iter().map(|p| FieldProblem { field: p.field, reason: p.reason }).collect(),
-        ),
-        IngestError::Forbidden => ApiError::forbidden(),
-    }
 }
 
 async fn body_bytes(state: &AppState, request: Request) -> ApiResult<axum::body::Bytes> {

@@ -2,9 +2,12 @@
 //! catalog) on port 0, seeded with the demo fixture, on SQLite or PostgreSQL.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{Catalog, Secret};
+use ingest::{IngestConfig, Ingester};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use trove::demo::DemoCredentials;
@@ -40,6 +43,22 @@ pub async fn fresh_catalog_url(store: Store, dir: &std::path::Path) -> String {
     }
 }
 
+/// How a [`TestServer`] is set up.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub store: Store,
+    /// Flush a partition once its oldest row is this old (long by default: tests flush by
+    /// shutting down or calling [`TestServer::flush`]).
+    pub flush_age: Duration,
+    pub buffer_bytes: usize,
+}
+
+impl TestConfig {
+    pub fn new(store: Store) -> Self {
+        TestConfig { store, flush_age: Duration::from_secs(3600), buffer_bytes: 256 << 20 }
+    }
+}
+
 /// A running server with the demo fixture (10 members) and a client for it.
 #[derive(Debug)]
 pub struct TestServer {
@@ -47,37 +66,100 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub creds: DemoCredentials,
     pub catalog: Catalog,
+    pub ingester: Arc<Ingester>,
     pub client: reqwest::Client,
     pub store: Store,
-    _dir: tempfile::TempDir,
+    /// The local object store's root.
+    pub objects: PathBuf,
+    pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
     pub async fn spawn(store: Store) -> TestServer {
+        Self::start(TestConfig::new(store)).await
+    }
+
+    pub async fn start(config: TestConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let catalog = Catalog::connect(&fresh_catalog_url(store, dir.path()).await).await.expect("catalog");
+        let catalog = Catalog::connect(&fresh_catalog_url(config.store, dir.path()).await).await.expect("catalog");
         let admin = Secret::generate();
         catalog.ensure_admin_token(Some(&admin)).await.expect("admin token");
         let creds = trove::demo::seed(&catalog, &admin, 10).await.expect("demo fixture");
+        let objects = dir.path().join("objects");
+        let store = trove::object_store(&trove::config::ObjectStoreLocation::Local(objects.clone())).expect("object store");
+        let ingest = IngestConfig {
+            wal_dir: dir.path().join("wal"),
+            durability: ingest::wal::Durability::Fsync,
+            segment_bytes: 1 << 20,
+            buffer_bytes: config.buffer_bytes,
+            buffer_soft_bytes: config.buffer_bytes / 2,
+            flush_age: config.flush_age,
+            flush_bytes: 8 << 20,
+            flush_tick: Duration::from_millis(50),
+            put_attempts: 3,
+        };
+        let ingester = Ingester::open(ingest, catalog.clone(), store).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let settings = trove::Settings { token_ttl: Duration::from_secs(3600), max_body_bytes: 64 * 1024 };
-        let app = trove::app(catalog.clone(), settings);
+        let settings = trove::Settings { token_ttl: Duration::from_secs(3600), max_body_bytes: 64 * 1024, max_ingest_bytes: 32 << 20 };
+        let app = trove::app(catalog.clone(), ingester.clone(), settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(trove::serve_on(listener, app, async move {
-            let _ = rx.await;
-        }));
+        let served = tokio::spawn(async move {
+            let _ = trove::serve_on(listener, app, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
         TestServer {
             base: format!("http://{addr}"),
             addr,
             creds,
             catalog,
+            ingester,
             client: reqwest::Client::new(),
-            store,
-            _dir: dir,
+            store: config.store,
+            objects,
+            dir,
             shutdown: Some(tx),
+            served: Some(served),
         }
+    }
+
+    /// Flushes every buffered row to Parquet now.
+    pub async fn flush(&self) {
+        assert_eq!(self.ingester.flush_round(true).await, 0, "every flush succeeds");
+    }
+
+    /// Graceful stop, as on SIGTERM: the server stops, then every acknowledged row is flushed.
+    pub async fn stop(mut self) -> (Catalog, PathBuf, tempfile::TempDir) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+        self.ingester.shutdown().await.expect("graceful shutdown flushes everything");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kept = std::mem::replace(&mut self.dir, dir);
+        (self.catalog.clone(), self.objects.clone(), kept)
+    }
+
+    /// POSTs `body` to `/v1/ingest/{dataset}` as energy-co's connection (`nid:key`).
+    pub async fn ingest(&self, dataset: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let conn = &self.creds.subscribers[0].connection;
+        let resp = self
+            .client
+            .post(self.url(&format!("/v1/ingest/{dataset}")))
+            .bearer_auth(format!("{}:{}", conn.nid, conn.key))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub fn url(&self, path: &str) -> String {

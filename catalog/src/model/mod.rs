@@ -34,7 +34,7 @@ pub struct Subscriber {
 
 /// Which data a metadata instance or transactional row belongs to: sandbox connections see
 /// only sandbox data, live ones only production data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataEnvironment {
     Sandbox,
@@ -107,4 +107,21 @@ pub struct AccessLogEntry {
     pub action: AccessAction,
     pub rows: i64,
     pub decision: AccessDecision,
+}
+
+/// A Parquet file in object storage holding some of one member's rows of one dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ParquetFile {
+    pub environment: DataEnvironment,
+    pub dataset: DatasetName,
+    pub member: MemberId,
+    /// The object path, relative to the object store's root.
+    pub path: String,
+    pub rows: i64,
+    pub size_bytes: i64,
+    /// Event-time range (epoch seconds) and row-id range of the rows it holds.
+    pub min_event_time: i64,
+    pub max_event_time: i64,
+    pub min_id: i64,
+    pub max_id: i64,
 }

@@ -407,6 +407,17 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Members with an active agreement with connection `id`, and the revision each approved.
+    pub async fn active_agreements(&self, id: ConnectionId) -> Result<Vec<(MemberId, i64)>> {
+        let rows = sqlx::query("SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'")
+            .bind(id.get())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?, r.try_get("version")?)))
+            .collect()
+    }
+
     /// Checks a Mydex-style member-connection credential (`con_id` + `key`) presented by
     /// `subscriber`, and returns the agreement in force. Everything that is not an active
     /// agreement of this subscriber's approved connection with this exact key is

@@ -9,6 +9,7 @@
 pub(crate) mod accounts;
 mod connections;
 mod data;
+mod manifest;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

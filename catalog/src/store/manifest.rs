@@ -1,0 +1,103 @@
+//! The manifest: which Parquet files hold which member's rows of a dataset.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Catalog, Result, now_ms};
+use crate::error::CatalogError;
+use crate::model::{DataEnvironment, DatasetName, MemberId, ParquetFile};
+
+fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
+    let env: String = row.try_get("environment")?;
+    Ok(ParquetFile {
+        environment: if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
+        dataset: row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
+        member: MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+        path: row.try_get("path")?,
+        rows: row.try_get("row_count")?,
+        size_bytes: row.try_get("size_bytes")?,
+        min_event_time: row.try_get("min_event_time")?,
+        max_event_time: row.try_get("max_event_time")?,
+        min_id: row.try_get("min_id")?,
+        max_id: row.try_get("max_id")?,
+    })
+}
+
+const FILE_COLUMNS: &str =
+    "environment, dataset, member_uid, path, row_count, size_bytes, min_event_time, max_event_time, min_id, max_id";
+
+impl Catalog {
+    /// Records files whose puts succeeded and removes `replaced` ones, in one transaction:
+    /// readers see either the old files or the new ones, never both (compaction's swap).
+    pub async fn commit_parquet_files(&self, added: &[ParquetFile], replaced: &[String]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for f in added {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO parquet_files ({FILE_COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            )))
+            .bind(f.environment.as_str())
+            .bind(f.dataset.as_str())
+            .bind(f.member.get())
+            .bind(&f.path)
+            .bind(f.rows)
+            .bind(f.size_bytes)
+            .bind(f.min_event_time)
+            .bind(f.max_event_time)
+            .bind(f.min_id)
+            .bind(f.max_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for path in replaced {
+            sqlx::query("DELETE FROM parquet_files WHERE path = $1").bind(path).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One member's files of a dataset, oldest events first.
+    pub async fn parquet_files(&self, env: DataEnvironment, dataset: &DatasetName, member: MemberId) -> Result<Vec<ParquetFile>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {FILE_COLUMNS} FROM parquet_files WHERE environment = $1 AND dataset = $2 AND member_uid = $3 \
+             ORDER BY min_event_time, min_id"
+        )))
+        .bind(env.as_str())
+        .bind(dataset.as_str())
+        .bind(member.get())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Every recorded file (for start-up and tests).
+    pub async fn all_parquet_files(&self) -> Result<Vec<ParquetFile>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM parquet_files ORDER BY file_id")))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// The highest row id recorded per (environment, dataset, member): where id counters
+    /// resume after a restart.
+    pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, MemberId, i64)>> {
+        let rows = sqlx::query(
+            "SELECT environment, dataset, member_uid, MAX(max_id) AS max_id FROM parquet_files \
+             GROUP BY environment, dataset, member_uid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let env: String = row.try_get("environment")?;
+                Ok((
+                    if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
+                    row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
+                    MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+                    row.try_get("max_id")?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,546 @@
+//! Request bodies to validated Arrow, in one pass: NDJSON, a JSON array and CSV are read row
+//! by row straight into typed column builders (no intermediate JSON values); an Arrow IPC
+//! stream is checked column by column. Values may be JSON numbers or strings holding them,
+//! as Mydex clients send. Every refusal names the row (1-based) and field, never the value.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use catalog::{FieldType, RESERVED_FIELDS};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+};
+use datafusion::arrow::datatypes::DataType;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::schema::{DECIMAL_PRECISION, DECIMAL_SCALE, DatasetSchema, INSTANCE, MEMBER_UID};
+
+/// Most row problems reported in one answer.
+pub const MAX_ROW_ERRORS: usize = 100;
+
+/// One refused row: which (1-based), which field, why. Never the value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowError {
+    pub row: usize,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// Body formats of `POST /v1/ingest/{dataset}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    JsonArray,
+    Csv,
+    ArrowIpc,
+}
+
+impl Format {
+    /// From a `Content-Type` (parameters ignored).
+    pub fn from_content_type(ct: &str) -> Option<Format> {
+        match ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+            "application/x-ndjson" | "application/jsonl" | "application/ndjson" => Some(Format::Ndjson),
+            "application/json" => Some(Format::JsonArray),
+            "text/csv" => Some(Format::Csv),
+            "application/vnd.apache.arrow.stream" => Some(Format::ArrowIpc),
+            _ => None,
+        }
+    }
+}
+
+/// Why a body was refused as a whole.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The body is not the format it claims (e.g. broken JSON); 400.
+    Malformed(String),
+    /// Rows that do not fit the schema; 422.
+    Rows(Vec<RowError>),
+}
+
+/// Decodes `body` into one batch of `schema.input`.
+pub fn decode(schema: &DatasetSchema, format: Format, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+    match format {
+        Format::Ndjson => {
+            let mut rows = RowsBuilder::new(schema);
+            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let mut de = serde_json::Deserializer::from_slice(line);
+                RowSeed { rows: &mut rows, row: i + 1 }
+                    .deserialize(&mut de)
+                    .and_then(|()| de.end())
+                    .map_err(|e| DecodeError::Malformed(format!("line {}: {}", i + 1, strip_value(&e))))?;
+            }
+            rows.finish()
+        }
+        Format::JsonArray => {
+            let mut rows = RowsBuilder::new(schema);
+            let mut de = serde_json::Deserializer::from_slice(body);
+            ArraySeed { rows: &mut rows }
+                .deserialize(&mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| DecodeError::Malformed(format!("{}", strip_value(&e))))?;
+            rows.finish()
+        }
+        Format::Csv => decode_csv(schema, body),
+        Format::ArrowIpc => decode_ipc(schema, body),
+    }
+}
+
+/// serde_json's messages can quote input (`invalid type: string "..."`); keep only where.
+fn strip_value(e: &serde_json::Error) -> String {
+    format!("malformed JSON at column {}", e.column())
+}
+
+/// Column builders for one batch, plus the problems found so far.
+struct RowsBuilder<'a> {
+    schema: &'a DatasetSchema,
+    columns: Vec<Column>,
+    index: HashMap<&'a str, usize>,
+    /// Which columns the current row has set.
+    set: Vec<bool>,
+    errors: Vec<RowError>,
+    rows: usize,
+}
+
+enum Column {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Decimal(Decimal128Builder),
+    Text { b: StringBuilder, max: usize, json: bool },
+    Bool(BooleanBuilder),
+}
+
+impl Column {
+    fn append_null(&mut self) {
+        match self {
+            Column::Int(b) => b.append_null(),
+            Column::Float(b) => b.append_null(),
+            Column::Decimal(b) => b.append_null(),
+            Column::Text { b, .. } => b.append_null(),
+            Column::Bool(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Column::Int(b) => Arc::new(b.finish()),
+            Column::Float(b) => Arc::new(b.finish()),
+            Column::Decimal(b) => {
+                Arc::new(b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"))
+            }
+            Column::Text { b, .. } => Arc::new(b.finish()),
+            Column::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+
+    /// Appends one cell, converting as CONTRACT.md says; `Err` holds the reason.
+    fn append(&mut self, cell: Cell<'_>) -> Result<(), &'static str> {
+        match (self, cell) {
+            (c, Cell::Null) => {
+                c.append_null();
+                Ok(())
+            }
+            (Column::Int(b), cell) => {
+                let v = match cell {
+                    Cell::I(i) => Some(i),
+                    Cell::U(u) => i64::try_from(u).ok(),
+                    Cell::S(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                b.append_value(v.ok_or("expected a 64-bit integer")?);
+                Ok(())
+            }
+            (Column::Float(b), cell) => {
+                let v = match cell {
+                    Cell::I(i) => Some(i as f64),
+                    Cell::U(u) => Some(u as f64),
+                    Cell::F(f) => Some(f),
+                    Cell::S(s) => s.trim().parse::<f64>().ok(),
+                    _ => None,
+                };
+                b.append_value(v.filter(|f| f.is_finite()).ok_or("expected a number")?);
+                Ok(())
+            }
+            (Column::Decimal(b), cell) => {
+                let text: Cow<'_, str> = match cell {
+                    Cell::I(i) => i.to_string().into(),
+                    Cell::U(u) => u.to_string().into(),
+                    Cell::F(f) => format!("{f}").into(),
+                    Cell::S(s) => s,
+                    _ => return Err("expected a decimal with at most 2 places"),
+                };
+                b.append_value(parse_cents(text.trim()).ok_or("expected a decimal with at most 2 places")? as i128);
+                Ok(())
+            }
+            (Column::Bool(b), cell) => {
+                let v = match cell {
+                    Cell::B(v) => Some(v),
+                    Cell::I(0) | Cell::U(0) => Some(false),
+                    Cell::I(1) | Cell::U(1) => Some(true),
+                    Cell::S(s) => match s.trim() {
+                        "true" | "1" => Some(true),
+                        "false" | "0" => Some(false),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                b.append_value(v.ok_or("expected a boolean")?);
+                Ok(())
+            }
+            (Column::Text { b, max, json }, cell) => {
+                let text: Cow<'_, str> = match (cell, *json) {
+                    (Cell::Nested(v), true) => v.to_string().into(),
+                    (Cell::S(s), true) => match serde_json::from_str::<serde_json::Value>(&s) {
+                        Ok(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => v.to_string().into(),
+                        _ => return Err("expected a JSON object or array"),
+                    },
+                    (_, true) => return Err("expected a JSON object or array"),
+                    (Cell::S(s), false) => s,
+                    (Cell::I(i), false) => i.to_string().into(),
+                    (Cell::U(u), false) => u.to_string().into(),
+                    (Cell::F(f), false) => f.to_string().into(),
+                    (Cell::B(v), false) => v.to_string().into(),
+                    (_, false) => return Err("expected text"),
+                };
+                if text.len() > *max {
+                    return Err("value too long");
+                }
+                b.append_value(text);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `-12.3` → -1230 cents; at most 2 places and 16 integer digits (Decimal(18, 2)).
+pub(crate) fn parse_cents(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || int.len() > 16 || frac.len() > 2 || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let cents = int.parse::<i64>().ok()? * 100 + format!("{frac:0<2}").parse::<i64>().ok()?;
+    Some(if neg { -cents } else { cents })
+}
+
+impl<'a> RowsBuilder<'a> {
+    fn new(schema: &'a DatasetSchema) -> Self {
+        let columns = schema
+            .input
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let field = schema.field(i);
+                let max = field.map_or(usize::MAX, |f| f.max_bytes as usize);
+                match f.data_type() {
+                    DataType::Int64 => Column::Int(Int64Builder::new()),
+                    DataType::Float64 => Column::Float(Float64Builder::new()),
+                    DataType::Decimal128(..) => Column::Decimal(Decimal128Builder::new()),
+                    DataType::Boolean => Column::Bool(BooleanBuilder::new()),
+                    _ => Column::Text { b: StringBuilder::new(), max, json: field.is_some_and(|f| f.data_type == FieldType::Json) },
+                }
+            })
+            .collect::<Vec<_>>();
+        let index = schema.input.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
+        let set = vec![false; columns.len()];
+        RowsBuilder { schema, columns, index, set, errors: Vec::new(), rows: 0 }
+    }
+
+    fn error(&mut self, row: usize, field: Option<&str>, reason: &str) {
+        if self.errors.len() < MAX_ROW_ERRORS {
+            self.errors.push(RowError { row, field: field.map(str::to_owned), reason: reason.to_owned() });
+        }
+    }
+
+    fn cell(&mut self, row: usize, key: &str, cell: Cell<'_>) {
+        let Some(&i) = self.index.get(key) else {
+            let reason = if RESERVED_FIELDS.contains(&key) { "reserved: assigned by the server" } else { "not a field of this dataset" };
+            self.error(row, Some(key), reason);
+            return;
+        };
+        if std::mem::replace(&mut self.set[i], true) {
+            self.error(row, Some(key), "given twice");
+            return;
+        }
+        if let Err(reason) = self.columns[i].append(cell) {
+            self.columns[i].append_null();
+            self.error(row, Some(key), reason);
+        }
+    }
+
+    /// Ends a row: unset columns become null, so every builder has one value per row.
+    fn end_row(&mut self) {
+        for (i, set) in self.set.iter_mut().enumerate() {
+            if !std::mem::replace(set, false) {
+                self.columns[i].append_null();
+            }
+        }
+        self.rows += 1;
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, DecodeError> {
+        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
+        finish_batch(self.schema, arrays, self.errors)
+    }
+}
+
+/// Checks the reserved columns and builds the batch: `member_uid` is required, `instance`
+/// defaults to 0.
+fn finish_batch(schema: &DatasetSchema, mut arrays: Vec<ArrayRef>, mut errors: Vec<RowError>) -> Result<RecordBatch, DecodeError> {
+    let members = arrays[0].as_any().downcast_ref::<Int64Array>().expect("member_uid is Int64");
+    for (i, m) in members.iter().enumerate() {
+        if errors.len() >= MAX_ROW_ERRORS {
+            break;
+        }
+        match m {
+            Some(m) if m > 0 => {}
+            _ => errors.push(RowError { row: i + 1, field: Some(MEMBER_UID.into()), reason: "a positive member uid is required".into() }),
+        }
+    }
+    let instances = arrays[1].as_any().downcast_ref::<Int64Array>().expect("instance is Int64");
+    if let Some(i) = instances.iter().position(|v| v.is_some_and(|v| v < 0)) {
+        errors.push(RowError { row: i + 1, field: Some(INSTANCE.into()), reason: "instance must be 0 or more".into() });
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.row);
+        errors.truncate(MAX_ROW_ERRORS);
+        return Err(DecodeError::Rows(errors));
+    }
+    if instances.null_count() > 0 {
+        arrays[1] = Arc::new(Int64Array::from_iter_values(instances.iter().map(|v| v.unwrap_or(0))));
+    }
+    RecordBatch::try_new(schema.input.clone(), arrays).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// One JSON value, borrowed where the input allows.
+enum Cell<'de> {
+    Null,
+    I(i64),
+    U(u64),
+    F(f64),
+    B(bool),
+    S(Cow<'de, str>),
+    Nested(serde_json::Value),
+}
+
+impl<'de> de::Deserialize<'de> for Cell<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cell<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Cell<'de>, E> {
+                Ok(Cell::Null)
+            }
+            fn visit_none<E>(self) -> Result<Cell<'de>, E> {
+                Ok(Cell::Null)
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Cell<'de>, E> {
+                Ok(Cell::I(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Cell<'de>, E> {
+                Ok(Cell::U(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Cell<'de>, E> {
+                Ok(Cell::F(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Cell<'de>, E> {
+                Ok(Cell::B(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cell<'de>, E> {
+                Ok(Cell::S(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Cell<'de>, E> {
+                Ok(Cell::S(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Cell<'de>, E> {
+                Ok(Cell::S(Cow::Owned(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cell<'de>, A::Error> {
+                let v = de::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Cell::Nested(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Cell<'de>, A::Error> {
+                let v = de::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Cell::Nested(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One row object, appended straight into the builders.
+struct RowSeed<'b, 'a> {
+    rows: &'b mut RowsBuilder<'a>,
+    row: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object per row")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let cell: Cell<'de> = map.next_value()?;
+            self.rows.cell(self.row, &key, cell);
+        }
+        self.rows.end_row();
+        Ok(())
+    }
+}
+
+/// A JSON array of row objects.
+struct ArraySeed<'b, 'a> {
+    rows: &'b mut RowsBuilder<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ArraySeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of row objects")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut row = 0;
+        loop {
+            row += 1;
+            if seq.next_element_seed(RowSeed { rows: self.rows, row })?.is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Rows given as JSON objects (the Mydex transaction API): the same checks as a body.
+pub fn decode_objects(schema: &DatasetSchema, rows: &[serde_json::Map<String, serde_json::Value>]) -> Result<RecordBatch, DecodeError> {
+    let mut builder = RowsBuilder::new(schema);
+    for (i, row) in rows.iter().enumerate() {
+        for (key, value) in row {
+            let cell = match value {
+                serde_json::Value::Null => Cell::Null,
+                serde_json::Value::Bool(b) => Cell::B(*b),
+                serde_json::Value::Number(n) => n.as_i64().map(Cell::I).or(n.as_u64().map(Cell::U)).unwrap_or(Cell::F(n.as_f64().unwrap_or(f64::NAN))),
+                serde_json::Value::String(s) => Cell::S(Cow::Borrowed(s)),
+                other => Cell::Nested(other.clone()),
+            };
+            builder.cell(i + 1, key, cell);
+        }
+        builder.end_row();
+    }
+    builder.finish()
+}
+
+/// CSV with a header row of field names; an empty cell is null (RFC 4180 quoting).
+fn decode_csv(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(body);
+    let headers = reader.headers().map_err(|_| DecodeError::Malformed("CSV without a header row".into()))?.clone();
+    let mut rows = RowsBuilder::new(schema);
+    let mut record = csv::StringRecord::new();
+    let mut row = 0;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(DecodeError::Malformed(format!("CSV row {}: {}", row + 1, csv_reason(&e)))),
+        }
+        row += 1;
+        for (key, value) in headers.iter().zip(record.iter()) {
+            let cell = if value.is_empty() { Cell::Null } else { Cell::S(Cow::Borrowed(value)) };
+            rows.cell(row, key, cell);
+        }
+        rows.end_row();
+    }
+    rows.finish()
+}
+
+fn csv_reason(e: &csv::Error) -> &'static str {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { .. } => "wrong number of fields",
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8",
+        _ => "malformed CSV",
+    }
+}
+
+/// An Arrow IPC stream whose schema uses the dataset's names and types; columns it leaves
+/// out are null, extra or mistyped ones are refused.
+fn decode_ipc(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+    use datafusion::arrow::ipc::reader::StreamReader;
+    let reader = StreamReader::try_new(body, None).map_err(|_| DecodeError::Malformed("not an Arrow IPC stream".into()))?;
+    let given = reader.schema();
+    let mut errors = Vec::new();
+    let mut mapping = Vec::with_capacity(given.fields().len());
+    for f in given.fields() {
+        match schema.input.index_of(f.name()) {
+            Ok(i) if schema.input.field(i).data_type() == f.data_type() => mapping.push(i),
+            Ok(i) => errors.push(RowError {
+                row: 0,
+                field: Some(f.name().clone()),
+                reason: format!("expected {}", schema.input.field(i).data_type()),
+            }),
+            Err(_) => errors.push(RowError { row: 0, field: Some(f.name().clone()), reason: "not a field of this dataset".into() }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DecodeError::Rows(errors));
+    }
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|_| DecodeError::Malformed("truncated Arrow IPC stream".into()))?;
+    let batch = datafusion::arrow::compute::concat_batches(&given, &batches).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let rows = batch.num_rows();
+    let mut arrays: Vec<ArrayRef> =
+        schema.input.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), rows)).collect();
+    for (col, &i) in batch.columns().iter().zip(&mapping) {
+        arrays[i] = col.clone();
+    }
+    // Text caps and JSON validity hold for IPC as for JSON bodies.
+    for (i, array) in arrays.iter().enumerate() {
+        let Some(field) = schema.field(i) else { continue };
+        if let Some(strings) = array.as_any().downcast_ref::<datafusion::arrow::array::StringArray>() {
+            for (r, v) in strings.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let bad = if v.len() > field.max_bytes as usize {
+                    Some("value too long")
+                } else if field.data_type == FieldType::Json
+                    && !matches!(serde_json::from_str::<serde_json::Value>(v), Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_)))
+                {
+                    Some("expected a JSON object or array")
+                } else {
+                    None
+                };
+                if let Some(reason) = bad {
+                    if errors.len() < MAX_ROW_ERRORS {
+                        errors.push(RowError { row: r + 1, field: Some(field.name.to_string()), reason: reason.into() });
+                    }
+                }
+            }
+        }
+    }
+    finish_batch(schema, arrays, errors)
+}
+
+#[cfg(test)]
+mod tests;

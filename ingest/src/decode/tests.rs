@@ -1,0 +1,90 @@
+use datafusion::arrow::array::{AsArray, Decimal128Array};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+
+use super::*;
+
+fn schema(name: &str) -> DatasetSchema {
+    let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == name).unwrap();
+    DatasetSchema::new(Arc::new(d))
+}
+
+fn rows(e: DecodeError) -> Vec<(usize, Option<String>)> {
+    match e {
+        DecodeError::Rows(r) => r.into_iter().map(|e| (e.row, e.field)).collect(),
+        DecodeError::Malformed(m) => panic!("malformed: {m}"),
+    }
+}
+
+#[test]
+fn ndjson_json_and_csv_decode_to_the_same_batch() {
+    let s = schema("ds_energy_consumption");
+    let ndjson = b"{\"member_uid\": 7, \"field_energy_reading_timestamp\": 1700000000, \"field_energy_reading_value\": \"12.5\", \"field_energy_source_name\": \"Kettle\"}\n\n{\"member_uid\": \"8\", \"instance\": 2, \"field_energy_reading_timestamp\": \"1700000900\", \"field_energy_reading_value\": 3}\n";
+    let array = b"[{\"member_uid\": 7, \"field_energy_reading_timestamp\": 1700000000, \"field_energy_reading_value\": 12.5, \"field_energy_source_name\": \"Kettle\"},
+                   {\"member_uid\": 8, \"instance\": \"2\", \"field_energy_reading_timestamp\": 1700000900, \"field_energy_reading_value\": \"3\"}]";
+    let csv = b"member_uid,instance,field_energy_reading_timestamp,field_energy_reading_value,field_energy_source_name\n7,,1700000000,12.5,Kettle\n8,2,1700000900,3,\n";
+    let a = decode(&s, Format::Ndjson, ndjson).unwrap();
+    let b = decode(&s, Format::JsonArray, array).unwrap();
+    let c = decode(&s, Format::Csv, csv).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(a.num_rows(), 2);
+    assert_eq!(a.column(0).as_primitive::<Int64Type>().values(), &[7, 8]);
+    assert_eq!(a.column(1).as_primitive::<Int64Type>().values(), &[0, 2], "instance defaults to 0");
+    let value = a.column_by_name("field_energy_reading_value").unwrap().as_primitive::<Float64Type>();
+    assert_eq!(value.values(), &[12.5, 3.0]);
+
+    // The same rows as Arrow IPC, with only some columns.
+    let ipc_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        s.input.field(0).clone(),
+        s.input.field_with_name("field_energy_reading_timestamp").unwrap().clone(),
+    ]));
+    let batch = RecordBatch::try_new(
+        ipc_schema.clone(),
+        vec![Arc::new(Int64Array::from(vec![7, 8])), Arc::new(Int64Array::from(vec![1700000000, 1700000900]))],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &ipc_schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    let d = decode(&s, Format::ArrowIpc, &buf).unwrap();
+    assert_eq!(d.num_rows(), 2);
+    assert_eq!(d.column_by_name("field_energy_reading_value").unwrap().null_count(), 2);
+}
+
+#[test]
+fn refusals_name_rows_and_fields_never_values() {
+    let s = schema("ds_energy_consumption");
+    let body = b"{\"member_uid\": 1, \"field_energy_reading_value\": \"canary-1\"}\n{\"member_uid\": 1, \"surprise\": 1}\n{\"field_energy_source_name\": \"ok\"}\n{\"member_uid\": 1, \"id\": 4}\n{\"member_uid\": 1, \"field_energy_homeid\": 1.5}\n";
+    let Err(DecodeError::Rows(errors)) = decode(&s, Format::Ndjson, body) else { panic!() };
+    let got: Vec<_> = errors.iter().map(|e| (e.row, e.field.as_deref().unwrap_or(""))).collect();
+    assert_eq!(
+        got,
+        [(1, "field_energy_reading_value"), (2, "surprise"), (3, "member_uid"), (4, "id"), (5, "field_energy_homeid")]
+    );
+    assert!(!format!("{errors:?}").contains("canary"));
+    assert!(matches!(decode(&s, Format::Ndjson, b"{\"member_uid\": 1,"), Err(DecodeError::Malformed(_))));
+    assert!(matches!(decode(&s, Format::Ndjson, b"{\"member_uid\": \"canary\"\"x\"}"), Err(DecodeError::Malformed(m)) if !m.contains("canary")));
+    let csv = b"member_uid,nope\n1,2\n";
+    assert_eq!(rows(decode(&s, Format::Csv, csv).unwrap_err()), [(1, Some("nope".into()))]);
+}
+
+#[test]
+fn decimals_json_and_text_caps() {
+    let s = schema("ds_bank_account_transactions");
+    let body = b"{\"member_uid\": 1, \"ba_transaction_value\": \"111.1\"}\n{\"member_uid\": 1, \"ba_transaction_value\": -2}\n";
+    let b = decode(&s, Format::Ndjson, body).unwrap();
+    let v = b.column_by_name("ba_transaction_value").unwrap().as_any().downcast_ref::<Decimal128Array>().unwrap();
+    assert_eq!(v.values(), &[11110, -200]);
+    assert_eq!(v.value_as_string(0), "111.10");
+    let bad = b"{\"member_uid\": 1, \"ba_transaction_value\": \"1.234\"}\n";
+    assert_eq!(rows(decode(&s, Format::Ndjson, bad).unwrap_err()), [(1, Some("ba_transaction_value".into()))]);
+
+    let r = schema("ds_referrals");
+    let body = b"{\"member_uid\": 1, \"referree_availability\": {\"AM\": [\"Monday\"]}}\n{\"member_uid\": 1, \"referree_availability\": \"[1, 2]\"}\n";
+    let b = decode(&r, Format::Ndjson, body).unwrap();
+    let col = b.column_by_name("referree_availability").unwrap().as_string::<i32>();
+    assert_eq!((col.value(0), col.value(1)), ("{\"AM\":[\"Monday\"]}", "[1,2]"));
+    let long = format!("{{\"member_uid\": 1, \"memo\": \"{}\"}}\n", "x".repeat(70 * 1024));
+    assert_eq!(rows(decode(&r, Format::Ndjson, long.as_bytes()).unwrap_err()), [(1, Some("memo".into()))]);
+}

@@ -1,0 +1,417 @@
+//! The write path as one service: a sequencer thread that assigns row ids, appends to the
+//! WAL with group commit and makes rows visible in the buffer in id order; a flusher task
+//! that writes due partitions to Parquet and drops WAL segments whose rows are all persisted.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catalog::{Catalog, DataEnvironment, DatasetName, MemberId};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{sort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::IngestError;
+use crate::buffer::{Buffer, PartitionKey};
+use crate::schema::DatasetSchema;
+use crate::wal::{self, Durability, Segments};
+
+/// Settings of the write path.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub wal_dir: PathBuf,
+    pub durability: Durability,
+    /// A WAL segment is closed past this size.
+    pub segment_bytes: u64,
+    /// Hard limit of buffered rows: above it writes are refused (429) before their body is read.
+    pub buffer_bytes: usize,
+    /// Above this the largest partitions are flushed first.
+    pub buffer_soft_bytes: usize,
+    /// A partition is flushed once its oldest row is this old ...
+    pub flush_age: Duration,
+    /// ... or once it holds this many bytes.
+    pub flush_bytes: usize,
+    /// How often the flusher looks for due partitions.
+    pub flush_tick: Duration,
+    /// Object-store put attempts per flush before the flush is retried later.
+    pub put_attempts: u32,
+}
+
+/// What a WAL record says besides its rows.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordHeader {
+    dataset: DatasetName,
+    env: DataEnvironment,
+    connection: i64,
+}
+
+/// One write on its way to the sequencer.
+struct WriteOp {
+    header: RecordHeader,
+    schema: Arc<DatasetSchema>,
+    /// Input columns, sorted by member.
+    batch: RecordBatch,
+    reply: oneshot::Sender<Result<Vec<i64>, String>>,
+}
+
+/// The write path. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Ingester {
+    config: IngestConfig,
+    catalog: Catalog,
+    store: Arc<dyn ObjectStore>,
+    buffer: Arc<Buffer>,
+    sequencer: Mutex<Option<std::sync::mpsc::Sender<WriteOpBox>>>,
+    sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    current_segment: Arc<AtomicU64>,
+    schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// `WriteOp` holds no `Debug` types of interest; boxed to keep the channel small.
+struct WriteOpBox(Box<WriteOp>);
+
+impl std::fmt::Debug for WriteOpBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteOp")
+    }
+}
+
+fn encode_record(header: &RecordHeader, batch: &RecordBatch) -> Result<Vec<u8>, IngestError> {
+    let head = serde_json::to_vec(header).map_err(|e| IngestError::Internal(e.to_string()))?;
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() + head.len() + 8);
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+fn decode_record(payload: &[u8]) -> Result<(RecordHeader, Vec<RecordBatch>), IngestError> {
+    let corrupt = |what: &str| IngestError::Internal(format!("WAL record: {what}"));
+    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(|| corrupt("short"))?.try_into().expect("4 bytes")) as usize;
+    let head = payload.get(4..4 + len).ok_or_else(|| corrupt("short header"))?;
+    let header: RecordHeader = serde_json::from_slice(head).map_err(|_| corrupt("bad header"))?;
+    let reader = StreamReader::try_new(&payload[4 + len..], None)?;
+    Ok((header, reader.collect::<Result<Vec<_>, _>>()?))
+}
+
+/// Runs of equal member uids in a member-sorted batch: `(member, start, len)`.
+fn member_runs(batch: &RecordBatch) -> Vec<(i64, usize, usize)> {
+    let members = batch.column(0).as_primitive::<Int64Type>().values();
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=members.len() {
+        if i == members.len() || members[i] != members[start] {
+            runs.push((members[start], start, i - start));
+            start = i;
+        }
+    }
+    runs
+}
+
+/// Inserts a stored (id-carrying, member-sorted) batch into the buffer, one slice per member.
+fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
+    let total = batch.get_array_memory_size().max(1);
+    let rows = batch.num_rows().max(1);
+    for (member, start, len) in member_runs(batch) {
+        let Ok(member) = MemberId::new(member) else { continue };
+        let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
+        // Slices share their batch's buffers: account each its share of the rows.
+        buffer.insert(key, schema, batch.slice(start, len), segment, total * len / rows);
+    }
+}
+
+impl Ingester {
+    /// Opens the write path: replays the WAL into the buffer (skipping rows the manifest
+    /// already holds), then starts the sequencer and the flusher.
+    pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
+        let buffer = Arc::new(Buffer::default());
+        let mut counters: HashMap<PartitionKey, i64> = HashMap::new();
+        for (env, dataset, member, max_id) in catalog.max_row_ids().await? {
+            counters.insert(PartitionKey { env, dataset, member }, max_id);
+        }
+        let persisted = counters.clone();
+        let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
+        let wal_dir = config.wal_dir.clone();
+        let records = tokio::task::spawn_blocking(move || wal::replay(&wal_dir))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??;
+        let mut replayed = 0usize;
+        for (segment, payload) in &records {
+            let (header, batches) = decode_record(payload)?;
+            let schema = match schemas.get(&header.dataset) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?)));
+                    schemas.insert(header.dataset.clone(), s.clone());
+                    s
+                }
+            };
+            for batch in batches {
+                let ids = batch.column(2).as_primitive::<Int64Type>();
+                for (member, start, len) in member_runs(&batch) {
+                    let Ok(member) = MemberId::new(member) else { continue };
+                    let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
+                    let done = persisted.get(&key).copied().unwrap_or(0);
+                    let slice = batch.slice(start, len);
+                    let slice_ids = ids.slice(start, len);
+                    let max = datafusion::arrow::compute::max(&slice_ids).unwrap_or(0);
+                    let counter = counters.entry(key.clone()).or_insert(0);
+                    *counter = (*counter).max(max);
+                    // Rows already in a recorded file were flushed before the crash.
+                    let keep: datafusion::arrow::array::BooleanArray =
+                        slice_ids.iter().map(|id| Some(id.unwrap_or(0) > done)).collect();
+                    let fresh = datafusion::arrow::compute::filter_record_batch(&slice, &keep)?;
+                    if fresh.num_rows() > 0 {
+                        replayed += fresh.num_rows();
+                        let bytes = fresh.get_array_memory_size();
+                        buffer.insert(key, &schema, fresh, *segment, bytes);
+                    }
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(rows = replayed, records = records.len(), "replayed the WAL");
+        }
+        let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
+        let current_segment = Arc::new(AtomicU64::new(segments.current()));
+        let (tx, rx) = std::sync::mpsc::channel::<WriteOpBox>();
+        let thread = {
+            let (buffer, current) = (buffer.clone(), current_segment.clone());
+            std::thread::Builder::new()
+                .name("trove-wal".into())
+                .spawn(move || sequence(rx, segments, &buffer, counters, &current))?
+        };
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let ingester = Arc::new(Ingester {
+            config,
+            catalog,
+            store,
+            buffer,
+            sequencer: Mutex::new(Some(tx)),
+            sequencer_thread: Mutex::new(Some(thread)),
+            current_segment,
+            schemas: Mutex::new(schemas),
+            stop,
+            flusher: Mutex::new(None),
+        });
+        let flusher = tokio::spawn(ingester.clone().flush_loop());
+        *ingester.flusher.lock().expect("not poisoned") = Some(flusher);
+        Ok(ingester)
+    }
+
+    /// The Arrow view of a transactional dataset, parsed once.
+    pub fn schema(&self, dataset: &Arc<catalog::Dataset>) -> Arc<DatasetSchema> {
+        let mut schemas = self.schemas.lock().unwrap_or_else(|p| p.into_inner());
+        schemas.entry(dataset.name.clone()).or_insert_with(|| Arc::new(DatasetSchema::new(dataset.clone()))).clone()
+    }
+
+    /// Refuses new writes while the buffer is over its hard limit, before a body is read.
+    pub fn admit(&self) -> Result<(), IngestError> {
+        if self.buffer.bytes() >= self.config.buffer_bytes {
+            metrics::counter!("trove_ingest_overload_refusals_total").increment(1);
+            return Err(IngestError::Overloaded { retry_after_secs: 1 });
+        }
+        Ok(())
+    }
+
+    /// Stores validated rows: returns once they are durable in the WAL and visible in the
+    /// buffer, with the ids they were given (in member order, input order within a member).
+    pub async fn write(
+        &self,
+        schema: Arc<DatasetSchema>,
+        env: DataEnvironment,
+        connection: catalog::ConnectionId,
+        batch: RecordBatch,
+    ) -> Result<Vec<i64>, IngestError> {
+        let batch = sort_by_member(batch)?;
+        let rows = batch.num_rows();
+        let (reply, done) = oneshot::channel();
+        let op = WriteOp {
+            header: RecordHeader { dataset: schema.dataset.name.clone(), env, connection: connection.get() },
+            schema,
+            batch,
+            reply,
+        };
+        {
+            let sender = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
+            sender.send(WriteOpBox(Box::new(op))).map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?;
+        }
+        let ids = done
+            .await
+            .map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?
+            .map_err(IngestError::Unavailable)?;
+        metrics::counter!("trove_ingest_rows_accepted_total").increment(rows as u64);
+        Ok(ids)
+    }
+
+    /// The buffer of acknowledged, not yet flushed rows (reads union them with the files).
+    pub fn buffer(&self) -> &Arc<Buffer> {
+        &self.buffer
+    }
+
+    async fn flush_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.flush_tick) => {},
+                _ = stop.changed() => return,
+            }
+            self.flush_round(false).await;
+            metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
+        }
+    }
+
+    /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.
+    /// Returns how many partitions failed to flush.
+    pub async fn flush_round(&self, all: bool) -> usize {
+        let keys = if all {
+            self.buffer.keys()
+        } else {
+            self.buffer.due(self.config.flush_age, self.config.flush_bytes, self.config.buffer_soft_bytes)
+        };
+        let failed = futures::stream::iter(keys)
+            .map(|key| async move {
+                let Some(flush) = self.buffer.begin_flush(&key) else { return 0 };
+                let result =
+                    crate::persist::persist(&self.store, &self.catalog, &key, &flush.schema, flush.batches.clone(), self.config.put_attempts)
+                        .await;
+                self.buffer.end_flush(&flush, result.is_ok());
+                match result {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        metrics::counter!("trove_ingest_flush_failures_total").increment(1);
+                        tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
+                        1
+                    }
+                }
+            })
+            .buffer_unordered(4)
+            .fold(0usize, |a, b| async move { a + b })
+            .await;
+        // Read the writer's segment before the buffer's oldest: rows are buffered before the
+        // writer moves to a newer segment, so no needed segment can slip between the reads.
+        let current = self.current_segment.load(Ordering::Acquire);
+        let keep_from = self.buffer.min_segment().map_or(current, |m| m.min(current));
+        let dir = self.config.wal_dir.clone();
+        match tokio::task::spawn_blocking(move || wal::remove_below(&dir, keep_from)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "dropped persisted WAL segments"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not drop WAL segments"),
+            _ => {}
+        }
+        failed
+    }
+
+    /// Graceful shutdown: stop taking writes, let the sequencer finish, flush everything.
+    pub async fn shutdown(&self) -> Result<(), IngestError> {
+        self.sequencer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.sequencer_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join()).await.ok();
+        }
+        let _ = self.stop.send(true);
+        let flusher = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        for _ in 0..3 {
+            if self.flush_round(true).await == 0 && self.buffer.bytes() == 0 {
+                return Ok(());
+            }
+        }
+        Err(IngestError::Unavailable("some rows could not be flushed; they stay in the WAL for the next start".into()))
+    }
+}
+
+/// Sorts rows by member (stable: a member's rows keep their order, so their ids follow it).
+fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
+    let members = batch.column(0).as_primitive::<Int64Type>().values();
+    if members.windows(2).all(|w| w[0] <= w[1]) {
+        return Ok(batch);
+    }
+    let indices = sort_to_indices(batch.column(0), None, None)?;
+    Ok(take_record_batch(&batch, &indices)?)
+}
+
+/// The sequencer: takes every queued write, gives rows ids, appends the group to the WAL
+/// with one sync, then makes the rows visible in id order and answers each request.
+fn sequence(
+    rx: std::sync::mpsc::Receiver<WriteOpBox>,
+    mut segments: Segments,
+    buffer: &Buffer,
+    mut counters: HashMap<PartitionKey, i64>,
+    current: &AtomicU64,
+) {
+    const GROUP_BYTES: usize = 32 << 20;
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first.0];
+        let mut bytes = group[0].batch.get_array_memory_size();
+        while bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.0.batch.get_array_memory_size();
+                    group.push(op.0);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut prepared = Vec::with_capacity(group.len());
+        for op in group {
+            match assign_ids(&op, &mut counters).and_then(|stored| Ok((encode_record(&op.header, &stored)?, stored))) {
+                Ok((payload, stored)) => prepared.push((op, stored, payload)),
+                Err(e) => {
+                    let _ = op.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        let payloads: Vec<&[u8]> = prepared.iter().map(|(_, _, p)| p.as_slice()).collect();
+        match segments.write_group(&payloads) {
+            Ok(segment) => {
+                metrics::histogram!("trove_ingest_wal_append_duration_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
+                for (op, stored, _) in prepared {
+                    buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
+                    let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
+                    let _ = op.reply.send(Ok(ids));
+                }
+                current.store(segments.current(), Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL append failed");
+                for (op, _, _) in prepared {
+                    let _ = op.reply.send(Err(format!("the write-ahead log failed: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// The stored batch: the input columns with row ids inserted after `instance`. Ids continue
+/// each (environment, dataset, member) counter; failed appends leave gaps, never reuse.
+fn assign_ids(op: &WriteOp, counters: &mut HashMap<PartitionKey, i64>) -> Result<RecordBatch, IngestError> {
+    let mut ids = Vec::with_capacity(op.batch.num_rows());
+    for (member, _, len) in member_runs(&op.batch) {
+        let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let key = PartitionKey { env: op.header.env, dataset: op.header.dataset.clone(), member };
+        let next = counters.entry(key).or_insert(0);
+        ids.extend((*next + 1)..=(*next + len as i64));
+        *next += len as i64;
+    }
+    let mut columns: Vec<ArrayRef> = op.batch.columns().to_vec();
+    columns.insert(2, Arc::new(Int64Array::from(ids)));
+    Ok(RecordBatch::try_new(op.schema.stored.clone(), columns)?)
+}

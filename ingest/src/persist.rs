@@ -1,0 +1,139 @@
+//! Buffered rows to Parquet in object storage: sorted by event time, ZSTD, dictionary
+//! encoding, page statistics and page index, a unique name written with `PutMode::Create`,
+//! recorded in the manifest only after the put succeeded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog::{Catalog, ParquetFile};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::buffer::PartitionKey;
+use crate::schema::{DatasetSchema, ROW_ID};
+
+/// Where a partition's files live: `<environment>/<dataset>/<member>/`, so one member's data
+/// can be listed, exported and erased without touching anyone else's.
+///
+/// ```
+/// use ingest::persist::partition_prefix;
+/// let key = ingest::buffer::PartitionKey {
+///     env: catalog::DataEnvironment::Production,
+///     dataset: "ds_energy_consumption".parse().unwrap(),
+///     member: catalog::MemberId::new(42).unwrap(),
+/// };
+/// assert_eq!(partition_prefix(&key).as_ref(), "production/ds_energy_consumption/42");
+/// ```
+pub fn partition_prefix(key: &PartitionKey) -> Path {
+    Path::from_iter([key.env.as_str(), key.dataset.as_str(), &key.member.to_string()])
+}
+
+/// A new, unique file name in the partition: the first event day and id range say what it
+/// holds; a random suffix makes concurrent writers (several nodes) never collide.
+fn file_path(key: &PartitionKey, min_event_time: i64, min_id: i64, max_id: i64) -> Path {
+    let day = min_event_time.div_euclid(86_400);
+    let name = format!("d{day:06}_{min_id:012}-{max_id:012}_{}.parquet", uuid::Uuid::new_v4().simple());
+    partition_prefix(key).join(name.as_str())
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build()
+}
+
+/// Encodes rows of one partition as one Parquet file, sorted by event time then id.
+/// Returns the bytes and the manifest entry (its path still to be chosen by the caller).
+pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
+    let batch = concat_batches(&schema.stored, batches)?;
+    let sort = [
+        SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
+        SortColumn { values: batch.column(2).clone(), options: None },
+    ];
+    let indices = lexsort_to_indices(&sort, None)?;
+    let sorted = take_record_batch(&batch, &indices)?;
+    let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4);
+    let mut writer = ArrowWriter::try_new(&mut out, schema.stored.clone(), Some(writer_properties()))?;
+    writer.write(&sorted)?;
+    writer.close()?;
+    Ok((out, sorted))
+}
+
+/// Writes a partition's rows as a new file and records it. Object-store errors are retried
+/// with backoff (up to `attempts`); the manifest commit is the point where the rows count
+/// as persisted.
+pub async fn persist(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    key: &PartitionKey,
+    schema: &Arc<DatasetSchema>,
+    batches: Vec<RecordBatch>,
+    attempts: u32,
+) -> Result<ParquetFile, crate::IngestError> {
+    let schema2 = schema.clone();
+    let (bytes, sorted) = tokio::task::spawn_blocking(move || encode(&schema2, &batches))
+        .await
+        .map_err(|e| crate::IngestError::Internal(format!("encode task: {e}")))??;
+    let times = sorted.column(schema.event_time_stored).as_primitive::<Int64Type>();
+    let ids = sorted.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
+    let (min_t, max_t) = (min_i64(times), max_i64(times));
+    let (min_id, max_id) = (min_i64(ids), max_i64(ids));
+    let path = file_path(key, min_t, min_id, max_id);
+    let size = bytes.len() as i64;
+    put_with_retry(store, &path, bytes, attempts).await?;
+    let file = ParquetFile {
+        environment: key.env,
+        dataset: key.dataset.clone(),
+        member: key.member,
+        path: path.to_string(),
+        rows: sorted.num_rows() as i64,
+        size_bytes: size,
+        min_event_time: min_t,
+        max_event_time: max_t,
+        min_id,
+        max_id,
+    };
+    catalog.commit_parquet_files(std::slice::from_ref(&file), &[]).await?;
+    metrics::counter!("trove_ingest_files_written_total").increment(1);
+    metrics::counter!("trove_ingest_bytes_written_total").increment(size as u64);
+    Ok(file)
+}
+
+fn min_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
+    datafusion::arrow::compute::min(a).unwrap_or(0)
+}
+
+fn max_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
+    datafusion::arrow::compute::max(a).unwrap_or(0)
+}
+
+/// `PutMode::Create` with exponential backoff. `AlreadyExists` after a retry means an
+/// earlier attempt landed (the name is unique to this flush), which is success.
+pub async fn put_with_retry(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>, attempts: u32) -> Result<(), crate::IngestError> {
+    let payload = PutPayload::from(bytes);
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=attempts.max(1) {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match store.put_opts(path, payload.clone(), opts).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => return Ok(()),
+            Err(e) if attempt == attempts.max(1) => return Err(e.into()),
+            Err(e) => {
+                metrics::counter!("trove_ingest_object_store_retries_total").increment(1);
+                tracing::warn!(attempt, error = %e, "object store put failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}

@@ -1,0 +1,77 @@
+//! A transactional dataset as Arrow: the columns rows are validated into, stored in the
+//! WAL and buffers, and written to Parquet.
+
+use std::sync::Arc;
+
+use catalog::{Dataset, FieldType};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Decimal fields are stored as Decimal128(18, 2).
+pub const DECIMAL_PRECISION: u8 = 18;
+pub const DECIMAL_SCALE: i8 = 2;
+
+/// The reserved columns, in order, before the dataset's own fields.
+pub const MEMBER_UID: &str = "member_uid";
+pub const INSTANCE: &str = "instance";
+pub const ROW_ID: &str = "id";
+
+/// The Arrow type of a field type (CONTRACT.md: Int64, Float64, Utf8, plus Decimal and
+/// Boolean).
+pub fn arrow_type(t: FieldType) -> DataType {
+    match t {
+        FieldType::Integer | FieldType::Timestamp => DataType::Int64,
+        FieldType::Float => DataType::Float64,
+        FieldType::Decimal => DataType::Decimal128(DECIMAL_PRECISION, DECIMAL_SCALE),
+        FieldType::Text | FieldType::Json => DataType::Utf8,
+        FieldType::Boolean => DataType::Boolean,
+    }
+}
+
+/// The columns of a dataset's rows.
+#[derive(Debug, Clone)]
+pub struct DatasetSchema {
+    pub dataset: Arc<Dataset>,
+    /// `member_uid`, `instance`, then the data fields: what a client sends.
+    pub input: SchemaRef,
+    /// `member_uid`, `instance`, `id`, then the data fields: what is stored.
+    pub stored: SchemaRef,
+    /// Index of the event-time field in `input` and in `stored`.
+    pub event_time_input: usize,
+    pub event_time_stored: usize,
+}
+
+impl DatasetSchema {
+    /// # Panics
+    /// If the dataset is not transactional (it has no event-time field).
+    pub fn new(dataset: Arc<Dataset>) -> Self {
+        let event = dataset.event_time_field.clone().expect("transactional datasets have an event time");
+        let data: Vec<Field> = dataset
+            .data_fields()
+            .map(|f| Field::new(f.name.as_str(), arrow_type(f.data_type), true))
+            .collect();
+        let reserved = [Field::new(MEMBER_UID, DataType::Int64, false), Field::new(INSTANCE, DataType::Int64, false)];
+        let input: Vec<Field> = reserved.iter().cloned().chain(data.iter().cloned()).collect();
+        let mut stored = input.clone();
+        stored.insert(2, Field::new(ROW_ID, DataType::Int64, false));
+        let position = |fields: &[Field]| fields.iter().position(|f| f.name() == event.as_str()).expect("event field");
+        let (event_time_input, event_time_stored) = (position(&input), position(&stored));
+        DatasetSchema {
+            dataset,
+            input: Arc::new(Schema::new(input)),
+            stored: Arc::new(Schema::new(stored)),
+            event_time_input,
+            event_time_stored,
+        }
+    }
+
+    /// The data field behind input column `i` (none for the reserved columns).
+    pub fn field(&self, i: usize) -> Option<&catalog::Field> {
+        i.checked_sub(2).and_then(|i| self.dataset.data_fields().nth(i))
+    }
+
+    /// Whether the server fills a missing event time with the arrival time (datasets
+    /// without an event-time field of their own use `created_timestamp`).
+    pub fn fills_event_time(&self) -> bool {
+        self.dataset.event_time_field.as_ref().is_some_and(|f| f.as_str() == catalog::DEFAULT_EVENT_TIME_FIELD)
+    }
+}

@@ -1,0 +1,114 @@
+//! `POST /v1/ingest/{dataset}`: high-rate delivery of transactional rows for many members at
+//! once. A 200 means every row is durable and visible; any refused row stores nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use catalog::{Connection, ConnectionId, DatasetKind, DatasetName, ErrorKind};
+use ingest::decode::{self, Format};
+use ingest::validate;
+use serde::{Deserialize, Serialize};
+
+use super::auth::bearer_of;
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
+use crate::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IngestQuery {
+    /// With a subscriber token: which of its connections writes (optional when it has one).
+    connection: Option<ConnectionId>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Accepted {
+    accepted: usize,
+}
+
+/// The writing connection: `Bearer <nid>:<connection key>`, or a subscriber token naming
+/// one of its connections. Only approved (sandbox) or live connections write.
+async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option<ConnectionId>) -> ApiResult<Connection> {
+    let token = bearer_of(headers).ok_or_else(ApiError::unauthenticated)?;
+    if let Some((nid, key)) = token.split_once(':') {
+        let nid = nid.parse().map_err(|_| ApiError::unauthenticated())?;
+        return Ok(state.catalog.authenticate_connection(nid, key).await?);
+    }
+    let subscriber = state.catalog.authenticate_subscriber_token(token).await?;
+    let mine: Vec<Connection> =
+        state.catalog.connections(Some(subscriber)).await?.into_iter().filter(|c| c.approved_version.is_some()).collect();
+    match named {
+        Some(id) => mine.into_iter().find(|c| c.id == id).ok_or_else(ApiError::forbidden),
+        None if mine.len() == 1 => Ok(mine.into_iter().next().expect("one")),
+        None => Err(ApiError::bad_request("name the writing connection with ?connection=<id>")),
+    }
+}
+
+/// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream.
+#[utoipa::path(post, path = "/v1/ingest/{dataset}", tag = "ingest", security(("bearer" = [])),
+    params(("dataset" = String, Path), IngestQuery),
+    request_body(content = String, description = "rows naming `member_uid` (and optionally `instance`)",
+        content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, body = Accepted),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+pub(super) async fn ingest(
+    State(state): State<AppState>,
+    ApiPath(dataset): ApiPath<String>,
+    ApiQuery(q): ApiQuery<IngestQuery>,
+    request: Request,
+) -> ApiResult<axum::Json<Accepted>> {
+    let connection = writing_connection(&state, request.headers(), q.connection).await?;
+    let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
+    // Refuse under pressure before the body is read.
+    state.ingester.admit()?;
+    let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
+    let dataset = match state.catalog.dataset(&name).await {
+        Ok(d) if d.kind == DatasetKind::Transactional => Arc::new(d),
+        Ok(_) => return Err(ApiError::bad_request("a metadata dataset: write it through /api/pds/pds")),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(ApiError::not_found("dataset")),
+        Err(e) => return Err(e.into()),
+    };
+    let env = connection.environment.into();
+    let writable = terms.datasets.get(&name).is_some_and(|g| !g.write.is_empty());
+    if !writable || !validate::dataset_offered(&dataset, env) {
+        return Err(ApiError::forbidden());
+    }
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = Format::from_content_type(content_type).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send application/x-ndjson, application/json, text/csv or application/vnd.apache.arrow.stream",
+        )
+    })?;
+    let body = axum::body::to_bytes(request.into_body(), state.settings.max_ingest_bytes)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))?;
+    let schema = state.ingester.schema(&dataset);
+    let decode_schema = schema.clone();
+    let batch = tokio::task::spawn_blocking(move || decode::decode(&decode_schema, format, &body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ingest::IngestError::from)?;
+    if batch.num_rows() == 0 {
+        return Ok(axum::Json(Accepted { accepted: 0 }));
+    }
+    // The agreements in force when the request starts decide every row.
+    let agreements = state.catalog.active_agreements(connection.id).await?;
+    let grants: HashMap<_, _> = agreements
+        .iter()
+        .filter_map(|(member, version)| Some((*member, connection.revision(*version)?.terms.datasets.get(&name)?)))
+        .collect();
+    validate::authorize_rows(&schema, &batch, &grants)?;
+    let batch = validate::check_event_time(&schema, batch, now_secs())?;
+    let rows = batch.num_rows();
+    state.ingester.write(schema, env, connection.id, batch).await?;
+    Ok(axum::Json(Accepted { accepted: rows }))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
