@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use catalog::{Catalog, DataEnvironment, DatasetName, MemberId};
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -342,8 +342,9 @@ fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
     if members.windows(2).all(|w| w[0] <= w[1]) {
         return Ok(batch);
     }
-    let indices = sort_to_indices(batch.column(0), None, None)?;
-    Ok(take_record_batch(&batch, &indices)?)
+    let mut order: Vec<u32> = (0..members.len() as u32).collect();
+    order.sort_by_key(|&i| members[i as usize]);
+    Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(order))?)
 }
 
 /// The sequencer: takes every queued write, gives rows ids, appends the group to the WAL
