@@ -4,6 +4,7 @@
 
 mod auth;
 mod binary;
+mod crash;
 mod ingest;
 mod lifecycle;
 mod operations;
