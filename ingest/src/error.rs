@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Invalid,
     /// The agreement does not permit this write (403).
     Forbidden,
+    /// The same `Idempotency-Key` is still being written (409).
+    Conflict,
     /// Under pressure: retry later (429/503 with `Retry-After`).
     Overloaded,
     /// Storage is failing or the server is stopping (503).
@@ -38,6 +40,10 @@ pub enum IngestError {
     Rows { rows: Vec<RowError>, forbidden: bool },
     #[error("the agreement does not permit this write")]
     Forbidden,
+    #[error("a write with this Idempotency-Key is still in flight")]
+    InFlight,
+    #[error("this Idempotency-Key was used with another body")]
+    KeyReused,
     #[error("the write buffer is full; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
     #[error("{0}")]
@@ -60,7 +66,8 @@ impl IngestError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             IngestError::Malformed(_) => ErrorKind::Malformed,
-            IngestError::Invalid { .. } => ErrorKind::Invalid,
+            IngestError::Invalid { .. } | IngestError::KeyReused => ErrorKind::Invalid,
+            IngestError::InFlight => ErrorKind::Conflict,
             IngestError::Rows { forbidden: false, .. } => ErrorKind::Invalid,
             IngestError::Rows { forbidden: true, .. } | IngestError::Forbidden => ErrorKind::Forbidden,
             IngestError::Overloaded { .. } => ErrorKind::Overloaded,

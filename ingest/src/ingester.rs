@@ -19,8 +19,11 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use catalog::IdempotentWrite;
+
 use crate::IngestError;
 use crate::buffer::{Buffer, PartitionKey};
+use crate::idempotency::{Claim, Decision, Keys};
 use crate::schema::DatasetSchema;
 use crate::wal::{self, Durability, Segments};
 
@@ -51,6 +54,18 @@ struct RecordHeader {
     dataset: DatasetName,
     env: DataEnvironment,
     connection: i64,
+    /// The write's `Idempotency-Key` and body hash, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency: Option<(String, String)>,
+    /// Epoch milliseconds of the write.
+    at: i64,
+}
+
+impl RecordHeader {
+    fn idempotent_write(&self, accepted: usize) -> Option<IdempotentWrite> {
+        let (key, body_hash) = self.idempotency.clone()?;
+        Some(IdempotentWrite { connection: self.connection, key, body_hash, accepted: accepted as i64, at: self.at })
+    }
 }
 
 /// One write on its way to the sequencer.
@@ -73,6 +88,7 @@ pub struct Ingester {
     sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
+    keys: Arc<Keys>,
     stop: tokio::sync::watch::Sender<bool>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -149,8 +165,12 @@ impl Ingester {
             .await
             .map_err(|e| IngestError::Internal(e.to_string()))??;
         let mut replayed = 0usize;
+        let keys = Arc::new(Keys::default());
         for (segment, payload) in &records {
             let (header, batches) = decode_record(payload)?;
+            if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
+                keys.in_segment(*segment, w);
+            }
             let schema = match schemas.get(&header.dataset) {
                 Some(s) => s.clone(),
                 None => {
@@ -189,10 +209,10 @@ impl Ingester {
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
         let (tx, rx) = std::sync::mpsc::channel::<WriteOpBox>();
         let thread = {
-            let (buffer, current) = (buffer.clone(), current_segment.clone());
+            let (buffer, current, keys) = (buffer.clone(), current_segment.clone(), keys.clone());
             std::thread::Builder::new()
                 .name("trove-wal".into())
-                .spawn(move || sequence(rx, segments, &buffer, counters, &current))?
+                .spawn(move || sequence(rx, segments, &buffer, &keys, counters, &current))?
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
@@ -204,6 +224,7 @@ impl Ingester {
             sequencer_thread: Mutex::new(Some(thread)),
             current_segment,
             schemas: Mutex::new(schemas),
+            keys,
             stop,
             flusher: Mutex::new(None),
         });
@@ -227,20 +248,33 @@ impl Ingester {
         Ok(())
     }
 
+    /// Checks an `Idempotency-Key` of `connection` before its write.
+    pub async fn idempotency(&self, connection: catalog::ConnectionId, key: &str, body_hash: &str) -> Result<Decision, IngestError> {
+        self.keys.begin(&self.catalog, connection.get(), key, body_hash, now_ms()).await
+    }
+
     /// Stores validated rows: returns once they are durable in the WAL and visible in the
     /// buffer, with the ids they were given (in member order, input order within a member).
+    /// A claimed `Idempotency-Key` is written with the rows.
     pub async fn write(
         &self,
         schema: Arc<DatasetSchema>,
         env: DataEnvironment,
         connection: catalog::ConnectionId,
         batch: RecordBatch,
+        claim: Option<&Claim>,
     ) -> Result<Vec<i64>, IngestError> {
         let batch = sort_by_member(batch)?;
         let rows = batch.num_rows();
         let (reply, done) = oneshot::channel();
         let op = WriteOp {
-            header: RecordHeader { dataset: schema.dataset.name.clone(), env, connection: connection.get() },
+            header: RecordHeader {
+                dataset: schema.dataset.name.clone(),
+                env,
+                connection: connection.get(),
+                idempotency: claim.map(|c| (c.key().to_owned(), c.body_hash().to_owned())),
+                at: now_ms(),
+            },
             schema,
             batch,
             reply,
@@ -306,6 +340,11 @@ impl Ingester {
         // writer moves to a newer segment, so no needed segment can slip between the reads.
         let current = self.current_segment.load(Ordering::Acquire);
         let keep_from = self.buffer.min_segment().map_or(current, |m| m.min(current));
+        // Keys of the records about to go must be in the catalog first.
+        if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
+            tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
+            return failed;
+        }
         let dir = self.config.wal_dir.clone();
         match tokio::task::spawn_blocking(move || wal::remove_below(&dir, keep_from)).await {
             Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "dropped persisted WAL segments"),
@@ -336,6 +375,10 @@ impl Ingester {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Sorts rows by member (stable: a member's rows keep their order, so their ids follow it).
 fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
     let members = batch.column(0).as_primitive::<Int64Type>().values();
@@ -353,6 +396,7 @@ fn sequence(
     rx: std::sync::mpsc::Receiver<WriteOpBox>,
     mut segments: Segments,
     buffer: &Buffer,
+    keys: &Keys,
     mut counters: HashMap<PartitionKey, i64>,
     current: &AtomicU64,
 ) {
@@ -385,6 +429,9 @@ fn sequence(
                 metrics::histogram!("trove_ingest_wal_append_duration_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
                 for (op, stored, _) in prepared {
+                    if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
+                        keys.in_segment(segment, w);
+                    }
                     buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
                     let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
                     let _ = op.reply.send(Ok(ids));

@@ -25,11 +25,13 @@
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
 //! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
+//! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`Ingester`]: the sequencer and flusher that tie them together.
 
 pub mod buffer;
 pub mod decode;
 mod error;
+pub mod idempotency;
 mod ingester;
 pub mod persist;
 pub mod schema;

@@ -113,6 +113,8 @@ impl From<ingest::IngestError> for ApiError {
             },
             other => match kind {
                 K::Malformed => Self::bad_request(other.to_string()),
+                K::Invalid => Self::unprocessable(other.to_string(), Vec::new()),
+                K::Conflict => Self::new(StatusCode::CONFLICT, other.to_string()),
                 K::Forbidden => Self::forbidden(),
                 K::Unavailable => {
                     tracing::error!(error = %other, "write path unavailable");

@@ -8,6 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use catalog::{Connection, ConnectionId, DatasetKind, DatasetName, ErrorKind};
 use ingest::decode::{self, Format};
+use ingest::idempotency::Decision;
 use ingest::validate;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +79,9 @@ pub(super) async fn ingest(
         return Err(ApiError::forbidden());
     }
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type_owned = content_type.to_owned();
+    let request_key = request.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
+    let request_key = request_key.transpose().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
     let format = Format::from_content_type(content_type).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -87,6 +91,17 @@ pub(super) async fn ingest(
     let body = axum::body::to_bytes(request.into_body(), state.settings.max_ingest_bytes)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))?;
+    // A retry with the same key and body gets the first answer; another body is 422.
+    let claim = match request_key {
+        None => None,
+        Some(key) => {
+            let hash = body_hash(&name, content_type_owned.as_str(), &body);
+            match state.ingester.idempotency(connection.id, &key, &hash).await? {
+                Decision::Replay { accepted } => return Ok(axum::Json(Accepted { accepted: accepted as usize })),
+                Decision::Proceed(claim) => Some(claim),
+            }
+        }
+    };
     let schema = state.ingester.schema(&dataset);
     let decode_schema = schema.clone();
     let batch = tokio::task::spawn_blocking(move || decode::decode(&decode_schema, format, &body))
@@ -94,6 +109,9 @@ pub(super) async fn ingest(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(ingest::IngestError::from)?;
     if batch.num_rows() == 0 {
+        if let Some(claim) = claim {
+            claim.complete(0, now_secs() * 1000);
+        }
         return Ok(axum::Json(Accepted { accepted: 0 }));
     }
     // The agreements in force when the request starts decide every row.
@@ -105,8 +123,23 @@ pub(super) async fn ingest(
     validate::authorize_rows(&schema, &batch, &grants)?;
     let batch = validate::check_event_time(&schema, batch, now_secs())?;
     let rows = batch.num_rows();
-    state.ingester.write(schema, env, connection.id, batch).await?;
+    state.ingester.write(schema, env, connection.id, batch, claim.as_ref()).await?;
+    if let Some(claim) = claim {
+        claim.complete(rows as i64, now_secs() * 1000);
+    }
     Ok(axum::Json(Accepted { accepted: rows }))
+}
+
+/// What makes two writes "the same body": dataset, content type and bytes.
+fn body_hash(dataset: &DatasetName, content_type: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(dataset.as_str());
+    h.update([0]);
+    h.update(content_type);
+    h.update([0]);
+    h.update(body);
+    hex::encode(h.finalize())
 }
 
 fn now_secs() -> i64 {

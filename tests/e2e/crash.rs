@@ -56,6 +56,8 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
     let auth = format!("{}:{}", conn["nid"], conn["key"].as_str().unwrap());
     let client = reqwest::Client::new();
     let acked: Arc<Mutex<BTreeSet<i64>>> = Default::default();
+    // Batches whose answer was lost in a crash, retried with the same Idempotency-Key.
+    let unanswered: Arc<Mutex<Vec<(String, String, Vec<i64>)>>> = Default::default();
     let mut sent_max = 0i64;
     let mut restarts = Vec::new();
     let base_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 30 * 86_400;
@@ -71,10 +73,25 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
         let port = free_port();
         let mut server = start(&data, port);
         restarts.push(wait_ready(&client, port).await);
+        // Retries of unanswered batches: the first answer, never a second copy.
+        for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
+            let resp = client
+                .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
+                .bearer_auth(&auth)
+                .header("content-type", "application/x-ndjson")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "a retry with the same key and body is answered");
+            acked.lock().unwrap().extend(markers);
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..3i64 {
-            let (client, auth, acked, stop) = (client.clone(), auth.clone(), acked.clone(), stop.clone());
+            let (client, auth, acked, stop, unanswered) =
+                (client.clone(), auth.clone(), acked.clone(), stop.clone(), unanswered.clone());
             // Each writer owns a range of row markers, so every row sent is distinct.
             let first = (round as i64 * 3 + w) * 10_000_000;
             writers.push(tokio::spawn(async move {
@@ -92,17 +109,24 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
                             )
                         })
                         .collect();
+                    let key = format!("batch-{}", markers[0]);
                     let resp = client
                         .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
                         .bearer_auth(&auth)
                         .header("content-type", "application/x-ndjson")
-                        .body(body)
+                        .header("idempotency-key", &key)
+                        .body(body.clone())
                         .send()
                         .await;
                     match resp {
                         Ok(r) if r.status().is_success() => acked.lock().unwrap().extend(markers),
                         Ok(r) if r.status().is_client_error() && r.status() != 429 => panic!("refused: {}", r.status()),
-                        _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        // No answer: the server died; the batch may or may not be stored.
+                        Err(_) => {
+                            unanswered.lock().unwrap().push((key, body, markers));
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
                     }
                 }
                 next
@@ -117,10 +141,24 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
         }
     }
 
-    // A last clean run: SIGTERM flushes everything.
+    // A last clean run: the last retries, then SIGTERM flushes everything.
     let port = free_port();
     let server = start(&data, port);
     restarts.push(wait_ready(&client, port).await);
+    let retried = unanswered.lock().unwrap().len();
+    for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
+        let resp = client
+            .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
+            .bearer_auth(&auth)
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        acked.lock().unwrap().extend(markers);
+    }
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     let mut server = server;
     assert!(server.wait().unwrap().success());
@@ -152,7 +190,7 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
     }
     let slowest = restarts.iter().max().unwrap();
     println!(
-        "crash: {kills} kills, {} rows acknowledged, {} stored, {} missing, {} duplicated, slowest restart to ready {slowest:?}",
+        "crash: {kills} kills, {} rows acknowledged, {} stored, {} missing, {} duplicated, {retried} batches retried at the end, slowest restart to ready {slowest:?}",
         acked.len(),
         seen.len(),
         missing.len(),

@@ -316,3 +316,31 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
     let stored: usize = by_member(&stored_rows(&catalog, &objects).await).values().map(Vec::len).sum();
     assert_eq!(stored as i64, accepted, "every accepted row is stored");
 }
+
+#[tokio::test]
+async fn idempotency_keys_answer_retries_once() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let conn = &s.creds.subscribers[0].connection;
+    let send = |key: &'static str, body: Vec<u8>| {
+        s.client
+            .post(s.url(&format!("/v1/ingest/{ENERGY}")))
+            .bearer_auth(format!("{}:{}", conn.nid, conn.key))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let first = ndjson(&readings(30, 3, now() - 86_400));
+    let r = send("k1", first.clone()).await.unwrap();
+    assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})));
+    let r = send("k1", first.clone()).await.unwrap();
+    assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})), "the first answer again");
+    assert_eq!(send("k1", ndjson(&readings(5, 3, now() - 86_400))).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Flushed and its WAL segment gone, the key is still remembered (in the catalog).
+    s.flush().await;
+    s.flush().await;
+    assert_eq!(send("k1", first.clone()).await.unwrap().status(), StatusCode::OK);
+    let (catalog, objects, _dir) = s.stop().await;
+    let stored: usize = by_member(&stored_rows(&catalog, &objects).await).values().map(Vec::len).sum();
+    assert_eq!(stored, 30, "stored once");
+}

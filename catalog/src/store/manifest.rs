@@ -101,3 +101,65 @@ impl Catalog {
             .collect()
     }
 }
+
+/// The first answer to a write sent with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentWrite {
+    pub connection: i64,
+    pub key: String,
+    pub body_hash: String,
+    pub accepted: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+}
+
+impl Catalog {
+    /// Remembers answers whose WAL records are about to be deleted (first answer wins).
+    pub async fn remember_idempotent_writes(&self, writes: &[IdempotentWrite]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for w in writes {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (connection_id, idempotency_key, body_hash, accepted, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (connection_id, idempotency_key) DO NOTHING",
+            )
+            .bind(w.connection)
+            .bind(&w.key)
+            .bind(&w.body_hash)
+            .bind(w.accepted)
+            .bind(w.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The remembered answer for a key, if any newer than `since` (epoch ms).
+    pub async fn idempotent_write(&self, connection: i64, key: &str, since: i64) -> Result<Option<IdempotentWrite>> {
+        let row = sqlx::query(
+            "SELECT body_hash, accepted, created_at FROM idempotency_keys \
+             WHERE connection_id = $1 AND idempotency_key = $2 AND created_at >= $3",
+        )
+        .bind(connection)
+        .bind(key)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(IdempotentWrite {
+                connection,
+                key: key.to_owned(),
+                body_hash: r.try_get("body_hash")?,
+                accepted: r.try_get("accepted")?,
+                at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Forgets answers older than `before` (epoch ms).
+    pub async fn forget_idempotent_writes(&self, before: i64) -> Result<()> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -9,7 +9,7 @@
 pub(crate) mod accounts;
 mod connections;
 mod data;
-mod manifest;
+pub(crate) mod manifest;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,134 @@
+//! `Idempotency-Key`: scoped to the writing connection, remembered for 24 hours and across
+//! restarts. The key travels in the WAL record with its batch, so replay restores it with the
+//! rows: a retry after a crash finds the first answer instead of storing the rows again.
+//! When a WAL segment is deleted its keys move to the catalog first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use catalog::{Catalog, IdempotentWrite};
+
+use crate::IngestError;
+
+/// How long a key is remembered.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone)]
+enum Entry {
+    InFlight,
+    Done(IdempotentWrite),
+}
+
+/// What to do with a write that carries a key.
+#[derive(Debug)]
+pub enum Decision {
+    /// First time: go ahead, then [`Claim::complete`].
+    Proceed(Claim),
+    /// Seen with the same body: answer as the first time.
+    Replay { accepted: i64 },
+}
+
+/// The keys this node knows: in flight, answered and still in the WAL.
+#[derive(Debug, Default)]
+pub struct Keys {
+    entries: Mutex<HashMap<(i64, String), Entry>>,
+    /// Answered keys by the WAL segment holding their record.
+    by_segment: Mutex<BTreeMap<u64, Vec<IdempotentWrite>>>,
+}
+
+/// A key reserved for one in-flight write; dropping it without completing frees the key.
+#[derive(Debug)]
+pub struct Claim {
+    keys: Arc<Keys>,
+    id: (i64, String),
+    body_hash: String,
+    done: bool,
+}
+
+impl Claim {
+    pub fn key(&self) -> &str {
+        &self.id.1
+    }
+    pub fn body_hash(&self) -> &str {
+        &self.body_hash
+    }
+    /// Records the answer (the WAL already holds it).
+    pub fn complete(mut self, accepted: i64, at: i64) {
+        let write = IdempotentWrite { connection: self.id.0, key: self.id.1.clone(), body_hash: self.body_hash.clone(), accepted, at };
+        self.keys.lock().insert(self.id.clone(), Entry::Done(write));
+        self.done = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut entries = self.keys.lock();
+            if matches!(entries.get(&self.id), Some(Entry::InFlight)) {
+                entries.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Keys {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, String), Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a key: 409 while the first write is in flight, 422 for another body.
+    pub async fn begin(self: &Arc<Self>, catalog: &Catalog, connection: i64, key: &str, body_hash: &str, now: i64) -> Result<Decision, IngestError> {
+        if key.is_empty() || key.len() > 255 {
+            return Err(IngestError::Malformed("Idempotency-Key must be 1-255 characters".into()));
+        }
+        let id = (connection, key.to_owned());
+        let known = self.lock().get(&id).cloned();
+        let known = match known {
+            Some(e) => Some(e),
+            None => catalog.idempotent_write(connection, key, now - RETENTION_MS).await?.map(Entry::Done),
+        };
+        match known {
+            Some(Entry::InFlight) => Err(IngestError::InFlight),
+            Some(Entry::Done(w)) if w.body_hash == body_hash && w.at >= now - RETENTION_MS => Ok(Decision::Replay { accepted: w.accepted }),
+            Some(Entry::Done(w)) if w.at >= now - RETENTION_MS => Err(IngestError::KeyReused),
+            _ => {
+                let mut entries = self.lock();
+                // Another request may have claimed it while the catalog was asked.
+                if entries.contains_key(&id) {
+                    return Err(IngestError::InFlight);
+                }
+                entries.insert(id.clone(), Entry::InFlight);
+                Ok(Decision::Proceed(Claim { keys: self.clone(), id, body_hash: body_hash.to_owned(), done: false }))
+            }
+        }
+    }
+
+    /// A write's record is in `segment` (called by the sequencer and by replay).
+    pub fn in_segment(&self, segment: u64, write: IdempotentWrite) {
+        self.lock().insert((write.connection, write.key.clone()), Entry::Done(write.clone()));
+        self.by_segment.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().push(write);
+    }
+
+    /// Moves the keys of segments below `keep_from` to the catalog, before those segments
+    /// are deleted, and forgets expired ones.
+    pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64, now: i64) -> Result<(), IngestError> {
+        let moving: Vec<(u64, Vec<IdempotentWrite>)> = {
+            let by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+            by_segment.range(..keep_from).map(|(s, w)| (*s, w.clone())).collect()
+        };
+        if moving.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<IdempotentWrite> = moving.iter().flat_map(|(_, w)| w.iter().cloned()).collect();
+        catalog.remember_idempotent_writes(&writes).await?;
+        {
+            let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+            for (segment, _) in &moving {
+                by_segment.remove(segment);
+            }
+        }
+        self.lock().retain(|_, e| !matches!(e, Entry::Done(w) if w.at < now - RETENTION_MS));
+        catalog.forget_idempotent_writes(now - 2 * RETENTION_MS).await?;
+        Ok(())
+    }
+}
