@@ -112,6 +112,8 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         flush_bytes: args.flush_bytes,
         flush_tick: Duration::from_millis(200),
         put_attempts: 5,
+        compaction: ingest::compact::CompactionConfig::default(),
+        compact_interval: Duration::from_secs(10),
     }
 }
 

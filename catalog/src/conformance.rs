@@ -297,4 +297,10 @@ async fn manifest(c: &Catalog) {
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
     assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["ab"]);
     assert_eq!(kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await), ErrorKind::Internal, "paths are unique");
+    // A second compactor replacing the same files loses, and adds nothing.
+    assert_eq!(kind(c.commit_parquet_files(&[file("ab2", 1, 20, 100)], &["a".into()]).await), ErrorKind::Conflict);
+    assert_eq!(c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap().len(), 1);
+    c.commit_parquet_files(&[file("c", 21, 21, 300), file("d", 22, 22, 300)], &[]).await.unwrap();
+    assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member)]);
+    assert!(c.compaction_candidates(2000, 4, 10).await.unwrap().is_empty());
 }

@@ -46,6 +46,9 @@ pub struct IngestConfig {
     pub flush_tick: Duration,
     /// Object-store put attempts per flush before the flush is retried later.
     pub put_attempts: u32,
+    pub compaction: crate::compact::CompactionConfig,
+    /// How often compaction looks for partitions with many small files.
+    pub compact_interval: Duration,
 }
 
 /// What a WAL record says besides its rows.
@@ -89,6 +92,7 @@ pub struct Ingester {
     current_segment: Arc<AtomicU64>,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
     keys: Arc<Keys>,
+    compactor: crate::compact::Compactor,
     stop: tokio::sync::watch::Sender<bool>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -216,7 +220,7 @@ impl Ingester {
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
-            config,
+            config: config.clone(),
             catalog,
             store,
             buffer,
@@ -225,6 +229,7 @@ impl Ingester {
             current_segment,
             schemas: Mutex::new(schemas),
             keys,
+            compactor: crate::compact::Compactor::new(config.compaction.clone()),
             stop,
             flusher: Mutex::new(None),
         });
@@ -299,6 +304,7 @@ impl Ingester {
 
     async fn flush_loop(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
+        let mut last_compaction = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.flush_tick) => {},
@@ -306,7 +312,18 @@ impl Ingester {
             }
             self.flush_round(false).await;
             metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
+            if last_compaction.elapsed() >= self.config.compact_interval {
+                last_compaction = std::time::Instant::now();
+                if let Err(e) = self.compact_round().await {
+                    tracing::warn!(error = %e, "compaction failed; it retries on its next round");
+                }
+            }
         }
+    }
+
+    /// One compaction pass; returns how many files were merged away.
+    pub async fn compact_round(&self) -> Result<usize, IngestError> {
+        self.compactor.run(&self.catalog, &self.store, &|d| self.schema(d), now_ms() / 1000).await
     }
 
     /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.

@@ -25,10 +25,12 @@
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
 //! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
+//! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`Ingester`]: the sequencer and flusher that tie them together.
 
 pub mod buffer;
+pub mod compact;
 pub mod decode;
 mod error;
 pub mod idempotency;

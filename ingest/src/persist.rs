@@ -13,7 +13,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::buffer::PartitionKey;
 use crate::schema::{DatasetSchema, ROW_ID};
@@ -79,6 +79,20 @@ pub async fn persist(
     batches: Vec<RecordBatch>,
     attempts: u32,
 ) -> Result<ParquetFile, crate::IngestError> {
+    persist_replacing(store, catalog, key, schema, batches, attempts, &[]).await
+}
+
+/// As [`persist`], swapping the new file for `replaced` ones in the same manifest commit
+/// (compaction).
+pub async fn persist_replacing(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    key: &PartitionKey,
+    schema: &Arc<DatasetSchema>,
+    batches: Vec<RecordBatch>,
+    attempts: u32,
+    replaced: &[String],
+) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = tokio::task::spawn_blocking(move || encode(&schema2, &batches))
         .await
@@ -102,7 +116,11 @@ pub async fn persist(
         min_id,
         max_id,
     };
-    catalog.commit_parquet_files(std::slice::from_ref(&file), &[]).await?;
+    if let Err(e) = catalog.commit_parquet_files(std::slice::from_ref(&file), replaced).await {
+        // Never recorded, so never read: remove it rather than leave an orphan.
+        let _ = store.delete(&path).await;
+        return Err(e.into());
+    }
     metrics::counter!("trove_ingest_files_written_total").increment(1);
     metrics::counter!("trove_ingest_bytes_written_total").increment(size as u64);
     Ok(file)

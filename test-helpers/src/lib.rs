@@ -99,6 +99,9 @@ impl TestServer {
             flush_bytes: 8 << 20,
             flush_tick: Duration::from_millis(50),
             put_attempts: 3,
+            compaction: ingest::compact::CompactionConfig { delete_grace: Duration::ZERO, ..Default::default() },
+            // Tests compact when they ask to.
+            compact_interval: Duration::from_secs(3600),
         };
         let ingester = Ingester::open(ingest, catalog.clone(), store).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -51,10 +51,37 @@ impl Catalog {
             .await?;
         }
         for path in replaced {
-            sqlx::query("DELETE FROM parquet_files WHERE path = $1").bind(path).execute(&mut *tx).await?;
+            let done = sqlx::query("DELETE FROM parquet_files WHERE path = $1").bind(path).execute(&mut *tx).await?;
+            // Another compactor (another node) replaced it first: keep its result, drop ours.
+            if done.rows_affected() != 1 {
+                return Err(CatalogError::conflict("a replaced file is no longer in the manifest"));
+            }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Partitions with at least `min_files` files smaller than `small_bytes`: compaction's work.
+    pub async fn compaction_candidates(&self, small_bytes: i64, min_files: i64, limit: i64) -> Result<Vec<(DataEnvironment, DatasetName, MemberId)>> {
+        let rows = sqlx::query(
+            "SELECT environment, dataset, member_uid FROM parquet_files WHERE size_bytes < $1 \
+             GROUP BY environment, dataset, member_uid HAVING COUNT(*) >= $2 LIMIT $3",
+        )
+        .bind(small_bytes)
+        .bind(min_files)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let env: String = row.try_get("environment")?;
+                Ok((
+                    if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
+                    row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
+                    MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+                ))
+            })
+            .collect()
     }
 
     /// One member's files of a dataset, oldest events first.

@@ -1,0 +1,138 @@
+//! Compaction: a member's small files of a dataset merged into few, well-sized ones: by
+//! event day for recent data, by month once the data is cold. The merged file is put
+//! first, then one catalog transaction swaps it for the old ones (readers see either, never
+//! both), then the old objects are deleted after a grace period for reads already planned.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use catalog::{Catalog, ErrorKind, ParquetFile};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::IngestError;
+use crate::buffer::PartitionKey;
+use crate::persist;
+use crate::schema::DatasetSchema;
+
+/// What compaction aims for.
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    /// Files below this size are "small".
+    pub small_bytes: i64,
+    /// A partition is compacted once it has this many small files.
+    pub min_files: i64,
+    /// Data whose newest event is older than this is merged by month instead of by day.
+    pub cold_after_secs: i64,
+    /// Replaced objects are deleted this long after the swap.
+    pub delete_grace: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            small_bytes: 32 << 20,
+            min_files: 4,
+            cold_after_secs: 7 * 86_400,
+            delete_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The compactor; deletions wait in `doomed` until their grace period is over.
+#[derive(Debug)]
+pub struct Compactor {
+    config: CompactionConfig,
+    doomed: Mutex<Vec<(Instant, String)>>,
+}
+
+/// Which merged file a file's rows go to: its event day, or month when cold.
+fn bucket(f: &ParquetFile, now_secs: i64, cold_after: i64) -> (bool, i64) {
+    let day = f.min_event_time.div_euclid(86_400);
+    if f.max_event_time < now_secs - cold_after {
+        (true, day / 30)
+    } else {
+        (false, day)
+    }
+}
+
+impl Compactor {
+    pub fn new(config: CompactionConfig) -> Self {
+        Compactor { config, doomed: Mutex::new(Vec::new()) }
+    }
+
+    /// One pass: merges the small files of up to 32 partitions, then deletes replaced
+    /// objects whose grace period is over. Returns the number of files replaced.
+    pub async fn run(
+        &self,
+        catalog: &Catalog,
+        store: &Arc<dyn ObjectStore>,
+        schema_of: &(dyn Fn(&Arc<catalog::Dataset>) -> Arc<DatasetSchema> + Sync),
+        now_secs: i64,
+    ) -> Result<usize, IngestError> {
+        let mut replaced = 0;
+        for (env, dataset, member) in catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 32).await? {
+            let schema = schema_of(&Arc::new(catalog.dataset(&dataset).await?));
+            let key = PartitionKey { env, dataset, member };
+            let files = catalog.parquet_files(env, &key.dataset, member).await?;
+            let mut buckets: BTreeMap<(bool, i64), Vec<ParquetFile>> = BTreeMap::new();
+            for f in files.into_iter().filter(|f| f.size_bytes < self.config.small_bytes) {
+                buckets.entry(bucket(&f, now_secs, self.config.cold_after_secs)).or_default().push(f);
+            }
+            for group in buckets.into_values().filter(|g| g.len() >= 2) {
+                match self.merge(catalog, store, &key, &schema, &group).await {
+                    Ok(()) => replaced += group.len(),
+                    Err(IngestError::Catalog(e)) if e.kind() == ErrorKind::Conflict => {
+                        tracing::info!("another compactor merged these files first");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.delete_doomed(store).await;
+        metrics::counter!("trove_ingest_compacted_files_total").increment(replaced as u64);
+        Ok(replaced)
+    }
+
+    async fn merge(
+        &self,
+        catalog: &Catalog,
+        store: &Arc<dyn ObjectStore>,
+        key: &PartitionKey,
+        schema: &Arc<DatasetSchema>,
+        group: &[ParquetFile],
+    ) -> Result<(), IngestError> {
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for f in group {
+            let bytes = store.get(&Path::from(f.path.as_str())).await?.bytes().await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+            for b in reader {
+                batches.push(b?);
+            }
+        }
+        let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
+        persist::persist_replacing(store, catalog, key, schema, batches, 5, &old).await?;
+        let at = Instant::now();
+        self.doomed.lock().unwrap_or_else(|p| p.into_inner()).extend(old.into_iter().map(|p| (at, p)));
+        Ok(())
+    }
+
+    async fn delete_doomed(&self, store: &Arc<dyn ObjectStore>) {
+        let due: Vec<String> = {
+            let mut doomed = self.doomed.lock().unwrap_or_else(|p| p.into_inner());
+            let grace = self.config.delete_grace;
+            let (due, keep): (Vec<_>, Vec<_>) = doomed.drain(..).partition(|(at, _)| at.elapsed() >= grace);
+            *doomed = keep;
+            due.into_iter().map(|(_, p)| p).collect()
+        };
+        for path in due {
+            if let Err(e) = store.delete(&Path::from(path.as_str())).await {
+                // An orphan costs space, not correctness: the manifest no longer names it.
+                tracing::warn!(error = %e, "could not delete a compacted file");
+            }
+        }
+    }
+}
