@@ -9,8 +9,10 @@ mod health;
 mod helpers;
 mod ingest;
 mod members;
+mod mydex;
 mod oauth;
 mod pds;
+mod transaction;
 mod xml;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -75,6 +77,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(members::access_log))
         .routes(routes!(pds::read, pds::create, pds::update))
         .routes(routes!(ingest::ingest))
+        .routes(routes!(transaction::add))
 }
 
 /// The OpenAPI document of every route.

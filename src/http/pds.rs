@@ -5,128 +5,15 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
-use catalog::{
-    AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName,
-    ErrorKind, MemberId, MetadataInstance,
-};
+use axum::response::Response;
+use catalog::{AccessAction, AccessDecision, Dataset, DatasetKind, DatasetName, MetadataInstance};
 use ingest::validate;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::auth::{MydexSubscriber, con_id_for};
+use super::auth::MydexSubscriber;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
-use super::xml;
+use super::mydex::{Call, MydexParams, answer, authorize, body_bytes, parse_file};
 use crate::AppState;
-
-/// The Mydex query parameters (unknown ones are ignored, as Mydex clients send extras).
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub(super) struct MydexParams {
-    /// The member connection key.
-    key: Option<String>,
-    /// `"<uid>-<nid>"`.
-    con_id: Option<String>,
-    /// `connection`.
-    #[allow(dead_code, reason = "accepted and documented; Mydex clients always send it")]
-    source_type: Option<String>,
-    /// `ds_x`, the older `field_ds_x`, or several joined with `+`.
-    dataset: Option<String>,
-    /// 0-based instance to read.
-    instance: Option<String>,
-    /// The subscriber's key, instead of a bearer token.
-    #[allow(dead_code, reason = "documented here; read from the raw query by `MydexSubscriber`")]
-    api_key: Option<String>,
-    /// The instance id to update (`instance_0` is id 1).
-    id: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Json,
-    Xml,
-}
-
-/// `12.json` → (12, Json).
-fn parse_file(file: &str) -> ApiResult<(MemberId, Format)> {
-    let (uid, format) = match file.rsplit_once('.') {
-        Some((uid, "json")) => (uid, Format::Json),
-        Some((uid, "xml")) => (uid, Format::Xml),
-        _ => return Err(ApiError::not_found("route")),
-    };
-    Ok((uid.parse()?, format))
-}
-
-fn answer(format: Format, body: Value) -> Response {
-    match format {
-        Format::Json => axum::Json(body).into_response(),
-        Format::Xml => xml::response(&body),
-    }
-}
-
-/// Everything a Mydex call establishes before touching data.
-struct Call {
-    scope: AgreementScope,
-    format: Format,
-    env: DataEnvironment,
-}
-
-async fn authorize(state: &AppState, subscriber: MydexSubscriber, file: &str, params: &MydexParams) -> ApiResult<Call> {
-    let (uid, format) = parse_file(file)?;
-    let con_id = con_id_for(uid, params.con_id.as_deref())?;
-    let key = params.key.as_deref().ok_or_else(ApiError::unauthenticated)?;
-    let scope = state.catalog.agreement_scope(subscriber.0, con_id, key).await?;
-    let env = scope.environment.into();
-    Ok(Call { scope, format, env })
-}
-
-impl Call {
-    fn log(&self, dataset: &str, action: AccessAction, rows: i64, decision: AccessDecision) -> AccessLogEntry {
-        AccessLogEntry {
-            at: now_ms(),
-            member: self.scope.agreement.member,
-            subscriber_id: self.scope.subscriber_id,
-            connection_id: self.scope.agreement.connection_id,
-            agreement_version: Some(self.scope.agreement.version),
-            purpose: self.scope.purpose(),
-            dataset: dataset.to_owned(),
-            action,
-            rows,
-            decision,
-        }
-    }
-
-    /// Resolves a requested dataset name to a metadata dataset the agreement covers. Unknown
-    /// and ungranted datasets get the same 403; the refusal is logged.
-    async fn dataset(&self, state: &AppState, requested: &str, action: AccessAction) -> ApiResult<Dataset> {
-        let refuse = || async {
-            state.catalog.record_access(&[self.log(requested, action, 0, AccessDecision::Refused)]).await?;
-            Err::<Dataset, _>(ApiError::forbidden())
-        };
-        let Ok(name) = DatasetName::parse_mydex(requested) else { return refuse().await };
-        if self.scope.grant(&name).is_none() {
-            return refuse().await;
-        }
-        let dataset = match state.catalog.dataset(&name).await {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return refuse().await,
-            Err(e) => return Err(e.into()),
-        };
-        if !validate::dataset_offered(&dataset, self.env) {
-            return refuse().await;
-        }
-        if dataset.kind != DatasetKind::Metadata {
-            return Err(ApiError::bad_request(format!(
-                "{} is a transactional dataset: use /api/pds/transaction",
-                dataset.name
-            )));
-        }
-        Ok(dataset)
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Values travel as strings, as in the public Mydex API.
 fn as_text(v: Option<&Value>) -> String {
@@ -159,7 +46,8 @@ pub(super) async fn read(
     ApiPath(file): ApiPath<String>,
     ApiQuery(params): ApiQuery<MydexParams>,
 ) -> ApiResult<Response> {
-    let call = authorize(&state, subscriber, &file, &params).await?;
+    let (uid, format) = parse_file(&file)?;
+    let call = authorize(&state, subscriber, uid, format, &params).await?;
     let requested = params.dataset.as_deref().unwrap_or("");
     // `+` in a query string decodes to a space.
     let names: Vec<&str> = requested.split(['+', ' ']).filter(|s| !s.is_empty()).collect();
@@ -173,7 +61,7 @@ pub(super) async fn read(
     let mut body = Map::new();
     let mut log = Vec::new();
     for requested in names {
-        let dataset = call.dataset(&state, requested, AccessAction::Read).await?;
+        let dataset = call.dataset(&state, requested, AccessAction::Read, DatasetKind::Metadata).await?;
         let readable = query::scope::readable(&call.scope, &dataset).map_err(|_| ApiError::forbidden())?;
         let member = call.scope.agreement.member;
         let instances = state.catalog.metadata_instances(member, &dataset.name, call.env).await?;
@@ -190,7 +78,7 @@ pub(super) async fn read(
 
 /// The body of a metadata write: `{"ds_x": {"<field>": "value", ...}}`, or for an update
 /// the fields flat with `dataset=` naming the dataset.
-fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<(String, Map<String, Value>)> {
+pub(super) fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<(String, Map<String, Value>)> {
     let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
     let Value::Object(mut map) = value else {
         return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new()));
@@ -218,7 +106,7 @@ async fn write(
     requested: &str,
     fields: &Map<String, Value>,
 ) -> ApiResult<(Dataset, BTreeMap<String, Value>)> {
-    let dataset = call.dataset(state, requested, AccessAction::Write).await?;
+    let dataset = call.dataset(state, requested, AccessAction::Write, DatasetKind::Metadata).await?;
     if fields.is_empty() {
         return Err(ApiError::unprocessable("no fields to write", Vec::new()));
     }
@@ -228,12 +116,6 @@ async fn write(
         return Err(e.into());
     }
     Ok((dataset, values))
-}
-
-async fn body_bytes(state: &AppState, request: Request) -> ApiResult<axum::body::Bytes> {
-    axum::body::to_bytes(request.into_body(), state.settings.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))
 }
 
 /// Create a metadata instance: `{"ds_x": {"<field>": "value", ...}}`.
@@ -251,7 +133,8 @@ pub(super) async fn create(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let call = authorize(&state, subscriber, &file, &params).await?;
+    let (uid, format) = parse_file(&file)?;
+    let call = authorize(&state, subscriber, uid, format, &params).await?;
     let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;
     let member = call.scope.agreement.member;
@@ -276,7 +159,8 @@ pub(super) async fn update(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let call = authorize(&state, subscriber, &file, &params).await?;
+    let (uid, format) = parse_file(&file)?;
+    let call = authorize(&state, subscriber, uid, format, &params).await?;
     let id = params
         .id
         .as_deref()

@@ -421,3 +421,51 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn mydex_transactions_get_increasing_ids() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let token = s.subscriber_token("energy-co").await;
+        let q = s.member_query(2, "energy-co");
+        let t = now() - 600;
+        let row = |v: f64| json!({"field_energy_reading_timestamp": t.to_string(), "field_energy_reading_value": v.to_string()});
+        let post = |body: Value, uid: i64| {
+            let (s, token, q) = (&s, token.clone(), q.clone());
+            async move { s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid={uid}&{q}"), Some(&token), Some(body)).await }
+        };
+        let (status, body) = post(json!({ENERGY: row(1.0)}), 2).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"success": 1, "ids": ["1"], "last_insert_id": 1})));
+        let (status, body) = post(json!({ENERGY: [row(2.0), row(3.0), row(4.0)]}), 2).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"success": 1, "ids": ["2", "3", "4"], "last_insert_id": 4})));
+        // The older dataset spelling works; /v1/ingest rows continue the same ids.
+        let (status, body) = post(json!({"field_ds_energy_consumption": row(5.0)}), 2).await;
+        assert_eq!((status, body["ids"].clone()), (StatusCode::OK, json!(["5"])));
+        let ingest = json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 6.0});
+        assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[ingest])).await.0, StatusCode::OK);
+        let (_, body) = post(json!({ENERGY: row(7.0)}), 2).await;
+        assert_eq!(body["last_insert_id"], 7);
+
+        // Refusals: another uid than con_id's (401), a dataset outside the agreement (403),
+        // another member in a row (422), a metadata dataset (400), a bad value (422).
+        assert_eq!(post(json!({ENERGY: row(1.0)}), 3).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(post(json!({"ds_referrals": {"status": "x"}}), 2).await.0, StatusCode::FORBIDDEN);
+        let mut other = row(1.0);
+        other["member_uid"] = json!(3);
+        assert_eq!(post(json!({ENERGY: other}), 2).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(post(json!({"ds_personal_details": {"field_personal_fname": "x"}}), 2).await.0, StatusCode::BAD_REQUEST);
+        let (status, body) = post(json!({ENERGY: [row(1.0), {"field_energy_reading_value": "canary"}]}), 2).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["errors"][0]["row"], 2);
+        assert!(!body.to_string().contains("canary"));
+
+        let (_, log) = s.call(reqwest::Method::GET, "/v1/members/2/access-log", Some(s.member_secret(2)), None).await;
+        let writes: i64 = log.as_array().unwrap().iter().filter(|e| e["action"] == "write" && e["decision"] == "allowed").map(|e| e["rows"].as_i64().unwrap()).sum();
+        assert_eq!(writes, 6, "the Mydex writes are in the member's access log");
+        assert!(log.as_array().unwrap().iter().any(|e| e["decision"] == "refused" && e["dataset"] == "ds_referrals"));
+
+        let (catalog, objects, _dir) = s.stop().await;
+        let stored = by_member(&stored_rows(&catalog, &objects).await);
+        assert_eq!(stored[&2].iter().map(|(id, v)| (*id, *v)).collect::<Vec<_>>(), (1..=7).map(|i| (i, i as f64)).collect::<Vec<_>>());
+    }
+}

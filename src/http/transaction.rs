@@ -1,0 +1,88 @@
+//! `POST /api/pds/transaction?uid=...`: one member's transactional rows through the
+//! Mydex-compatible Connection API, on the same durable write path as `/v1/ingest`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use catalog::{AccessAction, AccessDecision, DatasetKind, MemberId};
+use ingest::decode;
+use ingest::validate;
+use serde_json::{Map, Value, json};
+
+use super::auth::MydexSubscriber;
+use super::error::{ApiError, ApiQuery, ApiResult, Problem};
+use super::mydex::{Format, MydexParams, answer, authorize, body_bytes, now_ms};
+use crate::AppState;
+
+/// The rows of a body: `{"ds_x": {...}}` (one row) or `{"ds_x": [{...}, ...]}`.
+fn rows_of(body: &[u8]) -> ApiResult<(String, Vec<Map<String, Value>>)> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
+    let Value::Object(map) = value else { return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new())) };
+    if map.len() != 1 {
+        return Err(ApiError::unprocessable("write one dataset: {\"ds_x\": {...}} or {\"ds_x\": [{...}]}", Vec::new()));
+    }
+    let (name, rows) = map.into_iter().next().expect("one entry");
+    let rows = match rows {
+        Value::Object(row) => vec![row],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::Object(row) => Ok(row),
+                _ => Err(ApiError::unprocessable("every row must be an object", Vec::new())),
+            })
+            .collect::<ApiResult<_>>()?,
+        _ => return Err(ApiError::unprocessable("rows must be an object or an array of objects", Vec::new())),
+    };
+    Ok((name, rows))
+}
+
+/// Add one row or many to a member's transactional dataset. Every row gets a stable id,
+/// increasing per member and dataset.
+#[utoipa::path(post, path = "/api/pds/transaction", tag = "mydex", security(("bearer" = [])),
+    params(MydexParams),
+    request_body(content = Object, description = "`{\"ds_x\": {...}}` or `{\"ds_x\": [{...}, ...]}`"),
+    responses(
+        (status = 200, description = "`{\"success\": 1, \"ids\": [\"<row id>\", ...], \"last_insert_id\": <last id>}`", body = Object),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+pub(super) async fn add(
+    State(state): State<AppState>,
+    subscriber: MydexSubscriber,
+    ApiQuery(params): ApiQuery<MydexParams>,
+    request: Request,
+) -> ApiResult<Response> {
+    let uid: MemberId = params.uid.as_deref().ok_or_else(|| ApiError::bad_request("uid= is required"))?.parse()?;
+    let call = authorize(&state, subscriber, uid, Format::Json, &params).await?;
+    state.ingester.admit()?;
+    let (requested, mut rows) = rows_of(&body_bytes(&state, request).await?)?;
+    let dataset = Arc::new(call.dataset(&state, &requested, AccessAction::Write, DatasetKind::Transactional).await?);
+    if rows.is_empty() {
+        return Err(ApiError::unprocessable("no rows to add", Vec::new()));
+    }
+    // The member is the one of `uid=`; a row naming another is refused, not redirected.
+    for row in &mut rows {
+        match row.get("member_uid") {
+            None => {
+                row.insert("member_uid".into(), json!(uid.get()));
+            }
+            Some(v) if v.as_i64() == Some(uid.get()) || v.as_str() == Some(&uid.to_string()) => {}
+            Some(_) => return Err(ApiError::unprocessable("member_uid must be the uid= member", Vec::new())),
+        }
+    }
+    let schema = state.ingester.schema(&dataset);
+    let batch = decode::decode_objects(&schema, &rows).map_err(ingest::IngestError::from)?;
+    let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
+    if let Err(e) = validate::authorize_rows(&schema, &batch, &HashMap::from([(uid, grant)])) {
+        state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
+        return Err(e.into());
+    }
+    let batch = validate::check_event_time(&schema, batch, now_ms() / 1000)?;
+    let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None).await?;
+    let log = call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed);
+    state.catalog.record_access(&[log]).await?;
+    let last = ids.last().copied().unwrap_or(0);
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    Ok(answer(call.format, json!({"success": 1, "ids": ids, "last_insert_id": last})))
+}
