@@ -5,15 +5,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+stop_s3() { :; }
 # shellcheck disable=SC2317  # invoked by the EXIT trap below
-stop_pg() { local rc=$?; scripts/start-postgres.sh stop || true; exit "$rc"; }
+stop_services() {
+  local rc=$?
+  stop_s3 || true
+  if [ -n "${STOP_PG:-}" ]; then scripts/start-postgres.sh stop || true; fi
+  exit "$rc"
+}
+trap stop_services EXIT
 if [ -z "${TROVE_TEST_POSTGRES_URL:-}" ]; then
   # Stop it on exit only if we started it (a developer's running cluster stays up).
-  scripts/start-postgres.sh status 2>/dev/null || trap stop_pg EXIT
+  scripts/start-postgres.sh status 2>/dev/null || STOP_PG=1
   TROVE_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
   export TROVE_TEST_POSTGRES_URL
 fi
 echo "test.sh: PostgreSQL at $TROVE_TEST_POSTGRES_URL" >&2
+
+# The S3 path is tested against a real S3 server (s3s-fs, installed if missing).
+if [ -z "${TROVE_TEST_S3_ENDPOINT:-}" ]; then
+  eval "$(scripts/start-s3.sh)"
+  stop_s3() { scripts/start-s3.sh stop; }
+else
+  stop_s3() { :; }
+fi
+echo "test.sh: S3 at $TROVE_TEST_S3_ENDPOINT" >&2
+
+# pyarrow reads trove's Parquet files in the tests, independently of trove.
+python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyarrow >&2
 
 # Compile every target, benches included, so nothing rots unbuilt. Dev profile on
 # purpose: `cargo bench --no-run` would be a much slower release build.

@@ -2,12 +2,12 @@
 //! catalog) on port 0, seeded with the demo fixture, on SQLite or PostgreSQL.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{Catalog, Secret};
 use ingest::{IngestConfig, Ingester};
+use object_store::ObjectStore;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use trove::demo::DemoCredentials;
@@ -32,6 +32,65 @@ pub fn stores() -> Vec<Store> {
     }
 }
 
+/// Which object store a test writes Parquet to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objects {
+    Local,
+    /// The S3 server of `TROVE_TEST_S3_*` (`scripts/start-s3.sh`), under a fresh prefix.
+    S3,
+}
+
+/// Every object store the ingest suites must cover: the local directory always; S3 when
+/// `TROVE_TEST_S3_ENDPOINT` is set (`scripts/test.sh` sets it; CI refuses to run without).
+pub fn object_stores() -> Vec<Objects> {
+    match std::env::var("TROVE_TEST_S3_ENDPOINT") {
+        Ok(_) => vec![Objects::Local, Objects::S3],
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "CI must run the S3 suite: set TROVE_TEST_S3_ENDPOINT");
+            eprintln!("*** SKIPPED: S3 runs (run scripts/start-s3.sh, or scripts/test.sh) ***");
+            vec![Objects::Local]
+        }
+    }
+}
+
+/// The test S3 server's settings as `trove serve` reads them: `--object-store` and `AWS_*`.
+pub fn s3_env(prefix: &str) -> (String, Vec<(&'static str, String)>) {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} (run scripts/start-s3.sh)"));
+    let url = format!("s3://{}/{prefix}", var("TROVE_TEST_S3_BUCKET"));
+    let env = vec![
+        ("AWS_ENDPOINT", var("TROVE_TEST_S3_ENDPOINT")),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", var("TROVE_TEST_S3_KEY")),
+        ("AWS_SECRET_ACCESS_KEY", var("TROVE_TEST_S3_SECRET")),
+    ];
+    (url, env)
+}
+
+/// An object store of the given kind; S3 stores get a prefix of their own.
+pub fn object_store(kind: Objects, local_dir: &std::path::Path) -> Arc<dyn ObjectStore> {
+    match kind {
+        Objects::Local => trove::object_store(&trove::config::ObjectStoreLocation::Local(local_dir.to_owned())).expect("local store"),
+        Objects::S3 => s3_store(&format!("test-{}", &Secret::generate().expose()[..12])),
+    }
+}
+
+/// The test S3 server's bucket under `prefix`.
+pub fn s3_store(prefix: &str) -> Arc<dyn ObjectStore> {
+    let (_, env) = s3_env("");
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).expect("S3 setting");
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(get("AWS_ENDPOINT"))
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name(std::env::var("TROVE_TEST_S3_BUCKET").expect("bucket"))
+        .with_access_key_id(get("AWS_ACCESS_KEY_ID"))
+        .with_secret_access_key(get("AWS_SECRET_ACCESS_KEY"))
+        .build()
+        .expect("S3 store");
+    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+}
+
 /// A catalog URL for a fresh, empty store of the given kind in `dir`.
 pub async fn fresh_catalog_url(store: Store, dir: &std::path::Path) -> String {
     match store {
@@ -47,6 +106,7 @@ pub async fn fresh_catalog_url(store: Store, dir: &std::path::Path) -> String {
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     pub store: Store,
+    pub objects: Objects,
     /// Flush a partition once its oldest row is this old (long by default: tests flush by
     /// shutting down or calling [`TestServer::flush`]).
     pub flush_age: Duration,
@@ -55,7 +115,7 @@ pub struct TestConfig {
 
 impl TestConfig {
     pub fn new(store: Store) -> Self {
-        TestConfig { store, flush_age: Duration::from_secs(3600), buffer_bytes: 256 << 20 }
+        TestConfig { store, objects: Objects::Local, flush_age: Duration::from_secs(3600), buffer_bytes: 256 << 20 }
     }
 }
 
@@ -69,8 +129,8 @@ pub struct TestServer {
     pub ingester: Arc<Ingester>,
     pub client: reqwest::Client,
     pub store: Store,
-    /// The local object store's root.
-    pub objects: PathBuf,
+    /// Where the Parquet files go.
+    pub objects: Arc<dyn ObjectStore>,
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
@@ -87,8 +147,7 @@ impl TestServer {
         let admin = Secret::generate();
         catalog.ensure_admin_token(Some(&admin)).await.expect("admin token");
         let creds = trove::demo::seed(&catalog, &admin, 10).await.expect("demo fixture");
-        let objects = dir.path().join("objects");
-        let store = trove::object_store(&trove::config::ObjectStoreLocation::Local(objects.clone())).expect("object store");
+        let objects = object_store(config.objects, &dir.path().join("objects"));
         let ingest = IngestConfig {
             wal_dir: dir.path().join("wal"),
             durability: ingest::wal::Durability::Fsync,
@@ -103,7 +162,7 @@ impl TestServer {
             // Tests compact when they ask to.
             compact_interval: Duration::from_secs(3600),
         };
-        let ingester = Ingester::open(ingest, catalog.clone(), store).await.expect("ingester");
+        let ingester = Ingester::open(ingest, catalog.clone(), objects.clone()).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let settings = trove::Settings { token_ttl: Duration::from_secs(3600), max_body_bytes: 64 * 1024, max_ingest_bytes: 32 << 20 };
@@ -136,7 +195,7 @@ impl TestServer {
     }
 
     /// Graceful stop, as on SIGTERM: the server stops, then every acknowledged row is flushed.
-    pub async fn stop(mut self) -> (Catalog, PathBuf, tempfile::TempDir) {
+    pub async fn stop(mut self) -> (Catalog, Arc<dyn ObjectStore>, tempfile::TempDir) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

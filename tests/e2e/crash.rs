@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
+use test_helpers::{Objects, object_stores};
 
 const TROVE: &str = env!("CARGO_BIN_EXE_trove");
 
@@ -19,10 +21,34 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(data: &std::path::Path, port: u16) -> Child {
+/// Where a run keeps its Parquet files: the local directory, or a prefix on the test S3 server.
+struct Target {
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    store: Arc<dyn ObjectStore>,
+}
+
+fn target(objects: Objects, data: &std::path::Path) -> Target {
+    match objects {
+        Objects::Local => Target {
+            args: Vec::new(),
+            env: Vec::new(),
+            store: test_helpers::object_store(Objects::Local, &data.join("objects")),
+        },
+        Objects::S3 => {
+            let prefix = format!("crash-{}", std::process::id());
+            let (url, env) = test_helpers::s3_env(&prefix);
+            Target { args: vec!["--object-store".into(), url], env, store: test_helpers::s3_store(&prefix) }
+        }
+    }
+}
+
+fn start(data: &std::path::Path, port: u16, target: &Target) -> Child {
     Command::new(TROVE)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--flush-age", "150ms", "--data-dir"])
         .arg(data)
+        .args(&target.args)
+        .envs(target.env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("TROVE_ADMIN_TOKEN")
         .env("TROVE_LOG", "warn")
         .stdout(Stdio::null())
@@ -46,9 +72,16 @@ async fn wait_ready(client: &reqwest::Client, port: u16) -> Duration {
 
 #[tokio::test]
 async fn acknowledged_rows_survive_sigkill_exactly_once() {
+    for objects in object_stores() {
+        crash_run(objects).await;
+    }
+}
+
+async fn crash_run(objects: Objects) {
     let kills: usize = std::env::var("TROVE_CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let target = target(objects, &data);
     let out = Command::new(TROVE).args(["demo", "--json", "--data-dir"]).arg(&data).env_remove("TROVE_ADMIN_TOKEN").output().unwrap();
     assert!(out.status.success());
     let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -71,7 +104,7 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
 
     for round in 0..kills {
         let port = free_port();
-        let mut server = start(&data, port);
+        let mut server = start(&data, port, &target);
         restarts.push(wait_ready(&client, port).await);
         // Retries of unanswered batches: the first answer, never a second copy.
         for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
@@ -143,7 +176,7 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
 
     // A last clean run: the last retries, then SIGTERM flushes everything.
     let port = free_port();
-    let server = start(&data, port);
+    let server = start(&data, port, &target);
     restarts.push(wait_ready(&client, port).await);
     let retried = unanswered.lock().unwrap().len();
     for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
@@ -167,8 +200,9 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     let mut ids_by_member: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for f in catalog.all_parquet_files().await.unwrap() {
-        let file = std::fs::File::open(data.join("objects").join(&f.path)).expect("every recorded file exists");
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file).expect("every recorded file is readable").build().unwrap() {
+        let file = target.store.get(&object_store::path::Path::from(f.path.as_str())).await.expect("every recorded file exists");
+        let bytes = file.bytes().await.unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).expect("every recorded file is readable").build().unwrap() {
             let batch = batch.unwrap();
             let markers = batch.column_by_name("field_energy_homeid").unwrap().as_primitive::<Int64Type>();
             let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();
@@ -190,7 +224,7 @@ async fn acknowledged_rows_survive_sigkill_exactly_once() {
     }
     let slowest = restarts.iter().max().unwrap();
     println!(
-        "crash: {kills} kills, {} rows acknowledged, {} stored, {} missing, {} duplicated, {retried} batches retried at the end, slowest restart to ready {slowest:?}",
+        "crash ({objects:?}): {kills} kills, {} rows acknowledged, {} stored, {} missing, {} duplicated, {retried} batches retried at the end, slowest restart to ready {slowest:?}",
         acked.len(),
         seen.len(),
         missing.len(),
