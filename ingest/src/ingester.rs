@@ -90,6 +90,8 @@ pub struct Ingester {
     sequencer: Mutex<Option<std::sync::mpsc::Sender<WriteOpBox>>>,
     sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
+    /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
+    storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
     keys: Arc<Keys>,
     compactor: crate::compact::Compactor,
@@ -227,6 +229,7 @@ impl Ingester {
             sequencer: Mutex::new(Some(tx)),
             sequencer_thread: Mutex::new(Some(thread)),
             current_segment,
+            storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
@@ -244,13 +247,19 @@ impl Ingester {
         schemas.entry(dataset.name.clone()).or_insert_with(|| Arc::new(DatasetSchema::new(dataset.clone()))).clone()
     }
 
-    /// Refuses new writes while the buffer is over its hard limit, before a body is read.
+    /// Refuses new writes while the buffer is over its hard limit, before a body is read:
+    /// 429 when flushing is merely behind, 503 when object storage is failing. Until then
+    /// writes keep being acknowledged into the WAL while storage is down.
     pub fn admit(&self) -> Result<(), IngestError> {
-        if self.buffer.bytes() >= self.config.buffer_bytes {
-            metrics::counter!("trove_ingest_overload_refusals_total").increment(1);
-            return Err(IngestError::Overloaded { retry_after_secs: 1 });
+        if self.buffer.bytes() < self.config.buffer_bytes {
+            return Ok(());
         }
-        Ok(())
+        if self.storage_failing.load(Ordering::Relaxed) {
+            metrics::counter!("trove_ingest_refusals_total", "reason" => "storage_down").increment(1);
+            return Err(IngestError::Unavailable("object storage is failing; rows are safe in the WAL, retry later".into()));
+        }
+        metrics::counter!("trove_ingest_refusals_total", "reason" => "buffer_full").increment(1);
+        Err(IngestError::Overloaded { retry_after_secs: 1 })
     }
 
     /// Checks an `Idempotency-Key` of `connection` before its write.
@@ -342,9 +351,12 @@ impl Ingester {
                         .await;
                 self.buffer.end_flush(&flush, result.is_ok());
                 match result {
-                    Ok(_) => 0,
+                    Ok(_) => {
+                        metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(1);
+                        0
+                    }
                     Err(e) => {
-                        metrics::counter!("trove_ingest_flush_failures_total").increment(1);
+                        metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(1);
                         tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
                         1
                     }
@@ -353,6 +365,7 @@ impl Ingester {
             .buffer_unordered(4)
             .fold(0usize, |a, b| async move { a + b })
             .await;
+        self.storage_failing.store(failed > 0, Ordering::Relaxed);
         // Read the writer's segment before the buffer's oldest: rows are buffered before the
         // writer moves to a newer segment, so no needed segment can slip between the reads.
         let current = self.current_segment.load(Ordering::Acquire);
