@@ -24,6 +24,7 @@ use catalog::IdempotentWrite;
 use crate::IngestError;
 use crate::buffer::{Buffer, PartitionKey};
 use crate::idempotency::{Claim, Decision, Keys};
+use crate::writelog::WriteLog;
 use crate::schema::DatasetSchema;
 use crate::wal::{self, Durability, Segments};
 
@@ -62,6 +63,9 @@ struct RecordHeader {
     idempotency: Option<(String, String)>,
     /// Epoch milliseconds of the write.
     at: i64,
+    /// The access log already has this write (the Mydex door logs it as it answers).
+    #[serde(default)]
+    logged: bool,
 }
 
 impl RecordHeader {
@@ -87,24 +91,32 @@ pub struct Ingester {
     catalog: Catalog,
     store: Arc<dyn ObjectStore>,
     buffer: Arc<Buffer>,
-    sequencer: Mutex<Option<std::sync::mpsc::Sender<WriteOpBox>>>,
+    sequencer: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
     keys: Arc<Keys>,
+    write_log: Arc<WriteLog>,
     compactor: crate::compact::Compactor,
     stop: tokio::sync::watch::Sender<bool>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// `WriteOp` holds no `Debug` types of interest; boxed to keep the channel small.
-struct WriteOpBox(Box<WriteOp>);
+/// What the sequencer is asked to do.
+enum Command {
+    Write(Box<WriteOp>),
+    /// Close the current segment (the flusher asks once all its rows are in Parquet).
+    Rotate,
+}
 
-impl std::fmt::Debug for WriteOpBox {
+impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriteOp")
+        f.write_str(match self {
+            Command::Write(_) => "Write",
+            Command::Rotate => "Rotate",
+        })
     }
 }
 
@@ -143,6 +155,11 @@ fn member_runs(batch: &RecordBatch) -> Vec<(i64, usize, usize)> {
     runs
 }
 
+/// `(member, rows)` of a member-sorted batch.
+fn run_lengths(batch: &RecordBatch) -> Vec<(i64, usize)> {
+    member_runs(batch).into_iter().map(|(m, _, n)| (m, n)).collect()
+}
+
 /// Inserts a stored (id-carrying, member-sorted) batch into the buffer, one slice per member.
 fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
     let total = batch.get_array_memory_size().max(1);
@@ -172,8 +189,14 @@ impl Ingester {
             .map_err(|e| IngestError::Internal(e.to_string()))??;
         let mut replayed = 0usize;
         let keys = Arc::new(Keys::default());
+        let write_log = Arc::new(WriteLog::default());
         for (segment, payload) in &records {
             let (header, batches) = decode_record(payload)?;
+            if !header.logged {
+                for b in &batches {
+                    write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b));
+                }
+            }
             if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
                 keys.in_segment(*segment, w);
             }
@@ -213,12 +236,12 @@ impl Ingester {
         }
         let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
-        let (tx, rx) = std::sync::mpsc::channel::<WriteOpBox>();
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
         let thread = {
-            let (buffer, current, keys) = (buffer.clone(), current_segment.clone(), keys.clone());
+            let (buffer, current, keys, log) = (buffer.clone(), current_segment.clone(), keys.clone(), write_log.clone());
             std::thread::Builder::new()
                 .name("trove-wal".into())
-                .spawn(move || sequence(rx, segments, &buffer, &keys, counters, &current))?
+                .spawn(move || sequence(rx, segments, &buffer, &keys, &log, counters, &current))?
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
@@ -232,6 +255,7 @@ impl Ingester {
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
+            write_log,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
             stop,
             flusher: Mutex::new(None),
@@ -277,6 +301,7 @@ impl Ingester {
         connection: catalog::ConnectionId,
         batch: RecordBatch,
         claim: Option<&Claim>,
+        logged: bool,
     ) -> Result<Vec<i64>, IngestError> {
         let batch = sort_by_member(batch)?;
         let rows = batch.num_rows();
@@ -288,6 +313,7 @@ impl Ingester {
                 connection: connection.get(),
                 idempotency: claim.map(|c| (c.key().to_owned(), c.body_hash().to_owned())),
                 at: now_ms(),
+                logged,
             },
             schema,
             batch,
@@ -296,7 +322,7 @@ impl Ingester {
         {
             let sender = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
             let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
-            sender.send(WriteOpBox(Box::new(op))).map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?;
+            sender.send(Command::Write(Box::new(op))).map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?;
         }
         let ids = done
             .await
@@ -370,9 +396,13 @@ impl Ingester {
         // writer moves to a newer segment, so no needed segment can slip between the reads.
         let current = self.current_segment.load(Ordering::Acquire);
         let keep_from = self.buffer.min_segment().map_or(current, |m| m.min(current));
-        // Keys of the records about to go must be in the catalog first.
+        // Keys and access-log entries of the records about to go must be in the catalog first.
         if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
             tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
+            return failed;
+        }
+        if let Err(e) = self.write_log.persist_below(&self.catalog, keep_from).await {
+            tracing::warn!(error = %e, "could not write the access log; keeping the WAL segments");
             return failed;
         }
         let dir = self.config.wal_dir.clone();
@@ -380,6 +410,13 @@ impl Ingester {
             Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "dropped persisted WAL segments"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not drop WAL segments"),
             _ => {}
+        }
+        // Everything acknowledged is in Parquet: close the segment so the next round can
+        // drop it (and move its access-log entries and keys to the catalog).
+        if self.buffer.min_segment().is_none() {
+            if let Some(tx) = self.sequencer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                let _ = tx.send(Command::Rotate);
+            }
         }
         failed
     }
@@ -423,23 +460,36 @@ fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
 /// The sequencer: takes every queued write, gives rows ids, appends the group to the WAL
 /// with one sync, then makes the rows visible in id order and answers each request.
 fn sequence(
-    rx: std::sync::mpsc::Receiver<WriteOpBox>,
+    rx: std::sync::mpsc::Receiver<Command>,
     mut segments: Segments,
     buffer: &Buffer,
     keys: &Keys,
+    write_log: &WriteLog,
     mut counters: HashMap<PartitionKey, i64>,
     current: &AtomicU64,
 ) {
     const GROUP_BYTES: usize = 32 << 20;
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first.0];
+        let first = match first {
+            Command::Write(op) => op,
+            Command::Rotate => {
+                match segments.rotate_if_used() {
+                    Ok(()) => current.store(segments.current(), Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "could not close the WAL segment"),
+                }
+                continue;
+            }
+        };
+        let mut group = vec![first];
         let mut bytes = group[0].batch.get_array_memory_size();
         while bytes < GROUP_BYTES {
             match rx.try_recv() {
-                Ok(op) => {
-                    bytes += op.0.batch.get_array_memory_size();
-                    group.push(op.0);
+                Ok(Command::Write(op)) => {
+                    bytes += op.batch.get_array_memory_size();
+                    group.push(op);
                 }
+                // Rotation waits for the next idle moment; the flusher asks again.
+                Ok(Command::Rotate) => {}
                 Err(_) => break,
             }
         }
@@ -461,6 +511,9 @@ fn sequence(
                 for (op, stored, _) in prepared {
                     if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
                         keys.in_segment(segment, w);
+                    }
+                    if !op.header.logged {
+                        write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &run_lengths(&stored));
                     }
                     buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
                     let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();

@@ -27,6 +27,7 @@
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
+//! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
 //! - [`Ingester`]: the sequencer and flusher that tie them together.
 
 pub mod buffer;
@@ -39,6 +40,7 @@ pub mod persist;
 pub mod schema;
 pub mod validate;
 pub mod wal;
+pub mod writelog;
 
 pub use error::{ErrorKind, FieldProblem, IngestError};
 pub use ingester::{IngestConfig, Ingester};

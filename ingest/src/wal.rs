@@ -129,6 +129,12 @@ impl Segments {
         }
     }
 
+    /// Closes the current segment if it holds anything, so that once its rows are flushed
+    /// it can be deleted even when no further writes come.
+    pub fn rotate_if_used(&mut self) -> io::Result<()> {
+        if self.len > 0 { self.rotate() } else { Ok(()) }
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         self.file.sync_all()?;
         self.id += 1;

@@ -123,7 +123,7 @@ pub(super) async fn ingest(
     validate::authorize_rows(&schema, &batch, &grants)?;
     let batch = validate::check_event_time(&schema, batch, now_secs())?;
     let rows = batch.num_rows();
-    state.ingester.write(schema, env, connection.id, batch, claim.as_ref()).await?;
+    state.ingester.write(schema, env, connection.id, batch, claim.as_ref(), false).await?;
     if let Some(claim) = claim {
         claim.complete(rows as i64, now_secs() * 1000);
     }

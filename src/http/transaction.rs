@@ -79,7 +79,7 @@ pub(super) async fn add(
         return Err(e.into());
     }
     let batch = validate::check_event_time(&schema, batch, now_ms() / 1000)?;
-    let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None).await?;
+    let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None, true).await?;
     let log = call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed);
     state.catalog.record_access(&[log]).await?;
     let last = ids.last().copied().unwrap_or(0);

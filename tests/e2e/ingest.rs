@@ -468,3 +468,31 @@ async fn storage_down_keeps_acking_into_the_wal_then_503_and_nothing_is_lost() {
     let stored: usize = by_member(&stored_rows(&catalog, &objects).await).values().map(Vec::len).sum();
     assert_eq!(stored, accepted);
 }
+
+#[tokio::test]
+async fn bulk_writes_reach_the_members_access_log_aggregated() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let rows = readings(90, 3, now() - 86_400);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+    // Entries move to the catalog with their WAL segment, once its rows are in Parquet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let writes = loop {
+        s.flush().await;
+        let (_, log) = s.call(reqwest::Method::GET, "/v1/members/2/access-log", Some(s.member_secret(2)), None).await;
+        let writes: Vec<Value> = log.as_array().unwrap().iter().filter(|e| e["action"] == "write").cloned().collect();
+        if !writes.is_empty() || std::time::Instant::now() > deadline {
+            break writes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let total: i64 = writes.iter().map(|e| e["rows"].as_i64().unwrap()).sum();
+    assert_eq!(total, 60, "both batches' 30 rows of member 2: {writes:?}");
+    assert!(writes.len() <= 2, "aggregated per minute, not per request");
+    assert_eq!(writes[0]["agreement_version"], 1);
+    assert_eq!(writes[0]["dataset"], ENERGY);
+    assert!(writes[0]["purpose"].as_str().unwrap().contains("energy"));
+    // Member 1's writes are not in member 2's log, and the other way round.
+    let (_, log1) = s.call(reqwest::Method::GET, "/v1/members/1/access-log", Some(s.member_secret(1)), None).await;
+    assert!(log1.as_array().unwrap().iter().all(|e| e["member"] == 1));
+}
