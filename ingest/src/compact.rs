@@ -74,7 +74,9 @@ impl Compactor {
         now_secs: i64,
     ) -> Result<usize, IngestError> {
         let mut replaced = 0;
-        for (env, dataset, member) in catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 32).await? {
+        let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 1000).await?;
+        metrics::gauge!("trove_ingest_compaction_backlog_partitions").set(candidates.len() as f64);
+        for (env, dataset, member) in candidates.into_iter().take(32) {
             let schema = schema_of(&Arc::new(catalog.dataset(&dataset).await?));
             let key = PartitionKey { env, dataset, member };
             let files = catalog.parquet_files(env, &key.dataset, member).await?;

@@ -305,6 +305,7 @@ impl Ingester {
     ) -> Result<Vec<i64>, IngestError> {
         let batch = sort_by_member(batch)?;
         let rows = batch.num_rows();
+        let op_dataset = schema.dataset.name.clone();
         let (reply, done) = oneshot::channel();
         let op = WriteOp {
             header: RecordHeader {
@@ -328,7 +329,7 @@ impl Ingester {
             .await
             .map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?
             .map_err(IngestError::Unavailable)?;
-        metrics::counter!("trove_ingest_rows_accepted_total").increment(rows as u64);
+        metrics::counter!("trove_ingest_rows_total", "dataset" => op_dataset.to_string(), "result" => "accepted").increment(rows as u64);
         Ok(ids)
     }
 

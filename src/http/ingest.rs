@@ -91,6 +91,7 @@ pub(super) async fn ingest(
     let body = axum::body::to_bytes(request.into_body(), state.settings.max_ingest_bytes)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))?;
+    metrics::counter!("trove_ingest_body_bytes_total", "dataset" => name.to_string()).increment(body.len() as u64);
     // A retry with the same key and body gets the first answer; another body is 422.
     let claim = match request_key {
         None => None,
@@ -120,9 +121,14 @@ pub(super) async fn ingest(
         .iter()
         .filter_map(|(member, version)| Some((*member, connection.revision(*version)?.terms.datasets.get(&name)?)))
         .collect();
-    validate::authorize_rows(&schema, &batch, &grants)?;
-    let batch = validate::check_event_time(&schema, batch, now_secs())?;
     let rows = batch.num_rows();
+    let refused = |e: ingest::IngestError| {
+        metrics::counter!("trove_ingest_rows_total", "dataset" => name.to_string(), "result" => "refused").increment(rows as u64);
+        e
+    };
+    validate::authorize_rows(&schema, &batch, &grants).map_err(refused)?;
+    let batch = validate::check_event_time(&schema, batch, now_secs()).map_err(refused)?;
+    metrics::histogram!("trove_ingest_batch_rows").record(rows as f64);
     state.ingester.write(schema, env, connection.id, batch, claim.as_ref(), false).await?;
     if let Some(claim) = claim {
         claim.complete(rows as i64, now_secs() * 1000);

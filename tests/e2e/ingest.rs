@@ -244,6 +244,17 @@ async fn refused_batches_store_nothing_and_say_which_rows() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
+    let (_, metrics) = s.call_text(reqwest::Method::GET, "/metrics", None, None).await;
+    for series in [
+        "trove_ingest_rows_total{dataset=\"ds_energy_consumption\",result=\"accepted\"} 1",
+        "trove_ingest_rows_total{dataset=\"ds_energy_consumption\",result=\"refused\"}",
+        "trove_ingest_wal_append_duration_seconds_bucket",
+        "trove_ingest_wal_group_size",
+        "trove_ingest_batch_rows",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+
     let (catalog, objects, _dir) = s.stop().await;
     let stored = by_member(&stored_rows(&catalog, &objects).await);
     assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [3], "only the one accepted row was stored");
