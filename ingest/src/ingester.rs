@@ -374,7 +374,7 @@ impl Ingester {
             .map(|key| async move {
                 let Some(flush) = self.buffer.begin_flush(&key) else { return 0 };
                 let result =
-                    crate::persist::persist(&self.store, &self.catalog, &key, &flush.schema, flush.batches.clone(), self.config.put_attempts)
+                    crate::persist::persist(&self.store, &self.catalog, &key, &flush.schema, flush.batches.clone(), self.config.put_attempts, &[])
                         .await;
                 self.buffer.end_flush(&flush, result.is_ok());
                 match result {

@@ -68,23 +68,11 @@ pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8
     Ok((out, sorted))
 }
 
-/// Writes a partition's rows as a new file and records it. Object-store errors are retried
-/// with backoff (up to `attempts`); the manifest commit is the point where the rows count
-/// as persisted.
+/// Writes a partition's rows as a new file and records it, in the same manifest commit
+/// swapping it for `replaced` files (compaction; empty for a flush). Object-store errors
+/// are retried with backoff (up to `attempts`); the manifest commit is the point where the
+/// rows count as persisted.
 pub async fn persist(
-    store: &Arc<dyn ObjectStore>,
-    catalog: &Catalog,
-    key: &PartitionKey,
-    schema: &Arc<DatasetSchema>,
-    batches: Vec<RecordBatch>,
-    attempts: u32,
-) -> Result<ParquetFile, crate::IngestError> {
-    persist_replacing(store, catalog, key, schema, batches, attempts, &[]).await
-}
-
-/// As [`persist`], swapping the new file for `replaced` ones in the same manifest commit
-/// (compaction).
-pub async fn persist_replacing(
     store: &Arc<dyn ObjectStore>,
     catalog: &Catalog,
     key: &PartitionKey,

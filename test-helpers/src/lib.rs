@@ -208,18 +208,19 @@ impl TestServer {
         (self.catalog.clone(), self.objects.clone(), kept)
     }
 
-    /// POSTs `body` to `/v1/ingest/{dataset}` as energy-co's connection (`nid:key`).
-    pub async fn ingest(&self, dataset: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    /// A `POST /v1/ingest/{dataset}` as energy-co's connection (`nid:key`), to finish.
+    pub fn ingest_request(&self, dataset: &str, content_type: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
         let conn = &self.creds.subscribers[0].connection;
-        let resp = self
-            .client
+        self.client
             .post(self.url(&format!("/v1/ingest/{dataset}")))
             .bearer_auth(format!("{}:{}", conn.nid, conn.key))
             .header("content-type", content_type)
             .body(body)
-            .send()
-            .await
-            .expect("request");
+    }
+
+    /// POSTs `body` to `/v1/ingest/{dataset}` as energy-co's connection.
+    pub async fn ingest(&self, dataset: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let resp = self.ingest_request(dataset, content_type, body).send().await.expect("request");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

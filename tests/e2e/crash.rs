@@ -70,6 +70,29 @@ async fn wait_ready(client: &reqwest::Client, port: u16) -> Duration {
     }
 }
 
+type Unanswered = Arc<Mutex<Vec<(String, String, Vec<i64>)>>>;
+
+/// Retries batches whose answer a crash swallowed, with the same Idempotency-Key: each gets
+/// the first answer (or is stored now), never a second copy. Returns how many were retried.
+async fn retry_unanswered(client: &reqwest::Client, port: u16, auth: &str, unanswered: &Unanswered, acked: &Mutex<BTreeSet<i64>>) -> usize {
+    let batches = std::mem::take(&mut *unanswered.lock().unwrap());
+    let n = batches.len();
+    for (key, body, markers) in batches {
+        let resp = client
+            .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
+            .bearer_auth(auth)
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "a retry with the same key and body is answered");
+        acked.lock().unwrap().extend(markers);
+    }
+    n
+}
+
 #[tokio::test]
 async fn acknowledged_rows_survive_sigkill_exactly_once() {
     for objects in object_stores() {
@@ -90,7 +113,7 @@ async fn crash_run(objects: Objects) {
     let client = reqwest::Client::new();
     let acked: Arc<Mutex<BTreeSet<i64>>> = Default::default();
     // Batches whose answer was lost in a crash, retried with the same Idempotency-Key.
-    let unanswered: Arc<Mutex<Vec<(String, String, Vec<i64>)>>> = Default::default();
+    let unanswered: Unanswered = Default::default();
     let mut sent_max = 0i64;
     let mut restarts = Vec::new();
     let base_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 30 * 86_400;
@@ -106,20 +129,7 @@ async fn crash_run(objects: Objects) {
         let port = free_port();
         let mut server = start(&data, port, &target);
         restarts.push(wait_ready(&client, port).await);
-        // Retries of unanswered batches: the first answer, never a second copy.
-        for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
-            let resp = client
-                .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
-                .bearer_auth(&auth)
-                .header("content-type", "application/x-ndjson")
-                .header("idempotency-key", key)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "a retry with the same key and body is answered");
-            acked.lock().unwrap().extend(markers);
-        }
+        retry_unanswered(&client, port, &auth, &unanswered, &acked).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..3i64 {
@@ -178,20 +188,7 @@ async fn crash_run(objects: Objects) {
     let port = free_port();
     let server = start(&data, port, &target);
     restarts.push(wait_ready(&client, port).await);
-    let retried = unanswered.lock().unwrap().len();
-    for (key, body, markers) in std::mem::take(&mut *unanswered.lock().unwrap()) {
-        let resp = client
-            .post(format!("http://127.0.0.1:{port}/v1/ingest/ds_energy_consumption"))
-            .bearer_auth(&auth)
-            .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", key)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        acked.lock().unwrap().extend(markers);
-    }
+    let retried = retry_unanswered(&client, port, &auth, &unanswered, &acked).await;
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     let mut server = server;
     assert!(server.wait().unwrap().success());

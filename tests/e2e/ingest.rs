@@ -186,19 +186,8 @@ async fn refused_batches_store_nothing_and_say_which_rows() {
     no_time.as_object_mut().unwrap().remove("field_energy_reading_timestamp");
     let mut with_id = ok(1);
     with_id["id"] = json!(5);
-    let (status, text) = {
-        let conn = &s.creds.subscribers[0].connection;
-        let resp = s
-            .client
-            .post(s.url(&format!("/v1/ingest/{ENERGY}")))
-            .bearer_auth(format!("{}:{}", conn.nid, conn.key))
-            .header("content-type", "application/x-ndjson")
-            .body(ndjson(&[ok(1), bad_type, unknown, with_id]))
-            .send()
-            .await
-            .unwrap();
-        (resp.status(), resp.text().await.unwrap())
-    };
+    let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&[ok(1), bad_type, unknown, with_id])).send().await.unwrap();
+    let (status, text) = (resp.status(), resp.text().await.unwrap());
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(!text.contains("canary"), "refusals never echo values: {text}");
     let body: Value = serde_json::from_str(&text).unwrap();
@@ -306,16 +295,7 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
     for i in 0..200 {
         let rows = readings(200, 9, now() - 400 * 86_400 + i * 200 * 900);
         let (status, body) = {
-            let conn = &s.creds.subscribers[0].connection;
-            let resp = s
-                .client
-                .post(s.url(&format!("/v1/ingest/{ENERGY}")))
-                .bearer_auth(format!("{}:{}", conn.nid, conn.key))
-                .header("content-type", "application/x-ndjson")
-                .body(ndjson(&rows))
-                .send()
-                .await
-                .unwrap();
+            let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&rows)).send().await.unwrap();
             let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
             (resp.status(), (resp.json::<Value>().await.unwrap(), retry))
         };
@@ -340,16 +320,7 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
 #[tokio::test]
 async fn idempotency_keys_answer_retries_once() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let conn = &s.creds.subscribers[0].connection;
-    let send = |key: &'static str, body: Vec<u8>| {
-        s.client
-            .post(s.url(&format!("/v1/ingest/{ENERGY}")))
-            .bearer_auth(format!("{}:{}", conn.nid, conn.key))
-            .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", key)
-            .body(body)
-            .send()
-    };
+    let send = |key: &'static str, body: Vec<u8>| s.ingest_request(ENERGY, "application/x-ndjson", body).header("idempotency-key", key).send();
     let first = ndjson(&readings(30, 3, now() - 86_400));
     let r = send("k1", first.clone()).await.unwrap();
     assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})));
@@ -440,20 +411,11 @@ async fn storage_down_keeps_acking_into_the_wal_then_503_and_nothing_is_lost() {
     let root = s.dir.path().join("objects");
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();
-    let conn = &s.creds.subscribers[0].connection;
     let mut accepted = 0;
     let mut refusal = None;
     for i in 0..500 {
         let rows = readings(200, 9, now() - 400 * 86_400 + i * 200 * 900);
-        let resp = s
-            .client
-            .post(s.url(&format!("/v1/ingest/{ENERGY}")))
-            .bearer_auth(format!("{}:{}", conn.nid, conn.key))
-            .header("content-type", "application/x-ndjson")
-            .body(ndjson(&rows))
-            .send()
-            .await
-            .unwrap();
+        let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&rows)).send().await.unwrap();
         match resp.status() {
             StatusCode::OK => accepted += 200,
             // Before a flush has failed, a full buffer only means "busy": retry later.

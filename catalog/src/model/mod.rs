@@ -48,6 +48,15 @@ impl DataEnvironment {
             DataEnvironment::Production => "production",
         }
     }
+
+    /// The inverse of [`DataEnvironment::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sandbox" => Some(DataEnvironment::Sandbox),
+            "production" => Some(DataEnvironment::Production),
+            _ => None,
+        }
+    }
 }
 
 impl From<ConnectionEnvironment> for DataEnvironment {

@@ -7,12 +7,22 @@ use super::{Catalog, Result, now_ms};
 use crate::error::CatalogError;
 use crate::model::{DataEnvironment, DatasetName, MemberId, ParquetFile};
 
-fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
+/// The (environment, dataset, member) columns of a manifest row.
+fn partition_from_row(row: &AnyRow) -> Result<(DataEnvironment, DatasetName, MemberId)> {
     let env: String = row.try_get("environment")?;
+    Ok((
+        DataEnvironment::parse(&env).ok_or_else(|| CatalogError::corrupt(format!("environment {env}")))?,
+        row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
+        MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+    ))
+}
+
+fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
+    let (environment, dataset, member) = partition_from_row(row)?;
     Ok(ParquetFile {
-        environment: if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
-        dataset: row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
-        member: MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+        environment,
+        dataset,
+        member,
         path: row.try_get("path")?,
         rows: row.try_get("row_count")?,
         size_bytes: row.try_get("size_bytes")?,
@@ -72,16 +82,7 @@ impl Catalog {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let env: String = row.try_get("environment")?;
-                Ok((
-                    if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
-                    row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
-                    MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(partition_from_row).collect()
     }
 
     /// One member's files of a dataset, oldest events first.
@@ -117,13 +118,8 @@ impl Catalog {
         .await?;
         rows.iter()
             .map(|row| {
-                let env: String = row.try_get("environment")?;
-                Ok((
-                    if env == "sandbox" { DataEnvironment::Sandbox } else { DataEnvironment::Production },
-                    row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
-                    MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
-                    row.try_get("max_id")?,
-                ))
+                let (env, dataset, member) = partition_from_row(row)?;
+                Ok((env, dataset, member, row.try_get("max_id")?))
             })
             .collect()
     }
