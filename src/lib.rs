@@ -66,6 +66,8 @@ impl Error {
 pub struct AppState {
     pub catalog: Catalog,
     pub ingester: Arc<Ingester>,
+    /// Connections, agreements and datasets for the write path, never stale.
+    pub auth_cache: Arc<catalog::cache::AuthCache>,
     pub settings: Arc<Settings>,
 }
 
@@ -143,7 +145,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The state and router of a server.
 pub fn app(catalog: Catalog, ingester: Arc<Ingester>, settings: Settings) -> axum::Router {
-    http::router(AppState { catalog, ingester, settings: Arc::new(settings) })
+    http::router(AppState { catalog, ingester, auth_cache: Default::default(), settings: Arc::new(settings) })
 }
 
 /// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes

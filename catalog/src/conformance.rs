@@ -223,8 +223,10 @@ async fn agreements(c: &Catalog) {
     let scope = c.agreement_scope(sub, con_id, new_key.expose()).await.unwrap();
     assert!(scope.grant(&"ds_passport".parse().unwrap()).is_some());
 
-    // Revocation stops the key at once.
+    // Revocation stops the key at once, and moves the generation caches check.
+    let generation = c.generation().await.unwrap();
     assert_eq!(c.revoke_agreement(member.uid, conn.id).await.unwrap().status, AgreementStatus::Revoked);
+    assert!(c.generation().await.unwrap() > generation);
     assert_eq!(kind(c.agreement_scope(sub, con_id, new_key.expose()).await), ErrorKind::Unauthenticated);
     assert_eq!(kind(c.revoke_agreement(member.uid, conn.id).await), ErrorKind::NotFound);
     let listed = c.agreements(member.uid).await.unwrap();

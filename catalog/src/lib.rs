@@ -24,9 +24,12 @@
 //!   path over `sqlx::Any` with one migration folder per dialect.
 //! - built-in datasets: the 61 datasets of the Mydex catalogue, with trove's definitions for
 //!   the fields the public catalogue does not list (`datasets/`).
+//! - [`cache::AuthCache`]: authorization state cached per node, checked against one
+//!   generation number per request so it is never stale.
 //! - [`Secret`]: keys are random (192 bits), stored as SHA-256, compared in constant time.
 
 mod builtin;
+pub mod cache;
 mod error;
 pub mod model;
 mod secret;

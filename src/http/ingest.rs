@@ -30,20 +30,21 @@ pub(super) struct Accepted {
 
 /// The writing connection: `Bearer <nid>:<connection key>`, or a subscriber token naming
 /// one of its connections. Only approved (sandbox) or live connections write.
-async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option<ConnectionId>) -> ApiResult<Connection> {
+async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option<ConnectionId>) -> ApiResult<Arc<Connection>> {
     let token = bearer_of(headers).ok_or_else(ApiError::unauthenticated)?;
     if let Some((nid, key)) = token.split_once(':') {
         let nid = nid.parse().map_err(|_| ApiError::unauthenticated())?;
-        return Ok(state.catalog.authenticate_connection(nid, key).await?);
+        return Ok(state.auth_cache.connection(&state.catalog, nid, key).await?);
     }
     let subscriber = state.catalog.authenticate_subscriber_token(token).await?;
     let mine: Vec<Connection> =
         state.catalog.connections(Some(subscriber)).await?.into_iter().filter(|c| c.approved_version.is_some()).collect();
-    match named {
-        Some(id) => mine.into_iter().find(|c| c.id == id).ok_or_else(ApiError::forbidden),
-        None if mine.len() == 1 => Ok(mine.into_iter().next().expect("one")),
-        None => Err(ApiError::bad_request("name the writing connection with ?connection=<id>")),
-    }
+    let chosen = match named {
+        Some(id) => mine.into_iter().find(|c| c.id == id).ok_or_else(ApiError::forbidden)?,
+        None if mine.len() == 1 => mine.into_iter().next().expect("one"),
+        None => return Err(ApiError::bad_request("name the writing connection with ?connection=<id>")),
+    };
+    Ok(Arc::new(chosen))
 }
 
 /// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream.
@@ -62,13 +63,15 @@ pub(super) async fn ingest(
     ApiQuery(q): ApiQuery<IngestQuery>,
     request: Request,
 ) -> ApiResult<axum::Json<Accepted>> {
+    // Everything below is decided as of now: a revocation committed before this point holds.
+    state.auth_cache.refresh(&state.catalog).await?;
     let connection = writing_connection(&state, request.headers(), q.connection).await?;
     let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
     // Refuse under pressure before the body is read.
     state.ingester.admit()?;
     let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
-    let dataset = match state.catalog.dataset(&name).await {
-        Ok(d) if d.kind == DatasetKind::Transactional => Arc::new(d),
+    let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
+        Ok(d) if d.kind == DatasetKind::Transactional => d,
         Ok(_) => return Err(ApiError::bad_request("a metadata dataset: write it through /api/pds/pds")),
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(ApiError::not_found("dataset")),
         Err(e) => return Err(e.into()),
@@ -116,7 +119,7 @@ pub(super) async fn ingest(
         return Ok(axum::Json(Accepted { accepted: 0 }));
     }
     // The agreements in force when the request starts decide every row.
-    let agreements = state.catalog.active_agreements(connection.id).await?;
+    let agreements = state.auth_cache.agreements(&state.catalog, connection.id).await?;
     let grants: HashMap<_, _> = agreements
         .iter()
         .filter_map(|(member, version)| Some((*member, connection.revision(*version)?.terms.datasets.get(&name)?)))

@@ -469,3 +469,23 @@ async fn bulk_writes_reach_the_members_access_log_aggregated() {
     let (_, log1) = s.call(reqwest::Method::GET, "/v1/members/1/access-log", Some(s.member_secret(1)), None).await;
     assert!(log1.as_array().unwrap().iter().all(|e| e["member"] == 1));
 }
+
+#[tokio::test]
+async fn a_revocation_stops_the_next_write_despite_caches() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let row = |m: i64| json!({"member_uid": m, "field_energy_reading_timestamp": now() - 60, "field_energy_reading_value": 1.0});
+    for _ in 0..3 {
+        assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2), row(3)])).await.0, StatusCode::OK);
+    }
+    let conn = s.creds.subscribers[0].connection.id;
+    let (status, _) =
+        s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(3), row(2)])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errors"][0]["row"], 2);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(3)])).await.0, StatusCode::OK);
+    // Approving again lets writes in again.
+    s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/approve"), Some(s.member_secret(2)), None).await;
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2)])).await.0, StatusCode::OK);
+}

@@ -273,6 +273,7 @@ impl Catalog {
             .bind(id.get())
             .execute(&mut *tx)
             .await?;
+        Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok((self.connection(id).await?, key))
     }
@@ -294,16 +295,19 @@ impl Catalog {
 
     /// The operator grants a promote request: the connection goes live.
     pub async fn promote_connection(&self, id: ConnectionId) -> Result<Connection> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE connections SET environment = 'live', promote_requested = 0 \
              WHERE id = $1 AND promote_requested = 1 AND environment = 'sandbox'",
         )
         .bind(id.get())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
             return Err(CatalogError::conflict("the connection has no pending promote request"));
         }
+        Self::bump_generation(&mut tx).await?;
+        tx.commit().await?;
         self.connection(id).await
     }
 
@@ -343,6 +347,7 @@ impl Catalog {
             .ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
         let key = Secret::generate();
         let now = now_ms();
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO agreements (member_uid, connection_id, version, status, key_hash, approved_at) \
              VALUES ($1, $2, $3, 'active', $4, $5) \
@@ -355,13 +360,16 @@ impl Catalog {
         .bind(version)
         .bind(key.hash().0)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        Self::bump_generation(&mut tx).await?;
+        tx.commit().await?;
         Ok((self.agreement(member, &connection).await?, key))
     }
 
     /// The member withdraws consent: every request that starts afterwards is refused.
     pub async fn revoke_agreement(&self, member: MemberId, id: ConnectionId) -> Result<Agreement> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE agreements SET status = 'revoked', revoked_at = $1 \
              WHERE member_uid = $2 AND connection_id = $3 AND status = 'active'",
@@ -369,11 +377,14 @@ impl Catalog {
         .bind(now_ms())
         .bind(member.get())
         .bind(id.get())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
             return Err(CatalogError::NotFound { what: "active agreement" });
         }
+        // Caches of agreements see the revocation with the same commit.
+        Self::bump_generation(&mut tx).await?;
+        tx.commit().await?;
         let connection = self.connection(id).await?;
         self.agreement(member, &connection).await
     }

@@ -71,16 +71,20 @@ impl Catalog {
         dataset.validate().map_err(CatalogError::invalid)?;
         let mut tx = self.begin().await?;
         insert_dataset(&mut tx, &dataset, false, now_ms(), false).await?;
+        Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         self.dataset(&dataset.name).await
     }
 
     /// The operator promotes a sandbox dataset to production.
     pub async fn promote_dataset(&self, name: &DatasetName) -> Result<Dataset> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query("UPDATE datasets SET environment = 'production' WHERE name = $1 AND environment = 'sandbox'")
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        Self::bump_generation(&mut tx).await?;
+        tx.commit().await?;
         let dataset = self.dataset(name).await?;
         if done.rows_affected() != 1 {
             return Err(CatalogError::conflict("the dataset is already in production"));

@@ -149,6 +149,19 @@ impl Catalog {
         })
     }
 
+    /// The authorization generation: it changes, in the same transaction, with every change
+    /// to connections' serving terms, agreements and datasets. Equal generations mean a
+    /// cache of those is current.
+    pub async fn generation(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'generation'").fetch_one(&self.pool).await?;
+        Ok(row.get::<i64, _>(0))
+    }
+
+    async fn bump_generation(tx: &mut Transaction<'static, Any>) -> Result<()> {
+        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'generation'").execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Atomically increments a named counter and returns the new value.
     async fn next_counter(tx: &mut Transaction<'static, Any>, name: &str) -> Result<i64> {
         let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")

@@ -1,0 +1,75 @@
+//! A per-node cache of authorization state (connections by credential, active agreements,
+//! datasets) that is never stale: every lookup first reads the catalog's generation, which
+//! changes in the same transaction as any change to that state; a new generation empties
+//! the cache. One tiny query per request replaces several larger ones, on every node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::{Catalog, CatalogError, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash};
+
+type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+#[derive(Debug, Default)]
+struct State {
+    generation: i64,
+    /// Connections by nid, with the hash of the key that authenticated them.
+    connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
+    agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, i64>>>,
+    datasets: HashMap<DatasetName, Arc<Dataset>>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct AuthCache {
+    state: Mutex<State>,
+}
+
+impl AuthCache {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the cache to the catalog's current generation. Call once when a request
+    /// starts; the lookups after it answer as of that moment or later.
+    pub async fn refresh(&self, catalog: &Catalog) -> Result<()> {
+        let generation = catalog.generation().await?;
+        let mut state = self.state();
+        if state.generation != generation {
+            *state = State { generation, ..State::default() };
+        }
+        Ok(())
+    }
+
+    /// A connection credential (`nid` + connection key), checked in constant time.
+    pub async fn connection(&self, catalog: &Catalog, nid: Nid, key: &str) -> Result<Arc<Connection>> {
+        let presented = SecretHash::of(key);
+        if let Some((hash, c)) = self.state().connections.get(&nid) {
+            if presented.matches(&hash.0) {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(catalog.authenticate_connection(nid, key).await?);
+        self.state().connections.insert(nid, (presented, c.clone()));
+        Ok(c)
+    }
+
+    /// Members with an active agreement with connection `id`, and the version each approved.
+    pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<HashMap<MemberId, i64>>> {
+        if let Some(a) = self.state().agreements.get(&id) {
+            return Ok(a.clone());
+        }
+        let a: Arc<HashMap<MemberId, i64>> = Arc::new(catalog.active_agreements(id).await?.into_iter().collect());
+        self.state().agreements.insert(id, a.clone());
+        Ok(a)
+    }
+
+    pub async fn dataset(&self, catalog: &Catalog, name: &DatasetName) -> Result<Arc<Dataset>> {
+        if let Some(d) = self.state().datasets.get(name) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(catalog.dataset(name).await?);
+        self.state().datasets.insert(name.clone(), d.clone());
+        Ok(d)
+    }
+}
