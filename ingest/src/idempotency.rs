@@ -93,8 +93,10 @@ impl Keys {
             Some(Entry::Done(w)) if w.at >= now - RETENTION_MS => Err(IngestError::KeyReused),
             _ => {
                 let mut entries = self.lock();
-                // Another request may have claimed it while the catalog was asked.
-                if entries.contains_key(&id) {
+                // Another request may have claimed (or answered) it while the catalog was
+                // asked; its client's retry will get the answer.
+                let expired = matches!(entries.get(&id), Some(Entry::Done(w)) if w.at < now - RETENTION_MS);
+                if entries.contains_key(&id) && !expired {
                     return Err(IngestError::InFlight);
                 }
                 entries.insert(id.clone(), Entry::InFlight);
@@ -130,5 +132,35 @@ impl Keys {
         self.lock().retain(|_, e| !matches!(e, Entry::Done(w) if w.at < now - RETENTION_MS));
         catalog.forget_idempotent_writes(now - 2 * RETENTION_MS).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_conflicts_and_answers_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::connect(&Catalog::sqlite_url(&dir.path().join("c.db"))).await.unwrap();
+        let keys = Arc::new(Keys::default());
+        let now = 1_000_000_000_000;
+        let Decision::Proceed(claim) = keys.begin(&catalog, 1, "k", "h1", now).await.unwrap() else { panic!() };
+        assert!(matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Err(IngestError::InFlight)), "409 while in flight");
+        assert!(matches!(keys.begin(&catalog, 2, "k", "h1", now).await, Ok(Decision::Proceed(_))), "keys are per connection");
+        claim.complete(5, now);
+        assert!(matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Ok(Decision::Replay { accepted: 5 })));
+        assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now).await, Err(IngestError::KeyReused)));
+        // A failed write frees its key for a retry.
+        let Decision::Proceed(claim) = keys.begin(&catalog, 1, "other", "h", now).await.unwrap() else { panic!() };
+        drop(claim);
+        assert!(matches!(keys.begin(&catalog, 1, "other", "h", now).await, Ok(Decision::Proceed(_))));
+        // After 24 hours a key may be used again.
+        assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now + RETENTION_MS + 1).await, Ok(Decision::Proceed(_))));
+        // Keys moved to the catalog are still found by a node that never saw them.
+        keys.in_segment(3, IdempotentWrite { connection: 7, key: "moved".into(), body_hash: "h".into(), accepted: 9, at: now });
+        keys.persist_below(&catalog, 4, now).await.unwrap();
+        let fresh = Arc::new(Keys::default());
+        assert!(matches!(fresh.begin(&catalog, 7, "moved", "h", now).await, Ok(Decision::Replay { accepted: 9 })));
     }
 }
