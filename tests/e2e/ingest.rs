@@ -110,6 +110,13 @@ async fn every_format_lands_in_parquet_exactly_once() {
     }
 }
 
+/// This process's resident set (the server runs in it).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
 /// Whether the run wrote to the local directory (pyarrow reads it there).
 fn objects_kind_is_local(dir: &tempfile::TempDir) -> bool {
     dir.path().join("objects").exists()
@@ -290,6 +297,7 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
     let mut config = TestConfig::new(Store::Sqlite);
     config.buffer_bytes = 64 * 1024;
     let s = TestServer::start(config).await;
+    let rss_before = rss_bytes();
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..200 {
@@ -312,6 +320,8 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
     }
     assert!(refused.is_some(), "a flood over the buffer budget is refused");
     assert!(s.ingester.buffer().bytes() < 64 * 1024 * 4, "the buffer stays near its budget");
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 128 << 20, "RSS grew by {grown} bytes under the flood");
     let (catalog, objects, _dir) = s.stop().await;
     let stored: usize = by_member(&stored_rows(&catalog, &objects).await).values().map(Vec::len).sum();
     assert_eq!(stored as i64, accepted, "every accepted row is stored");
