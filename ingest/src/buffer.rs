@@ -50,6 +50,8 @@ pub struct FlushBatch {
 struct State {
     partitions: HashMap<PartitionKey, Partition>,
     bytes: usize,
+    /// Buffered chunks per WAL segment, so the oldest needed segment is found at once.
+    segments: std::collections::BTreeMap<u64, usize>,
 }
 
 /// The buffer. Every method takes the lock briefly; no I/O happens under it.
@@ -81,6 +83,7 @@ impl Buffer {
         }
         p.bytes += bytes;
         p.chunks.push(Chunk { batch, segment, bytes });
+        *state.segments.entry(segment).or_default() += 1;
     }
 
     /// Bytes of buffered rows.
@@ -144,18 +147,31 @@ impl Buffer {
         if !persisted {
             return;
         }
-        let freed: usize = p.chunks.drain(..flush.chunks).map(|c| c.bytes).sum();
+        let mut freed = 0;
+        let mut segments = Vec::with_capacity(flush.chunks);
+        for c in p.chunks.drain(..flush.chunks) {
+            freed += c.bytes;
+            segments.push(c.segment);
+        }
         p.bytes -= freed;
         p.oldest = Instant::now();
         if p.chunks.is_empty() {
             state.partitions.remove(&flush.key);
         }
         state.bytes -= freed;
+        for segment in segments {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(segment) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
     }
 
     /// The oldest WAL segment holding buffered rows: every older segment may be deleted.
     pub fn min_segment(&self) -> Option<u64> {
-        self.state().partitions.values().flat_map(|p| p.chunks.iter().map(|c| c.segment)).min()
+        self.state().segments.keys().next().copied()
     }
 
     /// Every partition with buffered rows.
@@ -166,5 +182,43 @@ impl Buffer {
     /// Buffered rows of one partition (for reads: fresh rows before they are flushed).
     pub fn rows(&self, key: &PartitionKey) -> Vec<RecordBatch> {
         self.state().partitions.get(key).map(|p| p.chunks.iter().map(|c| c.batch.clone()).collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    #[test]
+    fn the_oldest_needed_segment_follows_flushes() {
+        let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        let schema = Arc::new(DatasetSchema::new(Arc::new(d)));
+        let batch = |n: i64| {
+            let cols = schema.stored.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1)).collect::<Vec<_>>();
+            let mut cols = cols;
+            cols[0] = Arc::new(Int64Array::from(vec![n]));
+            cols[1] = Arc::new(Int64Array::from(vec![0]));
+            cols[2] = Arc::new(Int64Array::from(vec![n]));
+            RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
+        };
+        let key = |m: i64| PartitionKey { env: DataEnvironment::Production, dataset: schema.dataset.name.clone(), member: MemberId::new(m).unwrap() };
+        let buffer = Buffer::default();
+        buffer.insert(key(1), &schema, batch(1), 3, 10);
+        buffer.insert(key(2), &schema, batch(2), 4, 10);
+        buffer.insert(key(1), &schema, batch(3), 5, 10);
+        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30));
+        let flush = buffer.begin_flush(&key(1)).unwrap();
+        assert!(buffer.begin_flush(&key(1)).is_none(), "one flush at a time");
+        buffer.end_flush(&flush, false);
+        assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
+        let flush = buffer.begin_flush(&key(1)).unwrap();
+        buffer.insert(key(1), &schema, batch(4), 6, 10);
+        buffer.end_flush(&flush, true);
+        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(4), 20), "rows that arrived during the flush stay");
+        assert_eq!(buffer.rows(&key(1)).len(), 1);
+        let flush = buffer.begin_flush(&key(2)).unwrap();
+        buffer.end_flush(&flush, true);
+        assert_eq!(buffer.min_segment(), Some(6));
     }
 }
