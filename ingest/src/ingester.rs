@@ -167,8 +167,7 @@ fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHead
     for (member, start, len) in member_runs(batch) {
         let Ok(member) = MemberId::new(member) else { continue };
         let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
-        // Slices share their batch's buffers: account each its share of the rows.
-        buffer.insert(key, schema, batch.slice(start, len), segment, total * len / rows);
+        buffer.insert(key, schema, batch, start, len, segment, total * len / rows);
     }
 }
 
@@ -226,7 +225,7 @@ impl Ingester {
                     if fresh.num_rows() > 0 {
                         replayed += fresh.num_rows();
                         let bytes = fresh.get_array_memory_size();
-                        buffer.insert(key, &schema, fresh, *segment, bytes);
+                        buffer.insert(key, &schema, &fresh, 0, fresh.num_rows(), *segment, bytes);
                     }
                 }
             }
