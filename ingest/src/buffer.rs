@@ -49,15 +49,26 @@ impl Column {
         }
     }
 
-    /// Copies rows `start..start + len` of `a` (of this column's type).
+    /// Copies rows `start..start + len` of `a`, a column of the same type.
     fn extend(&mut self, a: &ArrayRef, start: usize, len: usize) {
-        let a = a.slice(start, len);
+        let range = start..start + len;
+        let nulls = a.null_count() > 0;
         match self {
-            Column::Int(b) => b.extend(a.as_primitive::<Int64Type>().iter()),
-            Column::Float(b) => b.extend(a.as_primitive::<Float64Type>().iter()),
-            Column::Decimal(b) => b.extend(a.as_primitive::<Decimal128Type>().iter()),
-            Column::Text(b) => b.extend(a.as_string::<i32>().iter()),
-            Column::Bool(b) => b.extend(a.as_boolean().iter()),
+            Column::Int(b) => extend_primitive(b, a.as_primitive::<Int64Type>(), range, nulls),
+            Column::Float(b) => extend_primitive(b, a.as_primitive::<Float64Type>(), range, nulls),
+            Column::Decimal(b) => extend_primitive(b, a.as_primitive::<Decimal128Type>(), range, nulls),
+            Column::Text(b) => {
+                let a = a.as_string::<i32>();
+                for i in range {
+                    b.append_option(a.is_valid(i).then(|| a.value(i)));
+                }
+            }
+            Column::Bool(b) => {
+                let a = a.as_boolean();
+                for i in range {
+                    b.append_option(a.is_valid(i).then(|| a.value(i)));
+                }
+            }
         }
     }
 
@@ -73,6 +84,21 @@ impl Column {
             Column::Text(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
             Column::Bool(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
         }
+    }
+}
+
+fn extend_primitive<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
+    b: &mut datafusion::arrow::array::PrimitiveBuilder<T>,
+    a: &datafusion::arrow::array::PrimitiveArray<T>,
+    range: std::ops::Range<usize>,
+    nulls: bool,
+) {
+    if nulls {
+        for i in range {
+            b.append_option(a.is_valid(i).then(|| a.value(i)));
+        }
+    } else {
+        b.append_slice(&a.values()[range]);
     }
 }
 
@@ -131,12 +157,46 @@ pub struct FlushBatch {
     frozen: usize,
 }
 
+/// Member uids are already well spread integers: hashing them with SipHash was a tenth of
+/// ingest CPU. A multiplicative hash is enough (and keys are not attacker-chosen here: they
+/// passed the agreement check).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemberHasher(u64);
+
+impl std::hash::Hasher for MemberHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+}
+
+pub type MemberMap<V> = HashMap<MemberId, V, std::hash::BuildHasherDefault<MemberHasher>>;
+
+/// One (environment, dataset): its members' partitions.
+#[derive(Debug, Default)]
+struct Table {
+    partitions: MemberMap<Partition>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    partitions: HashMap<PartitionKey, Partition>,
+    tables: HashMap<(DataEnvironment, DatasetName), Table>,
     bytes: usize,
     /// Buffered rows per WAL segment, so the oldest needed segment is found at once.
     segments: BTreeMap<u64, usize>,
+}
+
+impl State {
+    fn partition_mut(&mut self, key: &PartitionKey) -> Option<&mut Partition> {
+        self.tables.get_mut(&(key.env, key.dataset.clone()))?.partitions.get_mut(&key.member)
+    }
 }
 
 /// Fixed cost of a partition's builders, counted against the budget.
@@ -155,36 +215,50 @@ impl Buffer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Copies rows `start..start + len` of a stored batch into the partition's builders.
-    /// `bytes` is the rows' share of their batch's memory.
-    #[allow(clippy::too_many_arguments)]
-    pub fn insert(&self, key: PartitionKey, schema: &Arc<DatasetSchema>, batch: &RecordBatch, start: usize, len: usize, segment: u64, bytes: usize) {
+    /// Copies each member's run of rows of a stored, member-sorted batch into that
+    /// member's builders, under one lock. `bytes` is the batch's memory, shared out by rows.
+    pub fn insert_runs(
+        &self,
+        env: DataEnvironment,
+        schema: &Arc<DatasetSchema>,
+        batch: &RecordBatch,
+        runs: &[(MemberId, usize, usize)],
+        segment: u64,
+        bytes: usize,
+    ) {
+        let rows = batch.num_rows().max(1);
         let mut state = self.state();
         let state = &mut *state;
-        let p = state.partitions.entry(key).or_insert_with(|| Partition {
-            schema: schema.clone(),
-            columns: schema.stored.fields().iter().map(|f| Column::new(f.data_type())).collect(),
-            rows: 0,
-            bytes: 0,
-            segments: BTreeMap::new(),
-            frozen: Vec::new(),
-            oldest: Instant::now(),
-            flushing: false,
-        });
-        let added = if p.is_empty() {
-            p.oldest = Instant::now();
-            bytes + PARTITION_OVERHEAD
-        } else {
-            bytes
-        };
-        for (c, a) in p.columns.iter_mut().zip(batch.columns()) {
-            c.extend(a, start, len);
+        let table = state.tables.entry((env, schema.dataset.name.clone())).or_default();
+        let mut added_total = 0;
+        for &(member, start, len) in runs {
+            let p = table.partitions.entry(member).or_insert_with(|| Partition {
+                schema: schema.clone(),
+                columns: schema.stored.fields().iter().map(|f| Column::new(f.data_type())).collect(),
+                rows: 0,
+                bytes: 0,
+                segments: BTreeMap::new(),
+                frozen: Vec::new(),
+                oldest: Instant::now(),
+                flushing: false,
+            });
+            let share = bytes * len / rows;
+            let added = if p.is_empty() {
+                p.oldest = Instant::now();
+                share + PARTITION_OVERHEAD
+            } else {
+                share
+            };
+            for (c, a) in p.columns.iter_mut().zip(batch.columns()) {
+                c.extend(a, start, len);
+            }
+            p.rows += len;
+            p.bytes += added;
+            *p.segments.entry(segment).or_default() += len;
+            added_total += added;
         }
-        p.rows += len;
-        p.bytes += added;
-        *p.segments.entry(segment).or_default() += len;
-        *state.segments.entry(segment).or_default() += len;
-        state.bytes += added;
+        *state.segments.entry(segment).or_default() += batch.num_rows();
+        state.bytes += added_total;
     }
 
     /// Bytes of buffered rows.
@@ -197,17 +271,20 @@ impl Buffer {
     pub fn due(&self, max_age: std::time::Duration, max_bytes: usize, soft_bytes: usize) -> Vec<PartitionKey> {
         let state = self.state();
         let now = Instant::now();
-        let mut idle: Vec<(&PartitionKey, usize)> = Vec::new();
+        let mut idle: Vec<(PartitionKey, usize)> = Vec::new();
         let mut due = Vec::new();
-        for (k, p) in &state.partitions {
-            if p.flushing {
-                continue;
-            }
-            let bytes = p.bytes();
-            if now.duration_since(p.oldest) >= max_age || bytes >= max_bytes {
-                due.push(k.clone());
-            } else {
-                idle.push((k, bytes));
+        for ((env, dataset), table) in &state.tables {
+            for (member, p) in &table.partitions {
+                if p.flushing {
+                    continue;
+                }
+                let key = || PartitionKey { env: *env, dataset: dataset.clone(), member: *member };
+                let bytes = p.bytes();
+                if now.duration_since(p.oldest) >= max_age || bytes >= max_bytes {
+                    due.push(key());
+                } else if state.bytes > soft_bytes {
+                    idle.push((key(), bytes));
+                }
             }
         }
         let mut over = state.bytes.saturating_sub(soft_bytes);
@@ -218,7 +295,7 @@ impl Buffer {
                     break;
                 }
                 over = over.saturating_sub(bytes);
-                due.push(k.clone());
+                due.push(k);
             }
         }
         due
@@ -227,7 +304,7 @@ impl Buffer {
     /// Hands the partition's rows to a flush; they stay readable until [`Buffer::end_flush`].
     pub fn begin_flush(&self, key: &PartitionKey) -> Option<FlushBatch> {
         let mut state = self.state();
-        let p = state.partitions.get_mut(key)?;
+        let p = state.partition_mut(key)?;
         if p.flushing || p.is_empty() {
             return None;
         }
@@ -246,7 +323,8 @@ impl Buffer {
     pub fn end_flush(&self, flush: &FlushBatch, persisted: bool) {
         let mut state = self.state();
         let state = &mut *state;
-        let Some(p) = state.partitions.get_mut(&flush.key) else { return };
+        let Some(table) = state.tables.get_mut(&(flush.key.env, flush.key.dataset.clone())) else { return };
+        let Some(p) = table.partitions.get_mut(&flush.key.member) else { return };
         p.flushing = false;
         if !persisted {
             return;
@@ -264,7 +342,7 @@ impl Buffer {
             }
         }
         if p.is_empty() {
-            state.partitions.remove(&flush.key);
+            table.partitions.remove(&flush.key.member);
         } else {
             p.oldest = Instant::now();
         }
@@ -278,13 +356,18 @@ impl Buffer {
 
     /// Every partition with buffered rows.
     pub fn keys(&self) -> Vec<PartitionKey> {
-        self.state().partitions.keys().cloned().collect()
+        let state = self.state();
+        let mut out = Vec::new();
+        for ((env, dataset), table) in &state.tables {
+            out.extend(table.partitions.keys().map(|m| PartitionKey { env: *env, dataset: dataset.clone(), member: *m }));
+        }
+        out
     }
 
     /// Buffered rows of one partition (for reads: fresh rows before they are flushed).
     pub fn rows(&self, key: &PartitionKey) -> Vec<RecordBatch> {
         let mut state = self.state();
-        let Some(p) = state.partitions.get_mut(key) else { return Vec::new() };
+        let Some(p) = state.partition_mut(key) else { return Vec::new() };
         let mut out: Vec<RecordBatch> = p.frozen.iter().map(|f| f.batch.clone()).collect();
         if p.rows > 0 {
             let columns = p.columns.iter_mut().map(|c| c.finish(true)).collect();
@@ -314,7 +397,9 @@ mod tests {
         };
         let key = |m: i64| PartitionKey { env: DataEnvironment::Production, dataset: schema.dataset.name.clone(), member: MemberId::new(m).unwrap() };
         let buffer = Buffer::default();
-        let insert = |m: i64, n: i64, segment: u64| buffer.insert(key(m), &schema, &batch(n), 0, 1, segment, 10);
+        let insert = |m: i64, n: i64, segment: u64| {
+            buffer.insert_runs(DataEnvironment::Production, &schema, &batch(n), &[(MemberId::new(m).unwrap(), 0, 1)], segment, 10)
+        };
         insert(1, 1, 3);
         insert(2, 2, 4);
         insert(1, 3, 5);

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use catalog::IdempotentWrite;
 
 use crate::IngestError;
-use crate::buffer::{Buffer, PartitionKey};
+use crate::buffer::{Buffer, MemberMap, PartitionKey};
 use crate::idempotency::{Claim, Decision, Keys};
 use crate::writelog::WriteLog;
 use crate::schema::DatasetSchema;
@@ -160,15 +160,12 @@ fn run_lengths(batch: &RecordBatch) -> Vec<(i64, usize)> {
     member_runs(batch).into_iter().map(|(m, _, n)| (m, n)).collect()
 }
 
-/// Inserts a stored (id-carrying, member-sorted) batch into the buffer, one slice per member.
+/// Inserts a stored (id-carrying, member-sorted) batch into the buffer, each member's rows
+/// into its partition.
 fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
-    let total = batch.get_array_memory_size().max(1);
-    let rows = batch.num_rows().max(1);
-    for (member, start, len) in member_runs(batch) {
-        let Ok(member) = MemberId::new(member) else { continue };
-        let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
-        buffer.insert(key, schema, batch, start, len, segment, total * len / rows);
-    }
+    let runs: Vec<(MemberId, usize, usize)> =
+        member_runs(batch).into_iter().filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len))).collect();
+    buffer.insert_runs(header.env, schema, batch, &runs, segment, batch.get_array_memory_size());
 }
 
 impl Ingester {
@@ -176,9 +173,9 @@ impl Ingester {
     /// already holds), then starts the sequencer and the flusher.
     pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
         let buffer = Arc::new(Buffer::default());
-        let mut counters: HashMap<PartitionKey, i64> = HashMap::new();
+        let mut counters: Counters = HashMap::new();
         for (env, dataset, member, max_id) in catalog.max_row_ids().await? {
-            counters.insert(PartitionKey { env, dataset, member }, max_id);
+            counters.entry((env, dataset)).or_default().insert(member, max_id);
         }
         let persisted = counters.clone();
         let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
@@ -212,11 +209,12 @@ impl Ingester {
                 for (member, start, len) in member_runs(&batch) {
                     let Ok(member) = MemberId::new(member) else { continue };
                     let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
-                    let done = persisted.get(&key).copied().unwrap_or(0);
+                    let table = (header.env, header.dataset.clone());
+                    let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
                     let slice = batch.slice(start, len);
                     let slice_ids = ids.slice(start, len);
                     let max = datafusion::arrow::compute::max(&slice_ids).unwrap_or(0);
-                    let counter = counters.entry(key.clone()).or_insert(0);
+                    let counter = counters.entry(table).or_default().entry(member).or_insert(0);
                     *counter = (*counter).max(max);
                     // Rows already in a recorded file were flushed before the crash.
                     let keep: datafusion::arrow::array::BooleanArray =
@@ -225,7 +223,7 @@ impl Ingester {
                     if fresh.num_rows() > 0 {
                         replayed += fresh.num_rows();
                         let bytes = fresh.get_array_memory_size();
-                        buffer.insert(key, &schema, &fresh, 0, fresh.num_rows(), *segment, bytes);
+                        buffer.insert_runs(header.env, &schema, &fresh, &[(key.member, 0, fresh.num_rows())], *segment, bytes);
                     }
                 }
             }
@@ -446,6 +444,9 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The last row id given per (environment, dataset) and member.
+type Counters = HashMap<(DataEnvironment, DatasetName), MemberMap<i64>>;
+
 /// Sorts rows by member (stable: a member's rows keep their order, so their ids follow it).
 fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
     let members = batch.column(0).as_primitive::<Int64Type>().values();
@@ -465,7 +466,7 @@ fn sequence(
     buffer: &Buffer,
     keys: &Keys,
     write_log: &WriteLog,
-    mut counters: HashMap<PartitionKey, i64>,
+    mut counters: Counters,
     current: &AtomicU64,
 ) {
     const GROUP_BYTES: usize = 32 << 20;
@@ -533,12 +534,12 @@ fn sequence(
 
 /// The stored batch: the input columns with row ids inserted after `instance`. Ids continue
 /// each (environment, dataset, member) counter; failed appends leave gaps, never reuse.
-fn assign_ids(op: &WriteOp, counters: &mut HashMap<PartitionKey, i64>) -> Result<RecordBatch, IngestError> {
+fn assign_ids(op: &WriteOp, counters: &mut Counters) -> Result<RecordBatch, IngestError> {
     let mut ids = Vec::with_capacity(op.batch.num_rows());
+    let table = counters.entry((op.header.env, op.header.dataset.clone())).or_default();
     for (member, _, len) in member_runs(&op.batch) {
         let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
-        let key = PartitionKey { env: op.header.env, dataset: op.header.dataset.clone(), member };
-        let next = counters.entry(key).or_insert(0);
+        let next = table.entry(member).or_insert(0);
         ids.extend((*next + 1)..=(*next + len as i64));
         *next += len as i64;
     }

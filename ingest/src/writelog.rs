@@ -8,29 +8,33 @@ use std::sync::Mutex;
 use catalog::{AccessAction, AccessDecision, AccessLogEntry, Catalog, ConnectionId, DatasetName, MemberId};
 
 use crate::IngestError;
+use crate::buffer::MemberMap;
 
-type Key = (i64, i64, DatasetName, i64);
+/// (connection, dataset, minute).
+type Key = (i64, DatasetName, i64);
 
-/// Row counts per (connection, member, dataset, minute), by the WAL segment holding them.
+/// Row counts per (connection, dataset, minute) and member, by the WAL segment holding them.
 #[derive(Debug, Default)]
 pub struct WriteLog {
-    by_segment: Mutex<BTreeMap<u64, HashMap<Key, i64>>>,
+    by_segment: Mutex<BTreeMap<u64, HashMap<Key, MemberMap<i64>>>>,
 }
 
 impl WriteLog {
     /// Counts `rows` written for each member run of a record in `segment`.
     pub fn record(&self, segment: u64, connection: i64, dataset: &DatasetName, at_ms: i64, members: &[(i64, usize)]) {
         let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = by_segment.entry(segment).or_default();
+        let counts = by_segment.entry(segment).or_default().entry((connection, dataset.clone(), at_ms.div_euclid(60_000))).or_default();
         for (member, rows) in members {
-            *counts.entry((connection, *member, dataset.clone(), at_ms.div_euclid(60_000))).or_default() += *rows as i64;
+            if let Ok(member) = MemberId::new(*member) {
+                *counts.entry(member).or_default() += *rows as i64;
+            }
         }
     }
 
     /// Writes the aggregates of segments below `keep_from` to the catalog's access log, under
     /// each member's agreement in force now. On failure they stay, and so do their segments.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64) -> Result<(), IngestError> {
-        let moving: BTreeMap<u64, HashMap<Key, i64>> = {
+        let moving: BTreeMap<u64, HashMap<Key, MemberMap<i64>>> = {
             let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
             let keep = by_segment.split_off(&keep_from);
             std::mem::replace(&mut *by_segment, keep)
@@ -53,24 +57,25 @@ impl WriteLog {
         Ok(())
     }
 
-    async fn to_entries(&self, catalog: &Catalog, moving: &BTreeMap<u64, HashMap<Key, i64>>) -> Result<Vec<AccessLogEntry>, IngestError> {
-        let mut totals: BTreeMap<&Key, i64> = BTreeMap::new();
+    async fn to_entries(&self, catalog: &Catalog, moving: &BTreeMap<u64, HashMap<Key, MemberMap<i64>>>) -> Result<Vec<AccessLogEntry>, IngestError> {
+        let mut totals: BTreeMap<(i64, MemberId, &DatasetName, i64), i64> = BTreeMap::new();
         for counts in moving.values() {
-            for (k, n) in counts {
-                *totals.entry(k).or_default() += n;
+            for ((connection, dataset, minute), members) in counts {
+                for (member, n) in members {
+                    *totals.entry((*connection, *member, dataset, *minute)).or_default() += n;
+                }
             }
         }
         let mut connections = HashMap::new();
         let mut out = Vec::with_capacity(totals.len());
         for ((connection, member, dataset, minute), rows) in totals {
-            if !connections.contains_key(connection) {
-                let id = ConnectionId::new(*connection).map_err(|e| IngestError::Internal(e.to_string()))?;
+            if !connections.contains_key(&connection) {
+                let id = ConnectionId::new(connection).map_err(|e| IngestError::Internal(e.to_string()))?;
                 let c = catalog.connection(id).await?;
                 let versions: HashMap<MemberId, i64> = catalog.active_agreements(id).await?.into_iter().collect();
-                connections.insert(*connection, (c, versions));
+                connections.insert(connection, (c, versions));
             }
-            let (c, versions) = &connections[connection];
-            let member = MemberId::new(*member).map_err(|e| IngestError::Internal(e.to_string()))?;
+            let (c, versions) = &connections[&connection];
             let version = versions.get(&member).copied();
             let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
             out.push(AccessLogEntry {
