@@ -116,7 +116,8 @@ impl Compactor {
             }
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
-        persist::persist(store, catalog, key, schema, batches, 5, &old).await?;
+        let file = persist::write_file(store, key, schema, batches, 5).await?;
+        persist::commit(store, catalog, &[file], &old).await?;
         let at = Instant::now();
         self.doomed.lock().unwrap_or_else(|p| p.into_inner()).extend(old.into_iter().map(|p| (at, p)));
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::{Catalog, DataEnvironment, DatasetName, MemberId};
+use catalog::{Catalog, DataEnvironment, DatasetName, MemberId, ParquetFile};
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
@@ -367,28 +367,48 @@ impl Ingester {
         } else {
             self.buffer.due(self.config.flush_age, self.config.flush_bytes, self.config.buffer_soft_bytes)
         };
-        let failed = futures::stream::iter(keys)
-            .map(|key| async move {
-                let Some(flush) = self.buffer.begin_flush(&key) else { return 0 };
+        // Files are written concurrently, then recorded together: one catalog commit per
+        // round (in chunks), not one per member.
+        let flushes: Vec<crate::buffer::FlushBatch> = keys.iter().filter_map(|k| self.buffer.begin_flush(k)).collect();
+        let written: Vec<(crate::buffer::FlushBatch, Result<ParquetFile, IngestError>)> = futures::stream::iter(flushes)
+            .map(|flush| async move {
                 let result =
-                    crate::persist::persist(&self.store, &self.catalog, &key, &flush.schema, flush.batches.clone(), self.config.put_attempts, &[])
-                        .await;
-                self.buffer.end_flush(&flush, result.is_ok());
-                match result {
-                    Ok(_) => {
-                        metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(1);
-                        0
-                    }
-                    Err(e) => {
-                        metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(1);
-                        tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
-                        1
-                    }
-                }
+                    crate::persist::write_file(&self.store, &flush.key, &flush.schema, flush.batches.clone(), self.config.put_attempts).await;
+                (flush, result)
             })
-            .buffer_unordered(4)
-            .fold(0usize, |a, b| async move { a + b })
+            .buffer_unordered(8)
+            .collect()
             .await;
+        let mut failed = 0;
+        let mut ready = Vec::new();
+        for (flush, result) in written {
+            match result {
+                Ok(file) => ready.push((flush, file)),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
+                    self.buffer.end_flush(&flush, false);
+                }
+            }
+        }
+        for chunk in ready.chunks(1000) {
+            let files: Vec<ParquetFile> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            let committed = match crate::persist::commit(&self.store, &self.catalog, &files, &[]).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording flushed files failed; the rows stay buffered and in the WAL");
+                    failed += chunk.len();
+                    false
+                }
+            };
+            for (flush, _) in chunk {
+                self.buffer.end_flush(flush, committed);
+            }
+            if committed {
+                metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(chunk.len() as u64);
+            }
+        }
+        metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(failed as u64);
         self.storage_failing.store(failed > 0, Ordering::Relaxed);
         // Read the writer's segment before the buffer's oldest: rows are buffered before the
         // writer moves to a newer segment, so no needed segment can slip between the reads.

@@ -68,18 +68,14 @@ pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8
     Ok((out, sorted))
 }
 
-/// Writes a partition's rows as a new file and records it, in the same manifest commit
-/// swapping it for `replaced` files (compaction; empty for a flush). Object-store errors
-/// are retried with backoff (up to `attempts`); the manifest commit is the point where the
-/// rows count as persisted.
-pub async fn persist(
+/// Writes a partition's rows as a new, not yet recorded file. Object-store errors are
+/// retried with backoff (up to `attempts`). Nobody reads the file until [`commit`] records it.
+pub async fn write_file(
     store: &Arc<dyn ObjectStore>,
-    catalog: &Catalog,
     key: &PartitionKey,
     schema: &Arc<DatasetSchema>,
     batches: Vec<RecordBatch>,
     attempts: u32,
-    replaced: &[String],
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = tokio::task::spawn_blocking(move || encode(&schema2, &batches))
@@ -92,7 +88,7 @@ pub async fn persist(
     let path = file_path(key, min_t, min_id, max_id);
     let size = bytes.len() as i64;
     put_with_retry(store, &path, bytes, attempts).await?;
-    let file = ParquetFile {
+    Ok(ParquetFile {
         environment: key.env,
         dataset: key.dataset.clone(),
         member: key.member,
@@ -103,15 +99,27 @@ pub async fn persist(
         max_event_time: max_t,
         min_id,
         max_id,
-    };
-    if let Err(e) = catalog.commit_parquet_files(std::slice::from_ref(&file), replaced).await {
-        // Never recorded, so never read: remove it rather than leave an orphan.
-        let _ = store.delete(&path).await;
+    })
+}
+
+/// Records written files in the manifest in one transaction, swapping them for `replaced`
+/// ones (compaction): the point where their rows count as persisted. If the commit fails the
+/// files are deleted (never recorded, never read) rather than left as orphans.
+pub async fn commit(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    files: &[ParquetFile],
+    replaced: &[String],
+) -> Result<(), crate::IngestError> {
+    if let Err(e) = catalog.commit_parquet_files(files, replaced).await {
+        for f in files {
+            let _ = store.delete(&Path::from(f.path.as_str())).await;
+        }
         return Err(e.into());
     }
-    metrics::counter!("trove_ingest_files_written_total").increment(1);
-    metrics::counter!("trove_ingest_bytes_written_total").increment(size as u64);
-    Ok(file)
+    metrics::counter!("trove_ingest_files_written_total").increment(files.len() as u64);
+    metrics::counter!("trove_ingest_bytes_written_total").increment(files.iter().map(|f| f.size_bytes as u64).sum());
+    Ok(())
 }
 
 fn min_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use catalog::{
@@ -178,14 +177,18 @@ pub fn check_event_time(schema: &DatasetSchema, batch: RecordBatch, now_secs: i6
 /// Checks every row against its member's agreement with the writing connection: the member
 /// must have one granting write of this dataset and of every field the row sets. Members
 /// without an agreement and members that do not exist are refused alike.
-pub fn authorize_rows(schema: &DatasetSchema, batch: &RecordBatch, grants: &HashMap<MemberId, &DatasetGrant>) -> Result<(), IngestError> {
+pub fn authorize_rows<'g>(
+    schema: &DatasetSchema,
+    batch: &RecordBatch,
+    grant_of: impl Fn(MemberId) -> Option<&'g DatasetGrant>,
+) -> Result<(), IngestError> {
     let members = batch.column(0).as_primitive::<Int64Type>();
     let mut rows = Vec::new();
     for r in 0..batch.num_rows() {
         if rows.len() >= MAX_ROW_ERRORS {
             break;
         }
-        let grant = MemberId::new(members.value(r)).ok().and_then(|m| grants.get(&m));
+        let grant = MemberId::new(members.value(r)).ok().and_then(&grant_of);
         let Some(grant) = grant else {
             rows.push(RowError { row: r + 1, field: None, reason: "no agreement permits writing this member's data".into() });
             continue;

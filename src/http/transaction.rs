@@ -1,7 +1,6 @@
 //! `POST /api/pds/transaction?uid=...`: one member's transactional rows through the
 //! Mydex-compatible Connection API, on the same durable write path as `/v1/ingest`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -74,7 +73,7 @@ pub(super) async fn add(
     let schema = state.ingester.schema(&dataset);
     let batch = decode::decode_objects(&schema, &rows).map_err(ingest::IngestError::from)?;
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
-    if let Err(e) = validate::authorize_rows(&schema, &batch, &HashMap::from([(uid, grant)])) {
+    if let Err(e) = validate::authorize_rows(&schema, &batch, |m| (m == uid).then_some(grant)) {
         state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
         return Err(e.into());
     }
