@@ -288,12 +288,13 @@ async fn manifest(c: &Catalog) {
         max_event_time: t + 10,
         min_id,
         max_id,
+        max_version: max_id,
     };
     c.commit_parquet_files(&[file("b", 11, 20, 200), file("a", 1, 10, 100)], &[]).await.unwrap();
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
     assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest events first");
     assert!(c.parquet_files(DataEnvironment::Sandbox, &ds, member).await.unwrap().is_empty());
-    assert_eq!(c.max_row_ids().await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member, 20)]);
+    assert_eq!(c.max_row_ids().await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member, 20, 20)]);
     // Compaction's swap: the merged file replaces both in one transaction.
     c.commit_parquet_files(&[file("ab", 1, 20, 100)], &["a".into(), "b".into()]).await.unwrap();
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();

@@ -393,6 +393,7 @@ mod tests {
             cols[0] = Arc::new(Int64Array::from(vec![n]));
             cols[1] = Arc::new(Int64Array::from(vec![0]));
             cols[2] = Arc::new(Int64Array::from(vec![n]));
+            cols[3] = Arc::new(Int64Array::from(vec![n]));
             RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
         };
         let key = |m: i64| PartitionKey { env: DataEnvironment::Production, dataset: schema.dataset.name.clone(), member: MemberId::new(m).unwrap() };

@@ -81,6 +81,8 @@ struct WriteOp {
     schema: Arc<DatasetSchema>,
     /// Input columns, sorted by member.
     batch: RecordBatch,
+    /// Row ids for new versions of existing rows (an update); `None` gives new ids.
+    ids: Option<Vec<i64>>,
     reply: oneshot::Sender<Result<Vec<i64>, String>>,
 }
 
@@ -174,10 +176,13 @@ impl Ingester {
     pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
         let buffer = Arc::new(Buffer::default());
         let mut counters: Counters = HashMap::new();
-        for (env, dataset, member, max_id) in catalog.max_row_ids().await? {
-            counters.entry((env, dataset)).or_default().insert(member, max_id);
+        let mut persisted: Counters = HashMap::new();
+        let mut last_version = 0i64;
+        for (env, dataset, member, max_id, max_version) in catalog.max_row_ids().await? {
+            counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
+            persisted.entry((env, dataset)).or_default().insert(member, max_version);
+            last_version = last_version.max(max_version);
         }
-        let persisted = counters.clone();
         let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
         let wal_dir = config.wal_dir.clone();
         let records = tokio::task::spawn_blocking(move || wal::replay(&wal_dir))
@@ -206,19 +211,21 @@ impl Ingester {
             };
             for batch in batches {
                 let ids = batch.column(2).as_primitive::<Int64Type>();
+                let versions = batch.column(3).as_primitive::<Int64Type>();
+                last_version = last_version.max(datafusion::arrow::compute::max(versions).unwrap_or(0));
                 for (member, start, len) in member_runs(&batch) {
                     let Ok(member) = MemberId::new(member) else { continue };
                     let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
                     let table = (header.env, header.dataset.clone());
                     let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
                     let slice = batch.slice(start, len);
-                    let slice_ids = ids.slice(start, len);
-                    let max = datafusion::arrow::compute::max(&slice_ids).unwrap_or(0);
+                    let max = datafusion::arrow::compute::max(&ids.slice(start, len)).unwrap_or(0);
                     let counter = counters.entry(table).or_default().entry(member).or_insert(0);
                     *counter = (*counter).max(max);
-                    // Rows already in a recorded file were flushed before the crash.
+                    // Rows whose version is in a recorded file were flushed before the crash
+                    // (a partition flushes its rows in the order they were sequenced).
                     let keep: datafusion::arrow::array::BooleanArray =
-                        slice_ids.iter().map(|id| Some(id.unwrap_or(0) > done)).collect();
+                        versions.slice(start, len).iter().map(|v| Some(v.unwrap_or(0) > done)).collect();
                     let fresh = datafusion::arrow::compute::filter_record_batch(&slice, &keep)?;
                     if fresh.num_rows() > 0 {
                         replayed += fresh.num_rows();
@@ -238,7 +245,7 @@ impl Ingester {
             let (buffer, current, keys, log) = (buffer.clone(), current_segment.clone(), keys.clone(), write_log.clone());
             std::thread::Builder::new()
                 .name("trove-wal".into())
-                .spawn(move || sequence(rx, segments, &buffer, &keys, &log, counters, &current))?
+                .spawn(move || sequence(rx, segments, &buffer, &keys, &log, counters, last_version, &current))?
         };
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
@@ -300,7 +307,34 @@ impl Ingester {
         claim: Option<&Claim>,
         logged: bool,
     ) -> Result<Vec<i64>, IngestError> {
-        let batch = sort_by_member(batch)?;
+        self.send(schema, env, connection, batch, claim, logged, None).await
+    }
+
+    /// Stores new versions of existing rows `ids` (one per row of `batch`, one member):
+    /// readers keep the newest version of each id.
+    pub async fn update(
+        &self,
+        schema: Arc<DatasetSchema>,
+        env: DataEnvironment,
+        connection: catalog::ConnectionId,
+        batch: RecordBatch,
+        ids: Vec<i64>,
+    ) -> Result<(), IngestError> {
+        self.send(schema, env, connection, batch, None, true, Some(ids)).await.map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        schema: Arc<DatasetSchema>,
+        env: DataEnvironment,
+        connection: catalog::ConnectionId,
+        batch: RecordBatch,
+        claim: Option<&Claim>,
+        logged: bool,
+        ids: Option<Vec<i64>>,
+    ) -> Result<Vec<i64>, IngestError> {
+        let batch = if ids.is_some() { batch } else { sort_by_member(batch)? };
         let rows = batch.num_rows();
         let op_dataset = schema.dataset.name.clone();
         let (reply, done) = oneshot::channel();
@@ -315,6 +349,7 @@ impl Ingester {
             },
             schema,
             batch,
+            ids,
             reply,
         };
         {
@@ -487,6 +522,7 @@ fn sequence(
     keys: &Keys,
     write_log: &WriteLog,
     mut counters: Counters,
+    mut last_version: i64,
     current: &AtomicU64,
 ) {
     const GROUP_BYTES: usize = 32 << 20;
@@ -517,7 +553,10 @@ fn sequence(
         let started = std::time::Instant::now();
         let mut prepared = Vec::with_capacity(group.len());
         for op in group {
-            match assign_ids(&op, &mut counters).and_then(|stored| Ok((encode_record(&op.header, &stored)?, stored))) {
+            // Versions increase with every batch sequenced, across restarts (wall-clock
+            // microseconds, never below the last one seen).
+            last_version = (last_version + 1).max(now_ms() * 1000);
+            match assign_ids(&op, &mut counters, last_version).and_then(|stored| Ok((encode_record(&op.header, &stored)?, stored))) {
                 Ok((payload, stored)) => prepared.push((op, stored, payload)),
                 Err(e) => {
                     let _ = op.reply.send(Err(e.to_string()));
@@ -552,18 +591,26 @@ fn sequence(
     }
 }
 
-/// The stored batch: the input columns with row ids inserted after `instance`. Ids continue
-/// each (environment, dataset, member) counter; failed appends leave gaps, never reuse.
-fn assign_ids(op: &WriteOp, counters: &mut Counters) -> Result<RecordBatch, IngestError> {
-    let mut ids = Vec::with_capacity(op.batch.num_rows());
-    let table = counters.entry((op.header.env, op.header.dataset.clone())).or_default();
-    for (member, _, len) in member_runs(&op.batch) {
-        let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
-        let next = table.entry(member).or_insert(0);
-        ids.extend((*next + 1)..=(*next + len as i64));
-        *next += len as i64;
-    }
+/// The stored batch: the input columns with row ids and the batch's version inserted after
+/// `instance`. New ids continue each (environment, dataset, member) counter; failed
+/// appends leave gaps, never reuse.
+fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<RecordBatch, IngestError> {
+    let ids = match &op.ids {
+        Some(ids) => ids.clone(),
+        None => {
+            let mut ids = Vec::with_capacity(op.batch.num_rows());
+            let table = counters.entry((op.header.env, op.header.dataset.clone())).or_default();
+            for (member, _, len) in member_runs(&op.batch) {
+                let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
+                let next = table.entry(member).or_insert(0);
+                ids.extend((*next + 1)..=(*next + len as i64));
+                *next += len as i64;
+            }
+            ids
+        }
+    };
     let mut columns: Vec<ArrayRef> = op.batch.columns().to_vec();
     columns.insert(2, Arc::new(Int64Array::from(ids)));
+    columns.insert(3, Arc::new(Int64Array::from(vec![version; op.batch.num_rows()])));
     Ok(RecordBatch::try_new(op.schema.stored.clone(), columns)?)
 }

@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::buffer::PartitionKey;
-use crate::schema::{DatasetSchema, ROW_ID};
+use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION};
 
 /// Where a partition's files live: `<environment>/<dataset>/<member>/`, so one member's data
 /// can be listed, exported and erased without touching anyone else's.
@@ -85,6 +85,7 @@ pub async fn write_file(
     let ids = sorted.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
     let (min_t, max_t) = (min_i64(times), max_i64(times));
     let (min_id, max_id) = (min_i64(ids), max_i64(ids));
+    let max_version = max_i64(sorted.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>());
     let path = file_path(key, min_t, min_id, max_id);
     let size = bytes.len() as i64;
     put_with_retry(store, &path, bytes, attempts).await?;
@@ -99,6 +100,7 @@ pub async fn write_file(
         max_event_time: max_t,
         min_id,
         max_id,
+        max_version,
     })
 }
 

@@ -14,6 +14,10 @@ pub const DECIMAL_SCALE: i8 = 2;
 pub const MEMBER_UID: &str = "member_uid";
 pub const INSTANCE: &str = "instance";
 pub const ROW_ID: &str = "id";
+/// Which version of its row a stored row is: an update (`PUT`) stores a new version under
+/// the same id, and readers keep the highest. Field names start with a letter, so this
+/// cannot collide with one.
+pub const ROW_VERSION: &str = "_version";
 
 /// The Arrow type of a field type (CONTRACT.md: Int64, Float64, Utf8, plus Decimal and
 /// Boolean).
@@ -33,7 +37,7 @@ pub struct DatasetSchema {
     pub dataset: Arc<Dataset>,
     /// `member_uid`, `instance`, then the data fields: what a client sends.
     pub input: SchemaRef,
-    /// `member_uid`, `instance`, `id`, then the data fields: what is stored.
+    /// `member_uid`, `instance`, `id`, `_version`, then the data fields: what is stored.
     pub stored: SchemaRef,
     /// Index of the event-time field in `input` and in `stored`.
     pub event_time_input: usize,
@@ -53,6 +57,7 @@ impl DatasetSchema {
         let input: Vec<Field> = reserved.iter().cloned().chain(data.iter().cloned()).collect();
         let mut stored = input.clone();
         stored.insert(2, Field::new(ROW_ID, DataType::Int64, false));
+        stored.insert(3, Field::new(ROW_VERSION, DataType::Int64, false));
         let position = |fields: &[Field]| fields.iter().position(|f| f.name() == event.as_str()).expect("event field");
         let (event_time_input, event_time_stored) = (position(&input), position(&stored));
         DatasetSchema {

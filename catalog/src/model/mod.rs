@@ -133,4 +133,6 @@ pub struct ParquetFile {
     pub max_event_time: i64,
     pub min_id: i64,
     pub max_id: i64,
+    /// The newest row version in the file.
+    pub max_version: i64,
 }

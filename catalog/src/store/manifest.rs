@@ -30,11 +30,12 @@ fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
         max_event_time: row.try_get("max_event_time")?,
         min_id: row.try_get("min_id")?,
         max_id: row.try_get("max_id")?,
+        max_version: row.try_get("max_version")?,
     })
 }
 
 const FILE_COLUMNS: &str =
-    "environment, dataset, member_uid, path, row_count, size_bytes, min_event_time, max_event_time, min_id, max_id";
+    "environment, dataset, member_uid, path, row_count, size_bytes, min_event_time, max_event_time, min_id, max_id, max_version";
 
 impl Catalog {
     /// Records files whose puts succeeded and removes `replaced` ones, in one transaction:
@@ -44,7 +45,7 @@ impl Catalog {
         let mut tx = self.begin().await?;
         for f in added {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO parquet_files ({FILE_COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                "INSERT INTO parquet_files ({FILE_COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             )))
             .bind(f.environment.as_str())
             .bind(f.dataset.as_str())
@@ -56,6 +57,7 @@ impl Catalog {
             .bind(f.max_event_time)
             .bind(f.min_id)
             .bind(f.max_id)
+            .bind(f.max_version)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -107,19 +109,19 @@ impl Catalog {
         rows.iter().map(file_from_row).collect()
     }
 
-    /// The highest row id recorded per (environment, dataset, member): where id counters
-    /// resume after a restart.
-    pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, MemberId, i64)>> {
+    /// The highest row id and row version recorded per (environment, dataset, member):
+    /// where id counters resume after a restart, and which WAL rows are already in files.
+    pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, MemberId, i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT environment, dataset, member_uid, MAX(max_id) AS max_id FROM parquet_files \
-             GROUP BY environment, dataset, member_uid",
+            "SELECT environment, dataset, member_uid, MAX(max_id) AS max_id, MAX(max_version) AS max_version \
+             FROM parquet_files GROUP BY environment, dataset, member_uid",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 let (env, dataset, member) = partition_from_row(row)?;
-                Ok((env, dataset, member, row.try_get("max_id")?))
+                Ok((env, dataset, member, row.try_get("max_id")?, row.try_get("max_version")?))
             })
             .collect()
     }

@@ -1,0 +1,3 @@
+-- The newest row version a file holds: replay skips WAL rows whose version a recorded file
+-- already has (updates reuse row ids, so ids alone cannot tell). Keep in step with ../sqlite.
+ALTER TABLE parquet_files ADD COLUMN max_version BIGINT NOT NULL DEFAULT 0;
