@@ -365,6 +365,36 @@ impl Ingester {
         Ok(ids)
     }
 
+    /// The newest version of row `id` of a partition (stored columns, one row), from the
+    /// buffer or else the files that may hold it.
+    pub async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
+        // The buffer first: a row leaves it only after its file is recorded, so reading the
+        // manifest second cannot miss a row that a flush moves meanwhile.
+        let mut candidates = self.buffer.rows(key);
+        for f in self.catalog.parquet_files(key.env, &key.dataset, key.member).await? {
+            if f.min_id <= id && id <= f.max_id {
+                let bytes = object_store::ObjectStoreExt::get(&*self.store, &object_store::path::Path::from(f.path.as_str()))
+                    .await?
+                    .bytes()
+                    .await?;
+                for b in datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+                    candidates.push(b?);
+                }
+            }
+        }
+        let mut best: Option<(i64, RecordBatch)> = None;
+        for b in &candidates {
+            let ids = b.column(2).as_primitive::<Int64Type>();
+            let versions = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                if ids.value(i) == id && best.as_ref().is_none_or(|(v, _)| versions.value(i) > *v) {
+                    best = Some((versions.value(i), b.slice(i, 1)));
+                }
+            }
+        }
+        Ok(best.map(|(_, row)| row))
+    }
+
     /// The buffer of acknowledged, not yet flushed rows (reads union them with the files).
     pub fn buffer(&self) -> &Arc<Buffer> {
         &self.buffer

@@ -78,6 +78,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(pds::read, pds::create, pds::update))
         .routes(routes!(ingest::ingest))
         .routes(routes!(transaction::add))
+        .routes(routes!(transaction::update))
 }
 
 /// The OpenAPI document of every route.

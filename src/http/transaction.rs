@@ -1,18 +1,22 @@
-//! `POST /api/pds/transaction?uid=...`: one member's transactional rows through the
-//! Mydex-compatible Connection API, on the same durable write path as `/v1/ingest`.
+//! `POST /api/pds/transaction?uid=...` and `PUT /api/pds/transaction/{uid}.json?id=N`: one
+//! member's transactional rows through the Mydex-compatible Connection API, on the same
+//! durable write path as `/v1/ingest`. An update is a new version of the row.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
 use catalog::{AccessAction, AccessDecision, DatasetKind, MemberId};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use ingest::buffer::PartitionKey;
 use ingest::decode;
 use ingest::validate;
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
-use super::error::{ApiError, ApiQuery, ApiResult, Problem};
-use super::mydex::{Format, MydexParams, answer, authorize, body_bytes, now_ms};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
+use super::mydex::{Format, MydexParams, answer, authorize, body_bytes, now_ms, parse_file};
+use super::pds::write_body;
 use crate::AppState;
 
 /// The rows of a body: `{"ds_x": {...}}` (one row) or `{"ds_x": [{...}, ...]}`.
@@ -84,4 +88,67 @@ pub(super) async fn add(
     let last = ids.last().copied().unwrap_or(0);
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     Ok(answer(call.format, json!({"success": 1, "ids": ids, "last_insert_id": last})))
+}
+
+/// Update row `id`: the fields the body names replace the row's, in a new version of the
+/// row; the others keep their values. Reads see only the newest version.
+#[utoipa::path(put, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
+    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    request_body(content = Object, description = "the fields, flat (`dataset=` names the dataset) or `{\"ds_x\": {...}}`"),
+    responses(
+        (status = 200, description = "`{\"success\": 1}`", body = Object),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+pub(super) async fn update(
+    State(state): State<AppState>,
+    subscriber: MydexSubscriber,
+    ApiPath(file): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MydexParams>,
+    request: Request,
+) -> ApiResult<Response> {
+    let (uid, format) = parse_file(&file)?;
+    let call = authorize(&state, subscriber, uid, format, &params).await?;
+    let id = params
+        .id
+        .as_deref()
+        .and_then(|i| i.parse::<i64>().ok())
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::bad_request("id= (the row id) is required"))?;
+    state.ingester.admit()?;
+    let (requested, mut fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
+    let dataset = Arc::new(call.dataset(&state, &requested, AccessAction::Write, DatasetKind::Transactional).await?);
+    if fields.is_empty() {
+        return Err(ApiError::unprocessable("no fields to update", Vec::new()));
+    }
+    if fields.contains_key("member_uid") {
+        return Err(ApiError::unprocessable("member_uid cannot change", Vec::new()));
+    }
+    let names_instance = fields.contains_key("instance");
+    fields.insert("member_uid".into(), json!(uid.get()));
+    let schema = state.ingester.schema(&dataset);
+    let update = decode::decode_objects(&schema, std::slice::from_ref(&fields)).map_err(ingest::IngestError::from)?;
+    let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
+    if let Err(e) = validate::authorize_rows(&schema, &update, |m| (m == uid).then_some(grant)) {
+        state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
+        return Err(e.into());
+    }
+    let key = PartitionKey { env: call.env, dataset: dataset.name.clone(), member: uid };
+    let current = state.ingester.current_row(&key, id).await?.ok_or_else(|| ApiError::not_found("row"))?;
+    // Input column i is stored column i, or i + 2 past the reserved id and version.
+    let merged: Vec<ArrayRef> = update
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let stored = current.column(if i < 2 { i } else { i + 2 });
+            let keep_current = (i == 1 && !names_instance) || (i >= 2 && col.is_null(0));
+            if keep_current { stored.clone() } else { col.clone() }
+        })
+        .collect();
+    let merged = RecordBatch::try_new(schema.input.clone(), merged).map_err(ingest::IngestError::from)?;
+    let merged = validate::check_event_time(&schema, merged, now_ms() / 1000)?;
+    state.ingester.update(schema, call.env, call.scope.agreement.connection_id, merged, vec![id]).await?;
+    let log = call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed);
+    state.catalog.record_access(&[log]).await?;
+    Ok(answer(call.format, json!({"success": 1})))
 }

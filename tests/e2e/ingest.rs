@@ -499,3 +499,69 @@ async fn a_revocation_stops_the_next_write_despite_caches() {
     s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/approve"), Some(s.member_secret(2)), None).await;
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2)])).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let token = s.subscriber_token("energy-co").await;
+        let q = s.member_query(4, "energy-co");
+        let t = now() - 3600;
+        let rows = json!({ENERGY: [
+            {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0, "field_energy_source_type": "CAD"},
+            {"field_energy_reading_timestamp": t + 900, "field_energy_reading_value": 2.0, "field_energy_source_type": "CAD"}]});
+        let (status, body) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=4&{q}"), Some(&token), Some(rows)).await;
+        assert_eq!((status, body["ids"].clone()), (StatusCode::OK, json!(["1", "2"])));
+        let put = |id: i64, body: Value, extra: &str| {
+            let (s, token, q) = (&s, token.clone(), q.clone());
+            let path = format!("/api/pds/transaction/4.json?{q}&id={id}{extra}");
+            async move { s.call(reqwest::Method::PUT, &path, Some(&token), Some(body)).await }
+        };
+        // Row 1 is still in the buffer; row 2 is in a Parquet file by the time it is updated.
+        let (status, body) = put(1, json!({"field_energy_reading_value": "9.5"}), &format!("&dataset={ENERGY}")).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"success": 1})));
+        s.flush().await;
+        let (status, _) = put(2, json!({ENERGY: {"field_energy_source_name": "Kettle"}}), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(put(99, json!({"field_energy_reading_value": 1}), &format!("&dataset={ENERGY}")).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(put(1, json!({"no_such": 1}), &format!("&dataset={ENERGY}")).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        // Another member's row id through this member's credentials is not found here.
+        let q5 = s.member_query(5, "energy-co");
+        let (status, _) = s
+            .call(reqwest::Method::PUT, &format!("/api/pds/transaction/5.json?{q5}&id=1&dataset={ENERGY}"), Some(&token), Some(json!({"field_energy_reading_value": 3})))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let (catalog, objects, _dir) = s.stop().await;
+        let batches = stored_rows(&catalog, &objects).await;
+        // Newest version per id of member 4.
+        let mut newest: BTreeMap<i64, (i64, f64, Option<String>, Option<String>, i64)> = BTreeMap::new();
+        let mut versions = 0;
+        for b in &batches {
+            let col = |n: &str| b.column_by_name(n).unwrap().clone();
+            let (m, id, v, val, ts) = (col("member_uid"), col("id"), col("_version"), col("field_energy_reading_value"), col("field_energy_reading_timestamp"));
+            let (name, kind) = (col("field_energy_source_name"), col("field_energy_source_type"));
+            for i in 0..b.num_rows() {
+                if m.as_primitive::<Int64Type>().value(i) != 4 {
+                    continue;
+                }
+                versions += 1;
+                let version = v.as_primitive::<Int64Type>().value(i);
+                let text = |a: &datafusion::arrow::array::ArrayRef| {
+                    use datafusion::arrow::array::Array;
+                    a.is_valid(i).then(|| a.as_string::<i32>().value(i).to_owned())
+                };
+                let row = (version, val.as_primitive::<Float64Type>().value(i), text(&name), text(&kind), ts.as_primitive::<Int64Type>().value(i));
+                let id = id.as_primitive::<Int64Type>().value(i);
+                if newest.get(&id).is_none_or(|old| old.0 < version) {
+                    newest.insert(id, row);
+                }
+            }
+        }
+        assert_eq!(versions, 4, "two rows, two versions each");
+        let (_, v1, name1, kind1, t1) = newest[&1].clone();
+        assert_eq!((v1, name1, kind1.as_deref(), t1), (9.5, None, Some("CAD"), t));
+        let (_, v2, name2, kind2, t2) = newest[&2].clone();
+        assert_eq!((v2, name2.as_deref(), kind2.as_deref(), t2), (2.0, Some("Kettle"), Some("CAD"), t + 900));
+    }
+}

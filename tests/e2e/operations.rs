@@ -22,6 +22,7 @@ async fn health_metrics_and_openapi_cover_every_route() {
         "/v1/connections/{id}/promote-request", "/v1/connections/{id}/promote", "/v1/connections/{id}/clone",
         "/v1/members/{uid}/agreements", "/v1/members/{uid}/agreements/{connection_id}/approve",
         "/v1/members/{uid}/agreements/{connection_id}/revoke", "/v1/members/{uid}/access-log", "/api/pds/pds/{file}",
+        "/v1/ingest/{dataset}", "/api/pds/transaction", "/api/pds/transaction/{file}",
     ] {
         assert!(paths.contains(&route), "{route} missing from /openapi.json");
     }
