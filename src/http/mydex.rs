@@ -34,7 +34,18 @@ pub(super) struct MydexParams {
     #[allow(dead_code, reason = "documented here; read from the raw query by `MydexSubscriber`")]
     api_key: Option<String>,
     /// The instance or row id to update (`instance_0` is id 1).
-    pub(super) id: Option<String>,
+    id: Option<String>,
+}
+
+impl MydexParams {
+    /// The `id=` of an update: a positive integer naming `what` (an instance id or row id).
+    pub(super) fn id(&self, what: &str) -> ApiResult<i64> {
+        self.id
+            .as_deref()
+            .and_then(|i| i.parse::<i64>().ok())
+            .filter(|i| *i > 0)
+            .ok_or_else(|| ApiError::bad_request(format!("id= ({what}, from 1) is required")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

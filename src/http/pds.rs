@@ -161,12 +161,7 @@ pub(super) async fn update(
 ) -> ApiResult<Response> {
     let (uid, format) = parse_file(&file)?;
     let call = authorize(&state, subscriber, uid, format, &params).await?;
-    let id = params
-        .id
-        .as_deref()
-        .and_then(|i| i.parse::<i64>().ok())
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::bad_request("id= (the instance id, from 1) is required"))?;
+    let id = params.id("the instance id")?;
     let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;
     let member = call.scope.agreement.member;

@@ -108,12 +108,7 @@ pub(super) async fn update(
 ) -> ApiResult<Response> {
     let (uid, format) = parse_file(&file)?;
     let call = authorize(&state, subscriber, uid, format, &params).await?;
-    let id = params
-        .id
-        .as_deref()
-        .and_then(|i| i.parse::<i64>().ok())
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::bad_request("id= (the row id) is required"))?;
+    let id = params.id("the row id")?;
     state.ingester.admit()?;
     let (requested, mut fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let dataset = Arc::new(call.dataset(&state, &requested, AccessAction::Write, DatasetKind::Transactional).await?);
