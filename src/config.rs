@@ -147,6 +147,11 @@ pub struct IngestArgs {
     /// Largest body accepted by `POST /v1/ingest/{dataset}`, in bytes.
     #[arg(long, env = "TROVE_MAX_INGEST_BYTES", default_value_t = 64 << 20)]
     pub max_ingest_bytes: usize,
+
+    /// Bytes of ingest bodies read and decoded at once, over all requests: more get 429
+    /// with `Retry-After` at once, so concurrent large bodies cannot exhaust memory.
+    #[arg(long, env = "TROVE_INGEST_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub ingest_inflight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

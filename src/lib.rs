@@ -68,6 +68,9 @@ pub struct AppState {
     pub ingester: Arc<Ingester>,
     /// Connections, agreements and datasets for the write path, never stale.
     pub auth_cache: Arc<catalog::cache::AuthCache>,
+    /// Bytes of ingest bodies being read or decoded, in KiB permits: bounds the memory that
+    /// concurrent large bodies take before the buffer's own budget applies.
+    pub ingest_bodies: Arc<tokio::sync::Semaphore>,
     pub settings: Arc<Settings>,
 }
 
@@ -77,6 +80,8 @@ pub struct Settings {
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
     pub max_ingest_bytes: usize,
+    /// Total bytes of ingest bodies in flight at once; more waits for nobody: 429.
+    pub ingest_inflight_bytes: usize,
 }
 
 /// The object store of a location: a local directory, or S3 (endpoint, region and
@@ -145,7 +150,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The state and router of a server.
 pub fn app(catalog: Catalog, ingester: Arc<Ingester>, settings: Settings) -> axum::Router {
-    http::router(AppState { catalog, ingester, auth_cache: Default::default(), settings: Arc::new(settings) })
+    let ingest_bodies = Arc::new(tokio::sync::Semaphore::new(settings.ingest_inflight_bytes / 1024));
+    http::router(AppState { catalog, ingester, auth_cache: Default::default(), ingest_bodies, settings: Arc::new(settings) })
 }
 
 /// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes
@@ -159,6 +165,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         token_ttl: config.token_ttl,
         max_body_bytes: config.max_body_bytes,
         max_ingest_bytes: config.ingest.max_ingest_bytes,
+        ingest_inflight_bytes: config.ingest.ingest_inflight_bytes,
     };
     tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
     serve_on(listener, app(catalog, ingester.clone(), settings), shutdown).await?;

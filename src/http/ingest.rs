@@ -66,8 +66,21 @@ pub(super) async fn ingest(
     state.auth_cache.refresh(&state.catalog).await?;
     let connection = writing_connection(&state, request.headers(), q.connection).await?;
     let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
-    // Refuse under pressure before the body is read.
+    // Refuse under pressure before the body is read: a full buffer, or too many body bytes
+    // already in flight (a body of unknown length counts as the largest allowed).
     state.ingester.admit()?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(state.settings.max_ingest_bytes)
+        .min(state.settings.max_ingest_bytes);
+    let whole_budget = (state.settings.ingest_inflight_bytes / 1024).max(1);
+    let _body_permit = state
+        .ingest_bodies
+        .clone()
+        .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
+        .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
     let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
     let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
         Ok(d) if d.kind == DatasetKind::Transactional => d,

@@ -111,11 +111,18 @@ pub struct TestConfig {
     /// shutting down or calling [`TestServer::flush`]).
     pub flush_age: Duration,
     pub buffer_bytes: usize,
+    pub ingest_inflight_bytes: usize,
 }
 
 impl TestConfig {
     pub fn new(store: Store) -> Self {
-        TestConfig { store, objects: Objects::Local, flush_age: Duration::from_secs(3600), buffer_bytes: 256 << 20 }
+        TestConfig {
+            store,
+            objects: Objects::Local,
+            flush_age: Duration::from_secs(3600),
+            buffer_bytes: 256 << 20,
+            ingest_inflight_bytes: 256 << 20,
+        }
     }
 }
 
@@ -165,7 +172,12 @@ impl TestServer {
         let ingester = Ingester::open(ingest, catalog.clone(), objects.clone()).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let settings = trove::Settings { token_ttl: Duration::from_secs(3600), max_body_bytes: 64 * 1024, max_ingest_bytes: 32 << 20 };
+        let settings = trove::Settings {
+            token_ttl: Duration::from_secs(3600),
+            max_body_bytes: 64 * 1024,
+            max_ingest_bytes: 32 << 20,
+            ingest_inflight_bytes: config.ingest_inflight_bytes,
+        };
         let app = trove::app(catalog.clone(), ingester.clone(), settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {

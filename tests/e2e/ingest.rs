@@ -565,3 +565,33 @@ async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
         assert_eq!((v2, name2.as_deref(), kind2.as_deref(), t2), (2.0, Some("Kettle"), Some("CAD"), t + 900));
     }
 }
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded_and_the_excess_gets_429() {
+    let mut config = TestConfig::new(Store::Sqlite);
+    config.ingest_inflight_bytes = 64 * 1024;
+    let s = TestServer::start(config).await;
+    // A slow client holds the whole in-flight budget: its body is still arriving.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let slow = s.ingest_request(ENERGY, "application/x-ndjson", Vec::new()).header("content-length", "65000").body(body).send();
+    let slow = tokio::spawn(slow);
+    tx.send(Ok(br#"{"member_uid": 1"#.to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rows = ndjson(&readings(10, 3, now() - 3600));
+    let resp = s.ingest_request(ENERGY, "application/x-ndjson", rows.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    // Once the slow body is done (here: abandoned), others get in again.
+    drop(tx);
+    let _ = slow.await;
+    let resp = s.ingest_request(ENERGY, "application/x-ndjson", rows).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// A byte stream fed by a channel, for a request body that arrives slowly.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
