@@ -577,7 +577,8 @@ async fn bodies_in_flight_are_bounded_and_the_excess_gets_429() {
     let slow = s.ingest_request(ENERGY, "application/x-ndjson", Vec::new()).header("content-length", "65000").body(body).send();
     let slow = tokio::spawn(slow);
     tx.send(Ok(br#"{"member_uid": 1"#.to_vec())).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Time for the slow request to reach its handler (a loaded CI machine is slow).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let rows = ndjson(&readings(10, 3, now() - 3600));
     let resp = s.ingest_request(ENERGY, "application/x-ndjson", rows.clone()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
