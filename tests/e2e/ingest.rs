@@ -596,3 +596,27 @@ fn tokio_stream_from(
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn a_live_connection_cannot_write_a_dataset_still_in_the_sandbox() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let body = json!({"name": "ds_solar_generation", "title": "Solar", "kind": "transactional",
+                      "fields": [{"name": "solar_watts", "title": "Watts", "data_type": "float"}]});
+    assert_eq!(s.call(reqwest::Method::POST, "/v1/datasets", Some(s.admin()), Some(body)).await.0, StatusCode::CREATED);
+    // energy-co's live connection adds it to its terms; the operator and member 1 approve.
+    let token = s.subscriber_token("energy-co").await;
+    let conn = s.creds.subscribers[0].connection.id;
+    let (_, current) = s.call(reqwest::Method::GET, &format!("/v1/connections/{conn}"), Some(&token), None).await;
+    let mut terms = current["revisions"][0]["terms"].clone();
+    terms["datasets"]["ds_solar_generation"] = json!({"read": ["*"], "write": ["*"]});
+    assert_eq!(s.call(reqwest::Method::PUT, &format!("/v1/connections/{conn}"), Some(&token), Some(terms)).await.0, StatusCode::OK);
+    s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/submit"), Some(&token), None).await;
+    s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/approve"), Some(s.admin()), None).await;
+    s.call(reqwest::Method::POST, &format!("/v1/members/1/agreements/{conn}/approve"), Some(s.member_secret(1)), None).await;
+    let row = json!({"member_uid": 1, "solar_watts": 120.5});
+    assert_eq!(s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row.clone()])).await.0, StatusCode::FORBIDDEN);
+    // Promoted to production, it is offered to live connections.
+    s.call(reqwest::Method::POST, "/v1/datasets/ds_solar_generation/promote", Some(s.admin()), None).await;
+    let (status, body) = s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row])).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 1})), "created_timestamp is filled with the arrival time");
+}
