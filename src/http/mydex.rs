@@ -55,7 +55,7 @@ pub(super) enum Format {
 }
 
 /// `12.json` → (12, Json).
-pub(super) fn parse_file(file: &str) -> ApiResult<(MemberId, Format)> {
+fn parse_file(file: &str) -> ApiResult<(MemberId, Format)> {
     let (uid, format) = match file.rsplit_once('.') {
         Some((uid, "json")) => (uid, Format::Json),
         Some((uid, "xml")) => (uid, Format::Xml),
@@ -76,6 +76,12 @@ pub(super) struct Call {
     pub(super) scope: AgreementScope,
     pub(super) format: Format,
     pub(super) env: DataEnvironment,
+}
+
+/// Checks a call on `/api/pds/.../{uid}.json|.xml`: the path names the member and format.
+pub(super) async fn authorize_file(state: &AppState, subscriber: MydexSubscriber, file: &str, params: &MydexParams) -> ApiResult<Call> {
+    let (uid, format) = parse_file(file)?;
+    authorize(state, subscriber, uid, format, params).await
 }
 
 /// Checks a call for member `uid`: 401 for any wrong credential, whatever was wrong.

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
-use super::mydex::{Call, MydexParams, answer, authorize, body_bytes, parse_file};
+use super::mydex::{Call, MydexParams, answer, authorize_file, body_bytes};
 use crate::AppState;
 
 /// Values travel as strings, as in the public Mydex API.
@@ -46,8 +46,7 @@ pub(super) async fn read(
     ApiPath(file): ApiPath<String>,
     ApiQuery(params): ApiQuery<MydexParams>,
 ) -> ApiResult<Response> {
-    let (uid, format) = parse_file(&file)?;
-    let call = authorize(&state, subscriber, uid, format, &params).await?;
+    let call = authorize_file(&state, subscriber, &file, &params).await?;
     let requested = params.dataset.as_deref().unwrap_or("");
     // `+` in a query string decodes to a space.
     let names: Vec<&str> = requested.split(['+', ' ']).filter(|s| !s.is_empty()).collect();
@@ -133,8 +132,7 @@ pub(super) async fn create(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let (uid, format) = parse_file(&file)?;
-    let call = authorize(&state, subscriber, uid, format, &params).await?;
+    let call = authorize_file(&state, subscriber, &file, &params).await?;
     let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;
     let member = call.scope.agreement.member;
@@ -159,8 +157,7 @@ pub(super) async fn update(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let (uid, format) = parse_file(&file)?;
-    let call = authorize(&state, subscriber, uid, format, &params).await?;
+    let call = authorize_file(&state, subscriber, &file, &params).await?;
     let id = params.id("the instance id")?;
     let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
-use super::mydex::{Format, MydexParams, answer, authorize, body_bytes, now_ms, parse_file};
+use super::mydex::{Format, MydexParams, answer, authorize, authorize_file, body_bytes, now_ms};
 use super::pds::write_body;
 use crate::AppState;
 
@@ -106,8 +106,8 @@ pub(super) async fn update(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let (uid, format) = parse_file(&file)?;
-    let call = authorize(&state, subscriber, uid, format, &params).await?;
+    let call = authorize_file(&state, subscriber, &file, &params).await?;
+    let uid = call.scope.agreement.member;
     let id = params.id("the row id")?;
     state.ingester.admit()?;
     let (requested, mut fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
