@@ -114,6 +114,51 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub ingest: IngestArgs,
+
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// The read path's limits.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Memory all running queries share, in bytes.
+    #[arg(long, env = "TROVE_QUERY_MEMORY", default_value_t = 2 << 30)]
+    pub query_memory: usize,
+
+    /// Memory one query may use, in bytes: past it the query fails with 422.
+    #[arg(long, env = "TROVE_QUERY_MEMORY_PER_QUERY", default_value_t = 512 << 20)]
+    pub query_memory_per_query: usize,
+
+    /// A query running longer is cancelled (humantime).
+    #[arg(long, env = "TROVE_QUERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+
+    /// Most rows one answer may hold.
+    #[arg(long, env = "TROVE_QUERY_MAX_ROWS", default_value_t = 1_000_000)]
+    pub query_max_rows: usize,
+
+    /// Most bytes one encoded answer may hold.
+    #[arg(long, env = "TROVE_QUERY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub query_max_bytes: usize,
+
+    /// Queries one subscriber may run at once; more get 429 with `Retry-After`.
+    #[arg(long, env = "TROVE_QUERY_CONCURRENCY", default_value_t = 4)]
+    pub query_concurrency: usize,
+}
+
+impl QueryArgs {
+    pub fn config(&self) -> query::QueryConfig {
+        query::QueryConfig {
+            memory_bytes: self.query_memory,
+            query_memory_bytes: self.query_memory_per_query,
+            timeout: self.query_timeout,
+            max_rows: self.query_max_rows,
+            max_bytes: self.query_max_bytes,
+            per_subscriber: self.query_concurrency,
+            ..query::QueryConfig::default()
+        }
+    }
 }
 
 /// The write path.

@@ -8,7 +8,9 @@
 //!                         ├─ /api/pds/pds ────► catalog metadata instances, scoped by query::Scope,
 //!                         │                     values checked by ingest::validate
 //!                         ├─ /v1/ingest ──────► ingest: validate → WAL → buffer → Parquet → object store
-//!                         └─ /v1/query ───────► query: agreement-scoped DataFusion reads
+//!                         ├─ /api/pds/transaction (GET) ─┐
+//!                         └─ /v1/query ──────────────────┴► query: agreement-scoped DataFusion
+//!                                                reads over ingest's buffer and file index
 //! ```
 //!
 //! - [`config`]: the one `clap` struct, every flag also a `TROVE_*` variable.
@@ -71,6 +73,8 @@ pub struct AppState {
     /// Bytes of ingest bodies being read or decoded, in KiB permits: bounds the memory that
     /// concurrent large bodies take before the buffer's own budget applies.
     pub ingest_bodies: Arc<tokio::sync::Semaphore>,
+    /// The read path: scoped sessions over ingest's buffer and files.
+    pub query: Arc<query::QueryEngine>,
     pub settings: Arc<Settings>,
 }
 
@@ -149,9 +153,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// The state and router of a server.
-pub fn app(catalog: Catalog, ingester: Arc<Ingester>, settings: Settings) -> axum::Router {
+pub fn app(catalog: Catalog, ingester: Arc<Ingester>, store: Arc<dyn ObjectStore>, query: query::QueryConfig, settings: Settings) -> Result<axum::Router, Error> {
     let ingest_bodies = Arc::new(tokio::sync::Semaphore::new(settings.ingest_inflight_bytes / 1024));
-    http::router(AppState { catalog, ingester, auth_cache: Default::default(), ingest_bodies, settings: Arc::new(settings) })
+    let query = Arc::new(query::QueryEngine::new(query, ingester.buffer().clone(), store).map_err(|e| Error::Config(e.to_string()))?);
+    Ok(http::router(AppState { catalog, ingester, auth_cache: Default::default(), ingest_bodies, query, settings: Arc::new(settings) }))
 }
 
 /// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes
@@ -159,7 +164,7 @@ pub fn app(catalog: Catalog, ingester: Arc<Ingester>, settings: Settings) -> axu
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let catalog = open(&config.storage).await?;
     let store = object_store(&config.storage.object_store().map_err(Error::Config)?)?;
-    let ingester = Ingester::open(ingest_config(&config.storage, &config.ingest), catalog.clone(), store).await?;
+    let ingester = Ingester::open(ingest_config(&config.storage, &config.ingest), catalog.clone(), store.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let settings = Settings {
         token_ttl: config.token_ttl,
@@ -168,7 +173,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         ingest_inflight_bytes: config.ingest.ingest_inflight_bytes,
     };
     tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
-    serve_on(listener, app(catalog, ingester.clone(), settings), shutdown).await?;
+    serve_on(listener, app(catalog, ingester.clone(), store, config.query.config(), settings)?, shutdown).await?;
     ingester.shutdown().await?;
     tracing::info!("every acknowledged row is in Parquet");
     Ok(())

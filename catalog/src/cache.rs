@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::{Catalog, CatalogError, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash};
+use crate::{Catalog, CatalogError, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash, SubscriberId};
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
@@ -16,6 +16,8 @@ struct State {
     /// Connections by nid, with the hash of the key that authenticated them.
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
     agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, i64>>>,
+    /// A subscriber's connections (serving terms change only with the generation).
+    subscriber_connections: HashMap<SubscriberId, Arc<Vec<Arc<Connection>>>>,
     datasets: HashMap<DatasetName, Arc<Dataset>>,
 }
 
@@ -62,6 +64,17 @@ impl AuthCache {
         let a: Arc<HashMap<MemberId, i64>> = Arc::new(catalog.active_agreements(id).await?.into_iter().collect());
         self.state().agreements.insert(id, a.clone());
         Ok(a)
+    }
+
+    /// A subscriber's connections. A new connection cannot read or write before its first
+    /// approval, which changes the generation.
+    pub async fn subscriber_connections(&self, catalog: &Catalog, subscriber: SubscriberId) -> Result<Arc<Vec<Arc<Connection>>>> {
+        if let Some(c) = self.state().subscriber_connections.get(&subscriber) {
+            return Ok(c.clone());
+        }
+        let c: Arc<Vec<Arc<Connection>>> = Arc::new(catalog.connections(Some(subscriber)).await?.into_iter().map(Arc::new).collect());
+        self.state().subscriber_connections.insert(subscriber, c.clone());
+        Ok(c)
     }
 
     pub async fn dataset(&self, catalog: &Catalog, name: &DatasetName) -> Result<Arc<Dataset>> {

@@ -259,7 +259,7 @@ async fn access_log(c: &Catalog) {
     let (member, _) = c.create_member("dave").await.unwrap();
     let entry = |decision| AccessLogEntry {
         at: 1,
-        member: member.uid,
+        member: Some(member.uid),
         subscriber_id: sub,
         connection_id: conn.id,
         agreement_version: Some(1),
@@ -272,6 +272,12 @@ async fn access_log(c: &Catalog) {
     c.record_access(&[entry(AccessDecision::Allowed), entry(AccessDecision::Refused)]).await.unwrap();
     let log = c.access_log(member.uid, 100).await.unwrap();
     assert_eq!(log, vec![entry(AccessDecision::Refused), entry(AccessDecision::Allowed)], "newest first");
+    let no_member = AccessLogEntry { member: None, ..entry(AccessDecision::Refused) };
+    let many: Vec<AccessLogEntry> = (0..2500).map(|_| entry(AccessDecision::Allowed)).chain([no_member.clone()]).collect();
+    c.record_access(&many).await.unwrap();
+    assert_eq!(c.access_log(member.uid, 10_000).await.unwrap().len(), 2502, "multi-row inserts past one chunk");
+    let by_connection = c.connection_access_log(conn.id, 1).await.unwrap();
+    assert_eq!(by_connection, vec![no_member], "a refusal naming no member is kept with its connection");
 }
 
 async fn manifest(c: &Catalog) {

@@ -1,5 +1,11 @@
 //! Acknowledged rows not yet in Parquet, per (environment, dataset, member), under one
-//! global byte budget.
+//! global byte budget, and the index of the recorded files that hold the rest.
+//!
+//! Both live under one lock so that a read takes a partition's buffered rows and its files
+//! in one consistent snapshot: a flush moves rows from the first to the second atomically
+//! (after the manifest commit), and compaction swaps files the same way, so every
+//! acknowledged row is seen exactly once, without listing object storage or asking the
+//! catalog on the read path.
 //!
 //! A request's batch holds rows of up to thousands of members; each member's rows are
 //! copied into that member's own column builders. Keeping slices of the shared batch
@@ -11,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use catalog::{DataEnvironment, DatasetName, MemberId};
+use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
 };
@@ -133,6 +139,16 @@ impl Partition {
         self.rows == 0 && self.frozen.is_empty()
     }
 
+    /// Every buffered row: frozen batches, then a copy of what the builders hold.
+    fn rows(&mut self) -> Vec<RecordBatch> {
+        let mut out: Vec<RecordBatch> = self.frozen.iter().map(|f| f.batch.clone()).collect();
+        if self.rows > 0 {
+            let columns = self.columns.iter_mut().map(|c| c.finish(true)).collect();
+            out.push(RecordBatch::try_new(self.schema.stored.clone(), columns).expect("builders follow the schema"));
+        }
+        out
+    }
+
     /// Moves the rows of the builders into a frozen batch.
     fn freeze(&mut self) {
         if self.rows == 0 {
@@ -179,10 +195,18 @@ impl std::hash::Hasher for MemberHasher {
 
 pub type MemberMap<V> = HashMap<MemberId, V, std::hash::BuildHasherDefault<MemberHasher>>;
 
-/// One (environment, dataset): its members' partitions.
+/// One (environment, dataset): its members' buffered rows and recorded files.
 #[derive(Debug, Default)]
 struct Table {
     partitions: MemberMap<Partition>,
+    files: MemberMap<Vec<Arc<ParquetFile>>>,
+}
+
+/// What a read of one partition sees: buffered rows (stored schema) and recorded files.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub rows: Vec<RecordBatch>,
+    pub files: Vec<Arc<ParquetFile>>,
 }
 
 #[derive(Debug, Default)]
@@ -318,17 +342,17 @@ impl Buffer {
         })
     }
 
-    /// Ends a flush: on success the flushed rows leave the buffer (they are in a recorded
-    /// file now); on failure they stay and a later flush retries.
-    pub fn end_flush(&self, flush: &FlushBatch, persisted: bool) {
+    /// Ends a flush: on success (`file` is the recorded file) the flushed rows leave the
+    /// buffer and the file joins the index, in one step for readers; on failure they stay
+    /// and a later flush retries.
+    pub fn end_flush(&self, flush: &FlushBatch, file: Option<&ParquetFile>) {
         let mut state = self.state();
         let state = &mut *state;
         let Some(table) = state.tables.get_mut(&(flush.key.env, flush.key.dataset.clone())) else { return };
         let Some(p) = table.partitions.get_mut(&flush.key.member) else { return };
         p.flushing = false;
-        if !persisted {
-            return;
-        }
+        let Some(file) = file else { return };
+        table.files.entry(flush.key.member).or_default().push(Arc::new(file.clone()));
         let mut freed = 0;
         for f in p.frozen.drain(..flush.frozen) {
             freed += f.bytes;
@@ -364,15 +388,51 @@ impl Buffer {
         out
     }
 
-    /// Buffered rows of one partition (for reads: fresh rows before they are flushed).
-    pub fn rows(&self, key: &PartitionKey) -> Vec<RecordBatch> {
+    /// Adds recorded files to the index (at start-up: the manifest).
+    pub fn load_files(&self, files: impl IntoIterator<Item = ParquetFile>) {
         let mut state = self.state();
-        let Some(p) = state.partition_mut(key) else { return Vec::new() };
-        let mut out: Vec<RecordBatch> = p.frozen.iter().map(|f| f.batch.clone()).collect();
-        if p.rows > 0 {
-            let columns = p.columns.iter_mut().map(|c| c.finish(true)).collect();
-            out.push(RecordBatch::try_new(p.schema.stored.clone(), columns).expect("builders follow the schema"));
+        for f in files {
+            let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
+            table.files.entry(f.member).or_default().push(Arc::new(f));
         }
+    }
+
+    /// Swaps files in the index once the manifest has swapped them (compaction). Flushes and
+    /// compaction take turns on the flusher task, so a file is in the index before
+    /// compaction can replace it.
+    pub fn swap_files(&self, added: &[ParquetFile], replaced: &[String]) {
+        let mut state = self.state();
+        for f in added {
+            let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
+            let files = table.files.entry(f.member).or_default();
+            files.retain(|old| !replaced.contains(&old.path));
+            files.push(Arc::new(f.clone()));
+        }
+    }
+
+    /// What a read of these members' partitions sees, in one consistent step: members with
+    /// neither rows nor files are left out.
+    pub fn snapshot(&self, env: DataEnvironment, dataset: &DatasetName, members: impl IntoIterator<Item = MemberId>) -> Vec<(MemberId, Snapshot)> {
+        let mut state = self.state();
+        let Some(table) = state.tables.get_mut(&(env, dataset.clone())) else { return Vec::new() };
+        let mut out = Vec::new();
+        for member in members {
+            let files = table.files.get(&member).cloned().unwrap_or_default();
+            let rows = table.partitions.get_mut(&member).map(Partition::rows).unwrap_or_default();
+            if !files.is_empty() || !rows.is_empty() {
+                out.push((member, Snapshot { rows, files }));
+            }
+        }
+        out
+    }
+
+    /// Members of (`env`, `dataset`) with buffered rows or files.
+    pub fn members(&self, env: DataEnvironment, dataset: &DatasetName) -> Vec<MemberId> {
+        let state = self.state();
+        let Some(table) = state.tables.get(&(env, dataset.clone())) else { return Vec::new() };
+        let mut out: Vec<MemberId> = table.files.keys().chain(table.partitions.keys()).copied().collect();
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -407,19 +467,42 @@ mod tests {
         assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30 + 2 * PARTITION_OVERHEAD));
         let flush = buffer.begin_flush(&key(1)).unwrap();
         assert!(buffer.begin_flush(&key(1)).is_none(), "one flush at a time");
-        buffer.end_flush(&flush, false);
+        buffer.end_flush(&flush, None);
         assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
         let flush = buffer.begin_flush(&key(1)).unwrap();
         assert_eq!(flush.batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
         insert(1, 4, 6);
-        assert_eq!(buffer.rows(&key(1)).iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "readers see flushing rows too");
-        buffer.end_flush(&flush, true);
+        let rows = |m: i64| -> Snapshot {
+            let mut s = buffer.snapshot(DataEnvironment::Production, &schema.dataset.name, [MemberId::new(m).unwrap()]);
+            s.pop().map(|(_, s)| s).unwrap_or_default()
+        };
+        assert_eq!(rows(1).rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "readers see flushing rows too");
+        let file = |path: &str, m: i64| ParquetFile {
+            environment: DataEnvironment::Production,
+            dataset: schema.dataset.name.clone(),
+            member: MemberId::new(m).unwrap(),
+            path: path.into(),
+            rows: 2,
+            size_bytes: 1,
+            min_event_time: 0,
+            max_event_time: 0,
+            min_id: 1,
+            max_id: 3,
+            max_version: 3,
+        };
+        buffer.end_flush(&flush, Some(&file("a", 1)));
         assert_eq!(buffer.min_segment(), Some(4), "rows that arrived during the flush stay");
-        let left = buffer.rows(&key(1));
+        let snap = rows(1);
+        assert_eq!(snap.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a"], "the flushed rows are in the file now");
+        let left = snap.rows;
         assert_eq!(left.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
         assert_eq!(left[0].column(2).as_primitive::<Int64Type>().value(0), 4);
         let flush = buffer.begin_flush(&key(2)).unwrap();
-        buffer.end_flush(&flush, true);
+        buffer.end_flush(&flush, Some(&file("b", 2)));
         assert_eq!(buffer.min_segment(), Some(6));
+        buffer.swap_files(&[file("c", 1)], &["a".to_string()]);
+        assert_eq!(rows(1).files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["c"], "compaction swaps files");
+        let members = buffer.members(DataEnvironment::Production, &schema.dataset.name);
+        assert_eq!(members, [MemberId::new(1).unwrap(), MemberId::new(2).unwrap()]);
     }
 }

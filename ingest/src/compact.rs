@@ -1,7 +1,8 @@
 //! Compaction: a member's small files of a dataset merged into few, well-sized ones: by
-//! event day for recent data, by month once the data is cold. The merged file is put
-//! first, then one catalog transaction swaps it for the old ones (readers see either, never
-//! both), then the old objects are deleted after a grace period for reads already planned.
+//! event day for recent data, by month once the data is cold, keeping only the newest
+//! version of each row. The merged file is put first, then one catalog transaction swaps it
+//! for the old ones and the read index follows (readers see either, never both), then the
+//! old objects are deleted after a grace period for reads already planned.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::IngestError;
-use crate::buffer::PartitionKey;
+use crate::buffer::{Buffer, PartitionKey};
 use crate::persist;
 use crate::schema::DatasetSchema;
 
@@ -70,6 +71,7 @@ impl Compactor {
         &self,
         catalog: &Catalog,
         store: &Arc<dyn ObjectStore>,
+        buffer: &Buffer,
         schema_of: &(dyn Fn(&Arc<catalog::Dataset>) -> Arc<DatasetSchema> + Sync),
         now_secs: i64,
     ) -> Result<usize, IngestError> {
@@ -85,7 +87,7 @@ impl Compactor {
                 buckets.entry(bucket(&f, now_secs, self.config.cold_after_secs)).or_default().push(f);
             }
             for group in buckets.into_values().filter(|g| g.len() >= 2) {
-                match self.merge(catalog, store, &key, &schema, &group).await {
+                match self.merge(catalog, store, buffer, &key, &schema, &group).await {
                     Ok(()) => replaced += group.len(),
                     Err(IngestError::Catalog(e)) if e.kind() == ErrorKind::Conflict => {
                         tracing::info!("another compactor merged these files first");
@@ -103,6 +105,7 @@ impl Compactor {
         &self,
         catalog: &Catalog,
         store: &Arc<dyn ObjectStore>,
+        buffer: &Buffer,
         key: &PartitionKey,
         schema: &Arc<DatasetSchema>,
         group: &[ParquetFile],
@@ -117,7 +120,8 @@ impl Compactor {
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
         let file = persist::write_file(store, key, schema, batches, 5).await?;
-        persist::commit(store, catalog, &[file], &old).await?;
+        persist::commit(store, catalog, std::slice::from_ref(&file), &old).await?;
+        buffer.swap_files(&[file], &old);
         let at = Instant::now();
         self.doomed.lock().unwrap_or_else(|p| p.into_inner()).extend(old.into_iter().map(|p| (at, p)));
         Ok(())

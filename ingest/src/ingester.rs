@@ -175,6 +175,7 @@ impl Ingester {
     /// already holds), then starts the sequencer and the flusher.
     pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
         let buffer = Arc::new(Buffer::default());
+        buffer.load_files(catalog.all_parquet_files().await?);
         let mut counters: Counters = HashMap::new();
         let mut persisted: Counters = HashMap::new();
         let mut last_version = 0i64;
@@ -368,10 +369,9 @@ impl Ingester {
     /// The newest version of row `id` of a partition (stored columns, one row), from the
     /// buffer or else the files that may hold it.
     pub async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
-        // The buffer first: a row leaves it only after its file is recorded, so reading the
-        // manifest second cannot miss a row that a flush moves meanwhile.
-        let mut candidates = self.buffer.rows(key);
-        for f in self.catalog.parquet_files(key.env, &key.dataset, key.member).await? {
+        let snapshot = self.buffer.snapshot(key.env, &key.dataset, [key.member]).pop().map(|(_, s)| s).unwrap_or_default();
+        let mut candidates = snapshot.rows;
+        for f in snapshot.files {
             if f.min_id <= id && id <= f.max_id {
                 let bytes = object_store::ObjectStoreExt::get(&*self.store, &object_store::path::Path::from(f.path.as_str()))
                     .await?
@@ -421,7 +421,7 @@ impl Ingester {
 
     /// One compaction pass; returns how many files were merged away.
     pub async fn compact_round(&self) -> Result<usize, IngestError> {
-        self.compactor.run(&self.catalog, &self.store, &|d| self.schema(d), now_ms() / 1000).await
+        self.compactor.run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), now_ms() / 1000).await
     }
 
     /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.
@@ -452,7 +452,7 @@ impl Ingester {
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
-                    self.buffer.end_flush(&flush, false);
+                    self.buffer.end_flush(&flush, None);
                 }
             }
         }
@@ -466,8 +466,8 @@ impl Ingester {
                     false
                 }
             };
-            for (flush, _) in chunk {
-                self.buffer.end_flush(flush, committed);
+            for (flush, file) in chunk {
+                self.buffer.end_flush(flush, committed.then_some(file));
             }
             if committed {
                 metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(chunk.len() as u64);

@@ -51,10 +51,12 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Encodes rows of one partition as one Parquet file, sorted by event time then id.
-/// Returns the bytes and the manifest entry (its path still to be chosen by the caller).
+/// Encodes rows of one partition as one Parquet file, sorted by event time then id, with
+/// only the newest version of each row: a file never holds one id twice, which is what lets
+/// readers skip de-duplication unless files' id ranges overlap.
+/// Returns the bytes and the rows written.
 pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
-    let batch = concat_batches(&schema.stored, batches)?;
+    let batch = newest_versions(concat_batches(&schema.stored, batches)?)?;
     let sort = [
         SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
         SortColumn { values: batch.column(2).clone(), options: None },
@@ -122,6 +124,26 @@ pub async fn commit(
     metrics::counter!("trove_ingest_files_written_total").increment(files.len() as u64);
     metrics::counter!("trove_ingest_bytes_written_total").increment(files.iter().map(|f| f.size_bytes as u64).sum());
     Ok(())
+}
+
+/// The rows of `batch` that are the newest version of their id (the batch itself when no id
+/// repeats, the common case).
+pub fn newest_versions(batch: RecordBatch) -> Result<RecordBatch, crate::IngestError> {
+    let ids = batch.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
+    let versions = batch.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>();
+    let mut newest: std::collections::HashMap<i64, (i64, usize)> = std::collections::HashMap::with_capacity(ids.len());
+    for (row, (id, version)) in ids.values().iter().zip(versions.values()).enumerate() {
+        let e = newest.entry(*id).or_insert((*version, row));
+        if *version > e.0 {
+            *e = (*version, row);
+        }
+    }
+    if newest.len() == ids.len() {
+        return Ok(batch);
+    }
+    let mut rows: Vec<u32> = newest.values().map(|(_, row)| *row as u32).collect();
+    rows.sort_unstable();
+    Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(rows))?)
 }
 
 fn min_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {

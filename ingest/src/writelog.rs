@@ -80,7 +80,7 @@ impl WriteLog {
             let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
             out.push(AccessLogEntry {
                 at: minute * 60_000,
-                member,
+                member: Some(member),
                 subscriber_id: c.subscriber_id,
                 connection_id: c.id,
                 agreement_version: version,

@@ -2,24 +2,37 @@
 //!
 //! Owns agreement-scoped reads: nothing outside a member's approved agreement with the
 //! caller's connection is ever planned or returned. It does not own credentials or
-//! agreements (the `catalog` crate resolves them into an [`catalog::AgreementScope`]) nor
-//! writes (`ingest`).
+//! agreements (the `catalog` crate resolves them, checked when the request starts) nor the
+//! rows (`ingest` buffers them and indexes their files; this crate reads both).
 //!
 //! ```text
-//!  request ──► AgreementScope (catalog, checked when the request starts)
-//!                 └─► scope::readable ──► the fields of one dataset the caller may see
-//!                        ├─ metadata datasets: instances from the catalog
-//!                        └─ transactional datasets: a DataFusion TableProvider per
-//!                           request over the member's Parquet files and buffered rows
+//!  request ─► ReadScope / AgreementScope (catalog, checked when the request starts)
+//!           ─► TableScope: per dataset, the visible columns and the members (with masks)
+//!           ─► QueryEngine: a session per request whose catalog holds only scoped tables
+//!                 └─► ScopedTable (TableProvider): members and files picked by the filters,
+//!                       one snapshot per member of ingest's buffer + file index,
+//!                       Parquet scans (cached footers, pruned pages) ∪ buffered rows
+//!           ─► plan check (every leaf is this request's scan) ─► limited answer stream
+//!  metadata datasets: scope::readable decides which fields of catalog instances show
 //! ```
 //!
 //! ## Subsystems
-//! - [`scope`]: turns an agreement into the allow-list of one dataset's fields, fail-closed.
-//!
-//! The DataFusion half of the diagram is the scoped-reads issue's (#4).
+//! - [`scope`]: agreements to visible columns and members, fail-closed.
+//! - [`prune`]: what a scan's filters say about members, event times and row ids.
+//! - [`table`]: the scoped `TableProvider` and what each request read.
+//! - [`engine`]: sessions, the SQL sandbox, the plan check, memory/time/row limits.
+//! - [`mydex`]: the Connection API's `filters[...]` as typed expressions.
 
+pub mod engine;
+mod error;
+pub mod mydex;
+pub mod prune;
 pub mod scope;
+pub mod table;
 
-pub use scope::{QueryError, Readable};
+pub use engine::{PlannedQuery, QueryConfig, QueryEngine, ReadScope};
+pub use error::QueryError;
+pub use scope::{Readable, TableScope};
+pub use table::Reads;
 
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;

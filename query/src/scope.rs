@@ -1,15 +1,106 @@
-//! From an agreement to what one dataset shows: fail-closed, so a dataset or field absent
+//! From agreements to what one dataset shows: fail-closed, so a dataset or field absent
 //! from the agreement, a dataset not offered in the connection's environment, or a revoked
 //! agreement yields nothing.
 
-use catalog::{AgreementScope, AgreementStatus, DataEnvironment, Dataset, DatasetEnvironment, Field};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-/// Why a read was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    /// The agreement does not grant reading this dataset or field.
-    #[error("the agreement does not permit this read")]
-    Forbidden,
+use catalog::{
+    AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, MemberId,
+};
+use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
+
+use crate::QueryError;
+
+/// What one request may read of one transactional dataset: the columns its table shows
+/// (`member_uid`, `instance`, `id` and the granted fields, the event time only if granted)
+/// and the members whose rows it holds, each with the columns that member's agreement grants.
+#[derive(Debug, Clone)]
+pub struct TableScope {
+    pub schema: Arc<DatasetSchema>,
+    pub env: DataEnvironment,
+    /// Stored-schema index of each visible column, in table order.
+    pub columns: Vec<usize>,
+    /// Every member the table holds; `Some(mask)` for a member whose agreement grants only
+    /// some of the visible columns (an older approved version): the others read as NULL.
+    pub members: BTreeMap<MemberId, Option<Arc<[bool]>>>,
+}
+
+impl TableScope {
+    /// Connection-wide (the SQL door): the columns of the connection's serving revision,
+    /// over every member with an active agreement (`members`: member → approved version).
+    /// `None` if the serving revision grants no field of the dataset or the dataset is not
+    /// offered in the connection's environment.
+    pub fn for_connection(connection: &Connection, members: &HashMap<MemberId, i64>, schema: Arc<DatasetSchema>) -> Option<TableScope> {
+        let env: DataEnvironment = connection.environment.into();
+        let serving = connection.approved()?.terms.datasets.get(&schema.dataset.name)?;
+        let columns = visible_columns(&schema, serving, env)?;
+        let mut table = TableScope { schema, env, columns, members: BTreeMap::new() };
+        let mut masks: HashMap<i64, Option<Option<Arc<[bool]>>>> = HashMap::new();
+        for (member, version) in members {
+            let mask = masks
+                .entry(*version)
+                .or_insert_with(|| {
+                    let grant = connection.revision(*version)?.terms.datasets.get(&table.schema.dataset.name)?;
+                    table.mask(grant)
+                })
+                .clone();
+            if let Some(mask) = mask {
+                table.members.insert(*member, mask);
+            }
+        }
+        Some(table)
+    }
+
+    /// One member under one agreement (the Mydex door): the columns that agreement grants.
+    pub fn for_agreement(scope: &AgreementScope, schema: Arc<DatasetSchema>) -> Result<TableScope, QueryError> {
+        if scope.agreement.status != AgreementStatus::Active {
+            return Err(QueryError::Forbidden);
+        }
+        let env: DataEnvironment = scope.environment.into();
+        let grant = scope.grant(&schema.dataset.name).ok_or(QueryError::Forbidden)?;
+        let columns = visible_columns(&schema, grant, env).ok_or(QueryError::Forbidden)?;
+        let members = BTreeMap::from([(scope.agreement.member, None)]);
+        Ok(TableScope { schema, env, columns, members })
+    }
+
+    /// Which visible columns `grant` allows: `None` (all of them), `Some(mask)` (some), or
+    /// no entry at all when it allows no data field.
+    fn mask(&self, grant: &DatasetGrant) -> Option<Option<Arc<[bool]>>> {
+        let stored = &self.schema.stored;
+        let mask: Vec<bool> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(position, &i)| position < 3 || grant.read.contains(stored.field(i).name()))
+            .collect();
+        if !mask.iter().skip(3).any(|m| *m) {
+            return None;
+        }
+        Some(if mask.iter().all(|m| *m) { None } else { Some(mask.into()) })
+    }
+
+    /// The name of the event-time column, if the table shows it.
+    pub fn event_time(&self) -> Option<&str> {
+        let i = self.schema.event_time_stored;
+        self.columns.contains(&i).then(|| self.schema.stored.field(i).name().as_str())
+    }
+}
+
+/// `member_uid`, `instance`, `id`, then the data fields `grant` lets read.
+fn visible_columns(schema: &DatasetSchema, grant: &DatasetGrant, env: DataEnvironment) -> Option<Vec<usize>> {
+    if !ingest::validate::dataset_offered(&schema.dataset, env) {
+        return None;
+    }
+    let stored = &schema.stored;
+    let reserved = [MEMBER_UID, INSTANCE, ROW_ID].map(|n| stored.index_of(n).expect("reserved column"));
+    let fields: Vec<usize> = schema
+        .dataset
+        .data_fields()
+        .filter(|f| grant.can_read(&f.name))
+        .map(|f| stored.index_of(f.name.as_str()).expect("data field column"))
+        .collect();
+    (!fields.is_empty()).then(|| reserved.into_iter().chain(fields).collect())
 }
 
 /// The fields of one dataset a caller may read, each with whether it may also write it.

@@ -126,6 +126,23 @@ impl From<ingest::IngestError> for ApiError {
     }
 }
 
+impl From<query::QueryError> for ApiError {
+    fn from(e: query::QueryError) -> Self {
+        use query::QueryError as E;
+        match e {
+            E::Forbidden => Self::forbidden(),
+            E::NotAllowed(_) | E::Invalid(_) => Self::bad_request(e.to_string()),
+            E::MemoryLimit(_) | E::Timeout(_) | E::TooLarge(_) => Self::unprocessable(e.to_string(), Vec::new()),
+            E::Busy => ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()) },
+            E::Internal(ref detail) => {
+                // The detail may name paths and members: the log only.
+                tracing::error!(error = %detail, "query failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
 impl From<catalog::IdError> for ApiError {
     fn from(e: catalog::IdError) -> Self {
         Self::bad_request(e.to_string())

@@ -157,5 +157,5 @@ pub(super) async fn access_log(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<axum::Json<Vec<AccessLogEntry>>> {
     principal.member(uid)?;
-    Ok(axum::Json(state.catalog.access_log(uid, q.limit.unwrap_or(100)).await?))
+    Ok(axum::Json(state.catalog.access_log(uid, q.limit.unwrap_or(100).clamp(1, 10_000)).await?))
 }

@@ -12,6 +12,7 @@ mod members;
 mod mydex;
 mod oauth;
 mod pds;
+mod query;
 mod transaction;
 mod xml;
 
@@ -78,7 +79,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(pds::read, pds::create, pds::update))
         .routes(routes!(ingest::ingest))
         .routes(routes!(transaction::add))
-        .routes(routes!(transaction::update))
+        .routes(routes!(transaction::update, transaction::read))
+        .routes(routes!(query::query))
 }
 
 /// The OpenAPI document of every route.

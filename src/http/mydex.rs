@@ -97,7 +97,7 @@ impl Call {
     pub(super) fn log(&self, dataset: &str, action: AccessAction, rows: i64, decision: AccessDecision) -> AccessLogEntry {
         AccessLogEntry {
             at: now_ms(),
-            member: self.scope.agreement.member,
+            member: Some(self.scope.agreement.member),
             subscriber_id: self.scope.subscriber_id,
             connection_id: self.scope.agreement.connection_id,
             agreement_version: Some(self.scope.agreement.version),

@@ -1,10 +1,11 @@
-//! `POST /api/pds/transaction?uid=...` and `PUT /api/pds/transaction/{uid}.json?id=N`: one
-//! member's transactional rows through the Mydex-compatible Connection API, on the same
-//! durable write path as `/v1/ingest`. An update is a new version of the row.
+//! `GET /api/pds/transaction/{uid}.json`, `POST /api/pds/transaction?uid=...` and
+//! `PUT /api/pds/transaction/{uid}.json?id=N`: one member's transactional rows through the
+//! Mydex-compatible Connection API. Writes take the same durable path as `/v1/ingest` (an
+//! update is a new version of the row); reads the same scoped tables as `/v1/query`.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::response::Response;
 use catalog::{AccessAction, AccessDecision, DatasetKind, MemberId};
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
@@ -146,4 +147,105 @@ pub(super) async fn update(
     let log = call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed);
     state.catalog.record_access(&[log]).await?;
     Ok(answer(call.format, json!({"success": 1})))
+}
+
+/// Read a member's rows: `{"<row id>": {"id", "ds_id", "instance", <granted fields>}}` (or,
+/// with several datasets joined by `+`, one such object per dataset), values as strings,
+/// ordered by id. `filters[<field>][operator]` and `[value]` narrow it (AND-ed);
+/// `filters[id][operator]=>` with the last id seen reads only newer rows.
+#[utoipa::path(get, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
+    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    responses(
+        (status = 200, description = "the rows, keyed by row id", body = Object),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem)))]
+pub(super) async fn read(
+    State(state): State<AppState>,
+    subscriber: MydexSubscriber,
+    ApiPath(file): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MydexParams>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let call = authorize_file(&state, subscriber, &file, &params).await?;
+    let requested = params.dataset.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| ApiError::bad_request("dataset= is required"))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
+    let filters = query::mydex::parse_filters(&pairs)?;
+    let instance = match params.instance.as_deref() {
+        None | Some("") => None,
+        Some(i) => Some(i.parse::<i64>().ok().filter(|i| *i >= 0).ok_or_else(|| ApiError::bad_request("instance= is a number from 0"))?),
+    };
+    let names: Vec<&str> = requested.split('+').collect();
+    let mut tables = Vec::with_capacity(names.len());
+    let mut applied = vec![false; filters.len()];
+    for name in &names {
+        let dataset = Arc::new(call.dataset(&state, name, AccessAction::Read, DatasetKind::Transactional).await?);
+        let refuse = || async {
+            state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Read, 0, AccessDecision::Refused)]).await?;
+            Err::<Response, ApiError>(ApiError::forbidden())
+        };
+        let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)) else { return refuse().await };
+        let mut exprs = Vec::with_capacity(filters.len() + 1);
+        for (i, f) in filters.iter().enumerate() {
+            match f.expr(&table) {
+                Ok(Some(e)) => {
+                    applied[i] = true;
+                    exprs.push(e);
+                }
+                Ok(None) => {}
+                Err(query::QueryError::Forbidden) => return refuse().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(i) = instance {
+            exprs.push(datafusion::prelude::col("instance").eq(datafusion::prelude::lit(i)));
+        }
+        tables.push((dataset, table, exprs));
+    }
+    if let Some(i) = applied.iter().position(|a| !a) {
+        return Err(ApiError::bad_request(format!("filters[{}]: no such field in {requested}", filters[i].field)));
+    }
+    let mut answers = Map::new();
+    for (dataset, table, exprs) in tables {
+        let (batches, _) = state.query.read_member(table, exprs).await?;
+        let rows = rows_json(&batches)?;
+        let log = call.log(dataset.name.as_str(), AccessAction::Read, rows.len() as i64, AccessDecision::Allowed);
+        state.catalog.record_access(&[log]).await?;
+        answers.insert(dataset.name.to_string(), Value::Object(rows));
+    }
+    let body = if answers.len() == 1 { answers.into_iter().next().map(|(_, v)| v).unwrap_or_default() } else { Value::Object(answers) };
+    Ok(answer(call.format, body))
+}
+
+/// Rows as Mydex shows them: keyed by id, `id` and `ds_id` first, values as strings, no
+/// `member_uid` (the path names the member).
+fn rows_json(batches: &[RecordBatch]) -> ApiResult<Map<String, Value>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut out = Map::new();
+    let options = FormatOptions::default();
+    for batch in batches {
+        let schema = batch.schema();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ingest::IngestError::from)?;
+        let id_column = schema.index_of("id").map_err(ingest::IngestError::from)?;
+        for row in 0..batch.num_rows() {
+            let id = formatters[id_column].value(row).to_string();
+            let mut fields = Map::new();
+            fields.insert("id".into(), json!(id));
+            fields.insert("ds_id".into(), json!(id));
+            for (i, field) in schema.fields().iter().enumerate() {
+                if matches!(field.name().as_str(), "id" | "member_uid") {
+                    continue;
+                }
+                let column = batch.column(i);
+                let value = if column.is_null(row) { Value::Null } else { json!(formatters[i].value(row).to_string()) };
+                fields.insert(field.name().clone(), value);
+            }
+            out.insert(id, Value::Object(fields));
+        }
+    }
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The `.xml` answers of the Mydex routes: the JSON structure mirrored under `<response>`,
-//! each object key an element (dataset, `instance_N`, field), each scalar its text.
+//! each object key an element (dataset, `instance_N`, field; a row id `N` becomes
+//! `<row id="N">`), each scalar its text.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,15 @@ fn write_children(out: &mut String, value: &Value) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
+                // A transactional row, keyed by its id.
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+                    out.push_str("<row id=\"");
+                    out.push_str(key);
+                    out.push_str("\">");
+                    write_children(out, v);
+                    out.push_str("</row>");
+                    continue;
+                }
                 // Keys are dataset and field names (validated snake case) or fixed words;
                 // anything else could not be an element name and is skipped, not escaped.
                 if !is_xml_name(key) {
@@ -67,6 +77,11 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<response><ds_home><instance_0><field_home_street>\
              <value>1 &lt;High&gt; &amp; Co</value><access><r><a>1</a><s>A</s></r></access>\
              </field_home_street></instance_0></ds_home></response>\n"
+        );
+        let rows = serde_json::json!({"7": {"id": "7", "ds_id": "7", "field_x": null}});
+        assert_eq!(
+            render(&rows),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<response><row id=\"7\"><id>7</id><ds_id>7</ds_id><field_x></field_x></row></response>\n"
         );
     }
 }

@@ -112,6 +112,7 @@ pub struct TestConfig {
     pub flush_age: Duration,
     pub buffer_bytes: usize,
     pub ingest_inflight_bytes: usize,
+    pub query: query::QueryConfig,
 }
 
 impl TestConfig {
@@ -122,6 +123,7 @@ impl TestConfig {
             flush_age: Duration::from_secs(3600),
             buffer_bytes: 256 << 20,
             ingest_inflight_bytes: 256 << 20,
+            query: query::QueryConfig::default(),
         }
     }
 }
@@ -178,7 +180,7 @@ impl TestServer {
             max_ingest_bytes: 32 << 20,
             ingest_inflight_bytes: config.ingest_inflight_bytes,
         };
-        let app = trove::app(catalog.clone(), ingester.clone(), settings);
+        let app = trove::app(catalog.clone(), ingester.clone(), objects.clone(), config.query.clone(), settings).expect("app");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             let _ = trove::serve_on(listener, app, async move {

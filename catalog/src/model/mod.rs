@@ -107,7 +107,8 @@ pub enum AccessDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessLogEntry {
     pub at: i64,
-    pub member: MemberId,
+    /// None for a refusal that named no member (an SQL query refused before planning).
+    pub member: Option<MemberId>,
     pub subscriber_id: SubscriberId,
     pub connection_id: ConnectionId,
     pub agreement_version: Option<i64>,

@@ -198,26 +198,40 @@ impl Catalog {
         Ok(instance)
     }
 
-    /// Appends entries to the access log, durably, before the answer that they describe.
+    /// Appends entries to the access log, durably, before the answer that they describe. A
+    /// read across many members logs one entry per member: they go in as multi-row inserts.
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
+        const COLUMNS: usize = 10;
+        // Below SQLite's and PostgreSQL's limits on bound parameters.
+        const ROWS: usize = 1000;
         let mut tx = self.begin().await?;
-        for e in entries {
-            sqlx::query(
+        for chunk in entries.chunks(ROWS) {
+            let mut sql = String::from(
                 "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, \
-                 dataset, action, row_count, decision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(e.at)
-            .bind(e.member.get())
-            .bind(e.subscriber_id.get())
-            .bind(e.connection_id.get())
-            .bind(e.agreement_version)
-            .bind(&e.purpose)
-            .bind(&e.dataset)
-            .bind(str_of(e.action))
-            .bind(e.rows)
-            .bind(str_of(e.decision))
-            .execute(&mut *tx)
-            .await?;
+                 dataset, action, row_count, decision) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * COLUMNS;
+                let values: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", p + c)).collect();
+                sql.push_str(if i == 0 { "(" } else { ", (" });
+                sql.push_str(&values.join(", "));
+                sql.push(')');
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(e.at)
+                    .bind(e.member.map(MemberId::get))
+                    .bind(e.subscriber_id.get())
+                    .bind(e.connection_id.get())
+                    .bind(e.agreement_version)
+                    .bind(e.purpose.clone())
+                    .bind(e.dataset.clone())
+                    .bind(str_of(e.action))
+                    .bind(e.rows)
+                    .bind(str_of(e.decision));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -225,20 +239,31 @@ impl Catalog {
 
     /// A member's part of the access log, newest first.
     pub async fn access_log(&self, member: MemberId, limit: i64) -> Result<Vec<AccessLogEntry>> {
-        let rows = sqlx::query(
+        self.access_log_where("member_uid", member.get(), limit).await
+    }
+
+    /// A connection's part of the access log (every member's, and refusals naming none),
+    /// newest first: for the operator's audits and the isolation tests.
+    pub async fn connection_access_log(&self, connection: ConnectionId, limit: i64) -> Result<Vec<AccessLogEntry>> {
+        self.access_log_where("connection_id", connection.get(), limit).await
+    }
+
+    async fn access_log_where(&self, column: &'static str, value: i64, limit: i64) -> Result<Vec<AccessLogEntry>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
-             row_count, decision FROM access_log WHERE member_uid = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(member.get())
-        .bind(limit.clamp(1, 10_000))
+             row_count, decision FROM access_log WHERE {column} = $1 ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(value)
+        .bind(limit.clamp(1, 1_000_000))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 let id = |col: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(col)?) };
+                let member: Option<i64> = row.try_get("member_uid")?;
                 Ok(AccessLogEntry {
                     at: id("at")?,
-                    member: MemberId::new(id("member_uid")?).map_err(CatalogError::corrupt)?,
+                    member: member.map(MemberId::new).transpose().map_err(CatalogError::corrupt)?,
                     subscriber_id: SubscriberId::new(id("subscriber_id")?).map_err(CatalogError::corrupt)?,
                     connection_id: ConnectionId::new(id("connection_id")?).map_err(CatalogError::corrupt)?,
                     agreement_version: row.try_get("agreement_version")?,

@@ -1,0 +1,235 @@
+//! The scoped table: a DataFusion [`TableProvider`] over exactly the members and columns of
+//! a [`TableScope`]. It reads what ingest holds in one consistent snapshot per member
+//! (buffered rows and recorded files, see [`ingest::buffer`]), picks members and files by
+//! the query's filters before DataFusion plans, and scans files with DataFusion's Parquet
+//! source (footers cached, row groups and pages pruned). Files never show columns outside
+//! the scope: the scan's file schema is the scope's columns only.
+//!
+//! Rows are normally read as they are stored: a file holds one version of each id, and a
+//! member's files and buffered rows cover disjoint id ranges. A member whose sources
+//! overlap (a row was updated) or whose agreement grants only some columns is read in
+//! memory instead, keeping the newest version of each row and nulling ungranted columns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use catalog::{DatasetName, MemberId, ParquetFile};
+use datafusion::arrow::array::{AsArray, RecordBatch, new_null_array};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use ingest::buffer::{Buffer, Snapshot};
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::prune::Bounds;
+use crate::scope::TableScope;
+
+/// What one request read: rows per (dataset, member) for the access log, and every file its
+/// scans may open, for the final plan check.
+#[derive(Debug, Default)]
+pub struct Reads {
+    rows: Mutex<BTreeMap<(DatasetName, MemberId), i64>>,
+    files: Mutex<HashSet<String>>,
+}
+
+impl Reads {
+    fn record(&self, dataset: &DatasetName, member: MemberId, rows: i64) {
+        *self.rows.lock().unwrap_or_else(|p| p.into_inner()).entry((dataset.clone(), member)).or_default() += rows;
+    }
+
+    /// Rows each member's data contributed to the scans (after pruning by member, event time
+    /// and id), by dataset and member.
+    pub fn rows(&self) -> BTreeMap<(DatasetName, MemberId), i64> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn allows_file(&self, path: &str) -> bool {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).contains(path)
+    }
+}
+
+/// Where the rows come from: ingest's buffer and file index, and the object store.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub buffer: Arc<Buffer>,
+    pub store: Arc<dyn ObjectStore>,
+    /// The URL the store is registered under in the query runtime.
+    pub store_url: ObjectStoreUrl,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct ScopedTable {
+    scope: TableScope,
+    schema: SchemaRef,
+    sources: Sources,
+    reads: Arc<Reads>,
+}
+
+impl ScopedTable {
+    pub fn new(scope: TableScope, sources: Sources, reads: Arc<Reads>) -> ScopedTable {
+        let schema = Arc::new(scope.schema.stored.project(&scope.columns).expect("scope columns are stored columns"));
+        ScopedTable { scope, schema, sources, reads }
+    }
+
+    /// A member's rows read in memory: newest versions only, ungranted columns null.
+    async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Vec<RecordBatch>> {
+        let mut batches = snapshot.rows;
+        for f in &snapshot.files {
+            let bytes = self.sources.store.get(&object_store::path::Path::from(f.path.as_str())).await?.bytes().await?;
+            for b in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+                batches.push(b?);
+            }
+        }
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?;
+        let newest = ingest::persist::newest_versions(all).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let mut visible = newest.project(&self.scope.columns)?;
+        if let Some(mask) = mask {
+            let columns = visible
+                .columns()
+                .iter()
+                .zip(mask)
+                .map(|(c, keep)| if *keep { c.clone() } else { new_null_array(c.data_type(), c.len()) })
+                .collect();
+            visible = RecordBatch::try_new(self.schema.clone(), columns)?;
+        }
+        Ok(vec![visible])
+    }
+}
+
+/// Whether a member's sources may hold one id twice: files' id ranges overlap each other
+/// or the buffered rows, or the buffered ids do not strictly increase (an update).
+fn may_repeat_ids(files: &[Arc<ParquetFile>], rows: &[RecordBatch]) -> bool {
+    let mut ranges: Vec<(i64, i64)> = files.iter().map(|f| (f.min_id, f.max_id)).collect();
+    let mut last = i64::MIN;
+    let mut buffered: Option<(i64, i64)> = None;
+    for b in rows {
+        for &id in b.column(2).as_primitive::<Int64Type>().values() {
+            if id <= last {
+                return true;
+            }
+            last = id;
+            buffered = Some((buffered.map_or(id, |(lo, _)| lo), id));
+        }
+    }
+    ranges.extend(buffered);
+    ranges.sort_unstable();
+    ranges.windows(2).any(|w| w[1].0 <= w[0].1)
+}
+
+#[async_trait]
+impl datafusion::catalog::TableProvider for ScopedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Used to pick members and files and to prune row groups, and applied again above.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let bounds = Bounds::from_filters(filters, self.scope.event_time());
+        let dataset = &self.scope.schema.dataset.name;
+        let members: Vec<MemberId> = self.scope.members.keys().copied().filter(|m| bounds.member_allowed(m.get())).collect();
+        let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
+        let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
+        let mut memory: Vec<RecordBatch> = Vec::new();
+        let mut read = 0;
+        for member in &members {
+            // Members without data still count as read (0 rows): the access log says the
+            // query looked at them.
+            if snapshots.get(read).is_none_or(|(m, _)| m != member) {
+                self.reads.record(dataset, *member, 0);
+                continue;
+            }
+            let (_, snapshot) = &snapshots[read];
+            read += 1;
+            let mask = self.scope.members.get(member).cloned().flatten();
+            let buffered = snapshot.rows.iter().map(RecordBatch::num_rows).sum::<usize>() as i64;
+            if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
+                // Every file: pruning by event time could keep an old version whose newer
+                // one moved out of the range.
+                self.reads.record(dataset, *member, snapshot.files.iter().map(|f| f.rows).sum::<i64>() + buffered);
+                memory.extend(self.read_in_memory(snapshot.clone(), mask.as_deref()).await?);
+                continue;
+            }
+            let files = snapshot
+                .files
+                .iter()
+                .filter(|f| bounds.time.overlaps(f.min_event_time, f.max_event_time) && bounds.id.overlaps(f.min_id, f.max_id));
+            let before = fast_files.len();
+            fast_files.extend(files.cloned());
+            self.reads.record(dataset, *member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered);
+            for b in &snapshot.rows {
+                memory.push(b.project(&self.scope.columns)?);
+            }
+        }
+        {
+            let mut allowed = self.reads.files.lock().unwrap_or_else(|p| p.into_inner());
+            allowed.extend(fast_files.iter().map(|f| f.path.clone()));
+        }
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !fast_files.is_empty() {
+            let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);
+            if let Some(predicate) = conjunction(filters.iter().cloned()) {
+                let df_schema = DFSchema::try_from(self.schema.clone())?;
+                if let Ok(p) = state.create_physical_expr(predicate, &df_schema) {
+                    source = source.with_predicate(p);
+                }
+            }
+            let partitions = state.config().target_partitions().max(1);
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(fast_files.len())];
+            let mut sizes = vec![0i64; groups.len()];
+            for f in &fast_files {
+                let smallest = (0..groups.len()).min_by_key(|i| sizes[*i]).expect("at least one group");
+                sizes[smallest] += f.size_bytes;
+                groups[smallest].push(PartitionedFile::new(f.path.clone(), f.size_bytes as u64));
+            }
+            let config = FileScanConfigBuilder::new(self.sources.store_url.clone(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if !memory.is_empty() {
+            let source = MemorySourceConfig::try_new(&[memory], self.schema.clone(), projection.cloned())?.with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(source));
+        }
+        if inputs.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
