@@ -296,6 +296,87 @@ impl TestServer {
     }
 }
 
+/// A connection made by a test: its id and `nid:key` credential.
+#[derive(Debug, Clone)]
+pub struct TestConnection {
+    pub id: i64,
+    pub nid: i64,
+    pub key: String,
+}
+
+impl TestConnection {
+    /// `Authorization: Bearer <nid>:<key>` for `/v1/ingest`.
+    pub fn bearer(&self) -> String {
+        format!("{}:{}", self.nid, self.key)
+    }
+}
+
+impl TestServer {
+    /// A new subscriber's OAuth2 bearer token, created by the operator.
+    pub async fn new_subscriber(&self, name: &str) -> String {
+        let (status, created) = self.call(Method::POST, "/v1/subscribers", Some(self.admin()), Some(serde_json::json!({"name": name}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let resp = self
+            .client
+            .post(self.url("/oauth2/token"))
+            .basic_auth(created["client_id"].as_str().unwrap(), created["client_secret"].as_str())
+            .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
+            .send()
+            .await
+            .expect("token request");
+        resp.json::<Value>().await.expect("token json")["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// Creates, submits and approves a connection of the subscriber behind `token` (a
+    /// sandbox connection); `live` also promotes it.
+    pub async fn new_connection(&self, token: &str, terms: Value, live: bool) -> TestConnection {
+        let (status, c) = self.call(Method::POST, "/v1/connections", Some(token), Some(terms)).await;
+        assert_eq!(status, StatusCode::CREATED, "{c}");
+        let id = c["id"].as_i64().expect("connection id");
+        let at = |action: &str| format!("/v1/connections/{id}/{action}");
+        assert_eq!(self.call(Method::POST, &at("submit"), Some(token), None).await.0, StatusCode::OK);
+        let (status, approved) = self.call(Method::POST, &at("approve"), Some(self.admin()), None).await;
+        assert_eq!(status, StatusCode::OK, "{approved}");
+        if live {
+            assert_eq!(self.call(Method::POST, &at("promote-request"), Some(token), None).await.0, StatusCode::OK);
+            assert_eq!(self.call(Method::POST, &at("promote"), Some(self.admin()), None).await.0, StatusCode::OK);
+        }
+        TestConnection { id, nid: approved["nid"].as_i64().expect("nid"), key: approved["key"].as_str().expect("key").to_owned() }
+    }
+
+    /// Member `uid` approves connection `id`: returns the `con_id=..&key=..` of the approval.
+    pub async fn agree(&self, uid: i64, id: i64) -> String {
+        let path = format!("/v1/members/{uid}/agreements/{id}/approve");
+        let (status, a) = self.call(Method::POST, &path, Some(self.member_secret(uid)), None).await;
+        assert_eq!(status, StatusCode::OK, "{a}");
+        format!("con_id={}&key={}&source_type=connection", a["con_id"].as_str().unwrap(), a["key"].as_str().unwrap())
+    }
+
+    /// `POST /v1/query{query}` as `token`, answered in `accept`: the status, the headers and
+    /// the body as bytes.
+    pub async fn sql_as(&self, token: &str, query: &str, sql: &str, accept: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let resp = self
+            .client
+            .post(self.url(&format!("/v1/query{query}")))
+            .bearer_auth(token)
+            .header("accept", accept)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("request");
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        // A body cut off by a limit is an error mid-stream: keep what arrived.
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        (status, headers, body)
+    }
+
+    /// `POST /v1/query` as `token`, JSON answer parsed (`Value::Null` when not JSON).
+    pub async fn sql(&self, token: &str, sql: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.sql_as(token, "", sql, "application/json").await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

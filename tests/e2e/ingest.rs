@@ -262,12 +262,9 @@ async fn a_field_outside_the_agreement_refuses_the_row() {
     let care = s.subscriber_token("care-services").await;
     let mut terms = test_helpers::terms("Meter readings only", &[ENERGY]);
     terms["datasets"][ENERGY]["write"] = json!(["field_energy_reading_timestamp", "field_energy_reading_value"]);
-    let (_, c) = s.call(reqwest::Method::POST, "/v1/connections", Some(&care), Some(terms)).await;
-    let id = c["id"].as_i64().unwrap();
-    s.call(reqwest::Method::POST, &format!("/v1/connections/{id}/submit"), Some(&care), None).await;
-    let (_, approved) = s.call(reqwest::Method::POST, &format!("/v1/connections/{id}/approve"), Some(s.admin()), None).await;
-    s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{id}/approve"), Some(s.member_secret(2)), None).await;
-    let auth = format!("{}:{}", approved["nid"], approved["key"].as_str().unwrap());
+    let c = s.new_connection(&care, terms, false).await;
+    s.agree(2, c.id).await;
+    let auth = c.bearer();
     let post = |row: Value| {
         s.client
             .post(s.url(&format!("/v1/ingest/{ENERGY}")))

@@ -6,6 +6,7 @@ mod auth;
 mod binary;
 mod crash;
 mod ingest;
+mod isolation;
 mod lifecycle;
 mod operations;
 mod pds;

@@ -1,0 +1,410 @@
+//! The isolation suite: several members and subscribers with different agreements
+//! (different datasets, different fields, a revoked one, an edited one with members on two
+//! versions, a sandbox one), a distinctive canary planted in every text field of every row,
+//! then a corpus of escape attempts through both read doors and generated queries. No canary
+//! a caller must not see may appear in any body or header; no attempt may get a 5xx; every
+//! refusal is in the access log.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use test_helpers::{Store, TestServer, stores};
+
+const E: &str = "ds_energy_consumption";
+const B: &str = "ds_bank_account_transactions";
+const DATASETS: [(&str, &[&str]); 2] = [
+    (E, &["field_energy_source_index_id", "field_energy_source_name", "field_energy_source_type"]),
+    (B, &["ba_transaction_description", "ba_transaction_type"]),
+];
+const MEMBERS: i64 = 10;
+
+/// The value planted in `field` of member `member`'s rows of dataset `d` in environment
+/// `env` (`P`roduction or `S`andbox): unique, and unlike anything a query would make up.
+fn canary(env: char, member: i64, d: usize, f: usize) -> String {
+    format!("ZQ{env}{member:02}{d}{f}QZ")
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// `rows` rows per member of dataset `d`, every text field a canary.
+fn planted(env: char, d: usize, rows: i64) -> Vec<u8> {
+    let (dataset, fields) = DATASETS[d];
+    let mut out = String::new();
+    for member in 1..=MEMBERS {
+        for i in 0..rows {
+            let mut row = json!({"member_uid": member});
+            if dataset == E {
+                row["field_energy_reading_timestamp"] = json!(now() - 3600 + i);
+                row["field_energy_reading_value"] = json!(1.5);
+            } else {
+                row["ba_transaction_value"] = json!("12.50");
+            }
+            for (f, field) in fields.iter().enumerate() {
+                row[*field] = json!(canary(env, member, d, f));
+            }
+            out.push_str(&format!("{row}\n"));
+        }
+    }
+    out.into_bytes()
+}
+
+/// Who reads, and which canaries it may see.
+struct Reader {
+    name: &'static str,
+    token: String,
+    connection: i64,
+    visible: Box<dyn Fn(char, i64, usize, usize) -> bool>,
+    /// Mydex door: `(uid, con_id=..&key=..)` of a member it may read.
+    member: Option<(i64, String)>,
+}
+
+impl Reader {
+    fn forbidden(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for env in ['P', 'S'] {
+            for member in 1..=MEMBERS {
+                for (d, (_, fields)) in DATASETS.iter().enumerate() {
+                    for f in 0..fields.len() {
+                        if !(self.visible)(env, member, d, f) {
+                            out.push(canary(env, member, d, f));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Tallies of one reader's attempts.
+#[derive(Default)]
+struct Tally {
+    attempts: usize,
+    sql_refused: usize,
+    mydex_refused: usize,
+}
+
+fn check_leaks(reader: &Reader, forbidden: &[String], what: &str, status: StatusCode, headers: &reqwest::header::HeaderMap, body: &[u8]) {
+    assert!(!status.is_server_error(), "{}: {what} got {status}: {}", reader.name, String::from_utf8_lossy(body));
+    let body = String::from_utf8_lossy(body);
+    let headers = format!("{headers:?}");
+    for c in forbidden {
+        assert!(!body.contains(c.as_str()) && !headers.contains(c.as_str()), "{}: {what} leaked {c}: {body}", reader.name);
+    }
+}
+
+/// The hand-written escape corpus. `{file}` is a real Parquet file of a member no reader but
+/// energy-co may see, `{dir}` the object store's directory.
+fn corpus(file: &str, dir: &str) -> Vec<String> {
+    let e = E;
+    let b = B;
+    let raw = [
+        format!("SELECT * FROM {e}"),
+        format!("SELECT * FROM {b}"),
+        format!("SELECT * FROM {e} WHERE member_uid = 10"),
+        format!("SELECT * FROM {e} WHERE member_uid IN (3, 10) OR 1 = 1"),
+        format!("SELECT field_energy_source_name FROM {e}"),
+        format!("SELECT _version, * FROM {e}"),
+        format!("SELECT * FROM {e} UNION ALL SELECT * FROM {e}"),
+        format!("SELECT (SELECT max(field_energy_source_name) FROM {e}) AS x"),
+        format!("SELECT * FROM {e} x JOIN {b} y ON x.member_uid = y.member_uid"),
+        format!("SELECT * FROM {e} WHERE member_uid NOT IN (SELECT member_uid FROM {b})"),
+        format!("SELECT string_agg(field_energy_source_name, ',') FROM {e}"),
+        format!("WITH t AS (SELECT * FROM {e}) SELECT * FROM t, t AS u LIMIT 50"),
+        format!("SELECT * FROM datafusion.public.{e}"),
+        format!("SELECT * FROM other.public.{e}"),
+        format!("SELECT * FROM \"{e}\""),
+        format!("SELECT * FROM \"DS_ENERGY_CONSUMPTION\""),
+        "SELECT * FROM ds_passport".into(),
+        "SELECT * FROM ds_referrals".into(),
+        "SELECT * FROM information_schema.tables".into(),
+        "SELECT * FROM information_schema.columns".into(),
+        "SHOW TABLES".into(),
+        format!("SHOW COLUMNS FROM {e}"),
+        format!("DESCRIBE {e}"),
+        format!("EXPLAIN SELECT * FROM {e}"),
+        format!("EXPLAIN ANALYZE SELECT * FROM {e}"),
+        format!("EXPLAIN VERBOSE SELECT * FROM {e} WHERE member_uid = 10"),
+        format!("COPY {e} TO '/tmp/trove-escape.csv'"),
+        "COPY (SELECT 1) TO '/tmp/trove-escape.parquet'".into(),
+        format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{file}'"),
+        format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{dir}'"),
+        format!("CREATE TABLE t AS SELECT * FROM {e}"),
+        "CREATE VIEW v AS SELECT 1".into(),
+        format!("INSERT INTO {e} (member_uid) VALUES (10)"),
+        format!("DELETE FROM {e}"),
+        format!("DROP TABLE {e}"),
+        "SET datafusion.catalog.information_schema = true".into(),
+        "SET datafusion.catalog.information_schema = true; SELECT * FROM information_schema.tables".into(),
+        format!("SELECT 1; SELECT * FROM {e}"),
+        format!("SELECT * FROM read_parquet('{file}')"),
+        "SELECT * FROM read_csv('/etc/passwd')".into(),
+        format!("SELECT * FROM '{file}'"),
+        format!("SELECT * FROM \"{file}\""),
+        format!("SELECT * FROM 'file://{file}'"),
+        format!("SELECT * FROM '{dir}/production/{e}/10/'"),
+        "SELECT * FROM 's3://trove-test/production/ds_energy_consumption/10/'".into(),
+        "PREPARE p AS SELECT 1".into(),
+        "SELECT * FROM generate_series(1, 3)".into(),
+        "SELECT * FROM unnest([1, 2])".into(),
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r".into(),
+        format!("SELECT * FROM {e} -- ; DROP TABLE {e}"),
+        format!("/* */ SELECT * FROM {e} WHERE id = -1 OR 1 = 1"),
+        format!("SELECT arrow_typeof(member_uid), version() FROM {e} LIMIT 1"),
+        format!("SELECT * FROM {e} WHERE field_energy_source_name LIKE 'ZQ%'"),
+        format!("SELECT * FROM {e} ORDER BY member_uid DESC LIMIT 5"),
+    ];
+    raw.into_iter().collect()
+}
+
+/// Deterministic generated queries over tables, columns and filters each reader may or may
+/// not see.
+fn generated(n: usize, seed: u64) -> Vec<String> {
+    let mut state = seed;
+    let mut next = |m: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % m
+    };
+    let tables = [E, B, "ds_browsing_history", "ds_referrals", "ds_passport", "ds_personal_details"];
+    let columns = [
+        "*", "member_uid", "id", "instance", "_version", "field_energy_source_name", "field_energy_source_type",
+        "ba_transaction_description", "count(*)", "field_energy_source_index_id",
+    ];
+    (0..n)
+        .map(|_| {
+            let t = tables[next(tables.len())];
+            let c = columns[next(columns.len())];
+            let (m1, m2) = (1 + next(12), 1 + next(12));
+            let filter = match next(6) {
+                0 => String::new(),
+                1 => format!(" WHERE member_uid = {m1}"),
+                2 => format!(" WHERE member_uid IN ({m1}, {m2})"),
+                3 => format!(" WHERE id > {}", next(3)),
+                4 => format!(" WHERE member_uid = {m1} OR member_uid = {m2}"),
+                _ => " WHERE field_energy_source_name LIKE '%Q%'".into(),
+            };
+            let group = if c == "count(*)" { " GROUP BY member_uid" } else { "" };
+            let c = if group.is_empty() { c.to_owned() } else { format!("member_uid, {c}") };
+            match next(4) {
+                0 => format!("SELECT {c} FROM {t}{filter}{group}"),
+                1 => format!("SELECT {c} FROM {t}{filter}{group} UNION ALL SELECT {c} FROM {}{group}", tables[next(tables.len())]),
+                2 => format!("SELECT a.* FROM {t} a JOIN {} b ON a.member_uid = b.member_uid{filter}", tables[next(tables.len())]),
+                _ => format!("SELECT * FROM {t} WHERE member_uid IN (SELECT member_uid FROM {}{filter})", tables[next(tables.len())]),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_caller_reads_outside_its_agreements() {
+    for store in stores() {
+        run(store).await;
+    }
+}
+
+async fn run(store: Store) {
+    let s = TestServer::spawn(store).await;
+    let admin = s.admin().to_owned();
+    let insight_conn = s.creds.subscribers[1].connection.id;
+
+    // The planter delivers every member's rows, in production and in the sandbox.
+    let planter = s.new_subscriber("planter").await;
+    let live = s.new_connection(&planter, test_helpers::terms("planter", &[E, B]), true).await;
+    let sandbox = s.new_connection(&planter, test_helpers::terms("planter sandbox", &[E, B]), false).await;
+    for uid in 1..=MEMBERS {
+        s.agree(uid, live.id).await;
+        s.agree(uid, sandbox.id).await;
+    }
+    let deliver = |conn: &test_helpers::TestConnection, env: char, rows: i64| {
+        let bearer = conn.bearer();
+        let s = &s;
+        async move {
+            for (d, (dataset, _)) in DATASETS.iter().enumerate() {
+                let resp = s
+                    .client
+                    .post(s.url(&format!("/v1/ingest/{dataset}")))
+                    .bearer_auth(&bearer)
+                    .header("content-type", "application/x-ndjson")
+                    .body(planted(env, d, rows))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+            }
+        }
+    };
+    // Some rows in Parquet files, some still in the ingest buffer.
+    deliver(&live, 'P', 2).await;
+    deliver(&sandbox, 'S', 2).await;
+    s.flush().await;
+    deliver(&live, 'P', 1).await;
+    deliver(&sandbox, 'S', 1).await;
+
+    // insight-ltd: member 3 approves and revokes; a new revision grants the appliance name,
+    // which member 4 approves while member 1 stays on the first revision.
+    s.agree(3, insight_conn).await;
+    let (status, _) = s.call(Method::POST, &format!("/v1/members/3/agreements/{insight_conn}/revoke"), Some(s.member_secret(3)), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let insight = s.subscriber_token("insight-ltd").await;
+    let (_, current) = s.call(Method::GET, &format!("/v1/connections/{insight_conn}"), Some(&insight), None).await;
+    let mut v2 = current["revisions"][0]["terms"].clone();
+    v2["datasets"][E]["read"] = json!(["*"]);
+    assert_eq!(s.call(Method::PUT, &format!("/v1/connections/{insight_conn}"), Some(&insight), Some(v2)).await.0, StatusCode::OK);
+    s.call(Method::POST, &format!("/v1/connections/{insight_conn}/submit"), Some(&insight), None).await;
+    assert_eq!(s.call(Method::POST, &format!("/v1/connections/{insight_conn}/approve"), Some(&admin), None).await.0, StatusCode::OK);
+    let insight_member4 = s.agree(4, insight_conn).await;
+
+    // A sandbox reader of energy readings, for members 1 and 2.
+    let sandboxer = s.new_subscriber("sandbox-reader").await;
+    let mut terms = test_helpers::terms("sandbox reader", &[E]);
+    terms["datasets"][E]["write"] = json!([]);
+    let sandbox_reader = s.new_connection(&sandboxer, terms, false).await;
+    let sandbox_member = s.agree(1, sandbox_reader.id).await;
+    s.agree(2, sandbox_reader.id).await;
+
+    let readers = vec![
+        Reader {
+            name: "energy-co",
+            token: s.subscriber_token("energy-co").await,
+            connection: s.creds.subscribers[0].connection.id,
+            visible: Box::new(|env, member, _, _| env == 'P' && member <= 9),
+            member: Some((1, s.member_query(1, "energy-co"))),
+        },
+        Reader {
+            name: "insight-ltd",
+            token: insight.clone(),
+            connection: insight_conn,
+            // Member 1 is on revision 1 (no appliance name, field 1); member 4 on revision 2.
+            visible: Box::new(|env, member, d, f| env == 'P' && d == 0 && ((member == 1 && f != 1) || member == 4)),
+            member: Some((4, insight_member4)),
+        },
+        Reader {
+            name: "care-services",
+            token: s.subscriber_token("care-services").await,
+            connection: s.creds.subscribers[2].connection.id,
+            visible: Box::new(|_, _, _, _| false),
+            member: Some((1, s.member_query(1, "care-services"))),
+        },
+        Reader {
+            name: "sandbox-reader",
+            token: sandboxer.clone(),
+            connection: sandbox_reader.id,
+            visible: Box::new(|env, member, d, _| env == 'S' && d == 0 && member <= 2),
+            member: Some((1, sandbox_member)),
+        },
+    ];
+
+    let member10_file = s
+        .catalog
+        .all_parquet_files()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|f| f.member.get() == 10 && f.environment == catalog::DataEnvironment::Production)
+        .expect("member 10 has a file");
+    let dir = s.dir.path().join("objects");
+    let file = dir.join(&member10_file.path).display().to_string();
+    let corpus: Vec<String> = corpus(&file, &dir.display().to_string()).into_iter().chain(generated(150, 7)).collect();
+
+    for reader in &readers {
+        let forbidden = reader.forbidden();
+        let mut tally = Tally::default();
+        // The baseline: every canary the reader may see is there (the test can fail).
+        let mut seen = String::new();
+        for (dataset, _) in DATASETS {
+            let (status, _, body) = s.sql_as(&reader.token, "", &format!("SELECT * FROM {dataset}"), "application/json").await;
+            check_leaks(reader, &forbidden, "baseline", status, &Default::default(), &body);
+            tally.sql_refused += usize::from(status == StatusCode::BAD_REQUEST);
+            seen.push_str(&String::from_utf8_lossy(&body));
+        }
+        for env in ['P', 'S'] {
+            for member in 1..=MEMBERS {
+                for (d, (_, fields)) in DATASETS.iter().enumerate() {
+                    for f in 0..fields.len() {
+                        if (reader.visible)(env, member, d, f) {
+                            assert!(seen.contains(&canary(env, member, d, f)), "{} misses {}", reader.name, canary(env, member, d, f));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, sql) in corpus.iter().enumerate() {
+            let accept = ["application/json", "text/csv", "application/x-ndjson"][i % 3];
+            let (status, headers, body) = s.sql_as(&reader.token, "", sql, accept).await;
+            check_leaks(reader, &forbidden, sql, status, &headers, &body);
+            tally.attempts += 1;
+            if status == StatusCode::BAD_REQUEST {
+                tally.sql_refused += 1;
+            }
+        }
+        // A connection that is not the reader's own is refused outright.
+        let other = readers.iter().find(|r| r.connection != reader.connection).unwrap().connection;
+        let (status, headers, body) = s.sql_as(&reader.token, &format!("?connection={other}"), &format!("SELECT * FROM {E}"), "application/json").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        check_leaks(reader, &forbidden, "forged connection", status, &headers, &body);
+
+        // The Mydex door.
+        let (uid, q) = reader.member.clone().unwrap();
+        let mydex = |path: String| {
+            let (s, token) = (&s, reader.token.clone());
+            async move {
+                let resp = s.client.get(s.url(&path)).bearer_auth(token).send().await.unwrap();
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                (status, headers, resp.bytes().await.unwrap().to_vec())
+            }
+        };
+        let nid_of_q = q.split("con_id=").nth(1).unwrap().split('&').next().unwrap().split('-').nth(1).unwrap().to_owned();
+        let key_of_q = q.split("key=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+        let attempts = [
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}"),
+            format!("/api/pds/transaction/{uid}.xml?{q}&dataset={E}%2B{B}"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={B}"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset=field_{E}"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_name%5D%5Bvalue%5D=x"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bmember_uid%5D%5Bvalue%5D=10"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_type%5D%5Bvalue%5D=%27%20OR%201%3D1%20--"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D=0"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5B_version%5D%5Bvalue%5D=1"),
+            format!("/api/pds/transaction/10.json?{q}&dataset={E}"),
+            format!("/api/pds/transaction/10.json?con_id=10-{nid_of_q}&key={key_of_q}&dataset={E}"),
+            format!("/api/pds/transaction/3.json?con_id=3-{nid_of_q}&key={key_of_q}&dataset={E}"),
+            format!("/api/pds/transaction/{uid}.json?con_id={uid}-{nid_of_q}&key=forged&dataset={E}"),
+            format!("/api/pds/transaction/{uid}.json?{q}&dataset=ds_passport"),
+        ];
+        for path in attempts {
+            let (status, headers, body) = mydex(path.clone()).await;
+            check_leaks(reader, &forbidden, &path, status, &headers, &body);
+            tally.attempts += 1;
+            if status == StatusCode::FORBIDDEN {
+                tally.mydex_refused += 1;
+            }
+        }
+
+        // Every refusal is in the access log, against the reader's connection.
+        let id = catalog::ConnectionId::new(reader.connection).unwrap();
+        let log = s.catalog.connection_access_log(id, 1_000_000).await.unwrap();
+        let refused = |with_member: bool| {
+            log.iter().filter(|e| e.decision == catalog::AccessDecision::Refused && e.member.is_some() == with_member).count()
+        };
+        assert_eq!(refused(false), tally.sql_refused, "{}: SQL refusals logged", reader.name);
+        assert_eq!(refused(true), tally.mydex_refused, "{}: Mydex refusals logged", reader.name);
+        assert!(tally.sql_refused > 40, "{}: the corpus holds refusals", reader.name);
+        eprintln!(
+            "isolation {store:?} {}: {} attempts, {} SQL and {} Mydex refusals logged, 0 leaks",
+            reader.name, tally.attempts, tally.sql_refused, tally.mydex_refused
+        );
+    }
+
+    // A revocation takes effect on the next request.
+    let energy = &readers[0];
+    let conn = energy.connection;
+    let (status, _) = s.call(Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = s.sql_as(&energy.token, "", &format!("SELECT * FROM {E}"), "application/json").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(&canary('P', 1, 0, 0)) && !body.contains(&canary('P', 2, 0, 0)), "member 2 is gone at once");
+    let (status, v) = s.call(Method::GET, &format!("/api/pds/transaction/2.json?{}&dataset={E}", s.member_query(2, "energy-co")), Some(&energy.token), None).await;
+    assert_eq!((status, v.to_string().contains("ZQ")), (StatusCode::UNAUTHORIZED, false));
+}
