@@ -86,7 +86,7 @@ impl ScopedTable {
     }
 
     /// A member's rows read in memory: newest versions only, ungranted columns null.
-    async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Vec<RecordBatch>> {
+    async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Option<RecordBatch>> {
         let mut batches = snapshot.rows;
         for f in &snapshot.files {
             let bytes = self.sources.store.get(&object_store::path::Path::from(f.path.as_str())).await?.bytes().await?;
@@ -95,7 +95,7 @@ impl ScopedTable {
             }
         }
         if batches.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let all = datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?;
         let newest = ingest::persist::newest_versions(all).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -109,7 +109,7 @@ impl ScopedTable {
                 .collect();
             visible = RecordBatch::try_new(self.schema.clone(), columns)?;
         }
-        Ok(vec![visible])
+        Ok(Some(visible))
     }
 }
 
@@ -176,8 +176,9 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
                 // Every file: pruning by event time could keep an old version whose newer
                 // one moved out of the range.
-                self.reads.record(dataset, *member, snapshot.files.iter().map(|f| f.rows).sum::<i64>() + buffered);
-                memory.extend(self.read_in_memory(snapshot.clone(), mask.as_deref()).await?);
+                let rows = self.read_in_memory(snapshot.clone(), mask.as_deref()).await?;
+                self.reads.record(dataset, *member, rows.as_ref().map_or(0, |b| b.num_rows() as i64));
+                memory.extend(rows);
                 continue;
             }
             let files = snapshot

@@ -296,6 +296,19 @@ impl TestServer {
     }
 }
 
+/// Runs a Python `script` (with pyarrow, installed by `.ci/run`) on `args`; its stdout, or
+/// `None` where Python or pyarrow is missing, which CI does not allow.
+pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
+    match std::process::Command::new("python3").args(["-c", script]).args(args).output() {
+        Ok(out) if out.status.success() => Some(String::from_utf8(out.stdout).expect("utf-8 output")),
+        other => {
+            assert!(std::env::var("CI").is_err(), "CI must run the independent readers (pip install pyarrow): {other:?}");
+            eprintln!("*** SKIPPED: an independent-reader check (pip install pyarrow) ***");
+            None
+        }
+    }
+}
+
 /// A connection made by a test: its id and `nid:key` credential.
 #[derive(Debug, Clone)]
 pub struct TestConnection {

@@ -1,0 +1,194 @@
+//! `POST /v1/query` and `GET /api/pds/transaction`: acknowledged rows are read at once and
+//! exactly once, through flushes, compaction and updates; every answer format round-trips
+//! through an independent reader; limits fail cleanly while small queries keep answering.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use test_helpers::{Store, TestConfig, TestServer, stores};
+
+const E: &str = "ds_energy_consumption";
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Delivers `n` readings for member `member` as energy-co, valued `value`.
+async fn deliver(s: &TestServer, member: i64, n: usize, value: f64) {
+    let body: String = (0..n)
+        .map(|i| {
+            let row = json!({"member_uid": member, "field_energy_reading_timestamp": now() - 86_400 + i as i64 * 900,
+                             "field_energy_reading_value": value});
+            format!("{row}\n")
+        })
+        .collect();
+    let (status, answer) = s.ingest(E, "application/x-ndjson", body.into_bytes()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// Member 1's ids as SQL sees them, and the sum of their values.
+async fn member_one(s: &TestServer, token: &str) -> (Vec<i64>, f64) {
+    let (status, rows) = s.sql(token, &format!("SELECT id, field_energy_reading_value AS v FROM {E} WHERE member_uid = 1 ORDER BY id")).await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    let rows = rows.as_array().unwrap();
+    (rows.iter().map(|r| r["id"].as_i64().unwrap()).collect(), rows.iter().map(|r| r["v"].as_f64().unwrap()).sum())
+}
+
+#[tokio::test]
+async fn acknowledged_rows_are_read_at_once_and_exactly_once() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let token = s.subscriber_token("energy-co").await;
+        let ids = |n: i64| (1..=n).collect::<Vec<_>>();
+
+        deliver(&s, 1, 3, 1.0).await;
+        assert_eq!(member_one(&s, &token).await, (ids(3), 3.0), "buffered rows are visible");
+        s.flush().await;
+        assert_eq!(member_one(&s, &token).await, (ids(3), 3.0), "after the flush");
+        for _ in 0..4 {
+            deliver(&s, 1, 2, 1.0).await;
+            s.flush().await;
+        }
+        deliver(&s, 1, 1, 1.0).await;
+        assert_eq!(member_one(&s, &token).await, (ids(12), 12.0), "files and buffer");
+        assert!(s.ingester.compact_round().await.unwrap() >= 4, "compaction merged the small files");
+        assert_eq!(member_one(&s, &token).await, (ids(12), 12.0), "after compaction");
+
+        // An update is a new version: every read sees only the newest, once.
+        let q = s.member_query(1, "energy-co");
+        let put = format!("/api/pds/transaction/1.json?{q}&id=2&dataset={E}");
+        let (status, answer) = s.call(Method::PUT, &put, Some(&token), Some(json!({"field_energy_reading_value": 101.0}))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(member_one(&s, &token).await, (ids(12), 112.0), "the update, buffered");
+        let get = format!("/api/pds/transaction/1.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3C%3D&filters%5Bid%5D%5Bvalue%5D=2");
+        let (status, rows) = s.call(Method::GET, &get, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rows["2"]["field_energy_reading_value"], "101.0", "the Mydex door sees the newest version");
+        assert_eq!(rows.as_object().unwrap().len(), 2);
+        s.flush().await;
+        assert_eq!(member_one(&s, &token).await, (ids(12), 112.0), "the update, flushed");
+        s.ingester.compact_round().await.unwrap();
+        assert_eq!(member_one(&s, &token).await, (ids(12), 112.0), "the update, compacted");
+
+        // Reads racing flushes count every row once.
+        for round in 0..5 {
+            deliver(&s, 1, 50, 0.0).await;
+            let expected = ids(12 + 50 * (round + 1));
+            let flush = s.ingester.flush_round(true);
+            let read = async {
+                for _ in 0..5 {
+                    assert_eq!(member_one(&s, &token).await.0, expected, "a read during a flush");
+                }
+            };
+            let (failed, ()) = tokio::join!(flush, read);
+            assert_eq!(failed, 0);
+        }
+
+        // The access log has the reads, with rows and no values.
+        let (_, log) = s.call(Method::GET, "/v1/members/1/access-log?limit=1000", Some(s.member_secret(1)), None).await;
+        let reads: Vec<&Value> = log.as_array().unwrap().iter().filter(|e| e["action"] == "read").collect();
+        assert!(reads.len() >= 10, "{log}");
+        assert!(reads.iter().all(|e| e["decision"] == "allowed" && e["dataset"] == E && e["agreement_version"] == 1));
+        assert!(reads.iter().any(|e| e["rows"] == 262), "a read of all 262 rows is logged with its count");
+        assert!(!log.to_string().contains("101.0"));
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn every_answer_format_round_trips() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let token = s.subscriber_token("energy-co").await;
+    deliver(&s, 1, 40, 2.5).await;
+    s.flush().await;
+    deliver(&s, 2, 60, 0.5).await;
+    let sql = format!("SELECT member_uid, id, field_energy_reading_value, field_energy_source_name FROM {E} ORDER BY member_uid, id");
+    let body = |accept: &'static str| {
+        let (s, token, sql) = (&s, token.clone(), sql.clone());
+        async move {
+            let (status, headers, body) = s.sql_as(&token, "", &sql, accept).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(headers["content-type"], accept);
+            body
+        }
+    };
+    let json: Value = serde_json::from_slice(&body("application/json").await).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 100);
+    assert_eq!(json[0], json!({"member_uid": 1, "id": 1, "field_energy_reading_value": 2.5, "field_energy_source_name": null}));
+    let ndjson = String::from_utf8(body("application/x-ndjson").await).unwrap();
+    let lines: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(Value::Array(lines), json);
+    let csv = String::from_utf8(body("text/csv").await).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("member_uid,id,field_energy_reading_value,field_energy_source_name"));
+    assert_eq!(lines.next(), Some("1,1,2.5,"));
+    assert_eq!(lines.count(), 99);
+
+    let dir = tempfile::tempdir().unwrap();
+    let arrow = dir.path().join("answer.arrow");
+    let parquet = dir.path().join("answer.parquet");
+    std::fs::write(&arrow, body("application/vnd.apache.arrow.stream").await).unwrap();
+    std::fs::write(&parquet, body("application/vnd.apache.parquet").await).unwrap();
+    let script = "import sys, pyarrow.ipc as ipc, pyarrow.parquet as pq\n\
+        for t in (ipc.open_stream(open(sys.argv[1], 'rb')).read_all(), pq.read_table(sys.argv[2])):\n\
+        \x20   print(t.num_rows, sum(t.column('field_energy_reading_value').to_pylist()), t.column('member_uid').type)";
+    if let Some(out) = test_helpers::python(script, &[arrow.as_os_str(), parquet.as_os_str()]) {
+        assert_eq!(out, "100 130.0 int64\n100 130.0 int64\n");
+    }
+    // An empty answer is still a well-formed one.
+    let (status, _, empty) = s.sql_as(&token, "", &format!("SELECT id FROM {E} WHERE member_uid = 99"), "text/csv").await;
+    assert_eq!((status, String::from_utf8(empty).unwrap().as_str()), (StatusCode::OK, "id\n"));
+    let (status, empty) = s.sql(&token, &format!("SELECT id FROM {E} WHERE member_uid = 99")).await;
+    assert_eq!((status, empty), (StatusCode::OK, json!([])));
+    let (status, _, _) = s.sql_as(&token, "", "SELECT 1", "image/png").await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
+}
+
+#[tokio::test]
+async fn limits_fail_cleanly_while_small_queries_answer() {
+    let mut config = TestConfig::new(Store::Sqlite);
+    config.query.query_memory_bytes = 32 << 20;
+    config.query.timeout = Duration::from_secs(3);
+    config.query.max_rows = 5000;
+    config.query.per_subscriber = 2;
+    let s = TestServer::start(config).await;
+    let energy = s.subscriber_token("energy-co").await;
+    let insight = s.subscriber_token("insight-ltd").await;
+    deliver(&s, 1, 10, 1.0).await;
+    let small = format!("SELECT count(*) AS n FROM {E}");
+
+    let problem = |status: StatusCode, body: &Value, what: &str| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains(what), "{body}");
+    };
+    let memory = "SELECT count(DISTINCT a.value * 1000000 + b.value) FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 1000) b";
+    let heavy = s.sql(&energy, memory);
+    let light = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let (status, rows) = s.sql(&insight, &small).await;
+        (status, rows, started.elapsed())
+    };
+    let ((status, body), (small_status, rows, took)) = tokio::join!(heavy, light);
+    problem(status, &body, "memory");
+    assert_eq!((small_status, rows), (StatusCode::OK, json!([{"n": 10}])), "a small query answers meanwhile");
+    assert!(took < Duration::from_secs(3), "and is not held up: {took:?}");
+
+    let (status, body) = s.sql(&energy, "SELECT count(*) FROM generate_series(1, 100000000000)").await;
+    problem(status, &body, "longer than its limit");
+    let (status, body) = s.sql(&energy, "SELECT * FROM generate_series(1, 100000)").await;
+    problem(status, &body, "5000 rows");
+
+    // A subscriber's queries beyond its cap get 429 with Retry-After.
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000000)";
+    let hold = || s.sql(&energy, slow);
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.sql_as(&energy, "", &small, "application/json").await
+    };
+    let (_, _, (status, headers, _)) = tokio::join!(hold(), hold(), third);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(s.sql(&energy, &small).await.0, StatusCode::OK, "slots come back when queries end");
+}
