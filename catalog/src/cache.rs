@@ -46,11 +46,10 @@ impl AuthCache {
     /// A connection credential (`nid` + connection key), checked in constant time.
     pub async fn connection(&self, catalog: &Catalog, nid: Nid, key: &str) -> Result<Arc<Connection>> {
         let presented = SecretHash::of(key);
-        if let Some((hash, c)) = self.state().connections.get(&nid) {
-            if presented.matches(&hash.0) {
+        if let Some((hash, c)) = self.state().connections.get(&nid)
+            && presented.matches(&hash.0) {
                 return Ok(c.clone());
             }
-        }
         let c = Arc::new(catalog.authenticate_connection(nid, key).await?);
         self.state().connections.insert(nid, (presented, c.clone()));
         Ok(c)

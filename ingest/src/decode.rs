@@ -82,7 +82,7 @@ pub fn decode(schema: &DatasetSchema, format: Format, body: &[u8]) -> Result<Rec
             ArraySeed { rows: &mut rows }
                 .deserialize(&mut de)
                 .and_then(|()| de.end())
-                .map_err(|e| DecodeError::Malformed(format!("{}", strip_value(&e))))?;
+                .map_err(|e| DecodeError::Malformed(strip_value(&e).to_string()))?;
             rows.finish()
         }
         Format::Csv => decode_csv(schema, body),
@@ -531,11 +531,10 @@ fn decode_ipc(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, Decode
                 } else {
                     None
                 };
-                if let Some(reason) = bad {
-                    if errors.len() < MAX_ROW_ERRORS {
+                if let Some(reason) = bad
+                    && errors.len() < MAX_ROW_ERRORS {
                         errors.push(RowError { row: r + 1, field: Some(field.name.to_string()), reason: reason.into() });
                     }
-                }
             }
         }
     }

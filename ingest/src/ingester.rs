@@ -496,11 +496,10 @@ impl Ingester {
         }
         // Everything acknowledged is in Parquet: close the segment so the next round can
         // drop it (and move its access-log entries and keys to the catalog).
-        if self.buffer.min_segment().is_none() {
-            if let Some(tx) = self.sequencer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if self.buffer.min_segment().is_none()
+            && let Some(tx) = self.sequencer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 let _ = tx.send(Command::Rotate);
             }
-        }
         failed
     }
 

@@ -69,11 +69,11 @@ impl WriteLog {
         let mut connections = HashMap::new();
         let mut out = Vec::with_capacity(totals.len());
         for ((connection, member, dataset, minute), rows) in totals {
-            if !connections.contains_key(&connection) {
+            if let std::collections::hash_map::Entry::Vacant(e) = connections.entry(connection) {
                 let id = ConnectionId::new(connection).map_err(|e| IngestError::Internal(e.to_string()))?;
                 let c = catalog.connection(id).await?;
                 let versions: HashMap<MemberId, i64> = catalog.active_agreements(id).await?.into_iter().collect();
-                connections.insert(connection, (c, versions));
+                e.insert((c, versions));
             }
             let (c, versions) = &connections[&connection];
             let version = versions.get(&member).copied();

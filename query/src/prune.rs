@@ -94,12 +94,11 @@ impl Bounds {
                 }
             }
             Expr::Between(Between { expr, negated: false, low, high }) => {
-                if let (Some(c), Some(lo), Some(hi)) = (column(expr), int(low), int(high)) {
-                    if let Some(r) = self.range(c, event_time) {
+                if let (Some(c), Some(lo), Some(hi)) = (column(expr), int(low), int(high))
+                    && let Some(r) = self.range(c, event_time) {
                         r.narrow(Operator::GtEq, lo);
                         r.narrow(Operator::LtEq, hi);
                     }
-                }
             }
             Expr::InList(InList { expr, list, negated: false }) if column(expr) == Some("member_uid") => {
                 let Some(values) = list.iter().map(int).collect::<Option<BTreeSet<i64>>>() else { return };

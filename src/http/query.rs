@@ -120,6 +120,7 @@ pub(super) async fn query(
     ApiJson(body): ApiJson<QueryBody>,
 ) -> ApiResult<Response> {
     let Principal::Subscriber(subscriber) = principal else { return Err(ApiError::forbidden()) };
+    let started = std::time::Instant::now();
     let format = Format::negotiate(&headers)?;
     // Everything below is decided as of now: a revocation committed before this point holds.
     state.auth_cache.refresh(&state.catalog).await?;
@@ -153,6 +154,7 @@ pub(super) async fn query(
         Ok(p) => p,
         Err(e) => {
             if matches!(e, query::QueryError::NotAllowed(_) | query::QueryError::Invalid(_) | query::QueryError::Forbidden) {
+                metrics::counter!("trove_query_refusals_total", "door" => "sql").increment(1);
                 state.catalog.record_access(&[entry(None, None, "", 0, AccessDecision::Refused)]).await?;
             }
             return Err(e.into());
@@ -165,6 +167,7 @@ pub(super) async fn query(
         .map(|((dataset, member), rows)| entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed))
         .collect();
     state.catalog.record_access(&log).await?;
+    metrics::histogram!("trove_query_plan_duration_seconds").record(started.elapsed().as_secs_f64());
     let mut stream = planned.execute()?;
     let schema = planned.schema();
     let max_bytes = state.query.config().max_bytes;
@@ -187,6 +190,7 @@ pub(super) async fn query(
             Some(Ok(b)) => enc.batch(&b).map_err(|e| failure(query::QueryError::Internal(e.to_string()))),
             Some(Err(e)) => Err(failure(query::QueryError::from_datafusion(e, memory_limit))),
             None => {
+                metrics::histogram!("trove_query_duration_seconds", "door" => "sql").record(started.elapsed().as_secs_f64());
                 let end = encoder.take().expect("checked above").finish().map_err(|e| failure(query::QueryError::Internal(e.to_string())));
                 return Some((end.map(Bytes::from), (stream, None, sent, permit)));
             }

@@ -166,6 +166,7 @@ pub(super) async fn read(
     ApiQuery(params): ApiQuery<MydexParams>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
     let call = authorize_file(&state, subscriber, &file, &params).await?;
     let requested = params.dataset.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| ApiError::bad_request("dataset= is required"))?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
@@ -180,6 +181,7 @@ pub(super) async fn read(
     for name in &names {
         let dataset = Arc::new(call.dataset(&state, name, AccessAction::Read, DatasetKind::Transactional).await?);
         let refuse = || async {
+            metrics::counter!("trove_query_refusals_total", "door" => "mydex").increment(1);
             state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Read, 0, AccessDecision::Refused)]).await?;
             Err::<Response, ApiError>(ApiError::forbidden())
         };
@@ -212,6 +214,7 @@ pub(super) async fn read(
         state.catalog.record_access(&[log]).await?;
         answers.insert(dataset.name.to_string(), Value::Object(rows));
     }
+    metrics::histogram!("trove_query_duration_seconds", "door" => "mydex").record(started.elapsed().as_secs_f64());
     let body = if answers.len() == 1 { answers.into_iter().next().map(|(_, v)| v).unwrap_or_default() } else { Value::Object(answers) };
     Ok(answer(call.format, body))
 }

@@ -60,11 +60,10 @@ fn start(data: &std::path::Path, port: u16, target: &Target) -> Child {
 async fn wait_ready(client: &reqwest::Client, port: u16) -> Duration {
     let started = Instant::now();
     loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
-            if r.status().is_success() {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await
+            && r.status().is_success() {
                 return started.elapsed();
             }
-        }
         assert!(started.elapsed() < Duration::from_secs(30), "not ready after 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -115,7 +115,7 @@ fn corpus(file: &str, dir: &str) -> Vec<String> {
         format!("SELECT * FROM datafusion.public.{e}"),
         format!("SELECT * FROM other.public.{e}"),
         format!("SELECT * FROM \"{e}\""),
-        format!("SELECT * FROM \"DS_ENERGY_CONSUMPTION\""),
+        "SELECT * FROM \"DS_ENERGY_CONSUMPTION\"".to_string(),
         "SELECT * FROM ds_passport".into(),
         "SELECT * FROM ds_referrals".into(),
         "SELECT * FROM information_schema.tables".into(),

@@ -22,10 +22,12 @@ async fn health_metrics_and_openapi_cover_every_route() {
         "/v1/connections/{id}/promote-request", "/v1/connections/{id}/promote", "/v1/connections/{id}/clone",
         "/v1/members/{uid}/agreements", "/v1/members/{uid}/agreements/{connection_id}/approve",
         "/v1/members/{uid}/agreements/{connection_id}/revoke", "/v1/members/{uid}/access-log", "/api/pds/pds/{file}",
-        "/v1/ingest/{dataset}", "/api/pds/transaction", "/api/pds/transaction/{file}",
+        "/v1/ingest/{dataset}", "/api/pds/transaction", "/api/pds/transaction/{file}", "/v1/query",
     ] {
         assert!(paths.contains(&route), "{route} missing from /openapi.json");
     }
+    let methods = |path: &str| doc["paths"][path].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(methods("/api/pds/transaction/{file}"), ["get", "put"]);
 
     let (status, text) = s.call_text(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
