@@ -142,6 +142,11 @@ pub struct QueryArgs {
     #[arg(long, env = "TROVE_QUERY_MAX_BYTES", default_value_t = 256 << 20)]
     pub query_max_bytes: usize,
 
+    /// Memory for decoded small Parquet files, so reads across many members' small files
+    /// come from memory; 0 turns it off.
+    #[arg(long, env = "TROVE_QUERY_FILE_CACHE_BYTES", default_value_t = 1 << 30)]
+    pub query_file_cache_bytes: usize,
+
     /// Queries one subscriber may run at once; more get 429 with `Retry-After`.
     #[arg(long, env = "TROVE_QUERY_CONCURRENCY", default_value_t = 4)]
     pub query_concurrency: usize,
@@ -156,6 +161,7 @@ impl QueryArgs {
             max_rows: self.query_max_rows,
             max_bytes: self.query_max_bytes,
             per_subscriber: self.query_concurrency,
+            file_cache_bytes: self.query_file_cache_bytes,
             ..query::QueryConfig::default()
         }
     }

@@ -310,6 +310,6 @@ async fn manifest(c: &Catalog) {
     assert_eq!(kind(c.commit_parquet_files(&[file("ab2", 1, 20, 100)], &["a".into()]).await), ErrorKind::Conflict);
     assert_eq!(c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap().len(), 1);
     c.commit_parquet_files(&[file("c", 21, 21, 300), file("d", 22, 22, 300)], &[]).await.unwrap();
-    assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member)]);
+    assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap(), vec![((DataEnvironment::Production, ds.clone(), member), 3)]);
     assert!(c.compaction_candidates(2000, 4, 10).await.unwrap().is_empty());
 }

@@ -48,6 +48,10 @@ impl Default for CompactionConfig {
 pub struct Compactor {
     config: CompactionConfig,
     doomed: Mutex<Vec<(Instant, String)>>,
+    /// Partitions whose last pass found nothing to merge (their small files are in
+    /// different buckets), with their file count then: skipped until it changes, so they
+    /// cannot starve the partitions behind them.
+    settled: Mutex<std::collections::HashMap<PartitionKey, i64>>,
 }
 
 /// Which merged file a file's rows go to: its event day, or month when cold.
@@ -62,7 +66,7 @@ fn bucket(f: &ParquetFile, now_secs: i64, cold_after: i64) -> (bool, i64) {
 
 impl Compactor {
     pub fn new(config: CompactionConfig) -> Self {
-        Compactor { config, doomed: Mutex::new(Vec::new()) }
+        Compactor { config, doomed: Mutex::new(Vec::new()), settled: Mutex::new(Default::default()) }
     }
 
     /// One pass: merges the small files of up to 32 partitions, then deletes replaced
@@ -76,17 +80,29 @@ impl Compactor {
         now_secs: i64,
     ) -> Result<usize, IngestError> {
         let mut replaced = 0;
-        let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 1000).await?;
-        metrics::gauge!("trove_ingest_compaction_backlog_partitions").set(candidates.len() as f64);
-        for (env, dataset, member) in candidates.into_iter().take(32) {
-            let schema = schema_of(&Arc::new(catalog.dataset(&dataset).await?));
-            let key = PartitionKey { env, dataset, member };
+        let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 100_000).await?;
+        let work: Vec<(PartitionKey, i64)> = {
+            let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+            candidates
+                .into_iter()
+                .map(|((env, dataset, member), files)| (PartitionKey { env, dataset, member }, files))
+                .filter(|(key, files)| settled.get(key) != Some(files))
+                .collect()
+        };
+        metrics::gauge!("trove_ingest_compaction_backlog_partitions").set(work.len() as f64);
+        for (key, count) in work.into_iter().take(32) {
+            let schema = schema_of(&Arc::new(catalog.dataset(&key.dataset).await?));
+            let (env, member) = (key.env, key.member);
             let files = catalog.parquet_files(env, &key.dataset, member).await?;
             let mut buckets: BTreeMap<(bool, i64), Vec<ParquetFile>> = BTreeMap::new();
             for f in files.into_iter().filter(|f| f.size_bytes < self.config.small_bytes) {
                 buckets.entry(bucket(&f, now_secs, self.config.cold_after_secs)).or_default().push(f);
             }
-            for group in buckets.into_values().filter(|g| g.len() >= 2) {
+            let groups: Vec<Vec<ParquetFile>> = buckets.into_values().filter(|g| g.len() >= 2).collect();
+            if groups.is_empty() {
+                self.settled.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), count);
+            }
+            for group in groups {
                 match self.merge(catalog, store, buffer, &key, &schema, &group).await {
                     Ok(()) => replaced += group.len(),
                     Err(IngestError::Catalog(e)) if e.kind() == ErrorKind::Conflict => {

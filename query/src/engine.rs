@@ -60,6 +60,8 @@ pub struct QueryConfig {
     pub per_subscriber: usize,
     /// Partitions a scan is split into (cores).
     pub target_partitions: usize,
+    /// Memory for decoded small files (see [`crate::cache`]); 0 turns the cache off.
+    pub file_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -72,6 +74,7 @@ impl Default for QueryConfig {
             max_bytes: 256 << 20,
             per_subscriber: 4,
             target_partitions: std::thread::available_parallelism().map_or(2, usize::from),
+            file_cache_bytes: 1 << 30,
         }
     }
 }
@@ -112,7 +115,9 @@ impl QueryEngine {
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
         let template = SessionStateBuilder::new().with_config(session).with_runtime_env(runtime.clone()).with_default_features().build();
-        Ok(QueryEngine { config, runtime, template, sources: Sources { buffer, store, store_url }, running: Mutex::new(HashMap::new()) })
+        let cache = Arc::new(crate::cache::FileCache::new(config.file_cache_bytes));
+        let sources = Sources { buffer, store, store_url, cache };
+        Ok(QueryEngine { config, runtime, template, sources, running: Mutex::new(HashMap::new()) })
     }
 
     pub fn config(&self) -> &QueryConfig {

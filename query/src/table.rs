@@ -1,9 +1,11 @@
 //! The scoped table: a DataFusion [`TableProvider`] over exactly the members and columns of
 //! a [`TableScope`]. It reads what ingest holds in one consistent snapshot per member
 //! (buffered rows and recorded files, see [`ingest::buffer`]), picks members and files by
-//! the query's filters before DataFusion plans, and scans files with DataFusion's Parquet
-//! source (footers cached, row groups and pages pruned). Files never show columns outside
-//! the scope: the scan's file schema is the scope's columns only.
+//! the query's filters before DataFusion plans, and reads small files (most per-member files)
+//! from a cache of decoded files and large ones with DataFusion's Parquet source (footers
+//! cached, row groups and pages pruned). Nothing outside the scope is ever shown: cached and
+//! buffered rows are projected to the scope's columns, and the Parquet scan's file schema is
+//! the scope's columns only.
 //!
 //! Rows are normally read as they are stored: a file holds one version of each id, and a
 //! member's files and buffered rows cover disjoint id ranges. A member whose sources
@@ -31,6 +33,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
+use futures::StreamExt;
 use ingest::buffer::{Buffer, Snapshot};
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -61,11 +64,13 @@ impl Reads {
     }
 }
 
-/// Where the rows come from: ingest's buffer and file index, and the object store.
+/// Where the rows come from: ingest's buffer and file index, the object store, and the
+/// cache of decoded files.
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub buffer: Arc<Buffer>,
     pub store: Arc<dyn ObjectStore>,
+    pub cache: Arc<crate::cache::FileCache>,
     /// The URL the store is registered under in the query runtime.
     pub store_url: ObjectStoreUrl,
 }
@@ -85,14 +90,18 @@ impl ScopedTable {
         ScopedTable { scope, schema, sources, reads }
     }
 
+    /// A whole file's stored columns, as one batch.
+    async fn read_file(&self, path: &str) -> DfResult<RecordBatch> {
+        let bytes = self.sources.store.get(&object_store::path::Path::from(path)).await?.bytes().await?;
+        let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?.collect::<Result<Vec<_>, _>>()?;
+        Ok(datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?)
+    }
+
     /// A member's rows read in memory: newest versions only, ungranted columns null.
     async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Option<RecordBatch>> {
         let mut batches = snapshot.rows;
         for f in &snapshot.files {
-            let bytes = self.sources.store.get(&object_store::path::Path::from(f.path.as_str())).await?.bytes().await?;
-            for b in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-                batches.push(b?);
-            }
+            batches.push(self.read_file(&f.path).await?);
         }
         if batches.is_empty() {
             return Ok(None);
@@ -111,6 +120,45 @@ impl ScopedTable {
         }
         Ok(Some(visible))
     }
+}
+
+/// Rows held in memory (many small batches: a member's buffered rows or file), projected
+/// and concatenated into about as many partitions as cores, so operators above see a few
+/// large batches rather than thousands of tiny ones.
+fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>, projection: Option<&Vec<usize>>, partitions: usize) -> DfResult<(SchemaRef, Vec<Vec<RecordBatch>>)> {
+    const BATCH_ROWS: usize = 64 * 1024;
+    let projected = match projection {
+        Some(p) => Arc::new(schema.project(p)?),
+        None => schema.clone(),
+    };
+    let batches: Vec<RecordBatch> = match projection {
+        Some(p) => batches.iter().map(|b| b.project(p)).collect::<Result<_, _>>()?,
+        None => batches,
+    };
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let per_partition = total.div_ceil(partitions.max(1)).clamp(1, BATCH_ROWS);
+    let mut parts: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    for b in batches {
+        rows += b.num_rows();
+        pending.push(b);
+        if rows >= per_partition {
+            parts.push(vec![datafusion::arrow::compute::concat_batches(&projected, &pending)?]);
+            pending.clear();
+            rows = 0;
+        }
+    }
+    if !pending.is_empty() {
+        parts.push(vec![datafusion::arrow::compute::concat_batches(&projected, &pending)?]);
+    }
+    // Spread over the cores: partition i takes every `partitions`-th chunk.
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1).min(parts.len())];
+    let n = out.len();
+    for (i, p) in parts.into_iter().enumerate() {
+        out[i % n].extend(p);
+    }
+    Ok((projected, out))
 }
 
 /// Whether a member's sources may hold one id twice: files' id ranges overlap each other
@@ -192,12 +240,28 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 memory.push(b.project(&self.scope.columns)?);
             }
         }
-        {
-            let mut allowed = self.reads.files.lock().unwrap_or_else(|p| p.into_inner());
-            allowed.extend(fast_files.iter().map(|f| f.path.clone()));
+        // Small files come from the decoded-file cache (read into it on a miss, a bounded
+        // number at a time); large ones are scanned by DataFusion's Parquet source.
+        let (small, large): (Vec<_>, Vec<_>) = fast_files.into_iter().partition(|f| self.sources.cache.takes(f.size_bytes));
+        let loaded: Vec<DfResult<RecordBatch>> = futures::stream::iter(small)
+            .map(|f| async move {
+                if let Some(b) = self.sources.cache.get(&f.path) {
+                    return Ok(b);
+                }
+                let b = self.read_file(&f.path).await?;
+                self.sources.cache.insert(&f.path, b.clone());
+                Ok(b)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for b in loaded {
+            memory.push(b?.project(&self.scope.columns)?);
         }
+        self.reads.files.lock().unwrap_or_else(|p| p.into_inner()).extend(large.iter().map(|f| f.path.clone()));
+        let partitions = state.config().target_partitions().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !fast_files.is_empty() {
+        if !large.is_empty() {
             let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);
             if let Some(predicate) = conjunction(filters.iter().cloned()) {
                 let df_schema = DFSchema::try_from(self.schema.clone())?;
@@ -205,10 +269,9 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                     source = source.with_predicate(p);
                 }
             }
-            let partitions = state.config().target_partitions().max(1);
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(fast_files.len())];
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(large.len())];
             let mut sizes = vec![0i64; groups.len()];
-            for f in &fast_files {
+            for f in &large {
                 let smallest = (0..groups.len()).min_by_key(|i| sizes[*i]).expect("at least one group");
                 sizes[smallest] += f.size_bytes;
                 groups[smallest].push(PartitionedFile::new(f.path.clone(), f.size_bytes as u64));
@@ -221,8 +284,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
         if !memory.is_empty() {
-            let source = MemorySourceConfig::try_new(&[memory], self.schema.clone(), projection.cloned())?.with_limit(limit);
-            inputs.push(DataSourceExec::from_data_source(source));
+            let (schema, parts) = coalesce(&self.schema, memory, projection, partitions)?;
+            inputs.push(DataSourceExec::from_data_source(MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit)));
         }
         if inputs.is_empty() {
             let schema = match projection {

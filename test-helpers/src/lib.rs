@@ -113,6 +113,8 @@ pub struct TestConfig {
     pub buffer_bytes: usize,
     pub ingest_inflight_bytes: usize,
     pub query: query::QueryConfig,
+    /// Members of the demo fixture (uids 1..N).
+    pub members: u32,
 }
 
 impl TestConfig {
@@ -124,6 +126,7 @@ impl TestConfig {
             buffer_bytes: 256 << 20,
             ingest_inflight_bytes: 256 << 20,
             query: query::QueryConfig::default(),
+            members: 10,
         }
     }
 }
@@ -155,7 +158,7 @@ impl TestServer {
         let catalog = Catalog::connect(&fresh_catalog_url(config.store, dir.path()).await).await.expect("catalog");
         let admin = Secret::generate();
         catalog.ensure_admin_token(Some(&admin)).await.expect("admin token");
-        let creds = trove::demo::seed(&catalog, &admin, 10).await.expect("demo fixture");
+        let creds = trove::demo::seed(&catalog, &admin, config.members).await.expect("demo fixture");
         let objects = object_store(config.objects, &dir.path().join("objects"));
         let ingest = IngestConfig {
             wal_dir: dir.path().join("wal"),

@@ -73,10 +73,11 @@ impl Catalog {
         Ok(())
     }
 
-    /// Partitions with at least `min_files` files smaller than `small_bytes`: compaction's work.
-    pub async fn compaction_candidates(&self, small_bytes: i64, min_files: i64, limit: i64) -> Result<Vec<(DataEnvironment, DatasetName, MemberId)>> {
+    /// Partitions with at least `min_files` files smaller than `small_bytes`, with how many
+    /// they have: compaction's work.
+    pub async fn compaction_candidates(&self, small_bytes: i64, min_files: i64, limit: i64) -> Result<Vec<((DataEnvironment, DatasetName, MemberId), i64)>> {
         let rows = sqlx::query(
-            "SELECT environment, dataset, member_uid FROM parquet_files WHERE size_bytes < $1 \
+            "SELECT environment, dataset, member_uid, COUNT(*) AS files FROM parquet_files WHERE size_bytes < $1 \
              GROUP BY environment, dataset, member_uid HAVING COUNT(*) >= $2 LIMIT $3",
         )
         .bind(small_bytes)
@@ -84,7 +85,7 @@ impl Catalog {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(partition_from_row).collect()
+        rows.iter().map(|row| Ok((partition_from_row(row)?, row.try_get("files")?))).collect()
     }
 
     /// One member's files of a dataset, oldest events first.
