@@ -14,12 +14,17 @@
 //! first with everything flushed and compacted, then with the newest rows still in the
 //! ingest buffers. DuckDB (`pip install duckdb`) runs Q1-Q3 handed the list of every
 //! Parquet file trove wrote for the dataset. Each figure is p50 / p99 over the iterations.
+//! `TROVE_BENCH_LOOP=2:30` instead repeats Q3 for 30 s after loading, for a profiler.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use test_helpers::{Store, TestConfig, TestServer};
+
+// As the server binary: glibc's allocator refaults large Arrow buffers (benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const E: &str = "ds_energy_consumption";
 const DAY: i64 = 86_400;
@@ -219,6 +224,17 @@ async fn run(quick: bool) {
         "/api/pds/transaction/42.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D={last_day_first_id}"
     );
 
+    // `TROVE_BENCH_LOOP=<query index>:<seconds>` repeats one query for a profiler, then stops.
+    if let Ok(spec) = std::env::var("TROVE_BENCH_LOOP") {
+        let (i, secs) = spec.split_once(':').expect("TROVE_BENCH_LOOP=<index>:<seconds>");
+        let (_, sql, _) = &queries[i.parse::<usize>().unwrap()];
+        eprintln!("looping: {sql}");
+        let until = Instant::now() + Duration::from_secs(secs.parse().unwrap());
+        while Instant::now() < until {
+            assert_eq!(s.sql_as(&token, "", sql, "application/json").await.0, StatusCode::OK);
+        }
+        return;
+    }
     let mut table = vec![];
     for (label, sql, expect) in &queries {
         let n = if label.starts_with("Q3") { iterations / 4 } else { iterations };

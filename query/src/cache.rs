@@ -5,16 +5,15 @@
 //! Files are immutable and uniquely named, so a cached file never goes stale; it holds a
 //! file's stored columns, and the scoped table projects and filters it like any other rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
 
 #[derive(Debug, Default)]
 struct State {
+    /// Path → (decoded file, last use).
     files: HashMap<String, (RecordBatch, u64)>,
-    /// Last use → path, oldest first.
-    order: BTreeMap<u64, String>,
     bytes: usize,
     tick: u64,
 }
@@ -40,15 +39,21 @@ impl FileCache {
         self.limit > 0 && (size_bytes as usize) < self.limit / 64
     }
 
-    pub fn get(&self, path: &str) -> Option<RecordBatch> {
+    /// The cached files among `paths`, in order, under one lock (a read across thousands of
+    /// members asks for thousands at once).
+    pub fn get_many<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Vec<Option<RecordBatch>> {
         let mut state = self.state();
         let state = &mut *state;
         state.tick += 1;
-        let (batch, used) = state.files.get_mut(path)?;
-        state.order.remove(used);
-        *used = state.tick;
-        state.order.insert(state.tick, path.to_owned());
-        Some(batch.clone())
+        let tick = state.tick;
+        paths
+            .into_iter()
+            .map(|p| {
+                let (batch, used) = state.files.get_mut(p)?;
+                *used = tick;
+                Some(batch.clone())
+            })
+            .collect()
     }
 
     pub fn insert(&self, path: &str, batch: RecordBatch) {
@@ -56,16 +61,22 @@ impl FileCache {
         let mut state = self.state();
         let state = &mut *state;
         state.tick += 1;
-        if let Some((old, used)) = state.files.insert(path.to_owned(), (batch, state.tick)) {
-            state.order.remove(&used);
+        if let Some((old, _)) = state.files.insert(path.to_owned(), (batch, state.tick)) {
             state.bytes -= old.get_array_memory_size();
         }
-        state.order.insert(state.tick, path.to_owned());
         state.bytes += bytes;
-        while state.bytes > self.limit {
-            let Some((_, oldest)) = state.order.pop_first() else { break };
-            if let Some((b, _)) = state.files.remove(&oldest) {
-                state.bytes -= b.get_array_memory_size();
+        if state.bytes > self.limit {
+            // Evict the least recently used down to 90 % of the budget, so the sort is paid
+            // once per many insertions.
+            let mut by_use: Vec<(u64, String)> = state.files.iter().map(|(p, (_, used))| (*used, p.clone())).collect();
+            by_use.sort_unstable();
+            for (_, path) in by_use {
+                if state.bytes <= self.limit / 10 * 9 {
+                    break;
+                }
+                if let Some((b, _)) = state.files.remove(&path) {
+                    state.bytes -= b.get_array_memory_size();
+                }
             }
         }
         metrics::gauge!("trove_query_file_cache_bytes").set(state.bytes as f64);
@@ -90,10 +101,10 @@ mod tests {
         let cache = FileCache::new(one * 2 + one / 2);
         cache.insert("a", batch(1000));
         cache.insert("b", batch(1000));
-        assert!(cache.get("a").is_some(), "a is now the most recently used");
+        assert!(cache.get_many(["a"])[0].is_some(), "a is now the most recently used");
         cache.insert("c", batch(1000));
-        assert!(cache.get("b").is_none(), "b was least recently used");
-        assert!(cache.get("a").is_some() && cache.get("c").is_some());
+        let got = cache.get_many(["a", "b", "c"]);
+        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, true], "b was least recently used");
         assert!(cache.takes(10) && !FileCache::new(0).takes(10));
     }
 }

@@ -49,8 +49,11 @@ pub struct Reads {
 }
 
 impl Reads {
-    fn record(&self, dataset: &DatasetName, member: MemberId, rows: i64) {
-        *self.rows.lock().unwrap_or_else(|p| p.into_inner()).entry((dataset.clone(), member)).or_default() += rows;
+    fn record(&self, dataset: &DatasetName, rows: Vec<(MemberId, i64)>) {
+        let mut all = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        for (member, n) in rows {
+            *all.entry((dataset.clone(), member)).or_default() += n;
+        }
     }
 
     /// Rows each member's data contributed to the scans (after pruning by member, event time
@@ -90,6 +93,53 @@ impl ScopedTable {
         ScopedTable { scope, schema, sources, reads }
     }
 
+    /// Rows held in memory (many small batches: a member's buffered rows or file), projected
+    /// column by column into about as many partitions as cores, so operators above see a
+    /// few large batches rather than thousands of tiny ones. `stored` batches have the
+    /// stored schema, `visible` ones the table's.
+    fn coalesce(
+        &self,
+        stored: &[RecordBatch],
+        visible: &[RecordBatch],
+        projection: Option<&Vec<usize>>,
+        partitions: usize,
+    ) -> DfResult<(SchemaRef, Vec<Vec<RecordBatch>>)> {
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&columns)?);
+        // (batch, its index for each output column), in order.
+        let sources: Vec<(&RecordBatch, Vec<usize>)> = stored
+            .iter()
+            .map(|b| (b, columns.iter().map(|c| self.scope.columns[*c]).collect()))
+            .chain(visible.iter().map(|b| (b, columns.clone())))
+            .collect();
+        let total: usize = sources.iter().map(|(b, _)| b.num_rows()).sum();
+        let per_part = total.div_ceil(partitions.max(1)).max(1);
+        let mut parts: Vec<Vec<RecordBatch>> = Vec::new();
+        let mut start = 0;
+        while start < sources.len() {
+            let mut end = start;
+            let mut rows = 0;
+            while end < sources.len() && (rows < per_part || end == start) {
+                rows += sources[end].0.num_rows();
+                end += 1;
+            }
+            let chunk = &sources[start..end];
+            let arrays = (0..columns.len())
+                .map(|j| {
+                    let parts: Vec<&dyn datafusion::arrow::array::Array> = chunk.iter().map(|(b, idx)| b.column(idx[j]).as_ref()).collect();
+                    datafusion::arrow::compute::concat(&parts)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+            parts.push(vec![RecordBatch::try_new_with_options(schema.clone(), arrays, &options)?]);
+            start = end;
+        }
+        Ok((schema, parts))
+    }
+
     /// A whole file's stored columns, as one batch.
     async fn read_file(&self, path: &str) -> DfResult<RecordBatch> {
         let bytes = self.sources.store.get(&object_store::path::Path::from(path)).await?.bytes().await?;
@@ -120,45 +170,6 @@ impl ScopedTable {
         }
         Ok(Some(visible))
     }
-}
-
-/// Rows held in memory (many small batches: a member's buffered rows or file), projected
-/// and concatenated into about as many partitions as cores, so operators above see a few
-/// large batches rather than thousands of tiny ones.
-fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>, projection: Option<&Vec<usize>>, partitions: usize) -> DfResult<(SchemaRef, Vec<Vec<RecordBatch>>)> {
-    const BATCH_ROWS: usize = 64 * 1024;
-    let projected = match projection {
-        Some(p) => Arc::new(schema.project(p)?),
-        None => schema.clone(),
-    };
-    let batches: Vec<RecordBatch> = match projection {
-        Some(p) => batches.iter().map(|b| b.project(p)).collect::<Result<_, _>>()?,
-        None => batches,
-    };
-    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let per_partition = total.div_ceil(partitions.max(1)).clamp(1, BATCH_ROWS);
-    let mut parts: Vec<Vec<RecordBatch>> = Vec::new();
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0;
-    for b in batches {
-        rows += b.num_rows();
-        pending.push(b);
-        if rows >= per_partition {
-            parts.push(vec![datafusion::arrow::compute::concat_batches(&projected, &pending)?]);
-            pending.clear();
-            rows = 0;
-        }
-    }
-    if !pending.is_empty() {
-        parts.push(vec![datafusion::arrow::compute::concat_batches(&projected, &pending)?]);
-    }
-    // Spread over the cores: partition i takes every `partitions`-th chunk.
-    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1).min(parts.len())];
-    let n = out.len();
-    for (i, p) in parts.into_iter().enumerate() {
-        out[i % n].extend(p);
-    }
-    Ok((projected, out))
 }
 
 /// Whether a member's sources may hold one id twice: files' id ranges overlap each other
@@ -208,13 +219,17 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let members: Vec<MemberId> = self.scope.members.keys().copied().filter(|m| bounds.member_allowed(m.get())).collect();
         let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
-        let mut memory: Vec<RecordBatch> = Vec::new();
+        // Rows in memory: in the stored schema (buffered, cached files) or already in the
+        // table's (read in memory with versions resolved).
+        let mut stored: Vec<RecordBatch> = Vec::new();
+        let mut visible: Vec<RecordBatch> = Vec::new();
+        let mut counts: Vec<(MemberId, i64)> = Vec::with_capacity(members.len());
         let mut read = 0;
         for member in &members {
             // Members without data still count as read (0 rows): the access log says the
             // query looked at them.
             if snapshots.get(read).is_none_or(|(m, _)| m != member) {
-                self.reads.record(dataset, *member, 0);
+                counts.push((*member, 0));
                 continue;
             }
             let (_, snapshot) = &snapshots[read];
@@ -225,8 +240,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 // Every file: pruning by event time could keep an old version whose newer
                 // one moved out of the range.
                 let rows = self.read_in_memory(snapshot.clone(), mask.as_deref()).await?;
-                self.reads.record(dataset, *member, rows.as_ref().map_or(0, |b| b.num_rows() as i64));
-                memory.extend(rows);
+                counts.push((*member, rows.as_ref().map_or(0, |b| b.num_rows() as i64)));
+                visible.extend(rows);
                 continue;
             }
             let files = snapshot
@@ -235,19 +250,23 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 .filter(|f| bounds.time.overlaps(f.min_event_time, f.max_event_time) && bounds.id.overlaps(f.min_id, f.max_id));
             let before = fast_files.len();
             fast_files.extend(files.cloned());
-            self.reads.record(dataset, *member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered);
-            for b in &snapshot.rows {
-                memory.push(b.project(&self.scope.columns)?);
-            }
+            counts.push((*member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered));
+            stored.extend(snapshot.rows.iter().cloned());
         }
+        self.reads.record(dataset, counts);
         // Small files come from the decoded-file cache (read into it on a miss, a bounded
         // number at a time); large ones are scanned by DataFusion's Parquet source.
         let (small, large): (Vec<_>, Vec<_>) = fast_files.into_iter().partition(|f| self.sources.cache.takes(f.size_bytes));
-        let loaded: Vec<DfResult<RecordBatch>> = futures::stream::iter(small)
-            .map(|f| async move {
-                if let Some(b) = self.sources.cache.get(&f.path) {
-                    return Ok(b);
-                }
+        let cached = self.sources.cache.get_many(small.iter().map(|f| f.path.as_str()));
+        let mut misses: Vec<Arc<ParquetFile>> = Vec::new();
+        for (f, hit) in small.iter().zip(cached) {
+            match hit {
+                Some(b) => stored.push(b),
+                None => misses.push(f.clone()),
+            }
+        }
+        let loaded: Vec<DfResult<RecordBatch>> = futures::stream::iter(misses)
+            .map(|f: Arc<ParquetFile>| async move {
                 let b = self.read_file(&f.path).await?;
                 self.sources.cache.insert(&f.path, b.clone());
                 Ok(b)
@@ -256,7 +275,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             .collect()
             .await;
         for b in loaded {
-            memory.push(b?.project(&self.scope.columns)?);
+            stored.push(b?);
         }
         self.reads.files.lock().unwrap_or_else(|p| p.into_inner()).extend(large.iter().map(|f| f.path.clone()));
         let partitions = state.config().target_partitions().max(1);
@@ -283,8 +302,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 .build();
             inputs.push(DataSourceExec::from_data_source(config));
         }
-        if !memory.is_empty() {
-            let (schema, parts) = coalesce(&self.schema, memory, projection, partitions)?;
+        if !stored.is_empty() || !visible.is_empty() {
+            let (schema, parts) = self.coalesce(&stored, &visible, projection, partitions)?;
             inputs.push(DataSourceExec::from_data_source(MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit)));
         }
         if inputs.is_empty() {

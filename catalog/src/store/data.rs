@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Catalog, Result, get_json, now_ms, to_json, unique_violation};
+use super::{Backend, Catalog, Result, get_json, now_ms, to_json, unique_violation};
 use crate::builtin;
 use crate::error::CatalogError;
 use crate::model::{
@@ -199,39 +199,41 @@ impl Catalog {
     }
 
     /// Appends entries to the access log, durably, before the answer that they describe. A
-    /// read across many members logs one entry per member: they go in as multi-row inserts.
+    /// read across many members logs one entry per member, and those share everything but
+    /// the member, version and row count: each such group goes in as one statement that
+    /// expands a JSON array of `[member, version, rows]` (bound parameters per row would
+    /// cost SQLite a scan of the statement's parameters for each one).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
-        const COLUMNS: usize = 10;
-        // Below SQLite's and PostgreSQL's limits on bound parameters.
-        const ROWS: usize = 1000;
+        type Shared<'a> = (i64, i64, i64, &'a str, &'a str, String, String);
+        let mut groups: BTreeMap<Shared<'_>, Vec<(Option<i64>, Option<i64>, i64)>> = BTreeMap::new();
+        for e in entries {
+            let shared = (e.at, e.subscriber_id.get(), e.connection_id.get(), e.purpose.as_str(), e.dataset.as_str(), str_of(e.action), str_of(e.decision));
+            groups.entry(shared).or_default().push((e.member.map(MemberId::get), e.agreement_version, e.rows));
+        }
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
+                 row_count, decision) SELECT $1, value->>0, $2, $3, value->>1, $4, $5, $6, value->>2, $7 FROM json_each($8)"
+            }
+            Backend::Postgres => {
+                "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
+                 row_count, decision) SELECT $1, (e->>0)::bigint, $2, $3, (e->>1)::bigint, $4, $5, $6, (e->>2)::bigint, $7 \
+                 FROM jsonb_array_elements($8::jsonb) AS e"
+            }
+        };
         let mut tx = self.begin().await?;
-        for chunk in entries.chunks(ROWS) {
-            let mut sql = String::from(
-                "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, \
-                 dataset, action, row_count, decision) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let p = i * COLUMNS;
-                let values: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", p + c)).collect();
-                sql.push_str(if i == 0 { "(" } else { ", (" });
-                sql.push_str(&values.join(", "));
-                sql.push(')');
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for e in chunk {
-                q = q
-                    .bind(e.at)
-                    .bind(e.member.map(MemberId::get))
-                    .bind(e.subscriber_id.get())
-                    .bind(e.connection_id.get())
-                    .bind(e.agreement_version)
-                    .bind(e.purpose.clone())
-                    .bind(e.dataset.clone())
-                    .bind(str_of(e.action))
-                    .bind(e.rows)
-                    .bind(str_of(e.decision));
-            }
-            q.execute(&mut *tx).await?;
+        for ((at, subscriber, connection, purpose, dataset, action, decision), rows) in groups {
+            sqlx::query(sql)
+                .bind(at)
+                .bind(subscriber)
+                .bind(connection)
+                .bind(purpose)
+                .bind(dataset)
+                .bind(action)
+                .bind(decision)
+                .bind(to_json(&rows))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
