@@ -78,17 +78,15 @@ impl Column {
         }
     }
 
-    fn finish(&mut self, cloned: bool) -> ArrayRef {
+    fn finish(&mut self) -> ArrayRef {
         match self {
-            Column::Int(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
-            Column::Float(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
-            Column::Decimal(b) => Arc::new(
-                if cloned { b.finish_cloned() } else { b.finish() }
-                    .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
-                    .expect("valid decimal type"),
-            ),
-            Column::Text(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
-            Column::Bool(b) => Arc::new(if cloned { b.finish_cloned() } else { b.finish() }),
+            Column::Int(b) => Arc::new(b.finish()),
+            Column::Float(b) => Arc::new(b.finish()),
+            Column::Decimal(b) => {
+                Arc::new(b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"))
+            }
+            Column::Text(b) => Arc::new(b.finish()),
+            Column::Bool(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -139,14 +137,26 @@ impl Partition {
         self.rows == 0 && self.frozen.is_empty()
     }
 
-    /// Every buffered row: frozen batches, then a copy of what the builders hold.
+    /// Every buffered row, as batches a reader may keep. The builders are frozen rather than
+    /// copied, so repeated reads of a partition that takes no new rows share one batch; the
+    /// frozen batches a run of read-insert-read leaves behind are merged (outside a flush,
+    /// which counts them) once there are more than a few.
     fn rows(&mut self) -> Vec<RecordBatch> {
-        let mut out: Vec<RecordBatch> = self.frozen.iter().map(|f| f.batch.clone()).collect();
-        if self.rows > 0 {
-            let columns = self.columns.iter_mut().map(|c| c.finish(true)).collect();
-            out.push(RecordBatch::try_new(self.schema.stored.clone(), columns).expect("builders follow the schema"));
+        self.freeze();
+        if self.frozen.len() > 4 && !self.flushing {
+            let batches: Vec<RecordBatch> = self.frozen.iter().map(|f| f.batch.clone()).collect();
+            let batch = datafusion::arrow::compute::concat_batches(&self.schema.stored, &batches).expect("frozen batches share the schema");
+            let mut segments = BTreeMap::new();
+            let mut bytes = 0;
+            for f in self.frozen.drain(..) {
+                bytes += f.bytes;
+                for (segment, rows) in f.segments {
+                    *segments.entry(segment).or_default() += rows;
+                }
+            }
+            self.frozen.push(Frozen { batch, bytes, segments });
         }
-        out
+        self.frozen.iter().map(|f| f.batch.clone()).collect()
     }
 
     /// Moves the rows of the builders into a frozen batch.
@@ -154,7 +164,7 @@ impl Partition {
         if self.rows == 0 {
             return;
         }
-        let columns = self.columns.iter_mut().map(|c| c.finish(false)).collect();
+        let columns = self.columns.iter_mut().map(|c| c.finish()).collect();
         let batch = RecordBatch::try_new(self.schema.stored.clone(), columns).expect("builders follow the schema");
         let segments = std::mem::take(&mut self.segments);
         // Account what was counted in (the estimate), so the budget's sums stay exact.
