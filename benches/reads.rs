@@ -130,12 +130,21 @@ print(json.dumps(out))
     let mut args: Vec<std::ffi::OsString> = vec![list.path().into(), n.to_string().into()];
     args.extend(queries.iter().map(|(_, q)| q.replace(E, "readings").into()));
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let out = std::process::Command::new("python3").args(["-c", script]).args(&args).output().ok()?;
+    let out = match std::process::Command::new("python3").args(["-c", script]).args(&args).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("DuckDB did not run: {e}");
+            return None;
+        }
+    };
     if !out.status.success() {
         eprintln!("DuckDB did not run (pip install duckdb): {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+        eprintln!("DuckDB answered {:?} / {:?}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        return None;
+    };
     Some(
         v.as_array()?
             .iter()

@@ -1,12 +1,14 @@
-//! A per-node cache of authorization state (connections by credential, active agreements,
-//! datasets) that is never stale: every lookup first reads the catalog's generation, which
+//! A per-node cache of authorization state (operator and subscriber tokens, connections by
+//! credential, active agreements, datasets) that is never stale: every lookup first reads the catalog's generation, which
 //! changes in the same transaction as any change to that state; a new generation empties
 //! the cache. One tiny query per request replaces several larger ones, on every node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::{Catalog, CatalogError, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash, SubscriberId};
+use crate::{
+    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash, SubscriberId,
+};
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
@@ -16,6 +18,12 @@ struct State {
     /// Connections by nid, with the hash of the key that authenticated them.
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
     agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, i64>>>,
+    /// Member-connection credentials checked, with the hash of the key presented.
+    scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
+    /// Subscriber tokens by hash, with their expiry (epoch ms).
+    tokens: HashMap<String, (SubscriberId, i64)>,
+    /// The operator token's hash, once read.
+    admin_hash: Option<Option<String>>,
     /// A subscriber's connections (serving terms change only with the generation).
     subscriber_connections: HashMap<SubscriberId, Arc<Vec<Arc<Connection>>>>,
     datasets: HashMap<DatasetName, Arc<Dataset>>,
@@ -41,6 +49,49 @@ impl AuthCache {
             *state = State { generation, ..State::default() };
         }
         Ok(())
+    }
+
+    /// Whether `token` is the operator's.
+    pub async fn is_admin(&self, catalog: &Catalog, token: &str) -> Result<bool> {
+        let cached = self.state().admin_hash.clone();
+        let hash = match cached {
+            Some(h) => h,
+            None => {
+                let h = catalog.admin_token_hash().await?;
+                self.state().admin_hash = Some(h.clone());
+                h
+            }
+        };
+        Ok(hash.is_some_and(|h| SecretHash::of(token).matches(&h)))
+    }
+
+    /// The subscriber behind a bearer token, until the token expires.
+    pub async fn subscriber_token(&self, catalog: &Catalog, token: &str) -> Result<SubscriberId> {
+        let hash = SecretHash::of(token);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0) {
+            if *expires > now {
+                return Ok(*subscriber);
+            }
+        }
+        let (subscriber, expires) = catalog.subscriber_token(token).await?;
+        self.state().tokens.insert(hash.0, (subscriber, expires));
+        Ok(subscriber)
+    }
+
+    /// A member-connection credential (`con_id` + key) of `subscriber`'s connection: the
+    /// agreement in force, checked in constant time. Approving or revoking an agreement (and
+    /// so a new key) changes the generation.
+    pub async fn agreement_scope(&self, catalog: &Catalog, subscriber: SubscriberId, con_id: ConId, key: &str) -> Result<Arc<AgreementScope>> {
+        let presented = SecretHash::of(key);
+        if let Some((hash, scope)) = self.state().scopes.get(&(subscriber, con_id)) {
+            if presented.matches(&hash.0) {
+                return Ok(scope.clone());
+            }
+        }
+        let scope = Arc::new(catalog.agreement_scope(subscriber, con_id, key).await?);
+        self.state().scopes.insert((subscriber, con_id), (presented, scope.clone()));
+        Ok(scope)
     }
 
     /// A connection credential (`nid` + connection key), checked in constant time.

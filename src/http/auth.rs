@@ -53,11 +53,13 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
-        let catalog = &state.catalog;
-        if catalog.authenticate_admin(token).await? {
+        let (catalog, cache) = (&state.catalog, &state.auth_cache);
+        // The request starts here: everything it is allowed is decided as of now.
+        cache.refresh(catalog).await?;
+        if cache.is_admin(catalog, token).await? {
             return Ok(Principal::Operator);
         }
-        if let Ok(s) = catalog.authenticate_subscriber_token(token).await {
+        if let Ok(s) = cache.subscriber_token(catalog, token).await {
             return Ok(Principal::Subscriber(s));
         }
         Ok(Principal::Member(catalog.authenticate_member(token).await?))
@@ -73,8 +75,9 @@ impl FromRequestParts<AppState> for MydexSubscriber {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth_cache.refresh(&state.catalog).await?;
         if let Some(token) = bearer(parts) {
-            return Ok(MydexSubscriber(state.catalog.authenticate_subscriber_token(token).await?));
+            return Ok(MydexSubscriber(state.auth_cache.subscriber_token(&state.catalog, token).await?));
         }
         let query = parts.uri.query().unwrap_or("");
         let api_key = serde_urlencoded::from_str::<Vec<(String, String)>>(query)

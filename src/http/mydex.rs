@@ -88,7 +88,7 @@ pub(super) async fn authorize_file(state: &AppState, subscriber: MydexSubscriber
 pub(super) async fn authorize(state: &AppState, subscriber: MydexSubscriber, uid: MemberId, format: Format, params: &MydexParams) -> ApiResult<Call> {
     let con_id = con_id_for(uid, params.con_id.as_deref())?;
     let key = params.key.as_deref().ok_or_else(ApiError::unauthenticated)?;
-    let scope = state.catalog.agreement_scope(subscriber.0, con_id, key).await?;
+    let scope = AgreementScope::clone(&*state.auth_cache.agreement_scope(&state.catalog, subscriber.0, con_id, key).await?);
     let env = scope.environment.into();
     Ok(Call { scope, format, env })
 }

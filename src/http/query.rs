@@ -122,8 +122,8 @@ pub(super) async fn query(
     let Principal::Subscriber(subscriber) = principal else { return Err(ApiError::forbidden()) };
     let started = std::time::Instant::now();
     let format = Format::negotiate(&headers)?;
-    // Everything below is decided as of now: a revocation committed before this point holds.
-    state.auth_cache.refresh(&state.catalog).await?;
+    // `Principal` brought the authorization cache to the catalog's generation as the request
+    // started: a revocation committed before then holds.
     let connection = reading_connection(&state, subscriber, &params).await?;
     let permit = state.query.admit(subscriber)?;
     let members = state.auth_cache.agreements(&state.catalog, connection.id).await?;

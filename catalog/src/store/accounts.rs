@@ -160,8 +160,13 @@ impl Catalog {
 
     /// Resolves a subscriber bearer token; expired or unknown tokens are `Unauthenticated`.
     pub async fn authenticate_subscriber_token(&self, token: &str) -> Result<SubscriberId> {
+        Ok(self.subscriber_token(token).await?.0)
+    }
+
+    /// As [`Catalog::authenticate_subscriber_token`], with when the token expires (epoch ms).
+    pub async fn subscriber_token(&self, token: &str) -> Result<(SubscriberId, i64)> {
         let hash = SecretHash::of(token);
-        let row = sqlx::query("SELECT token_hash, subscriber_id FROM access_tokens WHERE token_hash = $1 AND expires_at > $2")
+        let row = sqlx::query("SELECT token_hash, subscriber_id, expires_at FROM access_tokens WHERE token_hash = $1 AND expires_at > $2")
             .bind(&hash.0)
             .bind(now_ms())
             .fetch_optional(&self.pool)
@@ -170,7 +175,8 @@ impl Catalog {
         if !hash.matches(&row.try_get::<String, _>("token_hash")?) {
             return Err(CatalogError::Unauthenticated);
         }
-        SubscriberId::new(row.try_get("subscriber_id")?).map_err(CatalogError::corrupt)
+        let subscriber = SubscriberId::new(row.try_get("subscriber_id")?).map_err(CatalogError::corrupt)?;
+        Ok((subscriber, row.try_get("expires_at")?))
     }
 
     /// Resolves a subscriber's `api_key` (the older Mydex style of call).

@@ -121,8 +121,13 @@ impl Catalog {
 
     /// Checks an operator bearer token.
     pub async fn authenticate_admin(&self, token: &str) -> Result<bool> {
-        let stored = self.setting("admin_token_hash").await?;
+        let stored = self.admin_token_hash().await?;
         Ok(stored.is_some_and(|s| SecretHash::of(token).matches(&s)))
+    }
+
+    /// The hash of the operator token.
+    pub async fn admin_token_hash(&self) -> Result<Option<String>> {
+        self.setting("admin_token_hash").await
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>> {
