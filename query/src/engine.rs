@@ -342,7 +342,7 @@ impl ScopedSchema {
             return t.clone();
         }
         let schema = self.scope.datasets.iter().find(|d| d.dataset.name.as_str() == name)?;
-        let table = TableScope::for_connection(&self.scope.connection, &self.scope.members, schema.clone())
+        let table = TableScope::for_connection(&self.scope.connection, self.scope.members.clone(), schema.clone())
             .map(|t| Arc::new(ScopedTable::new(t, self.sources.clone(), self.reads.clone())) as Arc<dyn TableProvider>);
         self.tables.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), table.clone());
         table

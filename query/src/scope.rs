@@ -2,7 +2,7 @@
 //! from the agreement, a dataset not offered in the connection's environment, or a revoked
 //! agreement yields nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use catalog::{
@@ -21,34 +21,34 @@ pub struct TableScope {
     pub env: DataEnvironment,
     /// Stored-schema index of each visible column, in table order.
     pub columns: Vec<usize>,
-    /// Every member the table holds; `Some(mask)` for a member whose agreement grants only
-    /// some of the visible columns (an older approved version): the others read as NULL.
-    pub members: BTreeMap<MemberId, Option<Arc<[bool]>>>,
+    /// Members with an active agreement, and the revision each approved (shared with the
+    /// authorization cache, not copied per request).
+    members: Arc<HashMap<MemberId, i64>>,
+    /// Per approved revision, what it grants of the visible columns: nothing (its members
+    /// are not in the table), all of them (`None`), or some (`Some(mask)`: the others read
+    /// as NULL for its members).
+    grants: HashMap<i64, Option<Option<Arc<[bool]>>>>,
 }
+
+/// What a member's agreement lets the table show of its rows.
+pub type Access = Option<Arc<[bool]>>;
 
 impl TableScope {
     /// Connection-wide (the SQL door): the columns of the connection's serving revision,
     /// over every member with an active agreement (`members`: member → approved version).
     /// `None` if the serving revision grants no field of the dataset or the dataset is not
     /// offered in the connection's environment.
-    pub fn for_connection(connection: &Connection, members: &HashMap<MemberId, i64>, schema: Arc<DatasetSchema>) -> Option<TableScope> {
+    pub fn for_connection(connection: &Connection, members: Arc<HashMap<MemberId, i64>>, schema: Arc<DatasetSchema>) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
         let serving = connection.approved()?.terms.datasets.get(&schema.dataset.name)?;
         let columns = visible_columns(&schema, serving, env)?;
-        let mut table = TableScope { schema, env, columns, members: BTreeMap::new() };
-        let mut masks: HashMap<i64, Option<Option<Arc<[bool]>>>> = HashMap::new();
-        for (member, version) in members {
-            let mask = masks
-                .entry(*version)
-                .or_insert_with(|| {
-                    let grant = connection.revision(*version)?.terms.datasets.get(&table.schema.dataset.name)?;
-                    table.mask(grant)
-                })
-                .clone();
-            if let Some(mask) = mask {
-                table.members.insert(*member, mask);
-            }
-        }
+        let mut table = TableScope { schema, env, columns, members, grants: HashMap::new() };
+        let grants = connection
+            .revisions
+            .iter()
+            .map(|r| (r.version, r.terms.datasets.get(&table.schema.dataset.name).and_then(|g| table.mask(g))))
+            .collect();
+        table.grants = grants;
         Some(table)
     }
 
@@ -60,13 +60,29 @@ impl TableScope {
         let env: DataEnvironment = scope.environment.into();
         let grant = scope.grant(&schema.dataset.name).ok_or(QueryError::Forbidden)?;
         let columns = visible_columns(&schema, grant, env).ok_or(QueryError::Forbidden)?;
-        let members = BTreeMap::from([(scope.agreement.member, None)]);
-        Ok(TableScope { schema, env, columns, members })
+        let version = scope.agreement.version;
+        let members = Arc::new(HashMap::from([(scope.agreement.member, version)]));
+        Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Some(None))]) })
+    }
+
+    /// Whether the table holds `member`'s rows, and with which columns.
+    pub fn access(&self, member: MemberId) -> Option<Access> {
+        self.grants.get(self.members.get(&member)?)?.clone()
+    }
+
+    /// The members the table holds among those `allowed` lets through; `wanted` lists the
+    /// only candidates when the query names its members.
+    pub fn members(&self, wanted: Option<&std::collections::BTreeSet<i64>>, allowed: impl Fn(i64) -> bool) -> Vec<MemberId> {
+        let held = |m: &MemberId| self.access(*m).is_some() && allowed(m.get());
+        match wanted {
+            Some(ids) => ids.iter().filter_map(|id| MemberId::new(*id).ok()).filter(held).collect(),
+            None => self.members.keys().copied().filter(held).collect(),
+        }
     }
 
     /// Which visible columns `grant` allows: `None` (all of them), `Some(mask)` (some), or
     /// no entry at all when it allows no data field.
-    fn mask(&self, grant: &DatasetGrant) -> Option<Option<Arc<[bool]>>> {
+    fn mask(&self, grant: &DatasetGrant) -> Option<Access> {
         let stored = &self.schema.stored;
         let mask: Vec<bool> = self
             .columns

@@ -216,7 +216,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let bounds = Bounds::from_filters(filters, self.scope.event_time());
         let dataset = &self.scope.schema.dataset.name;
-        let members: Vec<MemberId> = self.scope.members.keys().copied().filter(|m| bounds.member_allowed(m.get())).collect();
+        let members = self.scope.members(bounds.members.as_ref(), |m| bounds.member_allowed(m));
         let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
         // Rows in memory: in the stored schema (buffered, cached files) or already in the
@@ -234,7 +234,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             }
             let (_, snapshot) = &snapshots[read];
             read += 1;
-            let mask = self.scope.members.get(member).cloned().flatten();
+            let mask = self.scope.access(*member).flatten();
             let buffered = snapshot.rows.iter().map(RecordBatch::num_rows).sum::<usize>() as i64;
             if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
                 // Every file: pruning by event time could keep an old version whose newer
