@@ -115,6 +115,7 @@ import sys, time, json, math, duckdb
 files = open(sys.argv[1]).read().split("\n")
 n = int(sys.argv[2])
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 con.execute("CREATE VIEW readings AS SELECT * FROM read_parquet(" + repr(files) + ")")
 out = []
 for sql in sys.argv[3:]:
