@@ -1,6 +1,7 @@
 //! The access log of bulk writes, aggregated per (connection, member, dataset, minute) as
-//! CONTRACT.md allows. The WAL record of a write is its durable entry; aggregates move to
-//! the catalog's access log just before their WAL segment is deleted.
+//! CONTRACT.md allows, and of reads, one entry per request and member. The WAL record of a
+//! write, or of a read's entries, is their durable entry; they move to the catalog's access
+//! log just before their WAL segment is deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -17,6 +18,8 @@ type Key = (i64, DatasetName, i64);
 #[derive(Debug, Default)]
 pub struct WriteLog {
     by_segment: Mutex<BTreeMap<u64, HashMap<Key, MemberMap<i64>>>>,
+    /// Read entries by the WAL segment holding them.
+    reads: Mutex<BTreeMap<u64, Vec<AccessLogEntry>>>,
 }
 
 impl WriteLog {
@@ -31,9 +34,33 @@ impl WriteLog {
         }
     }
 
-    /// Writes the aggregates of segments below `keep_from` to the catalog's access log, under
-    /// each member's agreement in force now. On failure they stay, and so do their segments.
+    /// Read entries made durable in `segment`.
+    pub fn reads(&self, segment: u64, entries: Vec<AccessLogEntry>) {
+        self.reads.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().extend(entries);
+    }
+
+    /// A member's read entries not yet in the catalog.
+    pub fn pending_reads(&self, member: MemberId) -> Vec<AccessLogEntry> {
+        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        reads.values().flatten().filter(|e| e.member == Some(member)).cloned().collect()
+    }
+
+    /// Writes the aggregates and read entries of segments below `keep_from` to the catalog's
+    /// access log (aggregates under each member's agreement in force now). On failure they
+    /// stay, and so do their segments.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64) -> Result<(), IngestError> {
+        let reads: BTreeMap<u64, Vec<AccessLogEntry>> = {
+            let mut by_segment = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            let keep = by_segment.split_off(&keep_from);
+            std::mem::replace(&mut *by_segment, keep)
+        };
+        if !reads.is_empty() {
+            let entries: Vec<AccessLogEntry> = reads.values().flatten().cloned().collect();
+            if let Err(e) = catalog.record_access(&entries).await {
+                self.reads.lock().unwrap_or_else(|p| p.into_inner()).extend(reads);
+                return Err(e.into());
+            }
+        }
         let moving: BTreeMap<u64, HashMap<Key, MemberMap<i64>>> = {
             let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
             let keep = by_segment.split_off(&keep_from);

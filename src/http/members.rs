@@ -157,5 +157,11 @@ pub(super) async fn access_log(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<axum::Json<Vec<AccessLogEntry>>> {
     principal.member(uid)?;
-    Ok(axum::Json(state.catalog.access_log(uid, q.limit.unwrap_or(100).clamp(1, 10_000)).await?))
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    // Reads still in the write-ahead log are as much the member's log as the catalog's part.
+    let mut log = state.ingester.pending_reads(uid);
+    log.extend(state.catalog.access_log(uid, limit).await?);
+    log.sort_by_key(|e| std::cmp::Reverse(e.at));
+    log.truncate(limit as usize);
+    Ok(axum::Json(log))
 }

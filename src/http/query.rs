@@ -4,7 +4,7 @@
 //! Planning errors and failures before the first batch are problem+json; a failure later
 //! (the deadline, the row or byte cap) aborts the body, so a client never mistakes a cut
 //! answer for a whole one. The access log entries of the read (one per member scanned) are
-//! committed before the first byte.
+//! durable in the write-ahead log before the first byte (refusals go to the catalog at once).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -166,7 +166,7 @@ pub(super) async fn query(
         .into_iter()
         .map(|((dataset, member), rows)| entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed))
         .collect();
-    state.catalog.record_access(&log).await?;
+    state.ingester.log_reads(log).await?;
     metrics::histogram!("trove_query_plan_duration_seconds").record(started.elapsed().as_secs_f64());
     let mut stream = planned.execute()?;
     let schema = planned.schema();

@@ -192,3 +192,30 @@ async fn limits_fail_cleanly_while_small_queries_answer() {
     assert!(headers.contains_key("retry-after"));
     assert_eq!(s.sql(&energy, &small).await.0, StatusCode::OK, "slots come back when queries end");
 }
+
+#[tokio::test]
+async fn read_entries_are_durable_at_once_and_reach_the_catalog() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let token = s.subscriber_token("energy-co").await;
+    deliver(&s, 1, 3, 1.0).await;
+    assert_eq!(member_one(&s, &token).await.0, vec![1, 2, 3]);
+    let is_read = |e: &catalog::AccessLogEntry| e.action == catalog::AccessAction::Read && e.rows == 3;
+    // Durable in the write-ahead log: the member sees the read at once.
+    let (_, log) = s.call(Method::GET, "/v1/members/1/access-log", Some(s.member_secret(1)), None).await;
+    let log: Vec<catalog::AccessLogEntry> = serde_json::from_value(log).unwrap();
+    assert_eq!(log.iter().filter(|e| is_read(e)).count(), 1, "{log:?}");
+    // Flushing empties the buffer, the writer moves to a new segment, and the entries move
+    // to the catalog before their segment is deleted.
+    let member = catalog::MemberId::new(1).unwrap();
+    for _ in 0..40 {
+        s.flush().await;
+        if s.catalog.access_log(member, 100).await.unwrap().iter().any(is_read) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.catalog.access_log(member, 100).await.unwrap().iter().filter(|e| is_read(e)).count(), 1);
+    let (_, log) = s.call(Method::GET, "/v1/members/1/access-log", Some(s.member_secret(1)), None).await;
+    let log: Vec<catalog::AccessLogEntry> = serde_json::from_value(log).unwrap();
+    assert_eq!(log.iter().filter(|e| is_read(e)).count(), 1, "moved, not copied");
+}
