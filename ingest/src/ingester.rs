@@ -148,18 +148,52 @@ fn encode_record(header: &RecordHeader, batch: &RecordBatch) -> Result<Vec<u8>, 
 /// its header's length, which is never this).
 const READS_RECORD: [u8; 4] = u32::MAX.to_le_bytes();
 
+/// Read entries as the WAL keeps them: a read across many members logs entries that differ
+/// only in member, version and rows, so those are stored once per group (a tenth of the
+/// bytes of one object per entry).
+#[derive(Debug, Serialize, Deserialize)]
+struct ReadsGroup {
+    /// An entry with everything shared (its member, version and rows are the first's).
+    shared: catalog::AccessLogEntry,
+    members: Vec<(Option<MemberId>, Option<i64>, i64)>,
+}
+
 fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8>, IngestError> {
+    let mut groups: Vec<ReadsGroup> = Vec::new();
+    for e in entries {
+        let same = |g: &ReadsGroup| {
+            let s = &g.shared;
+            (s.at, s.subscriber_id, s.connection_id, &s.purpose, &s.dataset, s.action, s.decision)
+                == (e.at, e.subscriber_id, e.connection_id, &e.purpose, &e.dataset, e.action, e.decision)
+        };
+        match groups.last_mut() {
+            Some(g) if same(g) => g.members.push((e.member, e.agreement_version, e.rows)),
+            _ => groups.push(ReadsGroup { shared: e.clone(), members: vec![(e.member, e.agreement_version, e.rows)] }),
+        }
+    }
     let mut out = READS_RECORD.to_vec();
-    serde_json::to_writer(&mut out, entries).map_err(|e| IngestError::Internal(e.to_string()))?;
+    serde_json::to_writer(&mut out, &groups).map_err(|e| IngestError::Internal(e.to_string()))?;
     Ok(out)
 }
 
 /// The entries of a reads record, or `None` for a rows record.
 fn decode_reads(payload: &[u8]) -> Result<Option<Vec<catalog::AccessLogEntry>>, IngestError> {
-    match payload.strip_prefix(&READS_RECORD) {
-        Some(json) => Ok(Some(serde_json::from_slice(json).map_err(|_| IngestError::Internal("WAL record: bad access-log entries".into()))?)),
-        None => Ok(None),
-    }
+    let Some(json) = payload.strip_prefix(&READS_RECORD) else { return Ok(None) };
+    let groups: Vec<ReadsGroup> =
+        serde_json::from_slice(json).map_err(|_| IngestError::Internal("WAL record: bad access-log entries".into()))?;
+    let entries = groups
+        .into_iter()
+        .flat_map(|g| {
+            let shared = g.shared;
+            g.members.into_iter().map(move |(member, agreement_version, rows)| catalog::AccessLogEntry {
+                member,
+                agreement_version,
+                rows,
+                ..shared.clone()
+            })
+        })
+        .collect();
+    Ok(Some(entries))
 }
 
 fn decode_record(payload: &[u8]) -> Result<(RecordHeader, Vec<RecordBatch>), IngestError> {
@@ -736,7 +770,9 @@ mod tests {
             rows: 96,
             decision: AccessDecision::Allowed,
         };
-        let entries = vec![entry(1), entry(2)];
+        let mut other = entry(3);
+        other.dataset = "ds_browsing_history".into();
+        let entries = vec![entry(1), entry(2), other];
         let payload = encode_reads(&entries).unwrap();
         assert_eq!(decode_reads(&payload).unwrap(), Some(entries));
         let header = RecordHeader {
