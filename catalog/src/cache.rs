@@ -69,10 +69,10 @@ impl AuthCache {
     pub async fn subscriber_token(&self, catalog: &Catalog, token: &str) -> Result<SubscriberId> {
         let hash = SecretHash::of(token);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0) {
-            if *expires > now {
-                return Ok(*subscriber);
-            }
+        if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0)
+            && *expires > now
+        {
+            return Ok(*subscriber);
         }
         let (subscriber, expires) = catalog.subscriber_token(token).await?;
         self.state().tokens.insert(hash.0, (subscriber, expires));
@@ -84,10 +84,10 @@ impl AuthCache {
     /// so a new key) changes the generation.
     pub async fn agreement_scope(&self, catalog: &Catalog, subscriber: SubscriberId, con_id: ConId, key: &str) -> Result<Arc<AgreementScope>> {
         let presented = SecretHash::of(key);
-        if let Some((hash, scope)) = self.state().scopes.get(&(subscriber, con_id)) {
-            if presented.matches(&hash.0) {
-                return Ok(scope.clone());
-            }
+        if let Some((hash, scope)) = self.state().scopes.get(&(subscriber, con_id))
+            && presented.matches(&hash.0)
+        {
+            return Ok(scope.clone());
         }
         let scope = Arc::new(catalog.agreement_scope(subscriber, con_id, key).await?);
         self.state().scopes.insert((subscriber, con_id), (presented, scope.clone()));

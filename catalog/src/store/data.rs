@@ -205,7 +205,8 @@ impl Catalog {
     /// cost SQLite a scan of the statement's parameters for each one).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
         type Shared<'a> = (i64, i64, i64, &'a str, &'a str, String, String);
-        let mut groups: BTreeMap<Shared<'_>, Vec<(Option<i64>, Option<i64>, i64)>> = BTreeMap::new();
+        type Member = (Option<i64>, Option<i64>, i64);
+        let mut groups: BTreeMap<Shared<'_>, Vec<Member>> = BTreeMap::new();
         for e in entries {
             let shared = (e.at, e.subscriber_id.get(), e.connection_id.get(), e.purpose.as_str(), e.dataset.as_str(), str_of(e.action), str_of(e.decision));
             groups.entry(shared).or_default().push((e.member.map(MemberId::get), e.agreement_version, e.rows));
