@@ -296,7 +296,10 @@ async fn manifest(c: &Catalog) {
         max_id,
         max_version: max_id,
     };
+    let start = c.manifest_seq().await.unwrap();
     c.commit_parquet_files(&[file("b", 11, 20, 200), file("a", 1, 10, 100)], &[]).await.unwrap();
+    let first = c.manifest_changes(start).await.unwrap();
+    assert_eq!((first.latest, first.added.len(), first.removed.len()), (start + 1, 2, 0));
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
     assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest events first");
     assert!(c.parquet_files(DataEnvironment::Sandbox, &ds, member).await.unwrap().is_empty());
@@ -305,6 +308,13 @@ async fn manifest(c: &Catalog) {
     c.commit_parquet_files(&[file("ab", 1, 20, 100)], &["a".into(), "b".into()]).await.unwrap();
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
     assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["ab"]);
+    // The change feed: the swap as one commit, after the first; nothing new is nothing.
+    let swap = c.manifest_changes(first.latest).await.unwrap();
+    assert_eq!(swap.added.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["ab"]);
+    assert_eq!(swap.removed, ["a", "b"]);
+    assert_eq!(swap.latest, first.latest + 1);
+    let none = c.manifest_changes(swap.latest).await.unwrap();
+    assert!(none.added.is_empty() && none.removed.is_empty());
     assert_eq!(kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await), ErrorKind::Internal, "paths are unique");
     // A second compactor replacing the same files loses, and adds nothing.
     assert_eq!(kind(c.commit_parquet_files(&[file("ab2", 1, 20, 100)], &["a".into()]).await), ErrorKind::Conflict);

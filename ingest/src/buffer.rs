@@ -222,6 +222,10 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 struct State {
     tables: HashMap<(DataEnvironment, DatasetName), Table>,
+    /// Paths this node is committing (flushed files, compaction's new and replaced files):
+    /// the change feed leaves them to [`Buffer::end_flush`] and [`Buffer::swap_files`], which
+    /// apply them together with the rows they replace.
+    own: std::collections::HashSet<String>,
     bytes: usize,
     /// Buffered rows per WAL segment, so the oldest needed segment is found at once.
     segments: BTreeMap<u64, usize>,
@@ -230,6 +234,14 @@ struct State {
 impl State {
     fn partition_mut(&mut self, key: &PartitionKey) -> Option<&mut Partition> {
         self.tables.get_mut(&(key.env, key.dataset.clone()))?.partitions.get_mut(&key.member)
+    }
+}
+
+/// Adds a file to a partition's index unless it is there already (the manifest's change
+/// feed repeats this node's own changes).
+fn add_file(files: &mut Vec<Arc<ParquetFile>>, file: &ParquetFile) {
+    if !files.iter().any(|f| f.path == file.path) {
+        files.push(Arc::new(file.clone()));
     }
 }
 
@@ -362,7 +374,8 @@ impl Buffer {
         let Some(p) = table.partitions.get_mut(&flush.key.member) else { return };
         p.flushing = false;
         let Some(file) = file else { return };
-        table.files.entry(flush.key.member).or_default().push(Arc::new(file.clone()));
+        add_file(table.files.entry(flush.key.member).or_default(), file);
+        state.own.remove(&file.path);
         let mut freed = 0;
         for f in p.frozen.drain(..flush.frozen) {
             freed += f.bytes;
@@ -400,10 +413,43 @@ impl Buffer {
 
     /// Adds recorded files to the index (at start-up: the manifest).
     pub fn load_files(&self, files: impl IntoIterator<Item = ParquetFile>) {
+        self.apply_manifest(files, &[]);
+    }
+
+    /// Follows the manifest's change feed (files other nodes flushed or compacted): adds the
+    /// files not indexed yet, then drops the replaced ones, in one step for readers. This
+    /// node's own changes come back through the feed too, and are already applied.
+    pub fn apply_manifest(&self, added: impl IntoIterator<Item = ParquetFile>, removed: &[String]) {
         let mut state = self.state();
-        for f in files {
+        for f in added {
+            if state.own.contains(&f.path) {
+                continue;
+            }
             let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
-            table.files.entry(f.member).or_default().push(Arc::new(f));
+            add_file(table.files.entry(f.member).or_default(), &f);
+        }
+        for path in removed {
+            if state.own.contains(path) {
+                continue;
+            }
+            let Some(key) = crate::persist::partition_of(path) else { continue };
+            if let Some(files) = state.tables.get_mut(&(key.env, key.dataset)).and_then(|t| t.files.get_mut(&key.member)) {
+                files.retain(|f| &f.path != path);
+            }
+        }
+    }
+
+    /// Marks paths this node is about to commit (see `State::own`); [`Buffer::end_flush`],
+    /// [`Buffer::swap_files`] or [`Buffer::release`] ends the mark.
+    pub fn claim(&self, paths: impl IntoIterator<Item = String>) {
+        self.state().own.extend(paths);
+    }
+
+    /// Ends the marks of paths whose commit failed.
+    pub fn release<'a>(&self, paths: impl IntoIterator<Item = &'a String>) {
+        let mut state = self.state();
+        for p in paths {
+            state.own.remove(p);
         }
     }
 
@@ -416,7 +462,11 @@ impl Buffer {
             let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
             let files = table.files.entry(f.member).or_default();
             files.retain(|old| !replaced.contains(&old.path));
-            files.push(Arc::new(f.clone()));
+            add_file(files, f);
+            state.own.remove(&f.path);
+        }
+        for path in replaced {
+            state.own.remove(path);
         }
     }
 

@@ -136,7 +136,11 @@ impl Compactor {
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
         let file = persist::write_file(store, key, schema, batches, 5).await?;
-        persist::commit(store, catalog, std::slice::from_ref(&file), &old).await?;
+        buffer.claim(old.iter().cloned().chain([file.path.clone()]));
+        if let Err(e) = persist::commit(store, catalog, std::slice::from_ref(&file), &old).await {
+            buffer.release(old.iter().chain([&file.path]));
+            return Err(e);
+        }
         buffer.swap_files(&[file], &old);
         let at = Instant::now();
         self.doomed.lock().unwrap_or_else(|p| p.into_inner()).extend(old.into_iter().map(|p| (at, p)));

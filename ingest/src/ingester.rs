@@ -96,6 +96,8 @@ pub struct Ingester {
     sequencer: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
+    /// How far the read index has followed the manifest's change feed.
+    manifest_seq: std::sync::atomic::AtomicI64,
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
@@ -237,6 +239,8 @@ impl Ingester {
     /// already holds), then starts the sequencer and the flusher.
     pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
         let buffer = Arc::new(Buffer::default());
+        // The feed's position first: files committed while they load come again, harmlessly.
+        let manifest_seq = catalog.manifest_seq().await?;
         buffer.load_files(catalog.all_parquet_files().await?);
         let mut counters: Counters = HashMap::new();
         let mut persisted: Counters = HashMap::new();
@@ -323,6 +327,7 @@ impl Ingester {
             sequencer: Mutex::new(Some(tx)),
             sequencer_thread: Mutex::new(Some(thread)),
             current_segment,
+            manifest_seq: std::sync::atomic::AtomicI64::new(manifest_seq),
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
@@ -499,6 +504,9 @@ impl Ingester {
                 _ = stop.changed() => return,
             }
             self.flush_round(false).await;
+            if let Err(e) = self.follow_manifest().await {
+                tracing::warn!(error = %e, "could not read the manifest's changes; retrying");
+            }
             metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
             if last_compaction.elapsed() >= self.config.compact_interval {
                 last_compaction = std::time::Instant::now();
@@ -507,6 +515,19 @@ impl Ingester {
                 }
             }
         }
+    }
+
+    /// Brings the read index up to the manifest: files other nodes flushed or compacted.
+    /// Runs on the flusher task, after this node's own flushes and compactions have updated
+    /// the index, so their changes come back only as repeats.
+    pub async fn follow_manifest(&self) -> Result<(), IngestError> {
+        let since = self.manifest_seq.load(Ordering::Acquire);
+        let changes = self.catalog.manifest_changes(since).await?;
+        if changes.latest != since {
+            self.buffer.apply_manifest(changes.added, &changes.removed);
+            self.manifest_seq.store(changes.latest, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// One compaction pass; returns how many files were merged away.
@@ -548,9 +569,11 @@ impl Ingester {
         }
         for chunk in ready.chunks(1000) {
             let files: Vec<ParquetFile> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            self.buffer.claim(files.iter().map(|f| f.path.clone()));
             let committed = match crate::persist::commit(&self.store, &self.catalog, &files, &[]).await {
                 Ok(()) => true,
                 Err(e) => {
+                    self.buffer.release(files.iter().map(|f| &f.path));
                     tracing::warn!(error = %e, "recording flushed files failed; the rows stay buffered and in the WAL");
                     failed += chunk.len();
                     false

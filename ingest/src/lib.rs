@@ -14,7 +14,8 @@
 //!            flusher (by age or size, largest first above the soft limit)
 //!                   └─► persist: sort by event time → Parquet (ZSTD, dictionary, page index)
 //!                        → object store (PutMode::Create) → manifest row in the catalog
-//!                        → WAL segments below the oldest buffered row deleted
+//!                        → file index (what reads see) → WAL segments below the oldest
+//!                          buffered row deleted (their access-log entries moved first)
 //!  metadata datasets: validate::check_values → catalog metadata instances
 //! ```
 //!
@@ -23,7 +24,9 @@
 //! - [`decode`]: request bodies to validated Arrow in one pass.
 //! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
-//! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget.
+//! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget, and the index of
+//!   recorded files (kept by flushes, compaction and the manifest's change feed) that reads
+//!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.

@@ -29,9 +29,19 @@ use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION};
 ///     member: catalog::MemberId::new(42).unwrap(),
 /// };
 /// assert_eq!(partition_prefix(&key).as_ref(), "production/ds_energy_consumption/42");
+/// assert_eq!(ingest::persist::partition_of("production/ds_energy_consumption/42/d1.parquet"), Some(key));
 /// ```
 pub fn partition_prefix(key: &PartitionKey) -> Path {
     Path::from_iter([key.env.as_str(), key.dataset.as_str(), &key.member.to_string()])
+}
+
+/// The partition a file path (from [`partition_prefix`]) belongs to.
+pub fn partition_of(path: &str) -> Option<PartitionKey> {
+    let mut parts = path.split('/');
+    let env = catalog::DataEnvironment::parse(parts.next()?)?;
+    let dataset = parts.next()?.parse().ok()?;
+    let member = parts.next()?.parse().ok()?;
+    Some(PartitionKey { env, dataset, member })
 }
 
 /// A new, unique file name in the partition: the first event day and id range say what it

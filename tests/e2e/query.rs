@@ -219,3 +219,67 @@ async fn read_entries_are_durable_at_once_and_reach_the_catalog() {
     let log: Vec<catalog::AccessLogEntry> = serde_json::from_value(log).unwrap();
     assert_eq!(log.iter().filter(|e| is_read(e)).count(), 1, "moved, not copied");
 }
+
+#[tokio::test]
+async fn files_another_node_flushes_and_compacts_are_read() {
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let token = s.subscriber_token("energy-co").await;
+    deliver(&s, 1, 3, 1.0).await;
+    // A second node: its own WAL, the same catalog and object store.
+    let config = ingest::IngestConfig {
+        wal_dir: s.dir.path().join("wal-node-2"),
+        durability: ingest::wal::Durability::Fsync,
+        segment_bytes: 1 << 20,
+        buffer_bytes: 64 << 20,
+        buffer_soft_bytes: 32 << 20,
+        flush_age: Duration::from_secs(3600),
+        flush_bytes: 8 << 20,
+        flush_tick: Duration::from_secs(3600),
+        put_attempts: 3,
+        compaction: ingest::compact::CompactionConfig { min_files: 2, ..Default::default() },
+        compact_interval: Duration::from_secs(3600),
+    };
+    let node2 = ingest::Ingester::open(config, s.catalog.clone(), s.objects.clone()).await.unwrap();
+    let dataset = std::sync::Arc::new(s.catalog.dataset(&E.parse().unwrap()).await.unwrap());
+    let schema = node2.schema(&dataset);
+    let connection = catalog::ConnectionId::new(s.creds.subscribers[0].connection.id).unwrap();
+    for batch in 0..2 {
+        let rows: Vec<serde_json::Map<String, Value>> = (0..5)
+            .map(|i| {
+                let t = now() - 3600 + batch * 600 + i;
+                json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0}).as_object().unwrap().clone()
+            })
+            .collect();
+        let batch = ingest::decode::decode_objects(&schema, &rows).unwrap();
+        node2.write(schema.clone(), catalog::DataEnvironment::Production, connection, batch, None, false).await.unwrap();
+        assert_eq!(node2.flush_round(true).await, 0);
+    }
+    let counts = || {
+        let (s, token) = (&s, token.clone());
+        async move {
+            let (status, rows) = s.sql(&token, &format!("SELECT member_uid, count(*) AS n FROM {E} GROUP BY member_uid ORDER BY member_uid")).await;
+            assert_eq!(status, StatusCode::OK);
+            rows
+        }
+    };
+    // The first node follows the manifest's change feed on its flusher's next ticks.
+    let expected = json!([{"member_uid": 1, "n": 3}, {"member_uid": 2, "n": 10}]);
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = counts().await;
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, expected, "the other node's flushed files");
+    // The other node compacts its two files into one: still every row once.
+    assert_eq!(node2.compact_round().await.unwrap(), 2);
+    for _ in 0..20 {
+        assert_eq!(counts().await, expected, "during and after the other node's compaction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let indexed = s.ingester.buffer().snapshot(catalog::DataEnvironment::Production, &dataset.name, [catalog::MemberId::new(2).unwrap()]);
+    assert_eq!(indexed[0].1.files.len(), 1, "the replaced files left the index");
+    node2.shutdown().await.unwrap();
+}

@@ -43,9 +43,10 @@ impl Catalog {
     pub async fn commit_parquet_files(&self, added: &[ParquetFile], replaced: &[String]) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin().await?;
+        let seq = Self::next_counter(&mut tx, "manifest").await?;
         for f in added {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO parquet_files ({FILE_COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                "INSERT INTO parquet_files ({FILE_COLUMNS}, created_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             )))
             .bind(f.environment.as_str())
             .bind(f.dataset.as_str())
@@ -59,6 +60,7 @@ impl Catalog {
             .bind(f.max_id)
             .bind(f.max_version)
             .bind(now)
+            .bind(seq)
             .execute(&mut *tx)
             .await?;
         }
@@ -68,9 +70,46 @@ impl Catalog {
             if done.rows_affected() != 1 {
                 return Err(CatalogError::conflict("a replaced file is no longer in the manifest"));
             }
+            sqlx::query("INSERT INTO parquet_file_removals (seq, path, removed_at) VALUES ($1, $2, $3)")
+                .bind(seq)
+                .bind(path)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// What changed in the manifest after commit `since`: files added and paths replaced,
+    /// with the newest commit number they cover. Each node's read index follows this feed.
+    pub async fn manifest_changes(&self, since: i64) -> Result<ManifestChanges> {
+        // Read the counter first: every change at or below it is committed and is returned
+        // now or by the next call.
+        let latest: i64 = sqlx::query("SELECT value FROM counters WHERE name = 'manifest'").fetch_one(&self.pool).await?.try_get(0)?;
+        if latest == since {
+            return Ok(ManifestChanges { latest, added: Vec::new(), removed: Vec::new() });
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM parquet_files WHERE seq > $1 AND seq <= $2")))
+            .bind(since)
+            .bind(latest)
+            .fetch_all(&self.pool)
+            .await?;
+        let added = rows.iter().map(file_from_row).collect::<Result<_>>()?;
+        let removed = sqlx::query("SELECT path FROM parquet_file_removals WHERE seq > $1 AND seq <= $2")
+            .bind(since)
+            .bind(latest)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        Ok(ManifestChanges { latest, added, removed })
+    }
+
+    /// The manifest's newest commit number (where a node that loaded every file starts the feed).
+    pub async fn manifest_seq(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT value FROM counters WHERE name = 'manifest'").fetch_one(&self.pool).await?.try_get(0)?)
     }
 
     /// Partitions with at least `min_files` files smaller than `small_bytes`, with how many
@@ -126,6 +165,14 @@ impl Catalog {
             })
             .collect()
     }
+}
+
+/// See [`Catalog::manifest_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestChanges {
+    pub latest: i64,
+    pub added: Vec<ParquetFile>,
+    pub removed: Vec<String>,
 }
 
 /// The first answer to a write sent with an `Idempotency-Key`.

@@ -168,7 +168,7 @@ impl Catalog {
     }
 
     /// Atomically increments a named counter and returns the new value.
-    async fn next_counter(tx: &mut Transaction<'static, Any>, name: &str) -> Result<i64> {
+    pub(crate) async fn next_counter(tx: &mut Transaction<'static, Any>, name: &str) -> Result<i64> {
         let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
             .bind(name)
             .fetch_one(&mut **tx)
