@@ -315,6 +315,9 @@ async fn manifest(c: &Catalog) {
     assert_eq!(swap.latest, first.latest + 1);
     let none = c.manifest_changes(swap.latest).await.unwrap();
     assert!(none.added.is_empty() && none.removed.is_empty());
+    assert_eq!(c.purge_manifest_tombstones(0).await.unwrap(), 0, "young tombstones stay");
+    assert_eq!(c.purge_manifest_tombstones(i64::MAX).await.unwrap(), 2);
+    assert!(c.manifest_changes(first.latest).await.unwrap().removed.is_empty());
     assert_eq!(kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await), ErrorKind::Internal, "paths are unique");
     // A second compactor replacing the same files loses, and adds nothing.
     assert_eq!(kind(c.commit_parquet_files(&[file("ab2", 1, 20, 100)], &["a".into()]).await), ErrorKind::Conflict);

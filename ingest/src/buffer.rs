@@ -439,6 +439,18 @@ impl Buffer {
         }
     }
 
+    /// Replaces the whole file index with `files` (the manifest, reloaded by a node that fell
+    /// behind the change feed). Only for the flusher task, between its own commits.
+    pub fn replace_files(&self, files: impl IntoIterator<Item = ParquetFile>) {
+        {
+            let mut state = self.state();
+            for table in state.tables.values_mut() {
+                table.files.clear();
+            }
+        }
+        self.apply_manifest(files, &[]);
+    }
+
     /// Marks paths this node is about to commit (see `State::own`); [`Buffer::end_flush`],
     /// [`Buffer::swap_files`] or [`Buffer::release`] ends the mark.
     pub fn claim(&self, paths: impl IntoIterator<Item = String>) {
@@ -541,7 +553,7 @@ mod tests {
             environment: DataEnvironment::Production,
             dataset: schema.dataset.name.clone(),
             member: MemberId::new(m).unwrap(),
-            path: path.into(),
+            path: format!("production/ds_energy_consumption/{m}/{path}"),
             rows: 2,
             size_bytes: 1,
             min_event_time: 0,
@@ -552,17 +564,32 @@ mod tests {
         };
         buffer.end_flush(&flush, Some(&file("a", 1)));
         assert_eq!(buffer.min_segment(), Some(4), "rows that arrived during the flush stay");
+        let names = |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
+        let path = |m: i64, name: &str| format!("production/ds_energy_consumption/{m}/{name}");
         let snap = rows(1);
-        assert_eq!(snap.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a"], "the flushed rows are in the file now");
+        assert_eq!(names(&snap), ["a"], "the flushed rows are in the file now");
         let left = snap.rows;
         assert_eq!(left.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
         assert_eq!(left[0].column(2).as_primitive::<Int64Type>().value(0), 4);
         let flush = buffer.begin_flush(&key(2)).unwrap();
         buffer.end_flush(&flush, Some(&file("b", 2)));
         assert_eq!(buffer.min_segment(), Some(6));
-        buffer.swap_files(&[file("c", 1)], &["a".to_string()]);
-        assert_eq!(rows(1).files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["c"], "compaction swaps files");
+        buffer.swap_files(&[file("c", 1)], &[path(1, "a")]);
+        assert_eq!(names(&rows(1)), ["c"], "compaction swaps files");
         let members = buffer.members(DataEnvironment::Production, &schema.dataset.name);
         assert_eq!(members, [MemberId::new(1).unwrap(), MemberId::new(2).unwrap()]);
+        // The change feed: repeats are ignored, other nodes' replacements applied, and paths
+        // this node is committing left to its own flush or compaction.
+        buffer.apply_manifest([file("c", 1), file("e", 1)], &[path(2, "b")]);
+        assert_eq!(names(&rows(1)), ["c", "e"]);
+        assert!(rows(2).files.is_empty());
+        buffer.claim([path(1, "f"), path(1, "e")]);
+        buffer.apply_manifest([file("f", 1)], &[path(1, "e")]);
+        assert_eq!(names(&rows(1)), ["c", "e"], "paths being committed here are left to this node");
+        buffer.swap_files(&[file("f", 1)], &[path(1, "e")]);
+        assert_eq!(names(&rows(1)), ["c", "f"]);
+        buffer.replace_files([file("g", 2)]);
+        assert!(rows(1).files.is_empty());
+        assert_eq!(names(&rows(2)), ["g"]);
     }
 }

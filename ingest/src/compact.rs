@@ -19,6 +19,10 @@ use crate::buffer::{Buffer, PartitionKey};
 use crate::persist;
 use crate::schema::DatasetSchema;
 
+/// How long the manifest keeps tombstones of replaced files, so nodes following its change
+/// feed see them (far longer than a node may go without following it).
+pub const TOMBSTONES_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 /// What compaction aims for.
 #[derive(Debug, Clone)]
 pub struct CompactionConfig {
@@ -113,6 +117,7 @@ impl Compactor {
             }
         }
         self.delete_doomed(store).await;
+        catalog.purge_manifest_tombstones(now_secs * 1000 - TOMBSTONES_KEPT_MS).await?;
         metrics::counter!("trove_ingest_compacted_files_total").increment(replaced as u64);
         Ok(replaced)
     }

@@ -96,8 +96,9 @@ pub struct Ingester {
     sequencer: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
-    /// How far the read index has followed the manifest's change feed.
+    /// How far the read index has followed the manifest's change feed, and when it last did.
     manifest_seq: std::sync::atomic::AtomicI64,
+    manifest_synced: Mutex<std::time::Instant>,
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
@@ -328,6 +329,7 @@ impl Ingester {
             sequencer_thread: Mutex::new(Some(thread)),
             current_segment,
             manifest_seq: std::sync::atomic::AtomicI64::new(manifest_seq),
+            manifest_synced: Mutex::new(std::time::Instant::now()),
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
@@ -521,12 +523,22 @@ impl Ingester {
     /// Runs on the flusher task, after this node's own flushes and compactions have updated
     /// the index, so their changes come back only as repeats.
     pub async fn follow_manifest(&self) -> Result<(), IngestError> {
-        let since = self.manifest_seq.load(Ordering::Acquire);
-        let changes = self.catalog.manifest_changes(since).await?;
-        if changes.latest != since {
-            self.buffer.apply_manifest(changes.added, &changes.removed);
-            self.manifest_seq.store(changes.latest, Ordering::Release);
+        let behind = self.manifest_synced.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > MANIFEST_RELOAD_AFTER;
+        if behind {
+            // Tombstones this node has not seen may be purged: reload the whole manifest.
+            let seq = self.catalog.manifest_seq().await?;
+            self.buffer.replace_files(self.catalog.all_parquet_files().await?);
+            self.manifest_seq.store(seq, Ordering::Release);
+            tracing::info!("reloaded the file index from the manifest");
+        } else {
+            let since = self.manifest_seq.load(Ordering::Acquire);
+            let changes = self.catalog.manifest_changes(since).await?;
+            if changes.latest != since {
+                self.buffer.apply_manifest(changes.added, &changes.removed);
+                self.manifest_seq.store(changes.latest, Ordering::Release);
+            }
         }
+        *self.manifest_synced.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         Ok(())
     }
 
@@ -640,6 +652,10 @@ impl Ingester {
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
+
+/// A node that has not followed the manifest's change feed for this long reloads the whole
+/// manifest, because tombstones are purged after [`crate::compact::TOMBSTONES_KEPT_MS`].
+const MANIFEST_RELOAD_AFTER: Duration = Duration::from_secs(3600);
 
 /// The last row id given per (environment, dataset) and member.
 type Counters = HashMap<(DataEnvironment, DatasetName), MemberMap<i64>>;

@@ -107,6 +107,13 @@ impl Catalog {
         Ok(ManifestChanges { latest, added, removed })
     }
 
+    /// Forgets tombstones of files replaced before `before` (epoch ms). A node that has not
+    /// followed the feed for a while reloads the whole manifest instead (see the ingester).
+    pub async fn purge_manifest_tombstones(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM parquet_file_removals WHERE removed_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
     /// The manifest's newest commit number (where a node that loaded every file starts the feed).
     pub async fn manifest_seq(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT value FROM counters WHERE name = 'manifest'").fetch_one(&self.pool).await?.try_get(0)?)
