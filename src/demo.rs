@@ -214,10 +214,18 @@ fn describe(c: &DemoCredentials, dir: &str) -> String {
          \"{base}/api/pds/pds/{uid}.json?{q}\"\n  \
          curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/pds/pds/{uid}.json?{q}&dataset=ds_personal_details\"\n  \
          curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/pds/pds/{uid}.xml?{q}&dataset=ds_personal_details\"\n  \
+         curl -s -H \"Authorization: Bearer {nid}:{ckey}\" -H 'Content-Type: application/x-ndjson' \
+         --data-binary '{{\"member_uid\": {uid}, \"field_energy_reading_timestamp\": 1764000000, \"field_energy_reading_value\": 1.5}}' \
+         {base}/v1/ingest/ds_energy_consumption\n  \
+         curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/api/pds/transaction/{uid}.json?{q}&dataset=ds_energy_consumption\"\n  \
+         curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \
+         -d '{{\"sql\": \"SELECT member_uid, count(*) AS n FROM ds_energy_consumption GROUP BY member_uid\"}}' {base}/v1/query\n  \
          curl -s -H \"Authorization: Bearer {msecret}\" {base}/v1/members/{uid}/access-log\n  \
          curl -s -H \"Authorization: Bearer {msecret}\" {base}/v1/members/{uid}/agreements\n",
         id = energy.client_id,
         secret = energy.client_secret,
+        nid = energy.connection.nid,
+        ckey = energy.connection.key,
         uid = member.uid,
         msecret = member.secret,
     );
