@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use catalog::{Catalog, ErrorKind, ParquetFile};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -133,11 +132,7 @@ impl Compactor {
     ) -> Result<(), IngestError> {
         let mut batches: Vec<RecordBatch> = Vec::new();
         for f in group {
-            let bytes = store.get(&Path::from(f.path.as_str())).await?.bytes().await?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-            for b in reader {
-                batches.push(b?);
-            }
+            batches.extend(persist::read_file(store, &f.path).await?);
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
         let file = persist::write_file(store, key, schema, batches, 5).await?;

@@ -426,15 +426,7 @@ impl Ingester {
             ids,
             reply,
         };
-        {
-            let sender = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
-            sender.send(Command::Write(Box::new(op))).map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?;
-        }
-        let ids = done
-            .await
-            .map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?
-            .map_err(IngestError::Unavailable)?;
+        let ids = self.sequenced(Command::Write(Box::new(op)), done).await?;
         metrics::counter!("trove_ingest_rows_total", "dataset" => op_dataset.to_string(), "result" => "accepted").increment(rows as u64);
         Ok(ids)
     }
@@ -449,13 +441,18 @@ impl Ingester {
         }
         let payload = encode_reads(&entries)?;
         let (reply, done) = oneshot::channel();
+        self.sequenced(Command::Log(Box::new(LogOp { payload, entries, reply })), done).await
+    }
+
+    /// Hands `command` to the sequencer and waits for its answer on `done`.
+    async fn sequenced<T>(&self, command: Command, done: oneshot::Receiver<Result<T, String>>) -> Result<T, IngestError> {
+        let stopped = || IngestError::Unavailable("the WAL writer stopped".into());
         {
             let sender = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
             let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
-            let op = LogOp { payload, entries, reply };
-            sender.send(Command::Log(Box::new(op))).map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?;
+            sender.send(command).map_err(|_| stopped())?;
         }
-        done.await.map_err(|_| IngestError::Unavailable("the WAL writer stopped".into()))?.map_err(IngestError::Unavailable)
+        done.await.map_err(|_| stopped())?.map_err(IngestError::Unavailable)
     }
 
     /// A member's read entries still in the WAL, not yet in the catalog's access log.
@@ -470,13 +467,7 @@ impl Ingester {
         let mut candidates = snapshot.rows;
         for f in snapshot.files {
             if f.min_id <= id && id <= f.max_id {
-                let bytes = object_store::ObjectStoreExt::get(&*self.store, &object_store::path::Path::from(f.path.as_str()))
-                    .await?
-                    .bytes()
-                    .await?;
-                for b in datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-                    candidates.push(b?);
-                }
+                candidates.extend(crate::persist::read_file(&self.store, &f.path).await?);
             }
         }
         let mut best: Option<(i64, RecordBatch)> = None;

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use object_store::path::Path;
@@ -114,6 +115,12 @@ pub async fn write_file(
         max_id,
         max_version,
     })
+}
+
+/// Every row of a recorded file (stored columns), decoded.
+pub async fn read_file(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>, crate::IngestError> {
+    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Records written files in the manifest in one transaction, swapping them for `replaced`

@@ -152,8 +152,17 @@ impl QueryEngine {
         SessionContext::new_with_state(state)
     }
 
-    fn df_error(&self, e: DataFusionError) -> QueryError {
+    /// What a DataFusion error may tell the caller, under this engine's limits.
+    pub fn error(&self, e: DataFusionError) -> QueryError {
         QueryError::from_datafusion(e, self.config.query_memory_bytes)
+    }
+
+    /// `work` under the query deadline.
+    async fn in_time<T>(&self, work: impl std::future::Future<Output = DfResult<T>>) -> Result<T, QueryError> {
+        tokio::time::timeout(self.config.timeout, work)
+            .await
+            .map_err(|_| QueryError::Timeout(self.config.timeout.as_secs()))?
+            .map_err(|e| self.error(e))
     }
 
     /// Plans `sql` against `scope`'s tables, refusing anything but a read of them.
@@ -172,10 +181,7 @@ impl QueryEngine {
             let df = ctx.sql_with_options(sql, options).await?;
             df.create_physical_plan().await
         };
-        let plan = tokio::time::timeout(self.config.timeout, planning)
-            .await
-            .map_err(|_| QueryError::Timeout(self.config.timeout.as_secs()))?
-            .map_err(|e| self.df_error(e))?;
+        let plan = self.in_time(planning).await?;
         self.verify(&plan, &reads)?;
         Ok(PlannedQuery { plan, task: ctx.task_ctx(), reads, started: tokio::time::Instant::now(), config: self.config.clone() })
     }
@@ -194,10 +200,7 @@ impl QueryEngine {
             let df = df.sort(vec![col("id").sort(true, false)])?.limit(0, Some(self.config.max_rows + 1))?;
             df.collect().await
         };
-        let batches = tokio::time::timeout(self.config.timeout, work)
-            .await
-            .map_err(|_| QueryError::Timeout(self.config.timeout.as_secs()))?
-            .map_err(|e| self.df_error(e))?;
+        let batches = self.in_time(work).await?;
         if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > self.config.max_rows {
             return Err(QueryError::TooLarge(format!("{} rows", self.config.max_rows)));
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use catalog::{
-    AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, MemberId,
+    AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetGrant, Field, MemberId,
 };
 use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
 
@@ -41,7 +41,7 @@ impl TableScope {
     pub fn for_connection(connection: &Connection, members: Arc<HashMap<MemberId, i64>>, schema: Arc<DatasetSchema>) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
         let serving = connection.approved()?.terms.datasets.get(&schema.dataset.name)?;
-        let columns = visible_columns(&schema, serving, env)?;
+        let columns = columns(&schema, &granted_fields(&schema.dataset, serving, env)?);
         let mut table = TableScope { schema, env, columns, members, grants: HashMap::new() };
         let grants = connection
             .revisions
@@ -54,12 +54,9 @@ impl TableScope {
 
     /// One member under one agreement (the Mydex door): the columns that agreement grants.
     pub fn for_agreement(scope: &AgreementScope, schema: Arc<DatasetSchema>) -> Result<TableScope, QueryError> {
-        if scope.agreement.status != AgreementStatus::Active {
-            return Err(QueryError::Forbidden);
-        }
+        let fields: Vec<&Field> = readable(scope, &schema.dataset)?.fields.into_iter().map(|(f, _)| f).collect();
+        let columns = columns(&schema, &fields);
         let env: DataEnvironment = scope.environment.into();
-        let grant = scope.grant(&schema.dataset.name).ok_or(QueryError::Forbidden)?;
-        let columns = visible_columns(&schema, grant, env).ok_or(QueryError::Forbidden)?;
         let version = scope.agreement.version;
         let members = Arc::new(HashMap::from([(scope.agreement.member, version)]));
         Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Some(None))]) })
@@ -103,20 +100,21 @@ impl TableScope {
     }
 }
 
-/// `member_uid`, `instance`, `id`, then the data fields `grant` lets read.
-fn visible_columns(schema: &DatasetSchema, grant: &DatasetGrant, env: DataEnvironment) -> Option<Vec<usize>> {
-    if !ingest::validate::dataset_offered(&schema.dataset, env) {
+/// The data fields of `dataset` that `grant` lets read in `env`; none (fail closed) when
+/// the dataset is not offered there or the grant reads none of its fields.
+fn granted_fields<'a>(dataset: &'a Dataset, grant: &DatasetGrant, env: DataEnvironment) -> Option<Vec<&'a Field>> {
+    if !ingest::validate::dataset_offered(dataset, env) {
         return None;
     }
+    let fields: Vec<&Field> = dataset.data_fields().filter(|f| grant.can_read(&f.name)).collect();
+    (!fields.is_empty()).then_some(fields)
+}
+
+/// Stored-schema indexes of `member_uid`, `instance`, `id`, then of `fields`.
+fn columns(schema: &DatasetSchema, fields: &[&Field]) -> Vec<usize> {
     let stored = &schema.stored;
-    let reserved = [MEMBER_UID, INSTANCE, ROW_ID].map(|n| stored.index_of(n).expect("reserved column"));
-    let fields: Vec<usize> = schema
-        .dataset
-        .data_fields()
-        .filter(|f| grant.can_read(&f.name))
-        .map(|f| stored.index_of(f.name.as_str()).expect("data field column"))
-        .collect();
-    (!fields.is_empty()).then(|| reserved.into_iter().chain(fields).collect())
+    let index = |name: &str| stored.index_of(name).expect("a stored column");
+    [MEMBER_UID, INSTANCE, ROW_ID].into_iter().map(index).chain(fields.iter().map(|f| index(f.name.as_str()))).collect()
 }
 
 /// The fields of one dataset a caller may read, each with whether it may also write it.
@@ -131,23 +129,16 @@ pub fn readable<'a>(scope: &AgreementScope, dataset: &'a Dataset) -> Result<Read
     if scope.agreement.status != AgreementStatus::Active {
         return Err(QueryError::Forbidden);
     }
-    let env: DataEnvironment = scope.environment.into();
-    if dataset.environment == DatasetEnvironment::Sandbox && env == DataEnvironment::Production {
-        return Err(QueryError::Forbidden);
-    }
     let grant = scope.grant(&dataset.name).ok_or(QueryError::Forbidden)?;
-    let fields: Vec<_> = dataset.data_fields().filter(|f| grant.can_read(&f.name)).map(|f| (f, grant.can_write(&f.name))).collect();
-    if fields.is_empty() {
-        return Err(QueryError::Forbidden);
-    }
-    Ok(Readable { dataset, fields })
+    let fields = granted_fields(dataset, grant, scope.environment.into()).ok_or(QueryError::Forbidden)?;
+    Ok(Readable { dataset, fields: fields.into_iter().map(|f| (f, grant.can_write(&f.name))).collect() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use catalog::{
-        Agreement, ConId, ConnectionEnvironment, ConnectionId, DatasetGrant, DatasetKind, FieldType, MemberId, SubscriberId,
+        Agreement, ConId, ConnectionEnvironment, ConnectionId, DatasetEnvironment, DatasetGrant, DatasetKind, FieldType, MemberId, SubscriberId,
     };
 
     fn dataset(env: DatasetEnvironment) -> Dataset {

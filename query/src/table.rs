@@ -21,6 +21,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::error::DataFusionError;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -29,13 +30,12 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 use ingest::buffer::{Buffer, Snapshot};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 
 use crate::prune::Bounds;
 use crate::scope::TableScope;
@@ -142,8 +142,7 @@ impl ScopedTable {
 
     /// A whole file's stored columns, as one batch.
     async fn read_file(&self, path: &str) -> DfResult<RecordBatch> {
-        let bytes = self.sources.store.get(&object_store::path::Path::from(path)).await?.bytes().await?;
-        let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?.collect::<Result<Vec<_>, _>>()?;
+        let batches = ingest::persist::read_file(&self.sources.store, path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?)
     }
 
@@ -157,7 +156,7 @@ impl ScopedTable {
             return Ok(None);
         }
         let all = datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?;
-        let newest = ingest::persist::newest_versions(all).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let newest = ingest::persist::newest_versions(all).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut visible = newest.project(&self.scope.columns)?;
         if let Some(mask) = mask {
             let columns = visible
