@@ -5,7 +5,9 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use catalog::{ConId, MemberId, SubscriberId};
+use std::sync::Arc;
+
+use catalog::{ConId, Connection, ConnectionId, MemberId, SubscriberId};
 
 use super::error::ApiError;
 use crate::AppState;
@@ -96,4 +98,29 @@ pub(super) fn con_id_for(uid: MemberId, con_id: Option<&str>) -> Result<ConId, A
         return Err(ApiError::unauthenticated());
     }
     Ok(con_id)
+}
+
+/// Which of `subscriber`'s approved connections a call acts through (CONTRACT.md): the one
+/// `con_id` names, else `?connection=`, else its only approved one. One it does not own, or
+/// one not approved, is 403; an unnamed choice among several (or none) is 400.
+pub(super) async fn subscriber_connection(
+    state: &AppState,
+    subscriber: SubscriberId,
+    con_id: Option<&str>,
+    named: Option<ConnectionId>,
+) -> Result<Arc<Connection>, ApiError> {
+    let mine = state.auth_cache.subscriber_connections(&state.catalog, subscriber).await?;
+    let mut approved = mine.iter().filter(|c| c.approved_version.is_some());
+    let chosen = match (con_id, named) {
+        (Some(con_id), _) => {
+            let con_id: ConId = con_id.parse().map_err(|_| ApiError::bad_request("con_id is <uid>-<nid>"))?;
+            approved.find(|c| c.nid == Some(con_id.nid))
+        }
+        (None, Some(id)) => approved.find(|c| c.id == id),
+        (None, None) => match (approved.next(), approved.next()) {
+            (Some(only), None) => Some(only),
+            _ => return Err(ApiError::bad_request("name the connection with ?connection=<id>")),
+        },
+    };
+    chosen.cloned().ok_or_else(ApiError::forbidden)
 }

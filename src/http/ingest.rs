@@ -11,7 +11,7 @@ use ingest::idempotency::Decision;
 use ingest::validate;
 use serde::{Deserialize, Serialize};
 
-use super::auth::bearer_of;
+use super::auth::{bearer_of, subscriber_connection};
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
 use crate::AppState;
 
@@ -35,15 +35,8 @@ async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option
         let nid = nid.parse().map_err(|_| ApiError::unauthenticated())?;
         return Ok(state.auth_cache.connection(&state.catalog, nid, key).await?);
     }
-    let subscriber = state.catalog.authenticate_subscriber_token(token).await?;
-    let mine: Vec<Connection> =
-        state.catalog.connections(Some(subscriber)).await?.into_iter().filter(|c| c.approved_version.is_some()).collect();
-    let chosen = match named {
-        Some(id) => mine.into_iter().find(|c| c.id == id).ok_or_else(ApiError::forbidden)?,
-        None if mine.len() == 1 => mine.into_iter().next().expect("one"),
-        None => return Err(ApiError::bad_request("name the writing connection with ?connection=<id>")),
-    };
-    Ok(Arc::new(chosen))
+    let subscriber = state.auth_cache.subscriber_token(&state.catalog, token).await?;
+    subscriber_connection(state, subscriber, None, named).await
 }
 
 /// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream.

@@ -27,7 +27,7 @@ pub(super) struct MydexParams {
     /// `ds_x`, the older `field_ds_x`, or several joined with `+`.
     pub(super) dataset: Option<String>,
     /// 0-based instance to read.
-    pub(super) instance: Option<String>,
+    instance: Option<String>,
     /// The member (`POST /api/pds/transaction?uid=`).
     pub(super) uid: Option<String>,
     /// The subscriber's key, instead of a bearer token.
@@ -38,6 +38,24 @@ pub(super) struct MydexParams {
 }
 
 impl MydexParams {
+    /// The datasets of a read: `dataset=` with several joined by `+` (which a query string
+    /// decodes to a space).
+    pub(super) fn datasets(&self) -> ApiResult<Vec<&str>> {
+        let names: Vec<&str> = self.dataset.as_deref().unwrap_or("").split(['+', ' ']).filter(|s| !s.is_empty()).collect();
+        if names.is_empty() {
+            return Err(ApiError::bad_request("dataset= is required"));
+        }
+        Ok(names)
+    }
+
+    /// The `instance=` to read, if any: 0 or more.
+    pub(super) fn instance(&self) -> ApiResult<Option<i64>> {
+        match self.instance.as_deref() {
+            None | Some("") => Ok(None),
+            Some(i) => Ok(Some(i.parse::<i64>().ok().filter(|i| *i >= 0).ok_or_else(|| ApiError::bad_request("instance must be 0 or more"))?)),
+        }
+    }
+
     /// The `id=` of an update: a positive integer naming `what` (an instance id or row id).
     pub(super) fn id(&self, what: &str) -> ApiResult<i64> {
         self.id

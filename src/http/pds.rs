@@ -47,16 +47,8 @@ pub(super) async fn read(
     ApiQuery(params): ApiQuery<MydexParams>,
 ) -> ApiResult<Response> {
     let call = authorize_file(&state, subscriber, &file, &params).await?;
-    let requested = params.dataset.as_deref().unwrap_or("");
-    // `+` in a query string decodes to a space.
-    let names: Vec<&str> = requested.split(['+', ' ']).filter(|s| !s.is_empty()).collect();
-    if names.is_empty() {
-        return Err(ApiError::bad_request("dataset= is required"));
-    }
-    let instance = match params.instance.as_deref() {
-        None | Some("") => None,
-        Some(i) => Some(i.parse::<i64>().ok().filter(|i| *i >= 0).ok_or_else(|| ApiError::bad_request("instance must be 0 or more"))?),
-    };
+    let names = params.datasets()?;
+    let instance = params.instance()?;
     let mut body = Map::new();
     let mut log = Vec::new();
     for requested in names {

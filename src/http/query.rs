@@ -13,13 +13,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConId, Connection, ConnectionId, DatasetKind, SubscriberId};
+use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConnectionId, DatasetKind};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::auth::Principal;
+use super::auth::{Principal, subscriber_connection};
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
 use super::mydex::now_ms;
 use crate::AppState;
@@ -81,27 +81,6 @@ impl Format {
     }
 }
 
-/// The connection a subscriber reads through (CONTRACT.md: `con_id`, else `?connection=`,
-/// else its only approved connection).
-async fn reading_connection(state: &AppState, subscriber: SubscriberId, params: &QueryParams) -> ApiResult<Arc<Connection>> {
-    let mine = state.auth_cache.subscriber_connections(&state.catalog, subscriber).await?;
-    let approved = || mine.iter().filter(|c| c.approved_version.is_some());
-    let chosen = if let Some(con_id) = params.con_id.as_deref() {
-        let con_id: ConId = con_id.parse().map_err(|_| ApiError::bad_request("con_id is <uid>-<nid>"))?;
-        approved().find(|c| c.nid == Some(con_id.nid))
-    } else if let Some(id) = params.connection {
-        approved().find(|c| c.id == id)
-    } else {
-        let mut all = approved();
-        match (all.next(), all.next()) {
-            (Some(only), None) => Some(only),
-            (None, _) => None,
-            _ => return Err(ApiError::bad_request("name the reading connection with ?connection=<id>")),
-        }
-    };
-    chosen.cloned().ok_or_else(ApiError::forbidden)
-}
-
 /// Read-only SQL over the datasets your agreements let you read. Each transactional dataset
 /// is a table named after it holding only the rows of members whose approved agreement lets
 /// this connection read it, and only the granted fields, plus `member_uid`, `instance`, `id`.
@@ -124,7 +103,7 @@ pub(super) async fn query(
     let format = Format::negotiate(&headers)?;
     // `Principal` brought the authorization cache to the catalog's generation as the request
     // started: a revocation committed before then holds.
-    let connection = reading_connection(&state, subscriber, &params).await?;
+    let connection = subscriber_connection(&state, subscriber, params.con_id.as_deref(), params.connection).await?;
     let permit = state.query.admit(subscriber)?;
     let members = state.auth_cache.agreements(&state.catalog, connection.id).await?;
     let mut datasets = Vec::new();
@@ -175,24 +154,25 @@ pub(super) async fn query(
     // The first batch decides between a problem+json and a 200.
     let first = match stream.next().await {
         Some(Ok(b)) => Some(b),
-        Some(Err(e)) => return Err(query::QueryError::from_datafusion(e, state.query.config().query_memory_bytes).into()),
+        Some(Err(e)) => return Err(state.query.error(e).into()),
         None => None,
     };
     let mut head = encoder.begin().map_err(internal)?;
     if let Some(b) = &first {
         head.extend_from_slice(&encoder.batch(b).map_err(internal)?);
     }
-    let memory_limit = state.query.config().query_memory_bytes;
-    let state0 = (stream, Some(encoder), head.len(), permit);
-    let rest = futures::stream::unfold(state0, move |(mut stream, mut encoder, mut sent, permit)| async move {
+    // The unfold's state: the answer stream, its encoder (gone once the answer ended), bytes
+    // sent, the subscriber's query slot (released with the body) and the engine.
+    let state0 = (stream, Some(encoder), head.len(), permit, state.query.clone());
+    let rest = futures::stream::unfold(state0, move |(mut stream, mut encoder, mut sent, permit, engine)| async move {
         let enc = encoder.as_mut()?;
         let chunk = match stream.next().await {
             Some(Ok(b)) => enc.batch(&b).map_err(|e| failure(query::QueryError::Internal(e.to_string()))),
-            Some(Err(e)) => Err(failure(query::QueryError::from_datafusion(e, memory_limit))),
+            Some(Err(e)) => Err(failure(engine.error(e))),
             None => {
                 metrics::histogram!("trove_query_duration_seconds", "door" => "sql").record(started.elapsed().as_secs_f64());
                 let end = encoder.take().expect("checked above").finish().map_err(|e| failure(query::QueryError::Internal(e.to_string())));
-                return Some((end.map(Bytes::from), (stream, None, sent, permit)));
+                return Some((end.map(Bytes::from), (stream, None, sent, permit, engine)));
             }
         };
         let chunk = chunk.and_then(|c| {
@@ -201,7 +181,7 @@ pub(super) async fn query(
         });
         // After an error the answer ends (the body is aborted).
         let encoder = if chunk.is_err() { None } else { encoder };
-        Some((chunk, (stream, encoder, sent, permit)))
+        Some((chunk, (stream, encoder, sent, permit, engine)))
     });
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) }).chain(rest);
     let mut response = Body::from_stream(body).into_response();

@@ -168,14 +168,10 @@ pub(super) async fn read(
 ) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     let call = authorize_file(&state, subscriber, &file, &params).await?;
-    let requested = params.dataset.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| ApiError::bad_request("dataset= is required"))?;
+    let names = params.datasets()?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     let filters = query::mydex::parse_filters(&pairs)?;
-    let instance = match params.instance.as_deref() {
-        None | Some("") => None,
-        Some(i) => Some(i.parse::<i64>().ok().filter(|i| *i >= 0).ok_or_else(|| ApiError::bad_request("instance= is a number from 0"))?),
-    };
-    let names: Vec<&str> = requested.split('+').collect();
+    let instance = params.instance()?;
     let mut tables = Vec::with_capacity(names.len());
     let mut applied = vec![false; filters.len()];
     for name in &names {
@@ -204,7 +200,7 @@ pub(super) async fn read(
         tables.push((dataset, table, exprs));
     }
     if let Some(i) = applied.iter().position(|a| !a) {
-        return Err(ApiError::bad_request(format!("filters[{}]: no such field in {requested}", filters[i].field)));
+        return Err(ApiError::bad_request(format!("filters[{}]: no such field in {}", filters[i].field, names.join("+"))));
     }
     let mut answers = Map::new();
     for (dataset, table, exprs) in tables {

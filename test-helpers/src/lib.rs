@@ -299,6 +299,11 @@ impl TestServer {
     }
 }
 
+/// Now, in epoch seconds (event times of test rows).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
+}
+
 /// Runs a Python `script` (with pyarrow, installed by `.ci/run`) on `args`; its stdout, or
 /// `None` where Python or pyarrow is missing, which CI does not allow.
 pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {

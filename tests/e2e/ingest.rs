@@ -10,13 +10,10 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use object_store::{ObjectStore, ObjectStoreExt};
-use test_helpers::{Objects, Store, TestConfig, TestServer, object_stores, stores};
+use test_helpers::{now_secs, Objects, Store, TestConfig, TestServer, object_stores, stores};
 
 const ENERGY: &str = "ds_energy_consumption";
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 /// `n` energy readings for members `1..=members`, one every 15 minutes.
 fn readings(n: usize, members: i64, start: i64) -> Vec<Value> {
@@ -67,7 +64,7 @@ async fn every_format_lands_in_parquet_exactly_once() {
     let runs = stores().into_iter().map(|s| (s, Objects::Local)).chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
     for (store, objects) in runs {
         let s = TestServer::start(TestConfig { objects, ..TestConfig::new(store) }).await;
-        let start = now() - 10 * 86_400;
+        let start = now_secs() - 10 * 86_400;
         let rows = readings(400, 9, start);
         let (status, body) = s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows[..100])).await;
         assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 100})));
@@ -164,7 +161,7 @@ fn independent_reader_agrees(objects: &std::path::Path, rows: i64, sum: f64) {
 #[tokio::test]
 async fn refused_batches_store_nothing_and_say_which_rows() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let t = now() - 3600;
+    let t = now_secs() - 3600;
     let ok = |m: i64| json!({"member_uid": m, "field_energy_reading_timestamp": t, "field_energy_reading_value": 1.5});
     let send = |rows: Vec<Value>| s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows));
 
@@ -180,7 +177,7 @@ async fn refused_batches_store_nothing_and_say_which_rows() {
     let mut unknown = ok(1);
     unknown["surprise"] = json!(1);
     let mut future = ok(1);
-    future["field_energy_reading_timestamp"] = json!(now() + 3 * 86_400);
+    future["field_energy_reading_timestamp"] = json!(now_secs() + 3 * 86_400);
     let mut no_time = ok(1);
     no_time.as_object_mut().unwrap().remove("field_energy_reading_timestamp");
     let mut with_id = ok(1);
@@ -265,7 +262,7 @@ async fn a_field_outside_the_agreement_refuses_the_row() {
             .body(ndjson(&[row]))
             .send()
     };
-    let t = now() - 60;
+    let t = now_secs() - 60;
     let good = json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0});
     assert_eq!(post(good.clone()).await.unwrap().status(), StatusCode::OK);
     let mut extra = good.clone();
@@ -290,7 +287,7 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..200 {
-        let rows = readings(200, 9, now() - 400 * 86_400 + i * 200 * 900);
+        let rows = readings(200, 9, now_secs() - 400 * 86_400 + i * 200 * 900);
         let (status, body) = {
             let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&rows)).send().await.unwrap();
             let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
@@ -320,12 +317,12 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
 async fn idempotency_keys_answer_retries_once() {
     let s = TestServer::spawn(Store::Sqlite).await;
     let send = |key: &'static str, body: Vec<u8>| s.ingest_request(ENERGY, "application/x-ndjson", body).header("idempotency-key", key).send();
-    let first = ndjson(&readings(30, 3, now() - 86_400));
+    let first = ndjson(&readings(30, 3, now_secs() - 86_400));
     let r = send("k1", first.clone()).await.unwrap();
     assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})));
     let r = send("k1", first.clone()).await.unwrap();
     assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})), "the first answer again");
-    assert_eq!(send("k1", ndjson(&readings(5, 3, now() - 86_400))).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(send("k1", ndjson(&readings(5, 3, now_secs() - 86_400))).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Flushed and its WAL segment gone, the key is still remembered (in the catalog).
     s.flush().await;
     s.flush().await;
@@ -343,7 +340,7 @@ async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
         // One member-month of 15-minute readings for 3 members (cold: merged by month), and
         // two recent days for member 1 (merged by day), each day flushed as its own file.
         // Compaction's cold buckets are 30-day periods; start at one.
-        let month_start = (now() - 90 * 86_400) / (30 * 86_400) * (30 * 86_400);
+        let month_start = (now_secs() - 90 * 86_400) / (30 * 86_400) * (30 * 86_400);
         let mut total = 0;
         for day in 0..30 {
             let rows = readings(96 * 3, 3, month_start + day * 86_400 - 1800);
@@ -356,7 +353,7 @@ async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
             s.flush().await;
         }
         for day in [2, 1] {
-            let rows = readings(20, 1, now() - day * 86_400);
+            let rows = readings(20, 1, now_secs() - day * 86_400);
             assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
             total += rows.len();
             s.flush().await;
@@ -413,7 +410,7 @@ async fn storage_down_keeps_acking_into_the_wal_then_503_and_nothing_is_lost() {
     let mut accepted = 0;
     let mut refusal = None;
     for i in 0..500 {
-        let rows = readings(200, 9, now() - 400 * 86_400 + i * 200 * 900);
+        let rows = readings(200, 9, now_secs() - 400 * 86_400 + i * 200 * 900);
         let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&rows)).send().await.unwrap();
         match resp.status() {
             StatusCode::OK => accepted += 200,
@@ -444,7 +441,7 @@ async fn storage_down_keeps_acking_into_the_wal_then_503_and_nothing_is_lost() {
 #[tokio::test]
 async fn bulk_writes_reach_the_members_access_log_aggregated() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let rows = readings(90, 3, now() - 86_400);
+    let rows = readings(90, 3, now_secs() - 86_400);
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
     // Entries move to the catalog with their WAL segment, once its rows are in Parquet.
@@ -472,7 +469,7 @@ async fn bulk_writes_reach_the_members_access_log_aggregated() {
 #[tokio::test]
 async fn a_revocation_stops_the_next_write_despite_caches() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let row = |m: i64| json!({"member_uid": m, "field_energy_reading_timestamp": now() - 60, "field_energy_reading_value": 1.0});
+    let row = |m: i64| json!({"member_uid": m, "field_energy_reading_timestamp": now_secs() - 60, "field_energy_reading_value": 1.0});
     for _ in 0..3 {
         assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2), row(3)])).await.0, StatusCode::OK);
     }
@@ -495,7 +492,7 @@ async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
         let s = TestServer::spawn(store).await;
         let token = s.subscriber_token("energy-co").await;
         let q = s.member_query(4, "energy-co");
-        let t = now() - 3600;
+        let t = now_secs() - 3600;
         let rows = json!({ENERGY: [
             {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0, "field_energy_source_type": "CAD"},
             {"field_energy_reading_timestamp": t + 900, "field_energy_reading_value": 2.0, "field_energy_source_type": "CAD"}]});
@@ -570,7 +567,7 @@ async fn bodies_in_flight_are_bounded_and_the_excess_gets_429() {
     tx.send(Ok(br#"{"member_uid": 1"#.to_vec())).await.unwrap();
     // Time for the slow request to reach its handler (a loaded CI machine is slow).
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let rows = ndjson(&readings(10, 3, now() - 3600));
+    let rows = ndjson(&readings(10, 3, now_secs() - 3600));
     let resp = s.ingest_request(ENERGY, "application/x-ndjson", rows.clone()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().contains_key("retry-after"));

@@ -7,7 +7,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use test_helpers::{Store, TestServer, stores};
+use test_helpers::{now_secs, Store, TestServer, stores};
 
 const E: &str = "ds_energy_consumption";
 const B: &str = "ds_bank_account_transactions";
@@ -23,9 +23,6 @@ fn canary(env: char, member: i64, d: usize, f: usize) -> String {
     format!("ZQ{env}{member:02}{d}{f}QZ")
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 /// `rows` rows per member of dataset `d`, every text field a canary.
 fn planted(env: char, d: usize, rows: i64) -> Vec<u8> {
@@ -35,7 +32,7 @@ fn planted(env: char, d: usize, rows: i64) -> Vec<u8> {
         for i in 0..rows {
             let mut row = json!({"member_uid": member});
             if dataset == E {
-                row["field_energy_reading_timestamp"] = json!(now() - 3600 + i);
+                row["field_energy_reading_timestamp"] = json!(now_secs() - 3600 + i);
                 row["field_energy_reading_value"] = json!(1.5);
             } else {
                 row["ba_transaction_value"] = json!("12.50");

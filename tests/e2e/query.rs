@@ -6,19 +6,16 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use test_helpers::{Store, TestConfig, TestServer, stores};
+use test_helpers::{now_secs, Store, TestConfig, TestServer, stores};
 
 const E: &str = "ds_energy_consumption";
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 /// Delivers `n` readings for member `member` as energy-co, valued `value`.
 async fn deliver(s: &TestServer, member: i64, n: usize, value: f64) {
     let body: String = (0..n)
         .map(|i| {
-            let row = json!({"member_uid": member, "field_energy_reading_timestamp": now() - 86_400 + i as i64 * 900,
+            let row = json!({"member_uid": member, "field_energy_reading_timestamp": now_secs() - 86_400 + i as i64 * 900,
                              "field_energy_reading_value": value});
             format!("{row}\n")
         })
@@ -92,6 +89,13 @@ async fn acknowledged_rows_are_read_at_once_and_exactly_once() {
         assert!(reads.iter().all(|e| e["decision"] == "allowed" && e["dataset"] == E && e["agreement_version"] == 1));
         assert!(reads.iter().any(|e| e["rows"] == 262), "a read of all 262 rows is logged with its count");
         assert!(!log.to_string().contains("101.0"));
+
+        // Several datasets joined by a bare `+` (a space once the query string is decoded).
+        let both = format!("/api/pds/transaction/1.json?{q}&dataset={E}+ds_browsing_history");
+        let (status, rows) = s.call(Method::GET, &both, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{rows}");
+        assert_eq!(rows[E].as_object().unwrap().len(), 262);
+        assert_eq!(rows["ds_browsing_history"], json!({}));
         s.stop().await;
     }
 }
@@ -246,7 +250,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
     for batch in 0..2 {
         let rows: Vec<serde_json::Map<String, Value>> = (0..5)
             .map(|i| {
-                let t = now() - 3600 + batch * 600 + i;
+                let t = now_secs() - 3600 + batch * 600 + i;
                 json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0}).as_object().unwrap().clone()
             })
             .collect();
