@@ -497,16 +497,6 @@ impl Buffer {
         }
         out
     }
-
-    /// Members of (`env`, `dataset`) with buffered rows or files.
-    pub fn members(&self, env: DataEnvironment, dataset: &DatasetName) -> Vec<MemberId> {
-        let state = self.state();
-        let Some(table) = state.tables.get(&(env, dataset.clone())) else { return Vec::new() };
-        let mut out: Vec<MemberId> = table.files.keys().chain(table.partitions.keys()).copied().collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
 }
 
 #[cfg(test)]
@@ -576,8 +566,6 @@ mod tests {
         assert_eq!(buffer.min_segment(), Some(6));
         buffer.swap_files(&[file("c", 1)], &[path(1, "a")]);
         assert_eq!(names(&rows(1)), ["c"], "compaction swaps files");
-        let members = buffer.members(DataEnvironment::Production, &schema.dataset.name);
-        assert_eq!(members, [MemberId::new(1).unwrap(), MemberId::new(2).unwrap()]);
         // The change feed: repeats are ignored, other nodes' replacements applied, and paths
         // this node is committing left to its own flush or compaction.
         buffer.apply_manifest([file("c", 1), file("e", 1)], &[path(2, "b")]);
