@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => trove::serve(config, trove::shutdown_signal()).await,
         Command::Demo(config) => trove::demo::run(config).await,
+        Command::Load(config) => trove::load::run(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -312,6 +312,11 @@ impl Buffer {
         self.state().bytes
     }
 
+    /// Recorded files in the index, over every partition.
+    pub fn file_count(&self) -> usize {
+        self.state().tables.values().flat_map(|t| t.files.values()).map(Vec::len).sum()
+    }
+
     /// Partitions due for a flush: older than `max_age` or larger than `max_bytes`, and
     /// then, while the buffer is above `soft_bytes`, the largest ones first.
     pub fn due(&self, max_age: std::time::Duration, max_bytes: usize, soft_bytes: usize) -> Vec<PartitionKey> {

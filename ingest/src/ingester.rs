@@ -501,6 +501,7 @@ impl Ingester {
                 tracing::warn!(error = %e, "could not read the manifest's changes; retrying");
             }
             metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
+            metrics::gauge!("trove_ingest_files").set(self.buffer.file_count() as f64);
             if last_compaction.elapsed() >= self.config.compact_interval {
                 last_compaction = std::time::Instant::now();
                 if let Err(e) = self.compact_round().await {

@@ -304,6 +304,25 @@ pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
 }
 
+/// A free port on loopback, for a real binary to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// Waits until a server on `port` answers `/health` (at most 30 s): how long it took.
+pub async fn wait_healthy(client: &reqwest::Client, port: u16) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await
+            && r.status().is_success()
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not ready after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a Python `script` (with pyarrow, installed by `.ci/run`) on `args`; its stdout, or
 /// `None` where Python or pyarrow is missing, which CI does not allow.
 pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {

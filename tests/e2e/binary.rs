@@ -2,15 +2,11 @@
 //! embedded defaults and shuts down cleanly on SIGTERM.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use test_helpers::{free_port, wait_healthy};
 
-const TROVE: &str = env!("CARGO_BIN_EXE_trove");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::TROVE;
 
 #[tokio::test]
 async fn demo_then_serve_then_sigterm() {
@@ -48,15 +44,7 @@ async fn demo_then_serve_then_sigterm() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await
-            && r.status().is_success() {
-                break;
-            }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&client, port).await;
     // The generated operator token works; a member listing proves the seeded catalog is served.
     let members: Value = client
         .get(format!("http://127.0.0.1:{port}/v1/members"))

@@ -6,20 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
-use test_helpers::{Objects, object_stores};
+use test_helpers::{Objects, free_port, object_stores, wait_healthy};
 
-const TROVE: &str = env!("CARGO_BIN_EXE_trove");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::TROVE;
 
 /// Where a run keeps its Parquet files: the local directory, or a prefix on the test S3 server.
 struct Target {
@@ -55,18 +51,6 @@ fn start(data: &std::path::Path, port: u16, target: &Target) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await
-            && r.status().is_success() {
-                return started.elapsed();
-            }
-        assert!(started.elapsed() < Duration::from_secs(30), "not ready after 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 type Unanswered = Arc<Mutex<Vec<(String, String, Vec<i64>)>>>;
@@ -127,7 +111,7 @@ async fn crash_run(objects: Objects) {
     for round in 0..kills {
         let port = free_port();
         let mut server = start(&data, port, &target);
-        restarts.push(wait_ready(&client, port).await);
+        restarts.push(wait_healthy(&client, port).await);
         retry_unanswered(&client, port, &auth, &unanswered, &acked).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
@@ -186,7 +170,7 @@ async fn crash_run(objects: Objects) {
     // A last clean run: the last retries, then SIGTERM flushes everything.
     let port = free_port();
     let server = start(&data, port, &target);
-    restarts.push(wait_ready(&client, port).await);
+    restarts.push(wait_healthy(&client, port).await);
     let retried = retry_unanswered(&client, port, &auth, &unanswered, &acked).await;
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     let mut server = server;

@@ -8,6 +8,10 @@ mod crash;
 mod ingest;
 mod isolation;
 mod lifecycle;
+mod load;
 mod operations;
 mod pds;
 mod query;
+
+/// The real binary, for the suites that run it.
+const TROVE: &str = env!("CARGO_BIN_EXE_trove");

@@ -1,0 +1,137 @@
+//! The load generator against the real server binary, small enough for CI: `trove load` sets
+//! up its own subscriber, connection, members and agreements through the API, sends, and
+//! reports; the rows it reports as stored must be there, read back through the SQL door.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use test_helpers::{free_port, wait_healthy};
+
+use crate::TROVE;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(data: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(TROVE)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--flush-age", "300ms", "--data-dir"])
+        .arg(data)
+        .env_remove("TROVE_ADMIN_TOKEN")
+        .env("TROVE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(&reqwest::Client::new(), port).await;
+    Server { child, port }
+}
+
+/// Runs `trove load` with `args`: its JSON report, after checking it exited 0.
+fn load(server: &Server, data: &Path, args: &[&str]) -> Value {
+    let report = data.parent().unwrap().join("report.json");
+    let out = Command::new(TROVE)
+        .args(["load", "--url", &format!("http://127.0.0.1:{}", server.port), "--data-dir"])
+        .arg(data)
+        .arg("--report")
+        .arg(&report)
+        .args(args)
+        .env_remove("TROVE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "trove load {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(stdout.lines().last().map(|l| serde_json::from_str::<Value>(l).unwrap()), Some(report.clone()), "stdout ends with the report");
+    report
+}
+
+async fn count_rows(port: u16, setup: &Path, dataset: &str) -> i64 {
+    let setup: Value = serde_json::from_slice(&std::fs::read(setup).unwrap()).unwrap();
+    let client = reqwest::Client::new();
+    let token: Value = client
+        .post(format!("http://127.0.0.1:{port}/oauth2/token"))
+        .basic_auth(setup["client_id"].as_str().unwrap(), setup["client_secret"].as_str())
+        .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows: Value = client
+        .post(format!("http://127.0.0.1:{port}/v1/query"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&serde_json::json!({"sql": format!("SELECT count(*) AS n FROM {dataset}")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    rows[0]["n"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn load_generator_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = serve(&data).await;
+    let setup = dir.path().join("setup.json");
+    let setup_arg = setup.to_str().unwrap();
+
+    // Energy readings as NDJSON, a fixed number of rows: all of them stored, none twice.
+    let r = load(&server, &data, &["--members", "20", "--batch", "250", "--connections", "2", "--rows", "5000", "--setup-file", setup_arg]);
+    assert_eq!((r["rows"].as_u64(), r["failed"].as_u64(), r["requests"].as_u64()), (Some(5000), Some(0), Some(20)), "{r}");
+    assert!(r["ack_ms"]["p50"].as_f64().unwrap() > 0.0 && r["rows_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["server"]["pid"].as_u64(), Some(server.child.id() as u64), "the server found by its port: {r}");
+    assert!(r["server"]["rss_max_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(count_rows(server.port, &setup, "ds_energy_consumption").await, 5000);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&setup).unwrap().permissions().mode() & 0o777, 0o600, "the setup file holds credentials");
+
+    // The same members again, as Arrow IPC, for a duration at a rate.
+    let r = load(&server, &data, &["--members", "20", "--format", "arrow", "--rate", "4000", "--duration", "2s", "--setup-file", setup_arg]);
+    assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
+    let arrow_rows = r["rows"].as_i64().unwrap();
+    assert!((4000..=9000).contains(&arrow_rows), "about 2 s at 4,000 rows/s: {r}");
+    assert_eq!(count_rows(server.port, &setup, "ds_energy_consumption").await, 5000 + arrow_rows);
+
+    // Bank transactions (decimals) and browsing history (long strings), each set up anew.
+    for workload in ["bank", "browsing"] {
+        let r = load(&server, &data, &["--workload", workload, "--members", "10", "--batch", "100", "--rows", "1000"]);
+        assert_eq!((r["rows"].as_u64(), r["failed"].as_u64()), (Some(1000), Some(0)), "{workload}: {r}");
+    }
+
+    // Mixed: ingest at a set rate while both read doors are read.
+    let r = load(&server, &data, &["--workload", "mixed", "--members", "20", "--rate", "2000", "--duration", "3s", "--readers", "2", "--setup-file", setup_arg]);
+    assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
+    for door in ["sql", "mydex"] {
+        let reads = &r["reads"][door];
+        assert!(reads["ms"]["count"].as_u64().unwrap() > 0 && reads["failed"].as_u64() == Some(0), "{door}: {r}");
+    }
+
+    // Soak samples the server's gauges.
+    let r = load(&server, &data, &["--workload", "soak", "--members", "20", "--rate", "2000", "--duration", "3s", "--sample-every", "1s", "--setup-file", setup_arg]);
+    let samples = r["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{r}");
+    assert!(samples.iter().all(|s| s["server_rss_bytes"].as_u64().unwrap() > 0 && s["files"].as_f64().is_some()), "{r}");
+
+    // A server that refuses the operator token fails the run with a clear exit status.
+    let out = Command::new(TROVE)
+        .args(["load", "--url", &format!("http://127.0.0.1:{}", server.port), "--admin-token", "wrong", "--rows", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+}
