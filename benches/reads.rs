@@ -1,4 +1,4 @@
-//! Scoped reads end to end, next to DuckDB over the same files, in one run.
+//! Scoped reads end to end, next to DuckDB and PostgreSQL over the same rows, in one run.
 //!
 //! `cargo bench --bench reads` (add `-- --quick` for a short run;
 //! `TROVE_QUERY_FILE_CACHE_BYTES=0` turns the decoded-file cache off). It starts the real router
@@ -13,9 +13,18 @@
 //!
 //! first with everything flushed and compacted, then with the newest rows still in the
 //! ingest buffers. DuckDB (`pip install duckdb`) runs Q1-Q3 handed the list of every
-//! Parquet file trove wrote for the dataset. Each figure is p50 / p99 over the iterations.
-//! `TROVE_BENCH_LOOP=2:30` instead repeats Q3 for 30 s after loading, for a profiler.
+//! Parquet file trove wrote for the dataset. With `TROVE_BENCH_POSTGRES_URL` set (a
+//! `postgres://` URL of a server on loopback, e.g. from `scripts/start-postgres.sh`),
+//! PostgreSQL runs Q1-Q3 too (`pip install 'psycopg[binary]'`): the very rows delivered to
+//! trove, written to a CSV file as they are delivered, are COPYed into a logged table with
+//! the dataset's columns, indexed by a btree on (member, event time), vacuumed and analyzed,
+//! and each query is a prepared statement. Each figure is p50 / p99 over the iterations;
+//! the peers run once untimed per query first (warm) and the same number of times as each
+//! other. `TROVE_BENCH_REPORT=<path>` also writes the table as JSON there (for
+//! `benches/compare.sh`). `TROVE_BENCH_LOOP=2:30` instead repeats Q3 for 30 s after loading,
+//! for a profiler.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -44,20 +53,36 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// The columns of the PostgreSQL table, in the order of the CSV rows: `member_uid` and the
+/// dataset's 8 fields, typed as trove stores them (timestamps are epoch seconds).
+const PG_COLUMNS: &str = "member_uid bigint NOT NULL, created_timestamp bigint, field_energy_homeid bigint, \
+    field_energy_reading_timestamp bigint, field_energy_reading_value double precision, \
+    field_energy_source_index_id text, field_energy_source_name text, field_energy_source_type text, \
+    updated_timestamp bigint";
+
 /// Delivers readings of `members` for `days` days starting at `first_day` (epoch days), a
-/// day at a time, each day's rows in 10,000-row bodies, flushing after each day.
-async fn deliver(s: &TestServer, members: i64, first_day: i64, days: i64, per_day: i64, flush: bool) {
+/// day at a time, each day's rows in 10,000-row bodies, flushing after each day. With `csv`,
+/// the same rows also go there as PostgreSQL's CSV (columns as `PG_COLUMNS`), so that the
+/// peer stores exactly what trove was sent; `created_timestamp`, which trove fills with the
+/// arrival time, gets the time of delivery there.
+async fn deliver(s: &TestServer, members: i64, first_day: i64, days: i64, per_day: i64, flush: bool, mut csv: Option<&mut dyn Write>) {
     for day in first_day..first_day + days {
         let mut body = String::new();
         let mut rows = 0;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         for member in 1..=members {
             for i in 0..per_day {
                 let t = day * DAY + i * 900;
+                let value = ((member * 7 + i) % 1000) as f64 / 8.0;
                 let row = json!({"member_uid": member, "field_energy_reading_timestamp": t,
-                                 "field_energy_reading_value": ((member * 7 + i) % 1000) as f64 / 8.0,
+                                 "field_energy_reading_value": value,
                                  "field_energy_source_type": "smart-meter"});
                 body.push_str(&row.to_string());
                 body.push('\n');
+                if let Some(csv) = csv.as_mut() {
+                    // Eighths print exactly, so PostgreSQL holds the same doubles.
+                    writeln!(csv, "{member},{now},,{t},{value},,,smart-meter,").unwrap();
+                }
                 rows += 1;
                 if rows == 10_000 {
                     let (status, answer) = s.ingest(E, "application/x-ndjson", std::mem::take(&mut body).into_bytes()).await;
@@ -106,12 +131,37 @@ async fn time_get(s: &TestServer, token: &str, path: &str, n: usize, expect_rows
     percentiles(samples)
 }
 
+/// Runs `script` with `python3 -c`, returning its stdout as JSON, or why it did not run.
+fn python(script: &str, args: &[std::ffi::OsString], hint: &str) -> Result<Value, String> {
+    let out = std::process::Command::new("python3").args(["-c", script]).args(args).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{hint}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .map_err(|_| format!("answered {:?} / {:?}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `[[p50 s, p99 s], ...]` as the Python peers print them.
+fn timings(v: &Value) -> Option<Vec<Timing>> {
+    let secs = |p: &Value, i: usize| p.get(i).and_then(Value::as_f64).map(Duration::from_secs_f64);
+    v.as_array()?.iter().map(|p| Some(Timing { p50: secs(p, 0)?, p99: secs(p, 1)? })).collect()
+}
+
+/// The peers' Python: percentiles picked as `percentiles` picks them.
+const PICK: &str = r#"
+import math
+def pick(samples, q):
+    samples = sorted(samples)
+    return samples[max(1, min(len(samples), math.ceil(len(samples) * q))) - 1]
+"#;
+
 /// DuckDB over every Parquet file of the dataset: p50/p99 per query, or `None` without it.
 fn duckdb(files: &[String], queries: &[(&str, String)], n: usize) -> Option<Vec<Timing>> {
     let list = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(list.path(), files.join("\n")).unwrap();
-    let script = r#"
-import sys, time, json, math, duckdb
+    let script = PICK.to_string()
+        + r#"
+import sys, time, json, duckdb
 files = open(sys.argv[1]).read().split("\n")
 n = int(sys.argv[2])
 con = duckdb.connect()
@@ -123,35 +173,97 @@ for sql in sys.argv[3:]:
     samples = []
     for _ in range(n):
         t = time.perf_counter(); con.execute(sql).fetchall(); samples.append(time.perf_counter() - t)
-    samples.sort()
-    pick = lambda q: samples[max(1, min(len(samples), math.ceil(len(samples) * q))) - 1]
-    out.append([pick(0.5), pick(0.99)])
+    out.append([pick(samples, 0.5), pick(samples, 0.99)])
 print(json.dumps(out))
 "#;
     let mut args: Vec<std::ffi::OsString> = vec![list.path().into(), n.to_string().into()];
     args.extend(queries.iter().map(|(_, q)| q.replace(E, "readings").into()));
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let out = match std::process::Command::new("python3").args(["-c", script]).args(&args).output() {
-        Ok(out) => out,
+    match python(&script, &args, "pip install duckdb").map(|v| timings(&v)) {
+        Ok(Some(t)) => Some(t),
+        Ok(None) => None,
         Err(e) => {
             eprintln!("DuckDB did not run: {e}");
-            return None;
+            None
         }
-    };
-    if !out.status.success() {
-        eprintln!("DuckDB did not run (pip install duckdb): {}", String::from_utf8_lossy(&out.stderr));
-        return None;
     }
-    let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
-        eprintln!("DuckDB answered {:?} / {:?}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        return None;
-    };
-    Some(
-        v.as_array()?
-            .iter()
-            .map(|p| Timing { p50: Duration::from_secs_f64(p[0].as_f64().unwrap()), p99: Duration::from_secs_f64(p[1].as_f64().unwrap()) })
-            .collect(),
-    )
+}
+
+/// What PostgreSQL did: its version, the rows it loaded and how long that took, p50/p99 per
+/// query.
+struct Postgres {
+    version: String,
+    rows: i64,
+    load_seconds: f64,
+    index_seconds: f64,
+    timings: Vec<Timing>,
+}
+
+/// PostgreSQL at `url` over the rows in `csv`: a logged table with the dataset's columns,
+/// COPYed, then the btree on (member, event time) that a PostgreSQL user would add for these
+/// reads, then `VACUUM ANALYZE` (statistics for the planner, and the hint bits and visibility
+/// map a table in steady state has, so the first timed scans do not write). Each query is a
+/// prepared statement (psycopg's `prepare=True`: parsed and planned once), checked to answer
+/// the rows trove answered, run once untimed, then `n` times. The table is dropped afterwards.
+fn postgres(url: &str, csv: &std::path::Path, queries: &[(&str, String, usize)], n: usize) -> Result<Postgres, String> {
+    let table = "trove_bench_readings";
+    let script = PICK.to_string()
+        + r#"
+import sys, time, json, psycopg
+url, path, n, table, columns = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+queries = json.loads(sys.argv[6])
+with psycopg.connect(url, autocommit=True) as con:
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"CREATE TABLE {table} ({columns})")
+    try:
+        started = time.perf_counter()
+        with con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy, open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                copy.write(chunk)
+        loaded = time.perf_counter()
+        con.execute(f"CREATE INDEX ON {table} (member_uid, field_energy_reading_timestamp)")
+        con.execute(f"VACUUM ANALYZE {table}")
+        indexed = time.perf_counter()
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        out = []
+        for sql, expect in queries:
+            cur = con.cursor()
+            got = len(cur.execute(sql, prepare=True).fetchall())
+            if got != expect:
+                sys.exit(f"{sql}\nanswered {got} rows, trove {expect}")
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter(); cur.execute(sql, prepare=True).fetchall(); samples.append(time.perf_counter() - t)
+            out.append([pick(samples, 0.5), pick(samples, 0.99)])
+        version = con.execute("SHOW server_version").fetchone()[0]
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+print(json.dumps({"version": version, "rows": rows, "load_seconds": loaded - started,
+                  "index_seconds": indexed - loaded, "timings": out}))
+"#;
+    let queries: Vec<(String, usize)> = queries.iter().map(|(_, q, expect)| (q.replace(E, table), *expect)).collect();
+    let args: Vec<std::ffi::OsString> = vec![
+        url.into(),
+        csv.into(),
+        n.to_string().into(),
+        table.into(),
+        PG_COLUMNS.into(),
+        serde_json::to_string(&queries).unwrap().into(),
+    ];
+    let v = python(&script, &args, "pip install 'psycopg[binary]'")?;
+    Ok(Postgres {
+        version: v["version"].as_str().unwrap_or("?").to_string(),
+        rows: v["rows"].as_i64().unwrap_or(0),
+        load_seconds: v["load_seconds"].as_f64().unwrap_or(f64::NAN),
+        index_seconds: v["index_seconds"].as_f64().unwrap_or(f64::NAN),
+        timings: timings(&v["timings"]).ok_or_else(|| format!("answered {v}"))?,
+    })
+}
+
+/// The commit measured, as `git rev-parse --short HEAD` names it, if git can tell.
+fn commit() -> Option<String> {
+    let out =
+        std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn main() {
@@ -170,7 +282,8 @@ async fn run(quick: bool) {
     if let Ok(bytes) = std::env::var("TROVE_QUERY_FILE_CACHE_BYTES") {
         config.query.file_cache_bytes = bytes.parse().expect("a byte count");
     }
-    eprintln!("file cache: {} bytes", config.query.file_cache_bytes);
+    let file_cache_bytes = config.query.file_cache_bytes;
+    eprintln!("file cache: {file_cache_bytes} bytes");
     let started = Instant::now();
     let s = TestServer::start(config).await;
     eprintln!("seeded {} members in {:.1} s", q3_members + 1, started.elapsed().as_secs_f64());
@@ -179,9 +292,18 @@ async fn run(quick: bool) {
     let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 / DAY;
     let (first, q3_day) = (today - days - 1, today - 1);
 
+    // PostgreSQL gets the rows trove got: written as they are delivered, COPYed after trove's runs.
+    let postgres_url = std::env::var("TROVE_BENCH_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    let csv = postgres_url.as_ref().map(|_| tempfile::Builder::new().prefix("trove-bench-pg-").suffix(".csv").tempfile().unwrap());
+    let mut csv_out = csv.as_ref().map(|f| std::io::BufWriter::with_capacity(1 << 20, f.as_file()));
+
     let started = Instant::now();
-    deliver(&s, q1_members, first, days, 96, true).await;
-    deliver(&s, q3_members, q3_day, 1, 96, true).await;
+    deliver(&s, q1_members, first, days, 96, true, csv_out.as_mut().map(|w| w as &mut dyn Write)).await;
+    deliver(&s, q3_members, q3_day, 1, 96, true, csv_out.as_mut().map(|w| w as &mut dyn Write)).await;
+    if let Some(w) = csv_out.as_mut() {
+        w.flush().unwrap();
+    }
+    drop(csv_out);
     let rows = q1_members * days * 96 + q3_members * 96;
     eprintln!("delivered and flushed {rows} rows in {:.1} s", started.elapsed().as_secs_f64());
     let started = Instant::now();
@@ -245,25 +367,50 @@ async fn run(quick: bool) {
         }
         return;
     }
-    let mut table = vec![];
-    for (label, sql, expect) in &queries {
-        let n = if label.starts_with("Q3") { iterations / 4 } else { iterations };
-        table.push((format!("{label} (compacted)"), time_sql(&s, &token, sql, n, *expect).await));
+    // Each row of the table: a key for scripts (`benches/compare.sh`), the label, trove's timing.
+    let mut table: Vec<(&str, String, Timing)> = vec![];
+    for ((label, sql, expect), key) in queries.iter().zip(["q1", "q2", "q3"]) {
+        let n = if key == "q3" { iterations / 4 } else { iterations };
+        table.push((key, format!("{label} (compacted)"), time_sql(&s, &token, sql, n, *expect).await));
     }
-    table.push(("Mydex newest 96 rows (compacted)".into(), time_get(&s, &token, &mydex, iterations, 96).await));
+    table.push(("mydex", "Mydex newest 96 rows (compacted)".into(), time_get(&s, &token, &mydex, iterations, 96).await));
 
+    // The peers run while trove's server idles, each the same number of times.
+    let peer_iterations = iterations / 4;
     let paths: Vec<String> = files.iter().map(|f| s.dir.path().join("objects").join(&f.path).display().to_string()).collect();
-    let duck = duckdb(&paths, &queries.iter().map(|(l, q, _)| (*l, q.clone())).collect::<Vec<_>>(), iterations / 4);
+    let duck = duckdb(&paths, &queries.iter().map(|(l, q, _)| (*l, q.clone())).collect::<Vec<_>>(), peer_iterations);
+    let pg = match (&postgres_url, &csv) {
+        (Some(url), Some(csv)) => {
+            let started = Instant::now();
+            let pg = postgres(url, csv.path(), &queries, peer_iterations);
+            match &pg {
+                Ok(p) => eprintln!(
+                    "PostgreSQL {}: {} rows COPYed in {:.1} s, indexed and analyzed in {:.1} s, timed in {:.1} s in all",
+                    p.version,
+                    p.rows,
+                    p.load_seconds,
+                    p.index_seconds,
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => eprintln!("PostgreSQL did not run: {e}"),
+            }
+            pg.map_err(|_| "failed (see stderr)".to_string())
+        }
+        _ => Err("not run (set TROVE_BENCH_POSTGRES_URL)".to_string()),
+    };
+    drop(csv);
 
     // Newest rows still in the buffers: four more readings for every member of the Q3 day.
-    deliver(&s, q3_members, q3_day + 1, 1, 4, false).await;
+    deliver(&s, q3_members, q3_day + 1, 1, 4, false, None).await;
     let buffered = [
         (
+            "q1_buffered",
             "Q1 one member, today, buffered rows",
             format!("SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {}", (q3_day + 1) * DAY),
             4usize,
         ),
         (
+            "q3_buffered",
             "Q3 10,000 members, last two days, with buffered rows",
             format!(
                 "SELECT member_uid, avg(field_energy_reading_value) AS mean FROM {E} \
@@ -273,33 +420,75 @@ async fn run(quick: bool) {
             readers as usize,
         ),
     ];
-    for (label, sql, expect) in &buffered {
-        let n = if label.starts_with("Q3") { iterations / 4 } else { iterations };
-        table.push((label.to_string(), time_sql(&s, &token, sql, n, *expect).await));
+    for (key, label, sql, expect) in &buffered {
+        let n = if key.starts_with("q3") { iterations / 4 } else { iterations };
+        table.push((*key, label.to_string(), time_sql(&s, &token, sql, n, *expect).await));
     }
     let mydex_today = format!(
         "/api/pds/transaction/42.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D={}",
         96 * days + 96
     );
-    table.push(("Mydex newest rows, buffered".into(), time_get(&s, &token, &mydex_today, iterations, 4).await));
+    table.push(("mydex_buffered", "Mydex newest rows, buffered".into(), time_get(&s, &token, &mydex_today, iterations, 4).await));
 
-    println!("\n| read (trove, p50 / p99 ms) | trove | DuckDB, all of trove's files |");
-    println!("|---|---|---|");
-    for (i, (label, t)) in table.iter().enumerate() {
-        let peer = match (&duck, i) {
-            (Some(d), 0..=2) => format!("{} / {}", ms(d[i].p50), ms(d[i].p99)),
-            (None, 0..=2) => "not run".into(),
-            _ => "-".into(),
-        };
-        println!("| {label} | {} / {} | {peer} |", ms(t.p50), ms(t.p99));
+    // Q1-Q3 (the first three rows) are the ones the peers ran.
+    let duck_at = |i: usize| duck.as_ref().filter(|_| i < 3).map(|d| &d[i]);
+    let pg_at = |i: usize| pg.as_ref().ok().filter(|_| i < 3).map(|p| &p.timings[i]);
+    let cell = |t: Option<&Timing>, i: usize, missing: &str| match t {
+        Some(t) => format!("{} / {}", ms(t.p50), ms(t.p99)),
+        None if i < 3 => missing.to_string(),
+        None => "-".into(),
+    };
+    let pg_name = match &pg {
+        Ok(p) => format!("PostgreSQL {}", p.version.split_whitespace().next().unwrap_or("?")),
+        Err(_) => "PostgreSQL".into(),
+    };
+    let pg_missing = pg.as_ref().err().cloned().unwrap_or_default();
+    println!("\n| read (p50 / p99 ms) | trove | DuckDB, all of trove's files | {pg_name}, btree (member, ts), prepared |");
+    println!("|---|---|---|---|");
+    for (i, (_, label, t)) in table.iter().enumerate() {
+        println!("| {label} | {} / {} | {} | {} |", ms(t.p50), ms(t.p99), cell(duck_at(i), i, "not run"), cell(pg_at(i), i, &pg_missing));
     }
+    let parquet_bytes = files.iter().map(|f| f.size_bytes).sum::<i64>();
     println!(
-        "\n{rows} rows, {} Parquet files ({:.1} MB), {} iterations (Q3: {}), debug assertions {}",
+        "\n{rows} rows, {} Parquet files ({:.1} MB), {} iterations (Q3 and the peers: {}), debug assertions {}",
         files.len(),
-        files.iter().map(|f| f.size_bytes).sum::<i64>() as f64 / 1e6,
+        parquet_bytes as f64 / 1e6,
         iterations,
-        iterations / 4,
+        peer_iterations,
         if cfg!(debug_assertions) { "on" } else { "off" }
     );
+
+    if let Ok(path) = std::env::var("TROVE_BENCH_REPORT") {
+        let ms_or_null = |t: Option<&Timing>, f: fn(&Timing) -> Duration| t.map_or(Value::Null, |t| json!(f(t).as_secs_f64() * 1000.0));
+        let report = json!({
+            "commit": commit(),
+            "quick": quick,
+            "rows": rows,
+            "files": files.len(),
+            "parquet_bytes": parquet_bytes,
+            "iterations": iterations,
+            "q3_iterations": iterations / 4,
+            "peer_iterations": peer_iterations,
+            "debug_assertions": cfg!(debug_assertions),
+            "file_cache_bytes": file_cache_bytes,
+            "duckdb": duck.is_some(),
+            "postgres": match &pg {
+                Ok(p) => json!({"version": p.version, "rows": p.rows, "load_seconds": p.load_seconds, "index_seconds": p.index_seconds}),
+                Err(e) => json!({"error": e}),
+            },
+            "table": table.iter().enumerate().map(|(i, (key, label, t))| json!({
+                "key": key,
+                "label": label,
+                "trove_p50_ms": t.p50.as_secs_f64() * 1000.0,
+                "trove_p99_ms": t.p99.as_secs_f64() * 1000.0,
+                "duckdb_p50_ms": ms_or_null(duck_at(i), |t| t.p50),
+                "duckdb_p99_ms": ms_or_null(duck_at(i), |t| t.p99),
+                "postgres_p50_ms": ms_or_null(pg_at(i), |t| t.p50),
+                "postgres_p99_ms": ms_or_null(pg_at(i), |t| t.p99),
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        eprintln!("report written to {path}");
+    }
     s.stop().await;
 }

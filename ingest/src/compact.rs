@@ -132,10 +132,10 @@ impl Compactor {
     ) -> Result<(), IngestError> {
         let mut batches: Vec<RecordBatch> = Vec::new();
         for f in group {
-            batches.extend(persist::read_file(store, &f.path).await?);
+            batches.extend(persist::read_file_in_background(store, &f.path).await?);
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
-        let file = persist::write_file(store, key, schema, batches, 5).await?;
+        let file = persist::write_file(store, key, schema, batches, persist::Codec::Compacted, 5).await?;
         buffer.claim(old.iter().cloned().chain([file.path.clone()]));
         if let Err(e) = persist::commit(store, catalog, std::slice::from_ref(&file), &old).await {
             buffer.release(old.iter().chain([&file.path]));

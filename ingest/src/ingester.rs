@@ -282,6 +282,9 @@ impl Ingester {
                 }
             };
             for batch in batches {
+                // A member's slice shares the record's buffers: count its share of them, as a
+                // live write does, not the whole record once per member.
+                let record_bytes = batch.get_array_memory_size();
                 let ids = batch.column(2).as_primitive::<Int64Type>();
                 let versions = batch.column(3).as_primitive::<Int64Type>();
                 last_version = last_version.max(datafusion::arrow::compute::max(versions).unwrap_or(0));
@@ -301,7 +304,7 @@ impl Ingester {
                     let fresh = datafusion::arrow::compute::filter_record_batch(&slice, &keep)?;
                     if fresh.num_rows() > 0 {
                         replayed += fresh.num_rows();
-                        let bytes = fresh.get_array_memory_size();
+                        let bytes = record_bytes * fresh.num_rows() / batch.num_rows();
                         buffer.insert_runs(header.env, &schema, &fresh, &[(key.member, 0, fresh.num_rows())], *segment, bytes);
                     }
                 }
@@ -553,7 +556,14 @@ impl Ingester {
         let written: Vec<(crate::buffer::FlushBatch, Result<ParquetFile, IngestError>)> = futures::stream::iter(flushes)
             .map(|flush| async move {
                 let result =
-                    crate::persist::write_file(&self.store, &flush.key, &flush.schema, flush.batches.clone(), self.config.put_attempts).await;
+                    crate::persist::write_file(
+                        &self.store,
+                        &flush.key,
+                        &flush.schema,
+                        flush.batches.clone(),
+                        crate::persist::Codec::Flush,
+                        self.config.put_attempts,
+                    ).await;
                 (flush, result)
             })
             .buffer_unordered(8)

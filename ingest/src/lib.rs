@@ -29,10 +29,12 @@
 //!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
+//! - `background`: flush and compaction encoding on a bounded pool, off the request path.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
 //! - [`Ingester`]: the sequencer and flusher that tie them together.
 
+mod background;
 pub mod buffer;
 pub mod compact;
 pub mod decode;

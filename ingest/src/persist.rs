@@ -1,6 +1,7 @@
-//! Buffered rows to Parquet in object storage: sorted by event time, ZSTD, dictionary
-//! encoding, page statistics and page index, a unique name written with `PutMode::Create`,
-//! recorded in the manifest only after the put succeeded.
+//! Buffered rows to Parquet in object storage: sorted by event time, dictionary encoding,
+//! page statistics and page index, LZ4 for flushes and ZSTD for compacted files ([`Codec`]),
+//! a unique name written with `PutMode::Create`, recorded in the manifest only after the put
+//! succeeded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +54,25 @@ fn file_path(key: &PartitionKey, min_event_time: i64, min_id: i64, max_id: i64) 
     partition_prefix(key).join(name.as_str())
 }
 
-fn writer_properties() -> WriterProperties {
+/// How a file is compressed. parquet-rs makes a ZSTD context per column of every file,
+/// which costs about 0.4 ms a file whatever its size: most of a flush round, which writes a
+/// small file per member. Flushes therefore use LZ4 (no context to set up), and compaction,
+/// which rewrites them into few large files, ZSTD for the smaller size (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// A flush: fast to write, rewritten by compaction.
+    Flush,
+    /// A compacted file: kept long, so small.
+    Compacted,
+}
+
+fn writer_properties(codec: Codec) -> WriterProperties {
+    let compression = match codec {
+        Codec::Flush => Compression::LZ4_RAW,
+        Codec::Compacted => Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")),
+    };
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(compression)
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(1 << 20))
@@ -66,7 +83,7 @@ fn writer_properties() -> WriterProperties {
 /// only the newest version of each row: a file never holds one id twice, which is what lets
 /// readers skip de-duplication unless files' id ranges overlap.
 /// Returns the bytes and the rows written.
-pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
+pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch], codec: Codec) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
     let batch = newest_versions(concat_batches(&schema.stored, batches)?)?;
     let sort = [
         SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
@@ -75,7 +92,7 @@ pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<(Vec<u8
     let indices = lexsort_to_indices(&sort, None)?;
     let sorted = take_record_batch(&batch, &indices)?;
     let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4);
-    let mut writer = ArrowWriter::try_new(&mut out, schema.stored.clone(), Some(writer_properties()))?;
+    let mut writer = ArrowWriter::try_new(&mut out, schema.stored.clone(), Some(writer_properties(codec)))?;
     writer.write(&sorted)?;
     writer.close()?;
     Ok((out, sorted))
@@ -88,12 +105,11 @@ pub async fn write_file(
     key: &PartitionKey,
     schema: &Arc<DatasetSchema>,
     batches: Vec<RecordBatch>,
+    codec: Codec,
     attempts: u32,
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
-    let (bytes, sorted) = tokio::task::spawn_blocking(move || encode(&schema2, &batches))
-        .await
-        .map_err(|e| crate::IngestError::Internal(format!("encode task: {e}")))??;
+    let (bytes, sorted) = crate::background::run(move || encode(&schema2, &batches, codec)).await??;
     let times = sorted.column(schema.event_time_stored).as_primitive::<Int64Type>();
     let ids = sorted.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
     let (min_t, max_t) = (min_i64(times), max_i64(times));
@@ -119,7 +135,16 @@ pub async fn write_file(
 
 /// Every row of a recorded file (stored columns), decoded.
 pub async fn read_file(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>, crate::IngestError> {
+    decode_file(store.get(&Path::from(path)).await?.bytes().await?)
+}
+
+/// The same, decoded on a background thread: for compaction, which is not waited for.
+pub async fn read_file_in_background(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>, crate::IngestError> {
     let bytes = store.get(&Path::from(path)).await?.bytes().await?;
+    crate::background::run(move || decode_file(bytes)).await?
+}
+
+fn decode_file(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, crate::IngestError> {
     Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?.collect::<Result<Vec<_>, _>>()?)
 }
 

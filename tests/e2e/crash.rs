@@ -70,7 +70,8 @@ async fn retry_unanswered(client: &reqwest::Client, port: u16, auth: &str, unans
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200, "a retry with the same key and body is answered");
+        let status = resp.status();
+        assert_eq!(status, 200, "a retry with the same key and body is answered: {}", resp.text().await.unwrap_or_default());
         acked.lock().unwrap().extend(markers);
     }
     n

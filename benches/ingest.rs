@@ -1,0 +1,394 @@
+//! Micro and component benches of the ingest path (criterion), on the 15-minute energy
+//! readings of `ds_energy_consumption`: row `i` of a batch is reading `i / M` of member
+//! `1 + i % M`, with the seven fields `benches/wrk` posts. The main size is a batch of 1,000
+//! rows for M = 100 members (10 readings each); decoding NDJSON and the ceiling also run
+//! 10,000 rows (100 readings each).
+//!
+//! - `decode/<format>`: a body (NDJSON, JSON array, CSV, Arrow IPC) to validated Arrow, as
+//!   `POST /v1/ingest` does it: decode with per-value checks, every row's write grant, event
+//!   times.
+//! - `ceiling/ndjson_decode_and_parquet_encode`: an NDJSON body decoded and encoded as one
+//!   Parquet file, nothing else (no validation, WAL, buffer, object store or HTTP): the most
+//!   one core could ingest, so the end-to-end figure of `benches/wrk` can be given as a
+//!   fraction of it.
+//! - `wal/<fsync|process>`: one group commit (1 or 8 records of 1,000 rows) to a WAL segment
+//!   in a temp dir: written, and in the `fsync` mode `fdatasync`ed before it returns.
+//! - `buffer/route_by_member`: a member-sorted batch copied into its 100 members' column
+//!   builders, which already hold rows (the steady state).
+//! - `persist/encode_<lz4|zstd>`: the Parquet encode of a flush (LZ4, as flushes write) and the
+//!   same with ZSTD (as compaction writes): one file per member (100 files of 10
+//!   rows), and for comparison one member's 1,000 rows as one file.
+//! - `compaction/merge`: one compaction round on a SQLite catalog and a local object store
+//!   (the demo fixture of `test-helpers`): 32 members' 4 small files of a day each (24
+//!   readings a file) read, merged into one file a member, put, swapped in the manifest.
+//!
+//! Each bench states the rows and the bytes of one iteration (`Throughput::ElementsAndBytes`),
+//! so criterion prints both rates: rows/s as `elem/s`, and MiB/s. The bytes are what the step
+//! takes in: the body (decode, ceiling), the records (WAL), the rows' Arrow arrays (buffer,
+//! encode), the small Parquet files (compaction). Before timing, each bench runs once and
+//! checks its result (rows decoded, records replayed, files merged), so a broken path fails
+//! the run instead of timing nothing.
+//!
+//! Run in full (this bench and `benches/query.rs` together: about 5 minutes on 2 cores, plus
+//! the release build), in the short mode (criterion's `--quick`: no warm-up, each bench stops
+//! once two runs of n and 2n iterations agree within 5 %, or after about 5 s; both benches in
+//! about a minute, with rougher figures), or one group by name:
+//!
+//! ```sh
+//! cargo bench --bench ingest --bench query
+//! cargo bench --bench ingest --bench query -- --quick
+//! cargo bench --bench ingest -- --quick decode/
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use catalog::{ConnectionId, DataEnvironment, DatasetGrant, MemberId};
+use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use ingest::buffer::Buffer;
+use ingest::decode::{Format, decode};
+use ingest::schema::DatasetSchema;
+use ingest::wal::{self, Durability, Segments};
+use ingest::persist::Codec;
+use ingest::{persist, validate};
+use test_helpers::{Store, TestConfig, TestServer, now_secs};
+
+// As the server binary: glibc's allocator refaults large Arrow buffers (benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DATASET: &str = "ds_energy_consumption";
+const ROWS: usize = 1_000;
+const MEMBERS: usize = 100;
+const DAY: i64 = 86_400;
+/// The first reading of every member (2025-11-24): in the past, as event-time checks want.
+const START: i64 = 1_763_942_400;
+
+/// The columns every body sends, in order (the others are null).
+const COLUMNS: [&str; 7] = [
+    "member_uid",
+    "field_energy_homeid",
+    "field_energy_reading_timestamp",
+    "field_energy_reading_value",
+    "field_energy_source_index_id",
+    "field_energy_source_name",
+    "field_energy_source_type",
+];
+
+const FORMATS: [(Format, &str); 4] =
+    [(Format::Ndjson, "ndjson"), (Format::JsonArray, "json_array"), (Format::Csv, "csv"), (Format::ArrowIpc, "arrow_ipc")];
+
+fn energy_schema() -> Arc<DatasetSchema> {
+    let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == DATASET).expect("a built-in dataset");
+    Arc::new(DatasetSchema::new(Arc::new(dataset)))
+}
+
+/// Reading `i` of a batch for `members` members starting at `start`: (member, time, value).
+fn reading(i: usize, members: usize, start: i64) -> (i64, i64, f64) {
+    let member = 1 + (i % members) as i64;
+    let time = start + (i / members) as i64 * 900;
+    (member, time, ((member * 7 + i as i64) % 1000) as f64 / 8.0)
+}
+
+/// The readings as JSON objects, one a line.
+fn ndjson(rows: usize, members: usize, start: i64) -> String {
+    let mut out = String::with_capacity(rows * 250);
+    for i in 0..rows {
+        let (m, t, v) = reading(i, members, start);
+        writeln!(
+            out,
+            r#"{{"member_uid": {m}, "field_energy_homeid": {m}, "field_energy_reading_timestamp": {t}, "field_energy_reading_value": {v}, "field_energy_source_index_id": "1", "field_energy_source_name": "Kettle", "field_energy_source_type": "CAD"}}"#
+        )
+        .expect("writing to a string");
+    }
+    out
+}
+
+/// The readings as a body of `format`.
+fn body(schema: &DatasetSchema, format: Format, rows: usize, members: usize) -> Vec<u8> {
+    let lines = ndjson(rows, members, START);
+    match format {
+        Format::Ndjson => lines.into_bytes(),
+        Format::JsonArray => format!("[{}]", lines.trim_end().replace('\n', ",\n")).into_bytes(),
+        Format::Csv => {
+            let mut out = COLUMNS.join(",") + "\n";
+            for i in 0..rows {
+                let (m, t, v) = reading(i, members, START);
+                writeln!(out, "{m},{m},{t},{v},1,Kettle,CAD").expect("writing to a string");
+            }
+            out.into_bytes()
+        }
+        // Only the columns sent, as a client's Arrow writer would (as `benches/wrk` does).
+        Format::ArrowIpc => {
+            let batch = decode(schema, Format::Ndjson, lines.as_bytes()).expect("NDJSON decodes");
+            let sent: Vec<usize> = COLUMNS.iter().map(|c| schema.input.index_of(c).expect("an input column")).collect();
+            ipc(&batch.project(&sent).expect("columns of the batch"))
+        }
+    }
+}
+
+fn ipc(batch: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).expect("IPC writer");
+    writer.write(batch).expect("IPC write");
+    writer.finish().expect("IPC finish");
+    drop(writer);
+    out
+}
+
+/// A grant to write every field, as energy-co's agreements give.
+fn write_everything(schema: &DatasetSchema) -> DatasetGrant {
+    let fields: BTreeSet<String> = schema.dataset.data_fields().map(|f| f.name.as_str().to_owned()).collect();
+    DatasetGrant { read: fields.clone(), write: fields }
+}
+
+/// What the ingest handler does with a body before the WAL.
+fn decode_and_validate(schema: &DatasetSchema, grant: &DatasetGrant, format: Format, body: &[u8], now: i64) -> RecordBatch {
+    let batch = decode(schema, format, body).unwrap_or_else(|e| panic!("{format:?} body refused: {e:?}"));
+    validate::authorize_rows(schema, &batch, |_| Some(grant)).expect("every field is granted");
+    validate::check_event_time(schema, batch, now).expect("event times in the past")
+}
+
+/// Input rows as stored: `id` (unique in the batch, so unique in every partition) and
+/// `_version` inserted after `instance`.
+fn with_ids(schema: &DatasetSchema, batch: &RecordBatch) -> RecordBatch {
+    let n = batch.num_rows() as i64;
+    let mut columns = batch.columns().to_vec();
+    columns.insert(2, Arc::new(Int64Array::from_iter_values(1..=n)));
+    columns.insert(3, Arc::new(Int64Array::from(vec![1; n as usize])));
+    RecordBatch::try_new(schema.stored.clone(), columns).expect("the stored schema")
+}
+
+/// A stored batch sorted by member (stably), as the sequencer hands it to the WAL and buffer.
+fn stored_by_member(schema: &DatasetSchema, rows: usize, members: usize) -> RecordBatch {
+    let batch = decode(schema, Format::Ndjson, ndjson(rows, members, START).as_bytes()).expect("NDJSON decodes");
+    let uids = batch.column(0).as_primitive::<Int64Type>().values();
+    let mut order: Vec<u32> = (0..uids.len() as u32).collect();
+    order.sort_by_key(|&i| uids[i as usize]);
+    with_ids(schema, &take_record_batch(&batch, &UInt32Array::from(order)).expect("a permutation"))
+}
+
+/// `(member, first row, rows)` of each member's run in a member-sorted batch.
+fn member_runs(batch: &RecordBatch) -> Vec<(MemberId, usize, usize)> {
+    let uids = batch.column(0).as_primitive::<Int64Type>().values();
+    let mut runs: Vec<(MemberId, usize, usize)> = Vec::new();
+    for (row, uid) in uids.iter().enumerate() {
+        match runs.last_mut() {
+            Some((m, _, len)) if m.get() == *uid => *len += 1,
+            _ => runs.push((MemberId::new(*uid).expect("a member uid"), row, 1)),
+        }
+    }
+    runs
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let schema = energy_schema();
+    let grant = write_everything(&schema);
+    let now = now_secs();
+    let mut g = c.benchmark_group("decode");
+    let sizes = FORMATS.iter().map(|&(f, name)| (f, name, ROWS)).chain([(Format::Ndjson, "ndjson", 10 * ROWS)]);
+    for (format, name, rows) in sizes {
+        let body = body(&schema, format, rows, MEMBERS);
+        // Every format must give the very batch NDJSON gives.
+        let want = decode_and_validate(&schema, &grant, Format::Ndjson, ndjson(rows, MEMBERS, START).as_bytes(), now);
+        assert_eq!(want.num_rows(), rows);
+        assert_eq!(decode_and_validate(&schema, &grant, format, &body, now), want, "{name}");
+        g.throughput(Throughput::ElementsAndBytes { elements: rows as u64, bytes: body.len() as u64 });
+        g.bench_with_input(BenchmarkId::new(name, format!("{rows}_rows_{MEMBERS}_members")), &body, |b, body| {
+            b.iter(|| decode_and_validate(&schema, &grant, format, black_box(body), now))
+        });
+    }
+    g.finish();
+}
+
+fn bench_ceiling(c: &mut Criterion) {
+    let schema = energy_schema();
+    let decode_and_encode = |body: &[u8]| {
+        let batch = decode(&schema, Format::Ndjson, body).expect("NDJSON decodes");
+        persist::encode(&schema, &[with_ids(&schema, &batch)], Codec::Flush).expect("Parquet encodes")
+    };
+    let mut g = c.benchmark_group("ceiling");
+    for rows in [ROWS, 10 * ROWS] {
+        let body = ndjson(rows, MEMBERS, START).into_bytes();
+        let (parquet, sorted) = decode_and_encode(&body);
+        assert_eq!(sorted.num_rows(), rows);
+        assert!(parquet.starts_with(b"PAR1") && parquet.ends_with(b"PAR1"), "a Parquet file");
+        g.throughput(Throughput::ElementsAndBytes { elements: rows as u64, bytes: body.len() as u64 });
+        g.bench_with_input(
+            BenchmarkId::new("ndjson_decode_and_parquet_encode", format!("{rows}_rows_{MEMBERS}_members")),
+            &body,
+            |b, body| b.iter(|| decode_and_encode(black_box(body))),
+        );
+    }
+    g.finish();
+}
+
+fn bench_wal(c: &mut Criterion) {
+    let schema = energy_schema();
+    // A WAL record holds a stored batch as an Arrow IPC stream (plus a header of ~100 bytes).
+    let record = ipc(&stored_by_member(&schema, ROWS, MEMBERS));
+    let mut g = c.benchmark_group("wal");
+    for (durability, mode) in [(Durability::Fsync, "fsync"), (Durability::Process, "process")] {
+        for records in [1, 8] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            // The server's segment size: rotations (a new file, a directory sync) are timed too.
+            let mut segments = Segments::open(dir.path(), 64 << 20, durability).expect("WAL open");
+            let group: Vec<&[u8]> = vec![&record; records];
+            segments.write_group(&group).expect("WAL append");
+            let replayed = wal::replay(dir.path()).expect("WAL replay");
+            assert_eq!(replayed.len(), records);
+            assert!(replayed.iter().all(|(_, r)| *r == record), "records replay as written");
+            g.throughput(Throughput::ElementsAndBytes { elements: (records * ROWS) as u64, bytes: (records * record.len()) as u64 });
+            g.bench_function(BenchmarkId::new(mode, format!("group_of_{records}x{ROWS}_rows")), |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        black_box(segments.write_group(&group).expect("WAL append"));
+                        spent += started.elapsed();
+                        // Closed segments go, untimed, as the flusher drops them, so the
+                        // disk use stays flat however many iterations criterion asks for.
+                        wal::remove_below(dir.path(), segments.current()).expect("WAL cleanup");
+                    }
+                    spent
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_buffer(c: &mut Criterion) {
+    let schema = energy_schema();
+    let env = DataEnvironment::Production;
+    let batch = stored_by_member(&schema, ROWS, MEMBERS);
+    let runs = member_runs(&batch);
+    let bytes = batch.get_array_memory_size();
+    // The buffer as after earlier writes: every member's partition exists and holds rows.
+    let warm = || {
+        let buffer = Buffer::default();
+        buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes);
+        buffer
+    };
+    let buffer = warm();
+    buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes);
+    let members = runs.iter().map(|(m, _, _)| *m);
+    let snapshots = buffer.snapshot(env, &schema.dataset.name, members);
+    assert_eq!(snapshots.len(), MEMBERS);
+    let rows_of = |s: &ingest::buffer::Snapshot| s.rows.iter().map(RecordBatch::num_rows).sum::<usize>();
+    assert!(snapshots.iter().all(|(_, s)| rows_of(s) == 2 * ROWS / MEMBERS), "each member holds its rows of both inserts");
+
+    let mut g = c.benchmark_group("buffer");
+    g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes: bytes as u64 });
+    g.bench_function(BenchmarkId::new("route_by_member", format!("{ROWS}_rows_{MEMBERS}_members")), |b| {
+        b.iter_batched_ref(warm, |buffer| buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
+fn bench_persist(c: &mut Criterion) {
+    let schema = energy_schema();
+    let batch = stored_by_member(&schema, ROWS, MEMBERS);
+    let bytes = batch.get_array_memory_size() as u64;
+    // A flush takes each member's rows as its own batch(es).
+    let partitions: Vec<RecordBatch> = member_runs(&batch).iter().map(|&(_, start, len)| batch.slice(start, len)).collect();
+    let one_member = stored_by_member(&schema, ROWS, 1);
+    let encode_all = |parts: &[RecordBatch], codec: Codec| {
+        parts.iter().map(|p| persist::encode(&schema, std::slice::from_ref(p), codec).expect("Parquet encodes").0.len()).sum::<usize>()
+    };
+    let (_, sorted) = persist::encode(&schema, &partitions[..1], Codec::Flush).expect("Parquet encodes");
+    assert_eq!(sorted.num_rows(), ROWS / MEMBERS);
+
+    // Flushes write LZ4 and compaction ZSTD: both are timed, so the per-file cost of ZSTD's
+    // contexts stays visible.
+    let mut g = c.benchmark_group("persist");
+    for (codec, name) in [(Codec::Flush, "lz4"), (Codec::Compacted, "zstd")] {
+        let flush_bytes = encode_all(&partitions, codec);
+        let one_bytes = encode_all(std::slice::from_ref(&one_member), codec);
+        println!("persist/encode {name}: a flush of {MEMBERS} files is {flush_bytes} bytes of Parquet, one member's {ROWS} rows {one_bytes}");
+        g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes });
+        g.bench_function(BenchmarkId::new(format!("encode_{name}"), format!("flush_{MEMBERS}_members_x_{}_rows", ROWS / MEMBERS)), |b| {
+            b.iter(|| encode_all(black_box(&partitions), codec))
+        });
+        g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes: one_member.get_array_memory_size() as u64 });
+        g.bench_function(BenchmarkId::new(format!("encode_{name}"), format!("one_member_{ROWS}_rows")), |b| {
+            b.iter(|| encode_all(black_box(std::slice::from_ref(&one_member)), codec))
+        });
+    }
+    g.finish();
+}
+
+/// Members whose files one compaction round merges (a round takes up to 32 partitions).
+const COMPACTED: usize = 32;
+/// Small files a member has of a day before the round.
+const FILES: usize = 4;
+
+/// One day of readings for every compacted member, written and flushed in [`FILES`] parts:
+/// [`FILES`] small files a member, all of one day. Returns their Parquet bytes.
+async fn deliver_day(s: &TestServer, schema: &Arc<DatasetSchema>, day: i64) -> i64 {
+    let connection = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
+    let env: DataEnvironment = s.creds.subscribers[0].connection.environment.into();
+    let before: i64 = s.catalog.all_parquet_files().await.expect("manifest").iter().map(|f| f.size_bytes).sum();
+    let rows = COMPACTED * 96 / FILES;
+    for part in 0..FILES as i64 {
+        let start = day * DAY + part * (96 / FILES as i64) * 900;
+        let batch = decode(schema, Format::Ndjson, ndjson(rows, COMPACTED, start).as_bytes()).expect("NDJSON decodes");
+        s.ingester.write(schema.clone(), env, connection, batch, None, false).await.expect("write");
+        s.flush().await;
+    }
+    let after: i64 = s.catalog.all_parquet_files().await.expect("manifest").iter().map(|f| f.size_bytes).sum();
+    after - before
+}
+
+fn bench_compaction(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut config = TestConfig::new(Store::Sqlite);
+    config.members = COMPACTED as u32 + 1;
+    let s = runtime.block_on(TestServer::start(config));
+    let schema = runtime.block_on(async {
+        let dataset = s.catalog.dataset(&DATASET.parse().expect("a dataset name")).await.expect("the dataset");
+        s.ingester.schema(&Arc::new(dataset))
+    });
+    // Each round merges a new day: recent (merged by day, not month), so earlier merged files
+    // stay apart and every round does the same work.
+    let mut day = now_secs() / DAY - 6;
+    let bytes = runtime.block_on(deliver_day(&s, &schema, day));
+    let merged = runtime.block_on(s.ingester.compact_round()).expect("compaction");
+    assert_eq!(merged, COMPACTED * FILES, "every small file merged");
+    let files = runtime.block_on(s.catalog.all_parquet_files()).expect("manifest");
+    assert_eq!(files.len(), COMPACTED, "one file a member");
+    assert!(files.iter().all(|f| f.rows == 96), "a day of readings each");
+
+    let mut g = c.benchmark_group("compaction");
+    // Each iteration writes and flushes its files first (untimed): a few iterations suffice.
+    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+    g.throughput(Throughput::ElementsAndBytes { elements: (COMPACTED * 96) as u64, bytes: bytes as u64 });
+    g.bench_function(BenchmarkId::new("merge", format!("{COMPACTED}_members_x_{FILES}_files_x_{}_rows", 96 / FILES)), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    day += 1;
+                    deliver_day(&s, &schema, day).await;
+                    let started = Instant::now();
+                    let merged = s.ingester.compact_round().await.expect("compaction");
+                    spent += started.elapsed();
+                    assert_eq!(merged, COMPACTED * FILES);
+                }
+                spent
+            })
+        })
+    });
+    g.finish();
+    runtime.block_on(s.stop());
+}
+
+criterion_group!(benches, bench_decode, bench_ceiling, bench_wal, bench_buffer, bench_persist, bench_compaction);
+criterion_main!(benches);
