@@ -401,6 +401,11 @@ impl Watch {
                 if let Some(r) = rss {
                     rss_max.fetch_max(r, Ordering::Relaxed);
                 }
+                let due = now - last_sample >= every;
+                if !tty && !due {
+                    continue;
+                }
+                // Rate and p99 since the line before.
                 let rows = c.rows.load(Ordering::Relaxed);
                 let rate = (rows - last_rows) as f64 / (now - last_at).as_secs_f64();
                 let p99 = std::mem::take(&mut *c.recent.lock().expect("latency lock")).summary().p99;
@@ -414,10 +419,9 @@ impl Watch {
                     c.failed.load(Ordering::Relaxed),
                     rss.map(|r| format!("  server RSS {} MiB", r >> 20)).unwrap_or_default()
                 );
-                let due = now - last_sample >= every;
                 if tty {
                     eprint!("\r{line}   ");
-                } else if due {
+                } else {
                     eprintln!("{line}");
                 }
                 if soak && due {
