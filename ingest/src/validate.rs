@@ -183,6 +183,10 @@ pub fn authorize_rows<'g>(
     grant_of: impl Fn(MemberId) -> Option<&'g DatasetGrant>,
 ) -> Result<(), IngestError> {
     let members = batch.column(0).as_primitive::<Int64Type>();
+    let columns = batch.columns();
+    // Members share a few grants (one per approved revision): decide each grant's columns
+    // once, not a set lookup per row and field.
+    let mut decided: Vec<(&DatasetGrant, Vec<bool>)> = Vec::new();
     let mut rows = Vec::new();
     for r in 0..batch.num_rows() {
         if rows.len() >= MAX_ROW_ERRORS {
@@ -193,10 +197,18 @@ pub fn authorize_rows<'g>(
             rows.push(RowError { row: r + 1, field: None, reason: "no agreement permits writing this member's data".into() });
             continue;
         };
+        let i = match decided.iter().position(|(g, _)| std::ptr::eq(*g, grant)) {
+            Some(i) => i,
+            None => {
+                let writable = (0..columns.len()).map(|c| c < 2 || grant.write.contains(schema.input.field(c).name().as_str())).collect();
+                decided.push((grant, writable));
+                decided.len() - 1
+            }
+        };
         // Run before the server fills event times: only what the writer sent is checked.
-        for (c, column) in batch.columns().iter().enumerate().skip(2) {
-            let field = schema.input.field(c).name();
-            if column.is_valid(r) && !grant.write.contains(field.as_str()) {
+        for (c, column) in columns.iter().enumerate().skip(2) {
+            if !decided[i].1[c] && column.is_valid(r) {
+                let field = schema.input.field(c).name();
                 rows.push(RowError { row: r + 1, field: Some(field.clone()), reason: "the agreement does not permit writing this field".into() });
             }
         }
@@ -255,6 +267,34 @@ mod tests {
             let err = coerce(&field(t), &input).unwrap_err();
             assert!(!err.contains(&input.to_string()), "the reason never echoes the value");
         }
+    }
+
+    #[test]
+    fn each_row_is_checked_against_its_own_members_grant() {
+        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
+        let full = DatasetGrant { read: all.clone(), write: all.clone() };
+        let mut narrow = full.clone();
+        narrow.write.remove("field_energy_source_name");
+        let schema = DatasetSchema::new(Arc::new(dataset));
+        let body = [1, 2, 1, 3, 2]
+            .iter()
+            .map(|m| format!(r#"{{"member_uid": {m}, "field_energy_reading_timestamp": 1764000000, "field_energy_source_name": "Kettle"}}"#))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
+        let grant_of = |m: MemberId| match m.get() {
+            1 => Some(&full),
+            2 => Some(&narrow),
+            _ => None,
+        };
+        let Err(IngestError::Rows { rows, forbidden: true }) = authorize_rows(&schema, &batch, grant_of) else { panic!("refused") };
+        let got: Vec<(usize, Option<&str>)> = rows.iter().map(|r| (r.row, r.field.as_deref())).collect();
+        assert_eq!(got, [(2, Some("field_energy_source_name")), (4, None), (5, Some("field_energy_source_name"))]);
+        // Without the field, member 2's rows pass under the narrow grant.
+        let body = r#"{"member_uid": 2, "field_energy_reading_timestamp": 1764000000}"#;
+        let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
+        assert!(authorize_rows(&schema, &batch, grant_of).is_ok());
     }
 
     #[test]
