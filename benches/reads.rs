@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use test_helpers::{Store, TestConfig, TestServer};
+use test_helpers::{Store, TestConfig, TestServer, now_secs};
 
 // As the server binary: glibc's allocator refaults large Arrow buffers (benches/README.md).
 #[global_allocator]
@@ -69,7 +69,7 @@ async fn deliver(s: &TestServer, members: i64, first_day: i64, days: i64, per_da
     for day in first_day..first_day + days {
         let mut body = String::new();
         let mut rows = 0;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = now_secs();
         for member in 1..=members {
             for i in 0..per_day {
                 let t = day * DAY + i * 900;
@@ -289,7 +289,7 @@ async fn run(quick: bool) {
     eprintln!("seeded {} members in {:.1} s", q3_members + 1, started.elapsed().as_secs_f64());
     let token = s.subscriber_token("energy-co").await;
     let readers = q3_members;
-    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 / DAY;
+    let today = now_secs() / DAY;
     let (first, q3_day) = (today - days - 1, today - 1);
 
     // PostgreSQL gets the rows trove got: written as they are delivered, COPYed after trove's runs.

@@ -34,11 +34,11 @@ echo "test.sh: S3 at $TROVE_TEST_S3_ENDPOINT" >&2
 # pyarrow reads trove's Parquet files in the tests, independently of trove.
 python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyarrow >&2
 
-# Compile every target, benches included, so nothing rots unbuilt. Dev profile on
-# purpose: the benches' release build would add minutes for what the dev build already
-# checks (the load generator itself is run against the real server by tests/e2e/load.rs).
+# Compile every target, benches included (what `cargo bench --no-run` checks), so nothing
+# rots unbuilt. Dev profile on purpose: the benches' release build would add minutes for
+# what the dev build already checks (the load generator itself is run against the real
+# server by tests/e2e/load.rs).
 cargo build --workspace --all-targets --locked
-cargo bench --workspace --no-run --profile dev --locked
 
 # Run all suites even if one fails, then report failure. Doctests first (nextest does
 # not run them), so the run closes on the main suite's summary.

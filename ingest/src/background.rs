@@ -1,64 +1,58 @@
 //! CPU work off the request path: Parquet encoding of flushes and compactions, and decoding
-//! of the files a compaction merges, on a pool of half as many threads as there are cores.
-//! A flush round encodes one file per member; run each on a thread of its own and the
-//! scheduler shares the cores among all of them and the request threads alike, so
-//! acknowledgements wait behind the round. With the pool, background work takes at most
-//! half the cores and the requests keep the rest (`BENCHMARKS.md`, "Ack latency"). The
-//! threads keep normal priority: lower, and a saturated server would never flush.
+//! of the files a compaction merges, on tokio's blocking threads but at most half as many at
+//! once as there are cores. A flush round encodes one file per member; run them all at once
+//! and the scheduler shares the cores among them and the request threads alike, so
+//! acknowledgements wait behind the round. Bounded, background work takes at most half the
+//! cores and the requests keep the rest (`BENCHMARKS.md`, "Ack latency"). The threads keep
+//! normal priority: lower, and a saturated server would never flush.
 
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use tokio::sync::Semaphore;
 
 use crate::IngestError;
 
-type Job = Box<dyn FnOnce() + Send>;
-
-fn pool() -> &'static Mutex<Sender<Job>> {
-    static POOL: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
-        for i in 0..threads {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("trove-background-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .expect("spawn a background thread");
-        }
-        Mutex::new(tx)
-    })
+fn permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))))
 }
 
-/// Runs `f` on a background thread and waits for its result without blocking the runtime.
+/// Runs `f` on a blocking thread once a permit is free, without blocking the runtime.
 pub(crate) async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, IngestError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    pool().lock().unwrap_or_else(|p| p.into_inner()).send(job).map_err(|_| IngestError::Internal("background pool gone".into()))?;
-    match rx.await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(_)) => Err(IngestError::Internal("a background task panicked".into())),
-        Err(_) => Err(IngestError::Internal("a background task was dropped".into())),
-    }
+    let permit = permits().acquire().await.map_err(|_| IngestError::Internal("background permits closed".into()))?;
+    // The permit goes with the work: a caller that stops waiting does not free it early.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| IngestError::Internal(format!("a background task failed: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn runs_work_on_a_pool_thread_and_survives_a_panic() {
-        let name = super::run(|| std::thread::current().name().map(str::to_owned)).await.unwrap();
-        assert!(name.is_some_and(|n| n.starts_with("trove-background-")));
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_at_most_the_bound_at_once_and_survives_a_panic() {
+        let bound = super::permits().available_permits();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..bound + 3)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(super::run(move || {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), bound, "never more than the bound at once");
         assert!(super::run(|| panic!("boom")).await.is_err());
-        assert_eq!(super::run(|| 2 + 2).await.unwrap(), 4, "the thread lives on after a panic");
+        assert_eq!(super::run(|| 2 + 2).await.unwrap(), 4, "a panic frees its permit");
     }
 }

@@ -29,7 +29,7 @@
 //!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
-//! - `background`: flush and compaction encoding on a bounded pool, off the request path.
+//! - `background`: flush and compaction encoding, at most half the cores at once.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
 //! - [`Ingester`]: the sequencer and flusher that tie them together.

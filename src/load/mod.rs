@@ -162,6 +162,10 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
     Ok(())
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
+}
+
 /// The bodies of the run: the input file's rows, or enough generated rows for `--rows`, or
 /// for the `--pool-mib` budget.
 fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) -> Result<Vec<Body>, Error> {
@@ -173,7 +177,7 @@ fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) 
             rows::read_ndjson(&text, dataset, uids.len()).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
         }
         None => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64;
+            let now = now_secs();
             // One batch tells the body size, and so how many fit the pool.
             let sample = rows::generate(config.workload, dataset, uids.len(), batch, now);
             let per_body = rows::bodies(&sample, &uids, batch, config.format)[0].bytes.len().max(1);
@@ -501,7 +505,7 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
     let ds = &setup.dataset;
     while !stop.load(Ordering::Relaxed) {
         let member = &setup.members[rand::rng().random_range(0..setup.members.len())];
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() - 86_400;
+        let since = now_secs() - 86_400;
         let started = Instant::now();
         let req = if door == "sql" {
             let sql = format!("SELECT * FROM {ds} WHERE member_uid = {} AND {ENERGY_TIME} >= {since}", member.uid);
