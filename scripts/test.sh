@@ -50,4 +50,7 @@ else
   cargo test --workspace --locked --no-fail-fast || failed=1
 fi
 
+# API fuzzing (issue 6)
+scripts/api-fuzz.sh || failed=1
+
 exit "$failed"

@@ -10,7 +10,7 @@ use catalog::{
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiPath, ApiResult, Problem};
+use super::error::{ApiError, ApiJson, ApiPath, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused};
 use crate::AppState;
 
 /// A dataset as `GET /v1/datasets/{name}` shows it: the resolved field types.
@@ -51,7 +51,7 @@ pub(super) async fn list_datasets(State(state): State<AppState>) -> ApiResult<ax
 /// One dataset with its resolved field types.
 #[utoipa::path(get, path = "/v1/datasets/{name}", tag = "catalog",
     params(("name" = String, Path)),
-    responses((status = 200, body = DatasetView), (status = 404, body = Problem)))]
+    responses((status = 200, body = DatasetView), BadRequest, NotFound))]
 pub(super) async fn get_dataset(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<axum::Json<DatasetView>> {
     let name: DatasetName = name.parse().map_err(|_| ApiError::not_found("dataset"))?;
     Ok(axum::Json(state.catalog.dataset(&name).await?))
@@ -60,8 +60,7 @@ pub(super) async fn get_dataset(State(state): State<AppState>, ApiPath(name): Ap
 /// The operator adds a dataset; it starts in the sandbox.
 #[utoipa::path(post, path = "/v1/datasets", tag = "catalog", security(("bearer" = [])),
     request_body = NewDataset,
-    responses((status = 201, body = DatasetView), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = DatasetView), JsonBody, Refused, Conflict))]
 pub(super) async fn create_dataset(
     State(state): State<AppState>,
     principal: Principal,
@@ -118,8 +117,7 @@ pub(super) async fn create_dataset(
 /// The operator promotes a sandbox dataset to production.
 #[utoipa::path(post, path = "/v1/datasets/{name}/promote", tag = "catalog", security(("bearer" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = DatasetView), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = DatasetView), BadRequest, Refused, NotFound, Conflict))]
 pub(super) async fn promote_dataset(
     State(state): State<AppState>,
     principal: Principal,
@@ -134,6 +132,7 @@ pub(super) async fn promote_dataset(
 #[serde(deny_unknown_fields)]
 pub(super) struct NewMember {
     /// The member's unique username.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     mydexid: String,
 }
 
@@ -147,7 +146,7 @@ pub(super) struct CreatedMember {
 
 /// The operator lists members.
 #[utoipa::path(get, path = "/v1/members", tag = "catalog", security(("bearer" = [])),
-    responses((status = 200, body = Vec<Member>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<Member>), Refused))]
 pub(super) async fn list_members(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Member>>> {
     principal.operator()?;
     Ok(axum::Json(state.catalog.members().await?))
@@ -156,8 +155,7 @@ pub(super) async fn list_members(State(state): State<AppState>, principal: Princ
 /// The operator creates a member.
 #[utoipa::path(post, path = "/v1/members", tag = "catalog", security(("bearer" = [])),
     request_body = NewMember,
-    responses((status = 201, body = CreatedMember), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = CreatedMember), JsonBody, Refused, Conflict))]
 pub(super) async fn create_member(
     State(state): State<AppState>,
     principal: Principal,
@@ -171,9 +169,8 @@ pub(super) async fn create_member(
 
 /// A member, for the operator or the member themself.
 #[utoipa::path(get, path = "/v1/members/{uid}", tag = "catalog", security(("bearer" = [])),
-    params(("uid" = i64, Path)),
-    responses((status = 200, body = Member), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    params(("uid" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Member), BadRequest, Refused, NotFound))]
 pub(super) async fn get_member(
     State(state): State<AppState>,
     principal: Principal,
@@ -188,6 +185,8 @@ pub(super) async fn get_member(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewSubscriber {
+    /// 1-200 characters, not all blank.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
 }
 
@@ -203,7 +202,7 @@ pub(super) struct CreatedSubscriber {
 
 /// The operator lists subscribers.
 #[utoipa::path(get, path = "/v1/subscribers", tag = "catalog", security(("bearer" = [])),
-    responses((status = 200, body = Vec<Subscriber>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<Subscriber>), Refused))]
 pub(super) async fn list_subscribers(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Subscriber>>> {
     principal.operator()?;
     Ok(axum::Json(state.catalog.subscribers().await?))
@@ -212,8 +211,7 @@ pub(super) async fn list_subscribers(State(state): State<AppState>, principal: P
 /// The operator creates a subscriber with its OAuth2 client credentials and `api_key`.
 #[utoipa::path(post, path = "/v1/subscribers", tag = "catalog", security(("bearer" = [])),
     request_body = NewSubscriber,
-    responses((status = 201, body = CreatedSubscriber), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = CreatedSubscriber), JsonBody, Refused, Conflict))]
 pub(super) async fn create_subscriber(
     State(state): State<AppState>,
     principal: Principal,
@@ -233,9 +231,8 @@ pub(super) async fn create_subscriber(
 
 /// A subscriber, for the operator or the subscriber itself.
 #[utoipa::path(get, path = "/v1/subscribers/{id}", tag = "catalog", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Subscriber), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Subscriber), BadRequest, Refused, NotFound))]
 pub(super) async fn get_subscriber(
     State(state): State<AppState>,
     principal: Principal,

@@ -7,7 +7,7 @@ use catalog::{Connection, ConnectionId, ConnectionTerms, ErrorKind, Nid, Subscri
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused};
 use crate::AppState;
 
 /// Loads a connection the caller may act on: the operator any, a subscriber its own. For a
@@ -26,15 +26,17 @@ async fn accessible(state: &AppState, principal: Principal, id: ConnectionId) ->
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OnBehalf {
     /// Operator only: the subscriber the connection is created for.
+    #[param(value_type = Option<i64>, minimum = 1)]
     subscriber: Option<SubscriberId>,
 }
 
 /// The operator's view of all connections, or a subscriber's own.
 #[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
-    responses((status = 200, body = Vec<Connection>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<Connection>), Refused))]
 pub(super) async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Connection>>> {
     let scope = match principal {
         Principal::Operator => None,
@@ -48,8 +50,7 @@ pub(super) async fn list(State(state): State<AppState>, principal: Principal) ->
 /// or `write` list stands for all its fields.
 #[utoipa::path(post, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
     params(OnBehalf), request_body = ConnectionTerms,
-    responses((status = 201, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem)))]
+    responses((status = 201, body = Connection), JsonBody, Refused, NotFound))]
 pub(super) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -67,9 +68,8 @@ pub(super) async fn create(
 
 /// The one-page view: status, environment, nid, every revision with its terms.
 #[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Connection), BadRequest, Refused, NotFound))]
 pub(super) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -81,9 +81,8 @@ pub(super) async fn get(
 /// Edit the terms. A requested connection returns to draft; an approved or live one gets a
 /// new draft revision while the approved revision keeps serving.
 #[utoipa::path(put, path = "/v1/connections/{id}", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)), request_body = ConnectionTerms,
-    responses((status = 200, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)), request_body = ConnectionTerms,
+    responses((status = 200, body = Connection), JsonBody, Refused, NotFound, Conflict))]
 pub(super) async fn edit(
     State(state): State<AppState>,
     principal: Principal,
@@ -96,9 +95,8 @@ pub(super) async fn edit(
 
 /// Submit the newest draft for the operator's approval.
 #[utoipa::path(post, path = "/v1/connections/{id}/submit", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Connection), BadRequest, Refused, NotFound, Conflict))]
 pub(super) async fn submit(
     State(state): State<AppState>,
     principal: Principal,
@@ -119,9 +117,8 @@ pub(super) struct Approved {
 /// The operator approves the requested revision: it serves from now on. The first approval
 /// deploys the connection on the sandbox and issues its `nid` and connection key.
 #[utoipa::path(post, path = "/v1/connections/{id}/approve", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Approved), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Approved), BadRequest, Refused, NotFound, Conflict))]
 pub(super) async fn approve(
     State(state): State<AppState>,
     principal: Principal,
@@ -134,9 +131,8 @@ pub(super) async fn approve(
 
 /// The subscriber asks for its approved sandbox connection to go live.
 #[utoipa::path(post, path = "/v1/connections/{id}/promote-request", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 409, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Connection), BadRequest, Refused, Conflict))]
 pub(super) async fn promote_request(
     State(state): State<AppState>,
     principal: Principal,
@@ -151,9 +147,8 @@ pub(super) async fn promote_request(
 
 /// The operator grants the promote request: the connection goes live (production data).
 #[utoipa::path(post, path = "/v1/connections/{id}/promote", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Connection), BadRequest, Refused, NotFound, Conflict))]
 pub(super) async fn promote(
     State(state): State<AppState>,
     principal: Principal,
@@ -165,9 +160,8 @@ pub(super) async fn promote(
 
 /// A new draft connection with the same terms.
 #[utoipa::path(post, path = "/v1/connections/{id}/clone", tag = "connections", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 201, body = Connection), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 201, body = Connection), BadRequest, Refused, NotFound))]
 pub(super) async fn clone(
     State(state): State<AppState>,
     principal: Principal,

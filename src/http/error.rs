@@ -42,6 +42,113 @@ pub struct Problem {
     pub errors: Vec<FieldProblem>,
 }
 
+/// The problem+json answers of the API document: one response component per status,
+/// registered once by [`ProblemResponses`] and referred to by each route through the
+/// [`utoipa::IntoResponses`] sets below, so that every route documents its errors the way
+/// [`ApiError`] serves them.
+const DOCUMENTED: [StatusCode; 12] = [
+    StatusCode::BAD_REQUEST,
+    StatusCode::UNAUTHORIZED,
+    StatusCode::FORBIDDEN,
+    StatusCode::NOT_FOUND,
+    StatusCode::CONFLICT,
+    StatusCode::NOT_ACCEPTABLE,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    StatusCode::UNPROCESSABLE_ENTITY,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::INTERNAL_SERVER_ERROR,
+    StatusCode::SERVICE_UNAVAILABLE,
+];
+
+/// `Not Found` -> `NotFound`: the name of a status's response component.
+fn component_name(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("Error").split([' ', '-']).collect()
+}
+
+fn problem_response(status: StatusCode) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    let mut response = ResponseBuilder::new()
+        .description(status.canonical_reason().unwrap_or("Error"))
+        .content("application/problem+json", content);
+    if status == StatusCode::UNAUTHORIZED {
+        let header = HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(Type::String)).description(Some("`Bearer`"));
+        response = response.header("WWW-Authenticate", header.build());
+    }
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0));
+        let header = HeaderBuilder::new().schema(seconds).description(Some("seconds to wait before retrying"));
+        response = response.header("Retry-After", header.build());
+    }
+    response.build()
+}
+
+/// Registers the problem+json response components (see [`DOCUMENTED`]).
+#[derive(Debug)]
+pub(super) struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for status in DOCUMENTED {
+            components.responses.insert(component_name(status), problem_response(status).into());
+        }
+    }
+}
+
+/// References to the problem+json responses of `statuses`.
+fn problem_refs(statuses: &[StatusCode]) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+    use utoipa::openapi::{Ref, RefOr};
+    debug_assert!(statuses.iter().all(|s| DOCUMENTED.contains(s)), "every referenced status is registered");
+    statuses.iter().map(|s| (s.as_str().to_owned(), RefOr::Ref(Ref::from_response_name(component_name(*s))))).collect()
+}
+
+/// Declares a set of problem+json answers for `responses(...)` of `#[utoipa::path]`.
+macro_rules! problems {
+    ($($(#[$doc:meta])* $name:ident = [$($status:ident),+];)+) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(super) struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+                problem_refs(&[$(StatusCode::$status),+])
+            }
+        }
+    )+};
+}
+
+problems! {
+    /// 400: a malformed path or query parameter ([`ApiPath`], [`ApiQuery`]) or request.
+    BadRequest = [BAD_REQUEST];
+    /// 401 and 403: a route that takes a credential (CONTRACT.md: a wrong one is 401, a valid
+    /// one asking outside what it may do is 403).
+    Refused = [UNAUTHORIZED, FORBIDDEN];
+    /// 404.
+    NotFound = [NOT_FOUND];
+    /// 409: a state that does not allow the change.
+    Conflict = [CONFLICT];
+    /// 406: no answer format the client accepts.
+    NotAcceptable = [NOT_ACCEPTABLE];
+    /// 413: a body over the configured limit.
+    TooLarge = [PAYLOAD_TOO_LARGE];
+    /// 415: a body of a content type the route does not read.
+    UnsupportedMediaType = [UNSUPPORTED_MEDIA_TYPE];
+    /// 422: a well-formed request the server will not carry out.
+    Unprocessable = [UNPROCESSABLE_ENTITY];
+    /// 429 with `Retry-After`: over a concurrency limit.
+    TooManyRequests = [TOO_MANY_REQUESTS];
+    /// 429 and 503 with `Retry-After`: a write under pressure (a full buffer, too many body
+    /// bytes in flight, object storage failing).
+    Busy = [TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE];
+    /// 500: the health check's answer when the catalog does not answer.
+    Internal = [INTERNAL_SERVER_ERROR];
+    /// What [`ApiJson`] answers for a body it cannot take: 400 (not JSON), 413 (too large),
+    /// 415 (no JSON content type), 422 (JSON of the wrong shape).
+    JsonBody = [BAD_REQUEST, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, UNPROCESSABLE_ENTITY];
+}
+
 /// The same words for every failed credential, so a refusal never says what exists.
 const UNAUTHENTICATED: &str = "missing, invalid, expired or revoked credentials";
 const FORBIDDEN: &str = "the credentials do not permit this request";

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
-use super::error::ApiResult;
+use super::error::{ApiResult, Internal};
 use crate::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -15,7 +15,7 @@ pub(super) struct Health {
 
 /// Ready when the catalog answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, body = Health), (status = 500, description = "the catalog does not answer")))]
+    responses((status = 200, body = Health), Internal))]
 pub(super) async fn health(State(state): State<AppState>) -> ApiResult<axum::Json<Health>> {
     state.catalog.ping().await?;
     Ok(axum::Json(Health { status: "ok" }))

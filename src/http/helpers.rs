@@ -6,7 +6,7 @@ use axum::extract::State;
 use catalog::{Dataset, DatasetKind, DatasetName};
 use serde::Serialize;
 
-use super::error::{ApiError, ApiPath, ApiResult};
+use super::error::{ApiError, ApiPath, ApiResult, BadRequest, NotFound};
 use crate::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -20,7 +20,7 @@ pub(super) struct DatasetSummary {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(super) struct FieldType {
+pub(super) struct FieldDescription {
     field_name: String,
     display_name: String,
     /// The resolved type: integer, float, decimal, text, boolean, json or timestamp.
@@ -46,7 +46,7 @@ pub(super) async fn datasets(State(state): State<AppState>) -> ApiResult<axum::J
 /// The datasets of one kind.
 #[utoipa::path(get, path = "/developer-helpers/datasetsbytype/{type}", tag = "catalogue",
     params(("type" = String, Path, description = "metadata or transactional")),
-    responses((status = 200, body = Vec<DatasetSummary>), (status = 404, body = super::error::Problem)))]
+    responses((status = 200, body = Vec<DatasetSummary>), BadRequest, NotFound))]
 pub(super) async fn datasets_by_type(
     State(state): State<AppState>,
     ApiPath(kind): ApiPath<String>,
@@ -63,18 +63,18 @@ pub(super) async fn datasets_by_type(
 /// A dataset's fields with their resolved types.
 #[utoipa::path(get, path = "/developer-helpers/types/{dataset}", tag = "catalogue",
     params(("dataset" = String, Path, description = "e.g. ds_energy_consumption")),
-    responses((status = 200, body = BTreeMap<String, FieldType>), (status = 404, body = super::error::Problem)))]
+    responses((status = 200, body = BTreeMap<String, FieldDescription>), BadRequest, NotFound))]
 pub(super) async fn types(
     State(state): State<AppState>,
     ApiPath(dataset): ApiPath<String>,
-) -> ApiResult<axum::Json<BTreeMap<String, FieldType>>> {
+) -> ApiResult<axum::Json<BTreeMap<String, FieldDescription>>> {
     let name = DatasetName::parse_mydex(&dataset).map_err(|_| ApiError::not_found("dataset"))?;
     let d = state.catalog.dataset(&name).await?;
     Ok(axum::Json(
         d.fields
             .iter()
             .map(|f| {
-                let t = FieldType {
+                let t = FieldDescription {
                     field_name: f.name.to_string(),
                     display_name: f.title.clone(),
                     data_type: f.data_type.as_str().to_owned(),

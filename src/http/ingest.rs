@@ -12,13 +12,18 @@ use ingest::validate;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{bearer_of, subscriber_connection};
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
+use super::error::{
+    ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, Conflict, NotFound, Refused, TooLarge, Unprocessable,
+    UnsupportedMediaType,
+};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IngestQuery {
     /// With a subscriber token: which of its connections writes (optional when it has one).
+    #[param(value_type = Option<i64>, minimum = 1)]
     connection: Option<ConnectionId>,
 }
 
@@ -26,6 +31,39 @@ pub(super) struct IngestQuery {
 pub(super) struct Accepted {
     accepted: usize,
 }
+
+/// A delivered row as the document shows it: `member_uid`, `instance` and the dataset's
+/// fields, whose types `GET /v1/datasets/{name}` gives. The body is decoded against that
+/// dataset's own schema, which one document for every dataset cannot spell out.
+pub(super) enum IngestRow {}
+
+impl utoipa::PartialSchema for IngestRow {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let uid = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).description(Some("the member the row belongs to"));
+        let instance = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).description(Some("default 0"));
+        ObjectBuilder::new()
+            .property("member_uid", uid)
+            .required("member_uid")
+            .property("instance", instance)
+            .description(Some("`member_uid`, `instance` and fields of the dataset"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IngestRow {}
+
+/// An Arrow IPC stream of the schema `GET /v1/datasets/{name}` serves.
+pub(super) enum ArrowStream {}
+
+impl utoipa::PartialSchema for ArrowStream {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))).into()
+    }
+}
+
+impl utoipa::ToSchema for ArrowStream {}
 
 /// The writing connection: `Bearer <nid>:<connection key>`, or a subscriber token naming
 /// one of its connections. Only approved (sandbox) or live connections write.
@@ -39,16 +77,22 @@ async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option
     subscriber_connection(state, subscriber, None, named).await
 }
 
-/// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream.
+/// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream. 409: a
+/// retry while the first request with its `Idempotency-Key` is still in flight.
 #[utoipa::path(post, path = "/v1/ingest/{dataset}", tag = "ingest", security(("bearer" = [])),
-    params(("dataset" = String, Path), IngestQuery),
-    request_body(content = String, description = "rows naming `member_uid` (and optionally `instance`)",
-        content_type = "application/x-ndjson"),
-    responses(
-        (status = 200, body = Accepted),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
-        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+    params(("dataset" = String, Path, example = "ds_energy_consumption"), IngestQuery,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
+            description = "visible ASCII; a retry with the same key and body gets the first answer")),
+    request_body(
+        description = "rows naming `member_uid` (and optionally `instance`); NDJSON is one row a line, CSV a header of field names",
+        content(
+            (Vec<IngestRow> = "application/x-ndjson"),
+            (Vec<IngestRow> = "application/json", example = json!([
+                {"member_uid": 1, "field_energy_reading_timestamp": 1764000000, "field_energy_reading_value": 1.5}])),
+            (Vec<IngestRow> = "text/csv"),
+            (ArrowStream = "application/vnd.apache.arrow.stream"))),
+    responses((status = 200, body = Accepted), BadRequest, Refused, NotFound, Conflict, TooLarge, UnsupportedMediaType,
+        Unprocessable, Busy))]
 pub(super) async fn ingest(
     State(state): State<AppState>,
     ApiPath(dataset): ApiPath<String>,

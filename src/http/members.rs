@@ -8,7 +8,7 @@ use catalog::{AccessLogEntry, Agreement, ConnectionId, ConnectionTerms, MemberId
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiPath, ApiQuery, ApiResult, Problem};
+use super::error::{ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, NotFound, Refused};
 use crate::AppState;
 
 /// What a newer revision of a connection's terms would change for the member.
@@ -75,8 +75,8 @@ pub(super) struct AgreementView {
 /// The member's agreements: each connection's approved version, any newer version waiting
 /// for approval, and what it would change.
 #[utoipa::path(get, path = "/v1/members/{uid}/agreements", tag = "members", security(("bearer" = [])),
-    params(("uid" = i64, Path)),
-    responses((status = 200, body = Vec<AgreementView>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    params(("uid" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Vec<AgreementView>), BadRequest, Refused))]
 pub(super) async fn agreements(
     State(state): State<AppState>,
     principal: Principal,
@@ -111,9 +111,8 @@ pub(super) struct Approval {
 /// The member approves the connection's current approved terms. Issues a new member
 /// connection key (an earlier key of the pair stops working).
 #[utoipa::path(post, path = "/v1/members/{uid}/agreements/{connection_id}/approve", tag = "members", security(("bearer" = [])),
-    params(("uid" = i64, Path), ("connection_id" = i64, Path)),
-    responses((status = 200, body = Approval), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("uid" = i64, Path, minimum = 1), ("connection_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Approval), BadRequest, Refused, NotFound, Conflict))]
 pub(super) async fn approve(
     State(state): State<AppState>,
     principal: Principal,
@@ -126,9 +125,8 @@ pub(super) async fn approve(
 
 /// The member revokes the agreement: every request that starts afterwards is refused.
 #[utoipa::path(post, path = "/v1/members/{uid}/agreements/{connection_id}/revoke", tag = "members", security(("bearer" = [])),
-    params(("uid" = i64, Path), ("connection_id" = i64, Path)),
-    responses((status = 200, body = Agreement), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    params(("uid" = i64, Path, minimum = 1), ("connection_id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Agreement), BadRequest, Refused, NotFound))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
@@ -140,16 +138,17 @@ pub(super) async fn revoke(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogQuery {
-    /// Newest entries to return, 1-10000 (default 100).
+    /// Newest entries to return (default 100); taken as 1 below 1 and as 10000 above it.
     limit: Option<i64>,
 }
 
 /// Who read or wrote what of this member, when, under which agreement and purpose.
 #[utoipa::path(get, path = "/v1/members/{uid}/access-log", tag = "members", security(("bearer" = [])),
-    params(("uid" = i64, Path), LogQuery),
-    responses((status = 200, body = Vec<AccessLogEntry>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    params(("uid" = i64, Path, minimum = 1), LogQuery),
+    responses((status = 200, body = Vec<AccessLogEntry>), BadRequest, Refused))]
 pub(super) async fn access_log(
     State(state): State<AppState>,
     principal: Principal,

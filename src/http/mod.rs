@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use error::ApiError;
+use error::{ApiError, ProblemResponses};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,17 +34,21 @@ use error::ApiError;
         description = "Personal data stores: members' data, delivered and read only under the data sharing agreements they approved."
     ),
     components(schemas(error::Problem)),
-    modifiers(&BearerAuth)
+    modifiers(&SecuritySchemes, &ProblemResponses)
 )]
 struct ApiDoc;
 
-struct BearerAuth;
+/// `bearer`: the operator's token, a subscriber's OAuth2 token, a member's secret or a
+/// connection's `nid:key`, by route (CONTRACT.md "Credentials"); `basic`: a subscriber's
+/// OAuth2 client id and secret at `/oauth2/token`.
+struct SecuritySchemes;
 
-impl utoipa::Modify for BearerAuth {
+impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("basic", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()));
     }
 }
 

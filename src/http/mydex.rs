@@ -14,27 +14,80 @@ use super::error::{ApiError, ApiResult};
 use super::xml;
 use crate::AppState;
 
-/// The Mydex query parameters (unknown ones are ignored, as Mydex clients send extras).
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+/// The Mydex query parameters (unknown ones are ignored, as Mydex clients send extras;
+/// `source_type=connection` is one, `api_key` is read by [`MydexSubscriber`]). Each route
+/// documents the ones it takes with one of the [`utoipa::IntoParams`] sets below.
+#[derive(Debug, Deserialize)]
 pub(super) struct MydexParams {
-    /// The member connection key.
     pub(super) key: Option<String>,
-    /// `"<uid>-<nid>"`.
     pub(super) con_id: Option<String>,
-    /// `connection`.
-    #[allow(dead_code, reason = "accepted and documented; Mydex clients always send it")]
-    source_type: Option<String>,
-    /// `ds_x`, the older `field_ds_x`, or several joined with `+`.
     pub(super) dataset: Option<String>,
-    /// 0-based instance to read.
     instance: Option<String>,
-    /// The member (`POST /api/pds/transaction?uid=`).
     pub(super) uid: Option<String>,
-    /// The subscriber's key, instead of a bearer token.
-    #[allow(dead_code, reason = "documented here; read from the raw query by `MydexSubscriber`")]
-    api_key: Option<String>,
-    /// The instance or row id to update (`instance_0` is id 1).
     id: Option<String>,
+}
+
+/// One or more dataset names joined with `+`.
+const DATASETS_PATTERN: &str = "^(field_)?ds_[a-z0-9_]{1,125}(\\+(field_)?ds_[a-z0-9_]{1,125})*$";
+
+/// A positive integer id, as a query string carries it.
+const ID_PATTERN: &str = "^[1-9][0-9]{0,17}$";
+
+/// The Mydex parameters of a route: the credentials every call takes, then `required` and
+/// `optional` of the rest.
+fn mydex_params(required: &[&str], optional: &[&str]) -> Vec<utoipa::openapi::path::Parameter> {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    let all: [(&str, &str, Option<&str>); 8] = [
+        ("key", "The member connection key.", None),
+        ("con_id", "The member's connection, `<uid>-<nid>`.", Some("^[1-9][0-9]{0,17}-[1-9][0-9]{0,17}$")),
+        ("source_type", "`connection`.", None),
+        ("api_key", "The subscriber's key, instead of a bearer token.", None),
+        ("dataset", "`ds_x`, the older `field_ds_x`, or (to read) several joined with `+`.", Some(DATASETS_PATTERN)),
+        ("instance", "The 0-based instance to read.", Some("^[0-9]{1,18}$")),
+        ("uid", "The member.", Some(ID_PATTERN)),
+        ("id", "The instance or row id to update (`instance_0` is id 1).", Some(ID_PATTERN)),
+    ];
+    let always = ["key", "con_id", "source_type", "api_key"];
+    all.into_iter()
+        .filter(|(name, ..)| always.contains(name) || required.contains(name) || optional.contains(name))
+        .map(|(name, description, pattern)| {
+            let needed = matches!(name, "key" | "con_id") || required.contains(&name);
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(if needed { Required::True } else { Required::False })
+                .description(Some(description))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).pattern(pattern)))
+                .build()
+        })
+        .collect()
+}
+
+/// Declares the parameter set of a kind of Mydex call.
+macro_rules! mydex_params {
+    ($($(#[$doc:meta])* $name:ident = required $required:expr, optional $optional:expr;)+) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(super) enum $name {}
+
+        impl utoipa::IntoParams for $name {
+            fn into_params(_: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>) -> Vec<utoipa::openapi::path::Parameter> {
+                mydex_params(&$required, &$optional)
+            }
+        }
+    )+};
+}
+
+mydex_params! {
+    /// A read: the dataset(s), and which instance.
+    ReadParams = required ["dataset"], optional ["instance"];
+    /// A metadata instance created: the body names the dataset.
+    CreateParams = required [], optional ["dataset"];
+    /// An update of instance or row `id`: the body names the dataset, or `dataset=` does.
+    UpdateParams = required ["id"], optional ["dataset"];
+    /// Rows added for member `uid`.
+    AddParams = required ["uid"], optional [];
 }
 
 impl MydexParams {

@@ -10,12 +10,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 
+/// The client credentials grant, form-encoded (RFC 6749 §4.4.2).
+// Fields are read as text so that each wrong value gets its own RFC 6749 error.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct TokenRequest {
+    /// `client_credentials`, the one grant trove issues.
+    #[schema(schema_with = grant_type_schema, required = true)]
     grant_type: Option<String>,
+    /// `mydex:pdx`, the one scope (also the default).
+    #[schema(schema_with = scope_schema)]
     scope: Option<String>,
+    /// With `client_secret`: the client's credentials in the form instead of HTTP Basic.
     client_id: Option<String>,
     client_secret: Option<String>,
+}
+
+fn grant_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String).enum_values(Some(["client_credentials"])).build()
+}
+
+fn scope_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String).enum_values(Some([SCOPE])).build()
+}
+
+/// An RFC 6749 §5.2 error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct OAuthError {
+    #[schema(schema_with = oauth_error_schema)]
+    error: &'static str,
+}
+
+fn oauth_error_schema() -> utoipa::openapi::Object {
+    let errors = ["invalid_request", "unsupported_grant_type", "invalid_scope", "invalid_client"];
+    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String).enum_values(Some(errors)).build()
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -31,7 +58,7 @@ const SCOPE: &str = "mydex:pdx";
 
 /// RFC 6749 §5.2 error answers.
 fn oauth_error(status: StatusCode, error: &'static str) -> Response {
-    let mut response = (status, axum::Json(serde_json::json!({ "error": error }))).into_response();
+    let mut response = (status, axum::Json(OAuthError { error })).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
@@ -52,12 +79,13 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// Exchange client credentials for a bearer token.
-#[utoipa::path(post, path = "/oauth2/token", tag = "auth",
+#[utoipa::path(post, path = "/oauth2/token", tag = "auth", security(("basic" = []), ()),
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, body = TokenResponse),
-        (status = 400, description = "unsupported_grant_type, invalid_scope or invalid_request"),
-        (status = 401, description = "invalid_client"),
+        (status = 400, description = "unsupported_grant_type, invalid_scope or invalid_request", body = OAuthError),
+        (status = 401, description = "invalid_client", body = OAuthError,
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"trove\"`"))),
     ))]
 pub(super) async fn token(State(state): State<AppState>, headers: HeaderMap, form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>) -> Response {
     let Ok(Form(form)) = form else {

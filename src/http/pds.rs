@@ -11,8 +11,8 @@ use ingest::validate;
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
-use super::mydex::{Call, MydexParams, answer, authorize_file, body_bytes};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, NotFound, Refused, TooLarge, Unprocessable};
+use super::mydex::{Call, CreateParams, MydexParams, ReadParams, UpdateParams, answer, authorize_file, body_bytes};
 use crate::AppState;
 
 /// Values travel as strings, as in the public Mydex API.
@@ -36,10 +36,11 @@ fn instance_view(instance: &MetadataInstance, readable: &query::Readable<'_>) ->
 
 /// Read a member's metadata dataset(s): only the instances and fields the agreement allows.
 #[utoipa::path(get, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), ReadParams),
     responses(
-        (status = 200, description = "`{\"ds_x\": {\"instance_N\": {\"<field>\": {\"value\": \"...\", \"access\": {...}}}}}`", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+        (status = 200, description = "`{\"ds_x\": {\"instance_N\": {\"<field>\": {\"value\": \"...\", \"access\": {...}}}}}`",
+            content((Object = "application/json"), ("application/xml"))),
+        BadRequest, Refused, NotFound))]
 pub(super) async fn read(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
@@ -111,12 +112,12 @@ async fn write(
 
 /// Create a metadata instance: `{"ds_x": {"<field>": "value", ...}}`.
 #[utoipa::path(post, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), CreateParams),
     request_body(content = Object, description = "`{\"ds_x\": {\"<field>\": \"value\"}}`"),
     responses(
-        (status = 200, description = "`{\"success\": 1, \"dataset\": \"ds_x\", \"instance\": N, \"id\": \"<id>\"}`", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem)))]
+        (status = 200, description = "`{\"success\": 1, \"dataset\": \"ds_x\", \"instance\": N, \"id\": \"<id>\"}`",
+            content((Object = "application/json"), ("application/xml"))),
+        BadRequest, Refused, NotFound, TooLarge, Unprocessable))]
 pub(super) async fn create(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
@@ -136,12 +137,12 @@ pub(super) async fn create(
 
 /// Update fields of instance `id` (`instance_0` is id 1); other fields keep their values.
 #[utoipa::path(put, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), UpdateParams),
     request_body(content = Object, description = "`{\"ds_x\": {\"<field>\": \"value\"}}` or the fields flat with `dataset=`"),
     responses(
-        (status = 200, description = "`{\"success\": 1}`", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem)))]
+        (status = 200, description = "`{\"success\": 1}`",
+            content((Object = "application/json"), ("application/xml"))),
+        BadRequest, Refused, NotFound, TooLarge, Unprocessable))]
 pub(super) async fn update(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,

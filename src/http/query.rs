@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::auth::{Principal, subscriber_connection};
-use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
+use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, JsonBody, NotAcceptable, Refused, TooManyRequests};
 use super::mydex::now_ms;
 use crate::AppState;
 
@@ -28,14 +28,18 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 pub(super) struct QueryBody {
     /// One `SELECT` over the tables your connection may read (one per transactional dataset).
+    #[schema(example = "SELECT member_uid, count(*) AS n FROM ds_energy_consumption GROUP BY member_uid")]
     sql: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct QueryParams {
     /// Which of your connections reads (optional when you have exactly one approved).
+    #[param(value_type = Option<i64>, minimum = 1)]
     connection: Option<ConnectionId>,
     /// Or name it by a member's `con_id` (`<uid>-<nid>`).
+    #[param(pattern = "^[1-9][0-9]{0,17}-[1-9][0-9]{0,17}$")]
     con_id: Option<String>,
 }
 
@@ -88,9 +92,10 @@ impl Format {
     params(QueryParams),
     request_body = QueryBody,
     responses(
-        (status = 200, description = "the rows, in the format `Accept` asked for (JSON: an array of objects)"),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 406, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+        (status = 200, description = "the rows, in the format `Accept` asked for (JSON: an array of objects; NDJSON: one a line)",
+            content((Vec<Object> = "application/json"), ("application/x-ndjson"), ("text/csv"),
+                ("application/vnd.apache.arrow.stream"), ("application/vnd.apache.parquet"))),
+        JsonBody, Refused, NotAcceptable, TooManyRequests))]
 pub(super) async fn query(
     State(state): State<AppState>,
     principal: Principal,

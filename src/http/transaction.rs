@@ -15,8 +15,8 @@ use ingest::validate;
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Problem};
-use super::mydex::{Format, MydexParams, answer, authorize, authorize_file, body_bytes, now_ms};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable};
+use super::mydex::{AddParams, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes, now_ms};
 use super::pds::write_body;
 use crate::AppState;
 
@@ -45,12 +45,11 @@ fn rows_of(body: &[u8]) -> ApiResult<(String, Vec<Map<String, Value>>)> {
 /// Add one row or many to a member's transactional dataset. Every row gets a stable id,
 /// increasing per member and dataset.
 #[utoipa::path(post, path = "/api/pds/transaction", tag = "mydex", security(("bearer" = [])),
-    params(MydexParams),
+    params(AddParams),
     request_body(content = Object, description = "`{\"ds_x\": {...}}` or `{\"ds_x\": [{...}, ...]}`"),
     responses(
         (status = 200, description = "`{\"success\": 1, \"ids\": [\"<row id>\", ...], \"last_insert_id\": <last id>}`", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+        BadRequest, Refused, TooLarge, Unprocessable, Busy))]
 pub(super) async fn add(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
@@ -94,12 +93,12 @@ pub(super) async fn add(
 /// Update row `id`: the fields the body names replace the row's, in a new version of the
 /// row; the others keep their values. Reads see only the newest version.
 #[utoipa::path(put, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), UpdateParams),
     request_body(content = Object, description = "the fields, flat (`dataset=` names the dataset) or `{\"ds_x\": {...}}`"),
     responses(
-        (status = 200, description = "`{\"success\": 1}`", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem)))]
+        (status = 200, description = "`{\"success\": 1}`",
+            content((Object = "application/json"), ("application/xml"))),
+        BadRequest, Refused, NotFound, TooLarge, Unprocessable, Busy))]
 pub(super) async fn update(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
@@ -154,11 +153,11 @@ pub(super) async fn update(
 /// ordered by id. `filters[<field>][operator]` and `[value]` narrow it (AND-ed);
 /// `filters[id][operator]=>` with the last id seen reads only newer rows.
 #[utoipa::path(get, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, description = "`<uid>.json` or `<uid>.xml`"), MydexParams),
+    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), ReadParams),
     responses(
-        (status = 200, description = "the rows, keyed by row id", body = Object),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem)))]
+        (status = 200, description = "the rows, keyed by row id",
+            content((Object = "application/json"), ("application/xml"))),
+        BadRequest, Refused, NotFound, Unprocessable))]
 pub(super) async fn read(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
