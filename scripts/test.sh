@@ -53,4 +53,7 @@ fi
 # API fuzzing (issue 6)
 scripts/api-fuzz.sh || failed=1
 
+# Fuzzing (issue 6)
+scripts/fuzz.sh || failed=1
+
 exit "$failed"

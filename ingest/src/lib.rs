@@ -51,3 +51,14 @@ pub use error::{ErrorKind, FieldProblem, IngestError};
 pub use ingester::{IngestConfig, Ingester};
 
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
+
+/// Entry points for the fuzz targets of `fuzz/`, which reach private decoders; only in
+/// builds with `--cfg fuzzing` (what `cargo fuzz` passes), never in the server's API.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Decodes a WAL record's payload (without its length and checksum) as replay does:
+    /// the rows or access-log entries it holds.
+    pub fn decode_wal_record(payload: &[u8]) -> crate::Result<usize> {
+        crate::ingester::decode_wal_record(payload)
+    }
+}

@@ -88,3 +88,64 @@ fn decimals_json_and_text_caps() {
     let long = format!("{{\"member_uid\": 1, \"memo\": \"{}\"}}\n", "x".repeat(70 * 1024));
     assert_eq!(rows(decode(&r, Format::Ndjson, long.as_bytes()).unwrap_err()), [(1, Some("memo".into()))]);
 }
+
+/// Found by `fuzz/` (decode_arrow_ipc): arrow-ipc panicked on a schema field of type NONE and
+/// on a buffer past its message's body, allocated the 738 MB of metadata a 144-byte body
+/// claimed, and took a batch without columns to hold the rows it claimed; a compressed buffer
+/// may claim any size. Each is a malformed body (400), not a 500 or what it claims allocated.
+#[test]
+fn malformed_arrow_ipc_is_refused_without_panics_or_claimed_allocations() {
+    let s = schema("ds_energy_consumption");
+    let refused = |body: &[u8]| matches!(decode(&s, Format::ArrowIpc, body), Err(DecodeError::Malformed(_)));
+    assert!(refused(include_bytes!("../../../fuzz/regressions/decode_arrow_ipc/field_of_type_none")));
+    assert!(refused(include_bytes!("../../../fuzz/regressions/decode_arrow_ipc/buffer_past_message_body")));
+    assert!(refused(include_bytes!("../../../fuzz/regressions/decode_arrow_ipc/metadata_length_738mb")));
+    assert!(refused(include_bytes!("../../../fuzz/regressions/decode_arrow_ipc/rows_claimed_without_columns")));
+    assert!(refused(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), "2 GiB of metadata claimed");
+
+    use datafusion::arrow::ipc::{CompressionType, writer::IpcWriteOptions};
+    let ipc_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![s.input.field(0).clone()]));
+    let batch = RecordBatch::try_new(ipc_schema.clone(), vec![Arc::new(Int64Array::from(vec![7; 100]))]).unwrap();
+    let stream = |options: IpcWriteOptions| {
+        let mut buf = Vec::new();
+        let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new_with_options(&mut buf, &ipc_schema, options).unwrap();
+        w.write(&batch).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        buf
+    };
+    let zstd = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD)).unwrap();
+    assert!(refused(&stream(zstd)), "compressed buffers");
+    // The same stream uncompressed, its length fields checked, still decodes.
+    assert_eq!(decode(&s, Format::ArrowIpc, &stream(IpcWriteOptions::default())).unwrap().num_rows(), 200);
+}
+
+/// Found by `fuzz/` (decode_arrow_ipc): an IPC body could carry a decimal wider than
+/// Decimal(18, 2), which Parquet would store cut, and floats that no other format admits.
+#[test]
+fn arrow_ipc_values_pass_the_checks_of_the_other_formats() {
+    let s = schema("ds_bank_account_transactions");
+    let e = schema("ds_energy_consumption");
+    let value = s.input.field_with_name("ba_transaction_value").unwrap().clone();
+    let reading = e.input.field_with_name("field_energy_reading_value").unwrap().clone();
+    let stream = |field: datafusion::arrow::datatypes::Field, values: ArrayRef| {
+        let ipc_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![s.input.field(0).clone(), field]));
+        let members = Arc::new(Int64Array::from(vec![1; values.len()]));
+        let batch = RecordBatch::try_new(ipc_schema.clone(), vec![members, values]).unwrap();
+        let mut buf = Vec::new();
+        let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &ipc_schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        buf
+    };
+    let cents = Decimal128Array::from(vec![999_999_999_999_999_999, 10i128.pow(18), -10i128.pow(18), i128::MIN])
+        .with_precision_and_scale(18, 2)
+        .unwrap();
+    let got = rows(decode(&s, Format::ArrowIpc, &stream(value, Arc::new(cents))).unwrap_err());
+    assert_eq!(got, [(2, Some("ba_transaction_value".into())), (3, Some("ba_transaction_value".into())), (4, Some("ba_transaction_value".into()))]);
+    let floats = datafusion::arrow::array::Float64Array::from(vec![1.5, f64::NAN, f64::INFINITY]);
+    let got = rows(decode(&e, Format::ArrowIpc, &stream(reading, Arc::new(floats))).unwrap_err());
+    assert_eq!(got, [(2, Some("field_energy_reading_value".into())), (3, Some("field_energy_reading_value".into()))]);
+}
