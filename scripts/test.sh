@@ -50,6 +50,14 @@ else
   cargo test --workspace --locked --no-fail-fast || failed=1
 fi
 
+# Fault injection (issue 6): the e2e binary again with the `failpoints` feature, running only
+# the suite that sets them (the trove crates build twice; DataFusion is shared).
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --features failpoints --test e2e -E 'test(/^faults::/)' || failed=1
+else
+  cargo test --locked --features failpoints --test e2e faults:: || failed=1
+fi
+
 # API fuzzing (issue 6)
 scripts/api-fuzz.sh || failed=1
 

@@ -197,6 +197,15 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 8 << 20)]
     pub flush_bytes: usize,
 
+    /// How often compaction looks for members with many small files (humantime).
+    #[arg(long, env = "TROVE_COMPACT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub compact_interval: Duration,
+
+    /// A member's dataset is compacted once it has this many small files of one day (or,
+    /// once cold, one month).
+    #[arg(long, env = "TROVE_COMPACT_MIN_FILES", default_value_t = 4, value_parser = clap::value_parser!(i64).range(2..))]
+    pub compact_min_files: i64,
+
     /// Largest body accepted by `POST /v1/ingest/{dataset}`, in bytes.
     #[arg(long, env = "TROVE_MAX_INGEST_BYTES", default_value_t = 64 << 20)]
     pub max_ingest_bytes: usize,

@@ -127,8 +127,8 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         flush_bytes: args.flush_bytes,
         flush_tick: Duration::from_millis(200),
         put_attempts: 5,
-        compaction: ingest::compact::CompactionConfig::default(),
-        compact_interval: Duration::from_secs(10),
+        compaction: ingest::compact::CompactionConfig { min_files: args.compact_min_files, ..Default::default() },
+        compact_interval: args.compact_interval,
     }
 }
 
@@ -184,11 +184,11 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
 }
 
 /// Serves `router` on `listener` until `shutdown`.
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
+pub async fn serve_on<L>(listener: L, router: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     tracing::info!("trove stopped");
     Ok(())

@@ -12,6 +12,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The fault-injection build reads its failpoints from FAILPOINTS (tests/e2e/faults.rs).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     trove::telemetry::init_logging(cli.log_format, &cli.log);
     let result = match cli.command {

@@ -122,6 +122,7 @@ impl Keys {
             return Ok(());
         }
         let writes: Vec<IdempotentWrite> = moving.iter().flat_map(|(_, w)| w.iter().cloned()).collect();
+        fail::fail_point!("idempotency-record", |_| Err(IngestError::Unavailable("failpoint idempotency-record".into())));
         catalog.remember_idempotent_writes(&writes).await?;
         {
             let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());

@@ -157,11 +157,17 @@ pub async fn commit(
     files: &[ParquetFile],
     replaced: &[String],
 ) -> Result<(), crate::IngestError> {
-    if let Err(e) = catalog.commit_parquet_files(files, replaced).await {
+    let recorded = async {
+        #[cfg(feature = "failpoints")]
+        let point = if replaced.is_empty() { "manifest-commit" } else { "compaction-swap" };
+        fail::fail_point!(point, |_| Err(crate::IngestError::Unavailable(format!("failpoint {point}"))));
+        Ok::<_, crate::IngestError>(catalog.commit_parquet_files(files, replaced).await?)
+    };
+    if let Err(e) = recorded.await {
         for f in files {
             let _ = store.delete(&Path::from(f.path.as_str())).await;
         }
-        return Err(e.into());
+        return Err(e);
     }
     metrics::counter!("trove_ingest_files_written_total").increment(files.len() as u64);
     metrics::counter!("trove_ingest_bytes_written_total").increment(files.iter().map(|f| f.size_bytes as u64).sum());
@@ -199,6 +205,7 @@ fn max_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
 /// `PutMode::Create` with exponential backoff. `AlreadyExists` after a retry means an
 /// earlier attempt landed (the name is unique to this flush), which is success.
 pub async fn put_with_retry(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>, attempts: u32) -> Result<(), crate::IngestError> {
+    fail::fail_point!("parquet-put", |_| Err(crate::IngestError::Unavailable("failpoint parquet-put".into())));
     let payload = PutPayload::from(bytes);
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=attempts.max(1) {

@@ -109,8 +109,10 @@ impl Segments {
             buf.extend_from_slice(p);
         }
         let result = (|| {
+            fail::fail_point!("wal-write", |_| Err(io::Error::other("failpoint wal-write")));
             self.file.write_all(&buf)?;
             if self.durability == Durability::Fsync {
+                fail::fail_point!("wal-fsync", |_| Err(io::Error::other("failpoint wal-fsync")));
                 self.file.sync_data()?;
             }
             Ok(())

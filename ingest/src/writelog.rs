@@ -77,9 +77,13 @@ impl WriteLog {
                 return Err(e);
             }
         };
-        if let Err(e) = catalog.record_access(&entries).await {
+        let recorded = async {
+            fail::fail_point!("access-log-record", |_| Err(IngestError::Unavailable("failpoint access-log-record".into())));
+            Ok::<_, IngestError>(catalog.record_access(&entries).await?)
+        };
+        if let Err(e) = recorded.await {
             self.by_segment.lock().unwrap_or_else(|p| p.into_inner()).extend(moving);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }

@@ -77,6 +77,26 @@ async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option
     subscriber_connection(state, subscriber, None, named).await
 }
 
+/// Reads and drops a refused body before the refusal is answered: hyper closes a connection
+/// whose request body was left unread, and a client still sending would see a broken pipe
+/// instead of the 429/503 and its `Retry-After`. Frames are dropped as they arrive, so this
+/// holds no memory; past `limit` bytes or 5 seconds the connection is closed after all.
+async fn drained(request: Request, limit: usize, refusal: ApiError) -> ApiError {
+    use futures::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.next().await {
+            read += frame.len();
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
+    refusal
+}
+
 /// Deliver rows: NDJSON, a JSON array, CSV with a header, or an Arrow IPC stream. 409: a
 /// retry while the first request with its `Idempotency-Key` is still in flight.
 #[utoipa::path(post, path = "/v1/ingest/{dataset}", tag = "ingest", security(("bearer" = [])),
@@ -105,7 +125,6 @@ pub(super) async fn ingest(
     let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
     // Refuse under pressure before the body is read: a full buffer, or too many body bytes
     // already in flight (a body of unknown length counts as the largest allowed).
-    state.ingester.admit()?;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -113,11 +132,17 @@ pub(super) async fn ingest(
         .unwrap_or(state.settings.max_ingest_bytes)
         .min(state.settings.max_ingest_bytes);
     let whole_budget = (state.settings.ingest_inflight_bytes / 1024).max(1);
-    let _body_permit = state
-        .ingest_bodies
-        .clone()
-        .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
-        .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
+    let admitted = state.ingester.admit().and_then(|()| {
+        state
+            .ingest_bodies
+            .clone()
+            .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
+            .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })
+    });
+    let _body_permit = match admitted {
+        Ok(permit) => permit,
+        Err(e) => return Err(drained(request, state.settings.max_ingest_bytes, e.into()).await),
+    };
     let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
     let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
         Ok(d) if d.kind == DatasetKind::Transactional => d,

@@ -152,14 +152,20 @@ pub(super) async fn query(
         .collect();
     state.ingester.log_reads(log).await?;
     metrics::histogram!("trove_query_plan_duration_seconds").record(started.elapsed().as_secs_f64());
-    let mut stream = planned.execute()?;
+    // From here the read is allowed and logged: a failure is the query's, not a refusal,
+    // and says so (the access log holds the read, not a refusal).
+    let ran = |e: query::QueryError| match e {
+        query::QueryError::Invalid(m) => ApiError::from(query::QueryError::Invalid(format!("the query failed while running: {m}"))),
+        other => other.into(),
+    };
+    let mut stream = planned.execute().map_err(ran)?;
     let schema = planned.schema();
     let max_bytes = state.query.config().max_bytes;
     let mut encoder = Encoder::new(format, &schema).map_err(internal)?;
     // The first batch decides between a problem+json and a 200.
     let first = match stream.next().await {
         Some(Ok(b)) => Some(b),
-        Some(Err(e)) => return Err(state.query.error(e).into()),
+        Some(Err(e)) => return Err(ran(state.query.error(e))),
         None => None,
     };
     let mut head = encoder.begin().map_err(internal)?;

@@ -5,11 +5,15 @@
 mod auth;
 mod binary;
 mod crash;
+mod durability;
+#[cfg(feature = "failpoints")]
+mod faults;
 mod ingest;
 mod isolation;
 mod lifecycle;
 mod load;
 mod operations;
+mod overload;
 mod pds;
 mod query;
 
