@@ -28,6 +28,7 @@ if ! st --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
 fi
 # Built here too (a no-op after scripts/test.sh's build), so a stale binary is never fuzzed.
 cargo build --locked --bin trove
+trove="${CARGO_TARGET_DIR:-target}/debug/trove"
 
 work="$(mktemp -d)"
 server=""
@@ -45,8 +46,8 @@ trap cleanup EXIT
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 url="http://127.0.0.1:$port"
-target/debug/trove demo --json --members 3 --data-dir "$work/data" >"$work/demo.json" 2>"$work/demo.log"
-target/debug/trove serve --data-dir "$work/data" --listen "127.0.0.1:$port" >"$work/server.log" 2>&1 &
+"$trove" demo --json --members 3 --data-dir "$work/data" >"$work/demo.json" 2>"$work/demo.log"
+"$trove" serve --data-dir "$work/data" --listen "127.0.0.1:$port" >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
   curl -fsS "$url/health" >/dev/null 2>&1 && break
