@@ -827,6 +827,22 @@ mod tests {
     use super::*;
     use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConnectionId, SubscriberId};
 
+    /// An allowed read of `rows` of member `member`'s energy readings by connection 3.
+    fn read_entry(at: i64, member: i64, rows: i64) -> AccessLogEntry {
+        AccessLogEntry {
+            at,
+            member: Some(MemberId::new(member).unwrap()),
+            subscriber_id: SubscriberId::new(2).unwrap(),
+            connection_id: ConnectionId::new(3).unwrap(),
+            agreement_version: Some(1),
+            purpose: "billing".into(),
+            dataset: "ds_energy_consumption".into(),
+            action: AccessAction::Read,
+            rows,
+            decision: AccessDecision::Allowed,
+        }
+    }
+
     /// Torn WAL: the tail of a segment written as the sequencer writes it (groups of rows and
     /// reads records), truncated, bit-flipped or overwritten with garbage at random offsets.
     /// Replay never fails, keeps exactly the records wholly before the damage (every one
@@ -847,19 +863,7 @@ mod tests {
         for r in 0..40i64 {
             let n = 1 + rand(40) as usize;
             let payload = if r % 7 == 3 {
-                encode_reads(&[catalog::AccessLogEntry {
-                    at: r,
-                    member: Some(MemberId::new(1 + r).unwrap()),
-                    subscriber_id: catalog::SubscriberId::new(2).unwrap(),
-                    connection_id: catalog::ConnectionId::new(3).unwrap(),
-                    agreement_version: Some(1),
-                    purpose: "billing".into(),
-                    dataset: "ds_energy_consumption".into(),
-                    action: catalog::AccessAction::Read,
-                    rows: n as i64,
-                    decision: catalog::AccessDecision::Allowed,
-                }])
-                .unwrap()
+                encode_reads(&[read_entry(r, 1 + r, n as i64)]).unwrap()
             } else {
                 let members = Int64Array::from_iter_values((0..n as i64).map(|i| 1 + i % 5));
                 let values = StringArray::from_iter_values((0..n).map(|i| format!("row {r}.{i}")));
@@ -933,18 +937,7 @@ mod tests {
 
     #[test]
     fn read_entries_round_trip_through_a_wal_record() {
-        let entry = |m: i64| AccessLogEntry {
-            at: 1,
-            member: Some(MemberId::new(m).unwrap()),
-            subscriber_id: SubscriberId::new(2).unwrap(),
-            connection_id: ConnectionId::new(3).unwrap(),
-            agreement_version: Some(1),
-            purpose: "billing".into(),
-            dataset: "ds_energy_consumption".into(),
-            action: AccessAction::Read,
-            rows: 96,
-            decision: AccessDecision::Allowed,
-        };
+        let entry = |m: i64| read_entry(1, m, 96);
         let mut other = entry(3);
         other.dataset = "ds_browsing_history".into();
         let entries = vec![entry(1), entry(2), other];

@@ -77,13 +77,69 @@ async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option
     subscriber_connection(state, subscriber, None, named).await
 }
 
+/// What is decided before the body is read.
+struct Admitted {
+    connection: Arc<Connection>,
+    name: DatasetName,
+    dataset: Arc<catalog::Dataset>,
+    format: Format,
+    content_type: String,
+    request_key: Option<String>,
+    /// The body's share of the bytes in flight, held until the write is answered.
+    _body_permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Everything a write is refused for before its body is read: credentials, the agreement,
+/// pressure (a full buffer, or too many body bytes already in flight: a body of unknown
+/// length counts as the largest allowed), the dataset, and the headers.
+async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, headers: &HeaderMap) -> ApiResult<Admitted> {
+    // Everything below is decided as of now: a revocation committed before this point holds.
+    state.auth_cache.refresh(&state.catalog).await?;
+    let connection = writing_connection(state, headers, named).await?;
+    let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
+    state.ingester.admit()?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(state.settings.max_ingest_bytes)
+        .min(state.settings.max_ingest_bytes);
+    let whole_budget = (state.settings.ingest_inflight_bytes / 1024).max(1);
+    let body_permit = state
+        .ingest_bodies
+        .clone()
+        .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
+        .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
+    let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
+    let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
+        Ok(d) if d.kind == DatasetKind::Transactional => d,
+        Ok(_) => return Err(ApiError::bad_request("a metadata dataset: write it through /api/pds/pds")),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(ApiError::not_found("dataset")),
+        Err(e) => return Err(e.into()),
+    };
+    let writable = terms.datasets.get(&name).is_some_and(|g| !g.write.is_empty());
+    if !writable || !validate::dataset_offered(&dataset, connection.environment.into()) {
+        return Err(ApiError::forbidden());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let request_key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
+    let request_key = request_key.transpose().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    let format = Format::from_content_type(&content_type).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send application/x-ndjson, application/json, text/csv or application/vnd.apache.arrow.stream",
+        )
+    })?;
+    Ok(Admitted { connection, name, dataset, format, content_type, request_key, _body_permit: body_permit })
+}
+
 /// Reads and drops a refused body before the refusal is answered: hyper closes a connection
 /// whose request body was left unread, and a client still sending would see a broken pipe
-/// instead of the 429/503 and its `Retry-After`. Frames are dropped as they arrive, so this
-/// holds no memory; past `limit` bytes or 5 seconds the connection is closed after all.
-async fn drained(request: Request, limit: usize, refusal: ApiError) -> ApiError {
+/// instead of the refusal (and, for a 429/503, its `Retry-After`). Frames are dropped as they
+/// arrive, so this holds no memory; past `limit` bytes or 5 seconds the connection is closed
+/// after all.
+async fn drained(body: axum::body::Body, limit: usize, refusal: ApiError) -> ApiError {
     use futures::StreamExt;
-    let mut body = request.into_body().into_data_stream();
+    let mut body = body.into_data_stream();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let mut read = 0;
         while let Some(Ok(frame)) = body.next().await {
@@ -119,53 +175,14 @@ pub(super) async fn ingest(
     ApiQuery(q): ApiQuery<IngestQuery>,
     request: Request,
 ) -> ApiResult<axum::Json<Accepted>> {
-    // Everything below is decided as of now: a revocation committed before this point holds.
-    state.auth_cache.refresh(&state.catalog).await?;
-    let connection = writing_connection(&state, request.headers(), q.connection).await?;
-    let terms = &connection.approved().ok_or_else(ApiError::forbidden)?.terms;
-    // Refuse under pressure before the body is read: a full buffer, or too many body bytes
-    // already in flight (a body of unknown length counts as the largest allowed).
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(state.settings.max_ingest_bytes)
-        .min(state.settings.max_ingest_bytes);
-    let whole_budget = (state.settings.ingest_inflight_bytes / 1024).max(1);
-    let admitted = state.ingester.admit().and_then(|()| {
-        state
-            .ingest_bodies
-            .clone()
-            .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
-            .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })
-    });
-    let _body_permit = match admitted {
-        Ok(permit) => permit,
-        Err(e) => return Err(drained(request, state.settings.max_ingest_bytes, e.into()).await),
-    };
-    let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
-    let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
-        Ok(d) if d.kind == DatasetKind::Transactional => d,
-        Ok(_) => return Err(ApiError::bad_request("a metadata dataset: write it through /api/pds/pds")),
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err(ApiError::not_found("dataset")),
-        Err(e) => return Err(e.into()),
-    };
+    let (parts, body) = request.into_parts();
+    let Admitted { connection, name, dataset, format, content_type, request_key, _body_permit } =
+        match admit(&state, &dataset, q.connection, &parts.headers).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Err(drained(body, state.settings.max_ingest_bytes, refusal).await),
+        };
     let env = connection.environment.into();
-    let writable = terms.datasets.get(&name).is_some_and(|g| !g.write.is_empty());
-    if !writable || !validate::dataset_offered(&dataset, env) {
-        return Err(ApiError::forbidden());
-    }
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let content_type_owned = content_type.to_owned();
-    let request_key = request.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
-    let request_key = request_key.transpose().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-    let format = Format::from_content_type(content_type).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send application/x-ndjson, application/json, text/csv or application/vnd.apache.arrow.stream",
-        )
-    })?;
-    let body = axum::body::to_bytes(request.into_body(), state.settings.max_ingest_bytes)
+    let body = axum::body::to_bytes(body, state.settings.max_ingest_bytes)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))?;
     metrics::counter!("trove_ingest_body_bytes_total", "dataset" => name.to_string()).increment(body.len() as u64);
@@ -173,7 +190,7 @@ pub(super) async fn ingest(
     let claim = match request_key {
         None => None,
         Some(key) => {
-            let hash = body_hash(&name, content_type_owned.as_str(), &body);
+            let hash = body_hash(&name, &content_type, &body);
             match state.ingester.idempotency(connection.id, &key, &hash).await? {
                 Decision::Replay { accepted } => return Ok(axum::Json(Accepted { accepted: accepted as usize })),
                 Decision::Proceed(claim) => Some(claim),

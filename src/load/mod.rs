@@ -25,6 +25,7 @@ use reqwest::{Client, StatusCode};
 
 use crate::Error;
 use crate::config::{LoadConfig, Workload};
+pub use report::rss_bytes;
 use report::{Latencies, ReadReport, Report, Sample, ServerProcess, ServerReport, metric};
 use rows::Body;
 use setup::{Api, Setup};

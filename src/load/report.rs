@@ -189,9 +189,7 @@ impl ServerProcess {
 
     /// Resident set size in bytes.
     pub(crate) fn rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0)).ok()?;
-        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
-        Some(kb * 1024)
+        rss_bytes(self.0)
     }
 
     /// User plus system CPU time.
@@ -208,6 +206,13 @@ impl ServerProcess {
 /// The value of an unlabelled gauge in Prometheus text.
 pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Resident set size of process `pid` in bytes, from `/proc` (Linux).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]

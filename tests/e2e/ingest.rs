@@ -109,9 +109,7 @@ async fn every_format_lands_in_parquet_exactly_once() {
 
 /// This process's resident set (the server runs in it).
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
+    trove::load::rss_bytes(std::process::id()).expect("VmRSS in /proc/self/status")
 }
 
 /// Whether the run wrote to the local directory (pyarrow reads it there).

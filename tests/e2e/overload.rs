@@ -13,10 +13,9 @@ use crate::durability::Run;
 const BUFFER_BYTES: u64 = 8 << 20;
 const INFLIGHT_BYTES: u64 = 1 << 20;
 
-/// Resident memory of `pid`, from /proc.
+/// Resident memory of `pid` (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) << 10
+    trove::load::rss_bytes(pid).unwrap_or(0)
 }
 
 #[tokio::test]
