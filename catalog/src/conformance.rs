@@ -278,6 +278,13 @@ async fn access_log(c: &Catalog) {
     assert_eq!(c.access_log(member.uid, 10_000).await.unwrap().len(), 2502, "multi-row inserts past one chunk");
     let by_connection = c.connection_access_log(conn.id, 1).await.unwrap();
     assert_eq!(by_connection, vec![no_member], "a refusal naming no member is kept with its connection");
+    // One request's read across members is stored once: each member sees only its own entry.
+    let (other, _) = c.create_member("erin").await.unwrap();
+    let wide = [member.uid, other.uid].map(|m| AccessLogEntry { at: 2, member: Some(m), rows: m.get(), ..entry(AccessDecision::Allowed) });
+    c.record_access(&wide).await.unwrap();
+    assert_eq!(c.access_log(other.uid, 10).await.unwrap(), vec![wide[1].clone()]);
+    assert_eq!(c.access_log(member.uid, 1).await.unwrap(), vec![wide[0].clone()]);
+    assert_eq!(c.connection_access_log(conn.id, 2).await.unwrap(), vec![wide[1].clone(), wide[0].clone()]);
 }
 
 async fn manifest(c: &Catalog) {

@@ -1,6 +1,6 @@
 //! The dataset catalogue, metadata instances and the access log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -204,37 +204,37 @@ impl Catalog {
     /// expands a JSON array of `[member, version, rows]` (bound parameters per row would
     /// cost SQLite a scan of the statement's parameters for each one).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
-        type Shared<'a> = (i64, i64, i64, &'a str, &'a str, String, String);
-        type Member = (Option<i64>, Option<i64>, i64);
-        let mut groups: BTreeMap<Shared<'_>, Vec<Member>> = BTreeMap::new();
-        for e in entries {
-            let shared = (e.at, e.subscriber_id.get(), e.connection_id.get(), e.purpose.as_str(), e.dataset.as_str(), str_of(e.action), str_of(e.decision));
-            groups.entry(shared).or_default().push((e.member.map(MemberId::get), e.agreement_version, e.rows));
-        }
-        let sql = match self.backend {
+        let insert_event = "INSERT INTO access_events (at, subscriber_id, connection_id, purpose, dataset, action, decision, \
+                            agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
+        let insert_members = match self.backend {
             Backend::Sqlite => {
-                "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
-                 row_count, decision) SELECT $1, value->>0, $2, $3, value->>1, $4, $5, $6, value->>2, $7 FROM json_each($8)"
+                "INSERT INTO access_event_members (member_uid, event_seq, agreement_version, row_count) \
+                 SELECT value->>0, $1, value->>1, value->>2 FROM json_each($2)"
             }
             Backend::Postgres => {
-                "INSERT INTO access_log (at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
-                 row_count, decision) SELECT $1, (e->>0)::bigint, $2, $3, (e->>1)::bigint, $4, $5, $6, (e->>2)::bigint, $7 \
-                 FROM jsonb_array_elements($8::jsonb) AS e"
+                "INSERT INTO access_event_members (member_uid, event_seq, agreement_version, row_count) \
+                 SELECT (e->>0)::bigint, $1, (e->>1)::bigint, (e->>2)::bigint FROM jsonb_array_elements($2::jsonb) AS e"
             }
         };
         let mut tx = self.begin().await?;
-        for ((at, subscriber, connection, purpose, dataset, action, decision), rows) in groups {
-            sqlx::query(sql)
-                .bind(at)
-                .bind(subscriber)
-                .bind(connection)
-                .bind(purpose)
-                .bind(dataset)
-                .bind(action)
-                .bind(decision)
-                .bind(to_json(&rows))
-                .execute(&mut *tx)
+        for event in events(entries) {
+            let e = event.shared;
+            let own = |v| if event.members.is_empty() { v } else { None };
+            let seq: i64 = sqlx::query_scalar(insert_event)
+                .bind(e.at)
+                .bind(e.subscriber_id.get())
+                .bind(e.connection_id.get())
+                .bind(e.purpose.as_str())
+                .bind(e.dataset.as_str())
+                .bind(str_of(e.action))
+                .bind(str_of(e.decision))
+                .bind(own(e.agreement_version))
+                .bind(own(Some(e.rows)))
+                .fetch_one(&mut *tx)
                 .await?;
+            if !event.members.is_empty() {
+                sqlx::query(insert_members).bind(seq).bind(to_json(&event.members)).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -242,49 +242,90 @@ impl Catalog {
 
     /// A member's part of the access log, newest first.
     pub async fn access_log(&self, member: MemberId, limit: i64) -> Result<Vec<AccessLogEntry>> {
-        self.access_log_where("member_uid", member.get(), limit).await
+        let rows = sqlx::query(
+            "SELECT e.at, m.member_uid, e.subscriber_id, e.connection_id, m.agreement_version, e.purpose, e.dataset, e.action, \
+             m.row_count, e.decision FROM access_event_members m JOIN access_events e ON e.seq = m.event_seq \
+             WHERE m.member_uid = $1 ORDER BY m.event_seq DESC LIMIT $2",
+        )
+        .bind(member.get())
+        .bind(limit.clamp(1, 1_000_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     /// A connection's part of the access log (every member's, and refusals naming none),
     /// newest first: for the operator's audits and the isolation tests.
     pub async fn connection_access_log(&self, connection: ConnectionId, limit: i64) -> Result<Vec<AccessLogEntry>> {
-        self.access_log_where("connection_id", connection.get(), limit).await
-    }
-
-    async fn access_log_where(&self, column: &'static str, value: i64, limit: i64) -> Result<Vec<AccessLogEntry>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT at, member_uid, subscriber_id, connection_id, agreement_version, purpose, dataset, action, \
-             row_count, decision FROM access_log WHERE {column} = $1 ORDER BY seq DESC LIMIT $2"
-        )))
-        .bind(value)
+        let rows = sqlx::query(
+            "SELECT e.at, m.member_uid, e.subscriber_id, e.connection_id, COALESCE(m.agreement_version, e.agreement_version) \
+             AS agreement_version, e.purpose, e.dataset, e.action, COALESCE(m.row_count, e.row_count) AS row_count, e.decision \
+             FROM access_events e LEFT JOIN access_event_members m ON m.event_seq = e.seq \
+             WHERE e.connection_id = $1 ORDER BY e.seq DESC, m.member_uid DESC LIMIT $2",
+        )
+        .bind(connection.get())
         .bind(limit.clamp(1, 1_000_000))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let id = |col: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(col)?) };
-                let member: Option<i64> = row.try_get("member_uid")?;
-                Ok(AccessLogEntry {
-                    at: id("at")?,
-                    member: member.map(MemberId::new).transpose().map_err(CatalogError::corrupt)?,
-                    subscriber_id: SubscriberId::new(id("subscriber_id")?).map_err(CatalogError::corrupt)?,
-                    connection_id: ConnectionId::new(id("connection_id")?).map_err(CatalogError::corrupt)?,
-                    agreement_version: row.try_get("agreement_version")?,
-                    purpose: row.try_get("purpose")?,
-                    dataset: row.try_get("dataset")?,
-                    action: match row.try_get::<String, _>("action")?.as_str() {
-                        "write" => AccessAction::Write,
-                        _ => AccessAction::Read,
-                    },
-                    rows: id("row_count")?,
-                    decision: match row.try_get::<String, _>("decision")?.as_str() {
-                        "allowed" => AccessDecision::Allowed,
-                        _ => AccessDecision::Refused,
-                    },
-                })
-            })
-            .collect()
+        rows.iter().map(entry_from_row).collect()
     }
+}
+
+/// Entries as the catalog stores them: one event per run of entries that share everything
+/// but the member, its version and rows (a request's read of one dataset), each member once.
+struct Event<'a> {
+    shared: &'a AccessLogEntry,
+    /// (member, agreement version, rows); empty for an entry naming no member.
+    members: Vec<(i64, Option<i64>, i64)>,
+}
+
+fn events(entries: &[AccessLogEntry]) -> Vec<Event<'_>> {
+    let same = |a: &AccessLogEntry, b: &AccessLogEntry| {
+        (a.at, a.subscriber_id, a.connection_id, &a.purpose, &a.dataset, a.action, a.decision)
+            == (b.at, b.subscriber_id, b.connection_id, &b.purpose, &b.dataset, b.action, b.decision)
+    };
+    let mut events: Vec<Event<'_>> = Vec::new();
+    let mut seen: HashSet<i64> = HashSet::new();
+    for e in entries {
+        let Some(member) = e.member else {
+            events.push(Event { shared: e, members: Vec::new() });
+            continue;
+        };
+        match events.last_mut() {
+            Some(last) if !last.members.is_empty() && same(last.shared, e) && seen.insert(member.get()) => {
+                last.members.push((member.get(), e.agreement_version, e.rows));
+            }
+            _ => {
+                seen.clear();
+                seen.insert(member.get());
+                events.push(Event { shared: e, members: vec![(member.get(), e.agreement_version, e.rows)] });
+            }
+        }
+    }
+    events
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<AccessLogEntry> {
+    let id = |col: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(col)?) };
+    let member: Option<i64> = row.try_get("member_uid")?;
+    Ok(AccessLogEntry {
+        at: id("at")?,
+        member: member.map(MemberId::new).transpose().map_err(CatalogError::corrupt)?,
+        subscriber_id: SubscriberId::new(id("subscriber_id")?).map_err(CatalogError::corrupt)?,
+        connection_id: ConnectionId::new(id("connection_id")?).map_err(CatalogError::corrupt)?,
+        agreement_version: row.try_get("agreement_version")?,
+        purpose: row.try_get("purpose")?,
+        dataset: row.try_get("dataset")?,
+        action: match row.try_get::<String, _>("action")?.as_str() {
+            "write" => AccessAction::Write,
+            _ => AccessAction::Read,
+        },
+        rows: id("row_count")?,
+        decision: match row.try_get::<String, _>("decision")?.as_str() {
+            "allowed" => AccessDecision::Allowed,
+            _ => AccessDecision::Refused,
+        },
+    })
 }
 
 async fn insert_dataset(

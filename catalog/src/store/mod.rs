@@ -62,8 +62,15 @@ impl Catalog {
                     .max_connections(8)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            conn.execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
-                                .await?;
+                            // A page cache of 64 MiB (allocated as used) and statement
+                            // journals in memory: a move of the access log touches a leaf of
+                            // the member index per member read, and with SQLite's default 2 MiB
+                            // those pages spilled and were read back within the transaction.
+                            conn.execute(
+                                "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; \
+                                 PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+                            )
+                            .await?;
                             Ok(())
                         })
                     })
