@@ -361,10 +361,13 @@ async fn run(quick: bool) {
         let (i, secs) = spec.split_once(':').expect("TROVE_BENCH_LOOP=<index>:<seconds>");
         let (_, sql, _) = &queries[i.parse::<usize>().unwrap()];
         eprintln!("looping: {sql}");
-        let until = Instant::now() + Duration::from_secs(secs.parse().unwrap());
+        let (started, mut n) = (Instant::now(), 0u32);
+        let until = started + Duration::from_secs(secs.parse().unwrap());
         while Instant::now() < until {
             assert_eq!(s.sql_as(&token, "", sql, "application/json").await.0, StatusCode::OK);
+            n += 1;
         }
+        eprintln!("looped {n} times, {:.2} ms each", started.elapsed().as_secs_f64() * 1000.0 / f64::from(n));
         return;
     }
     // Each row of the table: a key for scripts (`benches/compare.sh`), the label, trove's timing.

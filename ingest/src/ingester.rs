@@ -98,6 +98,8 @@ pub struct Ingester {
     /// How far the read index has followed the manifest's change feed, and when it last did.
     manifest_seq: std::sync::atomic::AtomicI64,
     manifest_synced: Mutex<std::time::Instant>,
+    /// When keys and access-log entries last moved from closed WAL segments to the catalog.
+    catalog_moved: Mutex<std::time::Instant>,
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
@@ -349,6 +351,7 @@ impl Ingester {
             current_segment,
             manifest_seq: std::sync::atomic::AtomicI64::new(manifest_seq),
             manifest_synced: Mutex::new(std::time::Instant::now()),
+            catalog_moved: Mutex::new(std::time::Instant::now()),
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
@@ -628,6 +631,14 @@ impl Ingester {
         let current = self.current_segment.load(Ordering::Acquire);
         let keep_from = self.buffer.min_segment().map_or(current, |m| m.min(current));
         // Keys and access-log entries of the records about to go must be in the catalog first.
+        // They move about once a second, not every round: the access log's member index
+        // takes a page write per member read, so a second of reads across the same members
+        // costs about what one read does.
+        let moved = *self.catalog_moved.lock().unwrap_or_else(|p| p.into_inner());
+        if !all && moved.elapsed() < CATALOG_MOVE_EVERY {
+            return failed;
+        }
+        *self.catalog_moved.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
             tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
             return failed;
@@ -688,6 +699,10 @@ fn now_ms() -> i64 {
 /// A node that has not followed the manifest's change feed for this long reloads the whole
 /// manifest, because tombstones are purged after [`crate::compact::TOMBSTONES_KEPT_MS`].
 const MANIFEST_RELOAD_AFTER: Duration = Duration::from_secs(3600);
+
+/// How often flush rounds move keys and access-log entries of closed WAL segments to the
+/// catalog (and drop those segments); a forced round always does.
+const CATALOG_MOVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The last row id given per (environment, dataset) and member.
 type Counters = HashMap<(DataEnvironment, DatasetName), MemberMap<i64>>;

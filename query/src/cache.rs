@@ -4,16 +4,47 @@
 //! across thousands of members would otherwise open and decode thousands of files per query.
 //! Files are immutable and uniquely named, so a cached file never goes stale; it holds a
 //! file's stored columns, and the scoped table projects and filters it like any other rows.
+//!
+//! A read across thousands of members also finds the same thousands of files concatenated
+//! as a *block*, keyed by the exact list of their paths: a day of 10,000 members is then a
+//! few large batches instead of 10,000 lookups and a copy of each. A block holds exactly the
+//! rows of the files it names, so it serves nothing a read of those files would not.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    File(String),
+    /// A block: its file count and first and last paths; the whole list is checked on a hit.
+    Block(usize, String, String),
+}
+
+#[derive(Debug)]
+enum Entry {
+    File(RecordBatch),
+    Block { paths: Vec<String>, parts: Vec<RecordBatch> },
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        match self {
+            Entry::File(b) => b.get_array_memory_size(),
+            // The path list is dwarfed by the rows, but counted: a block of 10,000 files holds
+            // about 1 MB of paths.
+            Entry::Block { paths, parts } => {
+                parts.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() + paths.iter().map(String::len).sum::<usize>()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Path → (decoded file, last use).
-    files: HashMap<String, (RecordBatch, u64)>,
+    /// Key → (cached rows, last use).
+    entries: HashMap<Key, (Entry, u64)>,
     bytes: usize,
     tick: u64,
 }
@@ -48,39 +79,81 @@ impl FileCache {
         let tick = state.tick;
         paths
             .into_iter()
-            .map(|p| {
-                let (batch, used) = state.files.get_mut(p)?;
-                *used = tick;
-                Some(batch.clone())
+            .map(|p| match state.entries.get_mut(&Key::File(p.to_owned())) {
+                Some((Entry::File(batch), used)) => {
+                    *used = tick;
+                    Some(batch.clone())
+                }
+                _ => None,
             })
             .collect()
     }
 
     pub fn insert(&self, path: &str, batch: RecordBatch) {
-        let bytes = batch.get_array_memory_size();
+        self.put(Key::File(path.to_owned()), Entry::File(batch));
+    }
+
+    /// The block of exactly these files, in this order, if cached.
+    pub fn get_block(&self, paths: &[&str]) -> Option<Vec<RecordBatch>> {
+        let key = block_key(paths)?;
         let mut state = self.state();
         let state = &mut *state;
         state.tick += 1;
-        if let Some((old, _)) = state.files.insert(path.to_owned(), (batch, state.tick)) {
-            state.bytes -= old.get_array_memory_size();
+        match state.entries.get_mut(&key) {
+            Some((Entry::Block { paths: held, parts }, used)) if held.iter().map(String::as_str).eq(paths.iter().copied()) => {
+                *used = state.tick;
+                Some(parts.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps `parts`, the concatenated rows of the files at `paths` in order, as a block.
+    pub fn insert_block(&self, paths: &[&str], parts: Vec<RecordBatch>) {
+        if let Some(key) = block_key(paths) {
+            self.put(key, Entry::Block { paths: paths.iter().map(|p| (*p).to_owned()).collect(), parts });
+        }
+    }
+
+    fn put(&self, key: Key, entry: Entry) {
+        let bytes = entry.bytes();
+        if bytes > self.limit {
+            return;
+        }
+        let mut state = self.state();
+        let state = &mut *state;
+        state.tick += 1;
+        if let Some((old, _)) = state.entries.insert(key, (entry, state.tick)) {
+            state.bytes -= old.bytes();
         }
         state.bytes += bytes;
         if state.bytes > self.limit {
             // Evict the least recently used down to 90 % of the budget, so the sort is paid
             // once per many insertions.
-            let mut by_use: Vec<(u64, String)> = state.files.iter().map(|(p, (_, used))| (*used, p.clone())).collect();
-            by_use.sort_unstable();
-            for (_, path) in by_use {
-                if state.bytes <= self.limit / 10 * 9 {
+            let mut by_use: Vec<(u64, &Key)> = state.entries.iter().map(|(k, (_, used))| (*used, k)).collect();
+            by_use.sort_unstable_by_key(|(used, _)| *used);
+            let mut over = state.bytes - self.limit / 10 * 9;
+            let mut out: Vec<Key> = Vec::new();
+            for (_, key) in by_use {
+                if over == 0 {
                     break;
                 }
-                if let Some((b, _)) = state.files.remove(&path) {
-                    state.bytes -= b.get_array_memory_size();
+                let size = state.entries[key].0.bytes();
+                over = over.saturating_sub(size);
+                out.push(key.clone());
+            }
+            for key in out {
+                if let Some((e, _)) = state.entries.remove(&key) {
+                    state.bytes -= e.bytes();
                 }
             }
         }
         metrics::gauge!("trove_query_file_cache_bytes").set(state.bytes as f64);
     }
+}
+
+fn block_key(paths: &[&str]) -> Option<Key> {
+    Some(Key::Block(paths.len(), (*paths.first()?).to_owned(), (*paths.last()?).to_owned()))
 }
 
 #[cfg(test)]
@@ -106,5 +179,16 @@ mod tests {
         let got = cache.get_many(["a", "b", "c"]);
         assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, true], "b was least recently used");
         assert!(cache.takes(10) && !FileCache::new(0).takes(10));
+    }
+
+    #[test]
+    fn a_block_serves_only_its_exact_file_list() {
+        let cache = FileCache::new(1 << 20);
+        cache.insert_block(&["a", "b", "c"], vec![batch(3)]);
+        assert_eq!(cache.get_block(&["a", "b", "c"]).unwrap()[0].num_rows(), 3);
+        assert!(cache.get_block(&["a", "x", "c"]).is_none(), "same count and ends, another file between");
+        assert!(cache.get_block(&["a", "c"]).is_none());
+        assert!(cache.get_block(&[]).is_none());
+        assert!(cache.get_many(["a"])[0].is_none(), "a block is not a file");
     }
 }

@@ -96,11 +96,13 @@ impl ScopedTable {
     /// Rows held in memory (many small batches: a member's buffered rows or file), projected
     /// column by column into about as many partitions as cores, so operators above see a
     /// few large batches rather than thousands of tiny ones. `stored` batches have the
-    /// stored schema, `visible` ones the table's.
+    /// stored schema, `visible` ones the table's; `blocks` (stored schema) are large
+    /// already and become partitions of their own, projected without a copy.
     fn coalesce(
         &self,
         stored: &[RecordBatch],
         visible: &[RecordBatch],
+        blocks: &[RecordBatch],
         projection: Option<&Vec<usize>>,
         partitions: usize,
     ) -> DfResult<(SchemaRef, Vec<Vec<RecordBatch>>)> {
@@ -110,34 +112,45 @@ impl ScopedTable {
         };
         let schema = Arc::new(self.schema.project(&columns)?);
         // (batch, its index for each output column), in order.
+        let stored_columns: Vec<usize> = columns.iter().map(|c| self.scope.columns[*c]).collect();
         let sources: Vec<(&RecordBatch, Vec<usize>)> = stored
             .iter()
-            .map(|b| (b, columns.iter().map(|c| self.scope.columns[*c]).collect()))
+            .map(|b| (b, stored_columns.clone()))
             .chain(visible.iter().map(|b| (b, columns.clone())))
             .collect();
-        let total: usize = sources.iter().map(|(b, _)| b.num_rows()).sum();
-        let per_part = total.div_ceil(partitions.max(1)).max(1);
-        let mut parts: Vec<Vec<RecordBatch>> = Vec::new();
-        let mut start = 0;
-        while start < sources.len() {
-            let mut end = start;
-            let mut rows = 0;
-            while end < sources.len() && (rows < per_part || end == start) {
-                rows += sources[end].0.num_rows();
-                end += 1;
-            }
-            let chunk = &sources[start..end];
+        let mut parts: Vec<Vec<RecordBatch>> =
+            blocks.iter().map(|b| Ok(vec![b.project(&stored_columns)?.with_schema(schema.clone())?])).collect::<DfResult<_>>()?;
+        for run in even_runs(sources.iter().map(|(b, _)| b.num_rows()).collect(), partitions) {
+            let chunk = &sources[run];
             let arrays = (0..columns.len())
                 .map(|j| {
                     let parts: Vec<&dyn datafusion::arrow::array::Array> = chunk.iter().map(|(b, idx)| b.column(idx[j]).as_ref()).collect();
                     datafusion::arrow::compute::concat(&parts)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let rows = chunk.iter().map(|(b, _)| b.num_rows()).sum();
             let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
             parts.push(vec![RecordBatch::try_new_with_options(schema.clone(), arrays, &options)?]);
-            start = end;
         }
         Ok((schema, parts))
+    }
+
+    /// The stored rows of small files, from the cache or read into it.
+    async fn small_files(&self, files: &[Arc<ParquetFile>]) -> DfResult<Vec<RecordBatch>> {
+        let cached = self.sources.cache.get_many(files.iter().map(|f| f.path.as_str()));
+        let loaded: Vec<DfResult<RecordBatch>> = futures::stream::iter(files.iter().cloned().zip(cached))
+            .map(|(f, hit): (Arc<ParquetFile>, Option<RecordBatch>)| async move {
+                if let Some(b) = hit {
+                    return Ok(b);
+                }
+                let b = self.read_file(&f.path).await?;
+                self.sources.cache.insert(&f.path, b.clone());
+                Ok(b)
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        loaded.into_iter().collect()
     }
 
     /// A whole file's stored columns, as one batch.
@@ -169,6 +182,35 @@ impl ScopedTable {
         }
         Ok(Some(visible))
     }
+}
+
+/// Reads of at least this many small files are served from a cached block.
+const BLOCK_MIN_FILES: usize = 256;
+
+/// `rows` concatenated, in order, into about `parts` batches of about equal rows.
+fn concat_parts(schema: &SchemaRef, rows: &[RecordBatch], parts: usize) -> DfResult<Vec<RecordBatch>> {
+    even_runs(rows.iter().map(RecordBatch::num_rows).collect(), parts)
+        .into_iter()
+        .map(|run| Ok(datafusion::arrow::compute::concat_batches(schema, &rows[run])?))
+        .collect()
+}
+
+/// Consecutive runs of batches of `sizes` rows, about `parts` of them with about equal rows.
+fn even_runs(sizes: Vec<usize>, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let per_part = sizes.iter().sum::<usize>().div_ceil(parts.max(1)).max(1);
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start;
+        let mut rows = 0;
+        while end < sizes.len() && (rows < per_part || end == start) {
+            rows += sizes[end];
+            end += 1;
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
 }
 
 /// Whether a member's sources may hold one id twice: files' id ranges overlap each other
@@ -254,30 +296,24 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         }
         self.reads.record(dataset, counts);
         // Small files come from the decoded-file cache (read into it on a miss, a bounded
-        // number at a time); large ones are scanned by DataFusion's Parquet source.
+        // number at a time), many at once as one cached block; large ones are scanned by
+        // DataFusion's Parquet source.
         let (small, large): (Vec<_>, Vec<_>) = fast_files.into_iter().partition(|f| self.sources.cache.takes(f.size_bytes));
-        let cached = self.sources.cache.get_many(small.iter().map(|f| f.path.as_str()));
-        let mut misses: Vec<Arc<ParquetFile>> = Vec::new();
-        for (f, hit) in small.iter().zip(cached) {
-            match hit {
-                Some(b) => stored.push(b),
-                None => misses.push(f.clone()),
+        let partitions = state.config().target_partitions().max(1);
+        let mut blocks: Vec<RecordBatch> = Vec::new();
+        if small.len() >= BLOCK_MIN_FILES {
+            let paths: Vec<&str> = small.iter().map(|f| f.path.as_str()).collect();
+            if let Some(parts) = self.sources.cache.get_block(&paths) {
+                blocks = parts;
+            } else {
+                let rows = self.small_files(&small).await?;
+                blocks = concat_parts(&self.scope.schema.stored, &rows, partitions)?;
+                self.sources.cache.insert_block(&paths, blocks.clone());
             }
-        }
-        let loaded: Vec<DfResult<RecordBatch>> = futures::stream::iter(misses)
-            .map(|f: Arc<ParquetFile>| async move {
-                let b = self.read_file(&f.path).await?;
-                self.sources.cache.insert(&f.path, b.clone());
-                Ok(b)
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for b in loaded {
-            stored.push(b?);
+        } else {
+            stored.extend(self.small_files(&small).await?);
         }
         self.reads.files.lock().unwrap_or_else(|p| p.into_inner()).extend(large.iter().map(|f| f.path.clone()));
-        let partitions = state.config().target_partitions().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !large.is_empty() {
             let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);
@@ -301,8 +337,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 .build();
             inputs.push(DataSourceExec::from_data_source(config));
         }
-        if !stored.is_empty() || !visible.is_empty() {
-            let (schema, parts) = self.coalesce(&stored, &visible, projection, partitions)?;
+        if !stored.is_empty() || !visible.is_empty() || !blocks.is_empty() {
+            let (schema, parts) = self.coalesce(&stored, &visible, &blocks, projection, partitions)?;
             inputs.push(DataSourceExec::from_data_source(MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit)));
         }
         if inputs.is_empty() {
