@@ -276,6 +276,7 @@ async fn access_log(c: &Catalog) {
     let many: Vec<AccessLogEntry> = (0..2500).map(|_| entry(AccessDecision::Allowed)).chain([no_member.clone()]).collect();
     c.record_access(&many).await.unwrap();
     assert_eq!(c.access_log(member.uid, 10_000).await.unwrap().len(), 2502, "multi-row inserts past one chunk");
+    assert_eq!(c.access_log(member.uid, 100).await.unwrap().len(), 100, "the limit holds across blocks of events");
     let by_connection = c.connection_access_log(conn.id, 1).await.unwrap();
     assert_eq!(by_connection, vec![no_member], "a refusal naming no member is kept with its connection");
     // One request's read across members is stored once: each member sees only its own entry.

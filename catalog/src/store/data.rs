@@ -208,15 +208,16 @@ impl Catalog {
                             agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
         let insert_members = match self.backend {
             Backend::Sqlite => {
-                "INSERT INTO access_event_members (member_uid, event_seq, agreement_version, row_count) \
-                 SELECT value->>0, $1, value->>1, value->>2 FROM json_each($2)"
+                "INSERT INTO access_event_members (event_seq, member_uid, agreement_version, row_count) \
+                 SELECT $1, value->>0, value->>1, value->>2 FROM json_each($2)"
             }
             Backend::Postgres => {
-                "INSERT INTO access_event_members (member_uid, event_seq, agreement_version, row_count) \
-                 SELECT (e->>0)::bigint, $1, (e->>1)::bigint, (e->>2)::bigint FROM jsonb_array_elements($2::jsonb) AS e"
+                "INSERT INTO access_event_members (event_seq, member_uid, agreement_version, row_count) \
+                 SELECT $1, (e->>0)::bigint, (e->>1)::bigint, (e->>2)::bigint FROM jsonb_array_elements($2::jsonb) AS e"
             }
         };
         let mut tx = self.begin().await?;
+        let mut named: Option<(i64, i64)> = None;
         for event in events(entries) {
             let e = event.shared;
             let own = |v| if event.members.is_empty() { v } else { None };
@@ -234,24 +235,62 @@ impl Catalog {
                 .await?;
             if !event.members.is_empty() {
                 sqlx::query(insert_members).bind(seq).bind(to_json(&event.members)).execute(&mut *tx).await?;
+                named = Some((named.map_or(seq, |(first, _)| first), seq));
             }
+        }
+        if let Some((first, last)) = named {
+            // Mostly lookups: a member read again within a block is there already.
+            sqlx::query(
+                "INSERT INTO access_member_blocks (member_uid, block) SELECT member_uid, event_seq / $1 FROM access_event_members \
+                 WHERE event_seq >= $2 AND event_seq <= $3 ON CONFLICT DO NOTHING",
+            )
+            .bind(EVENTS_PER_BLOCK)
+            .bind(first)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// A member's part of the access log, newest first.
+    /// A member's part of the access log, newest first: its blocks newest first, and in each
+    /// its entries, until `limit`.
     pub async fn access_log(&self, member: MemberId, limit: i64) -> Result<Vec<AccessLogEntry>> {
-        let rows = sqlx::query(
-            "SELECT e.at, m.member_uid, e.subscriber_id, e.connection_id, m.agreement_version, e.purpose, e.dataset, e.action, \
-             m.row_count, e.decision FROM access_event_members m JOIN access_events e ON e.seq = m.event_seq \
-             WHERE m.member_uid = $1 ORDER BY m.event_seq DESC LIMIT $2",
-        )
-        .bind(member.get())
-        .bind(limit.clamp(1, 1_000_000))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from_row).collect()
+        let limit = limit.clamp(1, 1_000_000) as usize;
+        let mut log = Vec::new();
+        let mut below = i64::MAX;
+        while log.len() < limit {
+            let blocks: Vec<i64> =
+                sqlx::query_scalar("SELECT block FROM access_member_blocks WHERE member_uid = $1 AND block < $2 ORDER BY block DESC LIMIT 64")
+                    .bind(member.get())
+                    .bind(below)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let Some(&oldest) = blocks.last() else { break };
+            below = oldest;
+            for block in blocks {
+                // Events first: each of the block's events is one probe of the member's row.
+                let rows = sqlx::query(
+                    "SELECT e.at, m.member_uid, e.subscriber_id, e.connection_id, m.agreement_version, e.purpose, e.dataset, \
+                     e.action, m.row_count, e.decision FROM access_events e CROSS JOIN access_event_members m \
+                     WHERE e.seq >= $1 AND e.seq < $2 AND m.event_seq = e.seq AND m.member_uid = $3 ORDER BY e.seq DESC LIMIT $4",
+                )
+                .bind(block * EVENTS_PER_BLOCK)
+                .bind((block + 1) * EVENTS_PER_BLOCK)
+                .bind(member.get())
+                .bind((limit - log.len()) as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                for row in &rows {
+                    log.push(entry_from_row(row)?);
+                }
+                if log.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(log)
     }
 
     /// A connection's part of the access log (every member's, and refusals naming none),
@@ -270,6 +309,10 @@ impl Catalog {
         rows.iter().map(entry_from_row).collect()
     }
 }
+
+/// The access log's member index names, per member, the blocks of this many events that
+/// name it (see the migration `access_events`).
+const EVENTS_PER_BLOCK: i64 = 64;
 
 /// Entries as the catalog stores them: one event per run of entries that share everything
 /// but the member, its version and rows (a request's read of one dataset), each member once.
