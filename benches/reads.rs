@@ -373,8 +373,7 @@ async fn run(quick: bool) {
     // Each row of the table: a key for scripts (`benches/compare.sh`), the label, trove's timing.
     let mut table: Vec<(&str, String, Timing)> = vec![];
     for ((label, sql, expect), key) in queries.iter().zip(["q1", "q2", "q3"]) {
-        let n = if key == "q3" { iterations / 4 } else { iterations };
-        table.push((key, format!("{label} (compacted)"), time_sql(&s, &token, sql, n, *expect).await));
+        table.push((key, format!("{label} (compacted)"), time_sql(&s, &token, sql, iterations, *expect).await));
     }
     table.push(("mydex", "Mydex newest 96 rows (compacted)".into(), time_get(&s, &token, &mydex, iterations, 96).await));
 
@@ -424,8 +423,7 @@ async fn run(quick: bool) {
         ),
     ];
     for (key, label, sql, expect) in &buffered {
-        let n = if key.starts_with("q3") { iterations / 4 } else { iterations };
-        table.push((*key, label.to_string(), time_sql(&s, &token, sql, n, *expect).await));
+        table.push((*key, label.to_string(), time_sql(&s, &token, sql, iterations, *expect).await));
     }
     let mydex_today = format!(
         "/api/pds/transaction/42.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D={}",
@@ -453,7 +451,7 @@ async fn run(quick: bool) {
     }
     let parquet_bytes = files.iter().map(|f| f.size_bytes).sum::<i64>();
     println!(
-        "\n{rows} rows, {} Parquet files ({:.1} MB), {} iterations (Q3 and the peers: {}), debug assertions {}",
+        "\n{rows} rows, {} Parquet files ({:.1} MB), {} iterations (the peers: {}), debug assertions {}",
         files.len(),
         parquet_bytes as f64 / 1e6,
         iterations,
@@ -470,7 +468,6 @@ async fn run(quick: bool) {
             "files": files.len(),
             "parquet_bytes": parquet_bytes,
             "iterations": iterations,
-            "q3_iterations": iterations / 4,
             "peer_iterations": peer_iterations,
             "debug_assertions": cfg!(debug_assertions),
             "file_cache_bytes": file_cache_bytes,

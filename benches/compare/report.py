@@ -184,7 +184,7 @@ def main():
             f"data sets ({reads['rows']:,} rows: 1,000 members x 30 days and 10,000 members x 1 day of 15-minute readings, "
             f"delivered over HTTP, flushed and compacted into {reads['files']:,} files, "
             f"{reads['parquet_bytes'] / 2**20:.1f} MiB), not the ingest data set above; trove {reads['iterations']} "
-            f"iterations (Q3 {reads['q3_iterations']}), each peer {reads['peer_iterations']}, one client. DuckDB is handed "
+            f"iterations each, each peer {reads['peer_iterations']}, one client. DuckDB is handed "
             f"the list of every file trove wrote; PostgreSQL "
             + (
                 f"{pgr['version']} holds the same rows (COPY {pgr['load_seconds']:.1f} s, index and VACUUM ANALYZE "

@@ -99,7 +99,7 @@ pub struct Ingester {
     manifest_seq: std::sync::atomic::AtomicI64,
     manifest_synced: Mutex<std::time::Instant>,
     /// When keys and access-log entries last moved from closed WAL segments to the catalog.
-    catalog_moved: Mutex<std::time::Instant>,
+    catalog_moved: Mutex<Option<std::time::Instant>>,
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
@@ -351,7 +351,7 @@ impl Ingester {
             current_segment,
             manifest_seq: std::sync::atomic::AtomicI64::new(manifest_seq),
             manifest_synced: Mutex::new(std::time::Instant::now()),
-            catalog_moved: Mutex::new(std::time::Instant::now()),
+            catalog_moved: Mutex::new(None),
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
             keys,
@@ -634,11 +634,15 @@ impl Ingester {
         // They move about once a second, not every round: the access log's member index
         // takes a page write per member read, so a second of reads across the same members
         // costs about what one read does.
-        let moved = *self.catalog_moved.lock().unwrap_or_else(|p| p.into_inner());
-        if !all && moved.elapsed() < CATALOG_MOVE_EVERY {
-            return failed;
+        {
+            let mut moved = self.catalog_moved.lock().unwrap_or_else(|p| p.into_inner());
+            // The first round after a start moves at once: a server restarted often must
+            // still trim the WAL it replayed.
+            if !all && moved.is_some_and(|at| at.elapsed() < CATALOG_MOVE_EVERY) {
+                return failed;
+            }
+            *moved = Some(std::time::Instant::now());
         }
-        *self.catalog_moved.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
             tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
             return failed;
