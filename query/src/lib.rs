@@ -11,7 +11,7 @@
 //!           ─► QueryEngine: a session per request whose catalog holds only scoped tables
 //!                 └─► ScopedTable (TableProvider): members and files picked by the filters,
 //!                       one snapshot per member of ingest's buffer + file index,
-//!                       cached decoded files / Parquet scans ∪ buffered rows
+//!                       cached decoded files (or blocks of many) / Parquet scans ∪ buffered rows
 //!           ─► plan check (every leaf is this request's scan) ─► limited answer stream
 //!  metadata datasets: scope::readable decides which fields of catalog instances show
 //! ```
@@ -20,7 +20,8 @@
 //! - [`scope`]: agreements to visible columns and members, fail-closed.
 //! - [`prune`]: what a scan's filters say about members, event times and row ids.
 //! - [`table`]: the scoped `TableProvider` and what each request read.
-//! - [`cache`]: decoded small files in memory, least recently used out.
+//! - [`cache`]: decoded small files, and blocks of many concatenated, in memory, least
+//!   recently used out.
 //! - [`engine`]: sessions, the SQL sandbox, the plan check, memory/time/row limits.
 //! - [`mydex`]: the Connection API's `filters[...]` as typed expressions.
 
