@@ -165,13 +165,8 @@ struct ReadsGroup {
 fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8>, IngestError> {
     let mut groups: Vec<ReadsGroup> = Vec::new();
     for e in entries {
-        let same = |g: &ReadsGroup| {
-            let s = &g.shared;
-            (s.at, s.subscriber_id, s.connection_id, &s.purpose, &s.dataset, s.action, s.decision)
-                == (e.at, e.subscriber_id, e.connection_id, &e.purpose, &e.dataset, e.action, e.decision)
-        };
         match groups.last_mut() {
-            Some(g) if same(g) => g.members.push((e.member, e.agreement_version, e.rows)),
+            Some(g) if g.shared.same_event(e) => g.members.push((e.member, e.agreement_version, e.rows)),
             _ => groups.push(ReadsGroup { shared: e.clone(), members: vec![(e.member, e.agreement_version, e.rows)] }),
         }
     }

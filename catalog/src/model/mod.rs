@@ -119,6 +119,15 @@ pub struct AccessLogEntry {
     pub decision: AccessDecision,
 }
 
+impl AccessLogEntry {
+    /// Whether the two entries belong to one event: they differ at most in member, agreement
+    /// version and rows (one request's read of one dataset across members).
+    pub fn same_event(&self, other: &AccessLogEntry) -> bool {
+        (self.at, self.subscriber_id, self.connection_id, &self.purpose, &self.dataset, self.action, self.decision)
+            == (other.at, other.subscriber_id, other.connection_id, &other.purpose, &other.dataset, other.action, other.decision)
+    }
+}
+
 /// A Parquet file in object storage holding some of one member's rows of one dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ParquetFile {

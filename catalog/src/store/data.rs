@@ -198,11 +198,11 @@ impl Catalog {
         Ok(instance)
     }
 
-    /// Appends entries to the access log, durably, before the answer that they describe. A
-    /// read across many members logs one entry per member, and those share everything but
-    /// the member, version and row count: each such group goes in as one statement that
-    /// expands a JSON array of `[member, version, rows]` (bound parameters per row would
-    /// cost SQLite a scan of the statement's parameters for each one).
+    /// Appends entries to the access log, durably. A read across many members logs one entry
+    /// per member, and those share everything but the member, version and row count: each
+    /// such run is one event row, and its members go in as one statement that expands a JSON
+    /// array of `[member, version, rows]` (bound parameters per row would cost SQLite a scan
+    /// of the statement's parameters for each one).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
         let insert_event = "INSERT INTO access_events (at, subscriber_id, connection_id, purpose, dataset, action, decision, \
                             agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
@@ -323,10 +323,6 @@ struct Event<'a> {
 }
 
 fn events(entries: &[AccessLogEntry]) -> Vec<Event<'_>> {
-    let same = |a: &AccessLogEntry, b: &AccessLogEntry| {
-        (a.at, a.subscriber_id, a.connection_id, &a.purpose, &a.dataset, a.action, a.decision)
-            == (b.at, b.subscriber_id, b.connection_id, &b.purpose, &b.dataset, b.action, b.decision)
-    };
     let mut events: Vec<Event<'_>> = Vec::new();
     let mut seen: HashSet<i64> = HashSet::new();
     for e in entries {
@@ -335,7 +331,7 @@ fn events(entries: &[AccessLogEntry]) -> Vec<Event<'_>> {
             continue;
         };
         match events.last_mut() {
-            Some(last) if !last.members.is_empty() && same(last.shared, e) && seen.insert(member.get()) => {
+            Some(last) if !last.members.is_empty() && last.shared.same_event(e) && seen.insert(member.get()) => {
                 last.members.push((member.get(), e.agreement_version, e.rows));
             }
             _ => {
