@@ -14,6 +14,9 @@
 //!   iteration are the rows the scans read and the Parquet bytes of the files holding them,
 //!   so criterion prints rows/s (as `elem/s`) and MiB/s.
 //!
+//! - `access_log/record/<n>_members`: `Catalog::record_access` of one read naming n members
+//!   (1, and 10,000 as a Q3 of `benches/reads.rs` does), into the embedded catalog as it grows.
+//!
 //! The queries: `one_member_one_day` (member 42's 96 readings of one day) and
 //! `100_members_one_day_avg` (the mean of every member's readings of one day: 9,600 rows).
 //! Before timing, each answer is checked once.
@@ -26,8 +29,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use catalog::{ConnectionId, DataEnvironment, DatasetKind, MemberId};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConnectionId, DataEnvironment, DatasetKind, MemberId};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
@@ -147,6 +150,36 @@ fn bench_query(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| runtime.block_on(read(&engine, &scope, sql))));
     }
     g.finish();
+
+    // What the access log costs a read across many members: the catalog stores one entry per
+    // member read (CONTRACT.md), moved there from the WAL once a second.
+    let mut log = c.benchmark_group("access_log");
+    let (subscriber, connection) = (scope.connection.subscriber_id, scope.connection.id);
+    for members in [1i64, 10_000] {
+        let mut at = 0;
+        let mut entries = move || {
+            at += 1;
+            (1..=members)
+                .map(|m| AccessLogEntry {
+                    at,
+                    member: Some(MemberId::new(m).expect("a member id")),
+                    subscriber_id: subscriber,
+                    connection_id: connection,
+                    agreement_version: Some(1),
+                    purpose: "energy advice".into(),
+                    dataset: E.into(),
+                    action: AccessAction::Read,
+                    rows: 96,
+                    decision: AccessDecision::Allowed,
+                })
+                .collect::<Vec<_>>()
+        };
+        log.throughput(Throughput::Elements(members as u64));
+        log.bench_function(BenchmarkId::new("record", format!("{members}_members")), |b| {
+            b.iter_batched(&mut entries, |e| runtime.block_on(s.catalog.record_access(&e)).expect("recorded"), BatchSize::LargeInput)
+        });
+    }
+    log.finish();
     runtime.block_on(s.stop());
 }
 

@@ -12,8 +12,10 @@
 //! - Mydex: one member's newest 96 rows (`filters[id][operator]=>`);
 //!
 //! first with everything flushed and compacted, then with the newest rows still in the
-//! ingest buffers. DuckDB (`pip install duckdb`) runs Q1-Q3 handed the list of every
-//! Parquet file trove wrote for the dataset. With `TROVE_BENCH_POSTGRES_URL` set (a
+//! ingest buffers; and the floor under each of them, the disk's fdatasync of a small append
+//! beside the WAL (a read's access-log entry is durable before it answers). DuckDB (`pip
+//! install duckdb`) runs Q1-Q3 handed the list of every Parquet file trove wrote for the
+//! dataset. With `TROVE_BENCH_POSTGRES_URL` set (a
 //! `postgres://` URL of a server on loopback, e.g. from `scripts/start-postgres.sh`),
 //! PostgreSQL runs Q1-Q3 too (`pip install 'psycopg[binary]'`): the very rows delivered to
 //! trove, written to a CSV file as they are delivered, are COPYed into a logged table with
@@ -22,7 +24,7 @@
 //! the peers run once untimed per query first (warm) and the same number of times as each
 //! other. `TROVE_BENCH_REPORT=<path>` also writes the table as JSON there (for
 //! `benches/compare.sh`). `TROVE_BENCH_LOOP=2:30` instead repeats Q3 for 30 s after loading,
-//! for a profiler.
+//! for a profiler (`4:30`: Q3 with buffered rows).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -259,6 +261,23 @@ print(json.dumps({"version": version, "rows": rows, "load_seconds": loaded - sta
     })
 }
 
+/// The disk's floor under every read, whose access-log entry is durable before it answers:
+/// appending a small record to a file beside the server's WAL and syncing it, `n` times.
+fn sync_floor(dir: &std::path::Path, n: usize) -> Timing {
+    let path = dir.join("sync-floor");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let samples = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            file.write_all(&[0u8; 512]).unwrap();
+            file.sync_data().unwrap();
+            started.elapsed()
+        })
+        .collect();
+    std::fs::remove_file(path).unwrap();
+    percentiles(samples)
+}
+
 /// The commit measured, as `git rev-parse --short HEAD` names it, if git can tell.
 fn commit() -> Option<String> {
     let out =
@@ -356,10 +375,37 @@ async fn run(quick: bool) {
         "/api/pds/transaction/42.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D={last_day_first_id}"
     );
 
-    // `TROVE_BENCH_LOOP=<query index>:<seconds>` repeats one query for a profiler, then stops.
+    // The reads timed with the newest rows still buffered (delivered after the compacted ones).
+    let buffered = [
+        (
+            "q1_buffered",
+            "Q1 one member, today, buffered rows",
+            format!("SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {}", (q3_day + 1) * DAY),
+            4usize,
+        ),
+        (
+            "q3_buffered",
+            "Q3 10,000 members, last two days, with buffered rows",
+            format!(
+                "SELECT member_uid, avg(field_energy_reading_value) AS mean FROM {E} \
+                 WHERE field_energy_reading_timestamp >= {} GROUP BY member_uid",
+                q3_day * DAY
+            ),
+            readers as usize,
+        ),
+    ];
+    // `TROVE_BENCH_LOOP=<read>:<seconds>` repeats one read for a profiler, then stops: 0-2 are
+    // Q1-Q3, 3 and 4 Q1 and Q3 with buffered rows.
     if let Ok(spec) = std::env::var("TROVE_BENCH_LOOP") {
-        let (i, secs) = spec.split_once(':').expect("TROVE_BENCH_LOOP=<index>:<seconds>");
-        let (_, sql, _) = &queries[i.parse::<usize>().unwrap()];
+        let (i, secs) = spec.split_once(':').expect("TROVE_BENCH_LOOP=<read>:<seconds>");
+        let i: usize = i.parse().expect("a read index");
+        let sql = match i {
+            0..3 => &queries[i].1,
+            _ => {
+                deliver(&s, q3_members, q3_day + 1, 1, 4, false, None).await;
+                &buffered[i - 3].2
+            }
+        };
         eprintln!("looping: {sql}");
         let (started, mut n) = (Instant::now(), 0u32);
         let until = started + Duration::from_secs(secs.parse().unwrap());
@@ -372,6 +418,7 @@ async fn run(quick: bool) {
     }
     // Each row of the table: a key for scripts (`benches/compare.sh`), the label, trove's timing.
     let mut table: Vec<(&str, String, Timing)> = vec![];
+    let sync = sync_floor(s.dir.path(), iterations);
     for ((label, sql, expect), key) in queries.iter().zip(["q1", "q2", "q3"]) {
         table.push((key, format!("{label} (compacted)"), time_sql(&s, &token, sql, iterations, *expect).await));
     }
@@ -404,24 +451,6 @@ async fn run(quick: bool) {
 
     // Newest rows still in the buffers: four more readings for every member of the Q3 day.
     deliver(&s, q3_members, q3_day + 1, 1, 4, false, None).await;
-    let buffered = [
-        (
-            "q1_buffered",
-            "Q1 one member, today, buffered rows",
-            format!("SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {}", (q3_day + 1) * DAY),
-            4usize,
-        ),
-        (
-            "q3_buffered",
-            "Q3 10,000 members, last two days, with buffered rows",
-            format!(
-                "SELECT member_uid, avg(field_energy_reading_value) AS mean FROM {E} \
-                 WHERE field_energy_reading_timestamp >= {} GROUP BY member_uid",
-                q3_day * DAY
-            ),
-            readers as usize,
-        ),
-    ];
     for (key, label, sql, expect) in &buffered {
         table.push((*key, label.to_string(), time_sql(&s, &token, sql, iterations, *expect).await));
     }
@@ -430,6 +459,8 @@ async fn run(quick: bool) {
         96 * days + 96
     );
     table.push(("mydex_buffered", "Mydex newest rows, buffered".into(), time_get(&s, &token, &mydex_today, iterations, 4).await));
+
+    table.push(("sync", "fdatasync of a 512-byte append (the floor under each read)".into(), sync));
 
     // Q1-Q3 (the first three rows) are the ones the peers ran.
     let duck_at = |i: usize| duck.as_ref().filter(|_| i < 3).map(|d| &d[i]);

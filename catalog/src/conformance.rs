@@ -286,6 +286,17 @@ async fn access_log(c: &Catalog) {
     assert_eq!(c.access_log(other.uid, 10).await.unwrap(), vec![wide[1].clone()]);
     assert_eq!(c.access_log(member.uid, 1).await.unwrap(), vec![wide[0].clone()]);
     assert_eq!(c.connection_access_log(conn.id, 2).await.unwrap(), vec![wide[1].clone(), wide[0].clone()]);
+    // A read across more members than one INSERT takes, twice in one block: the second
+    // adds no index rows, and each member still finds both.
+    let crowd = |at| -> Vec<AccessLogEntry> {
+        (1..=1500).map(|m| AccessLogEntry { at, member: Some(MemberId::new(1_000_000 + m).unwrap()), rows: m, ..entry(AccessDecision::Allowed) }).collect()
+    };
+    c.record_access(&crowd(3)).await.unwrap();
+    c.record_access(&crowd(4)).await.unwrap();
+    let last = MemberId::new(1_001_500).unwrap();
+    assert_eq!(c.access_log(last, 10).await.unwrap(), vec![crowd(4)[1499].clone(), crowd(3)[1499].clone()]);
+    let newest: Vec<AccessLogEntry> = crowd(4).into_iter().rev().collect();
+    assert_eq!(c.connection_access_log(conn.id, 1500).await.unwrap(), newest);
 }
 
 async fn manifest(c: &Catalog) {

@@ -113,10 +113,10 @@ impl ScopedTable {
         let schema = Arc::new(self.schema.project(&columns)?);
         // (batch, its index for each output column), in order.
         let stored_columns: Vec<usize> = columns.iter().map(|c| self.scope.columns[*c]).collect();
-        let sources: Vec<(&RecordBatch, Vec<usize>)> = stored
+        let sources: Vec<(&RecordBatch, &[usize])> = stored
             .iter()
-            .map(|b| (b, stored_columns.clone()))
-            .chain(visible.iter().map(|b| (b, columns.clone())))
+            .map(|b| (b, stored_columns.as_slice()))
+            .chain(visible.iter().map(|b| (b, columns.as_slice())))
             .collect();
         let mut parts: Vec<Vec<RecordBatch>> =
             blocks.iter().map(|b| Ok(vec![b.project(&stored_columns)?.with_schema(schema.clone())?])).collect::<DfResult<_>>()?;

@@ -200,25 +200,22 @@ impl Catalog {
 
     /// Appends entries to the access log, durably. A read across many members logs one entry
     /// per member, and those share everything but the member, version and row count: each
-    /// such run is one event row, and its members go in as one statement that expands a JSON
-    /// array of `[member, version, rows]` (bound parameters per row would cost SQLite a scan
-    /// of the statement's parameters for each one).
+    /// such run is one event row, and its members go in after it, appended in event order.
+    /// A member's first entry in a block of events also adds its row of the member index;
+    /// this process remembers the rows of the newest block it stored, so a member read again
+    /// in the same block costs no index probe (rows are never deleted, and a row another
+    /// node added meanwhile is skipped by the insert).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
         let insert_event = "INSERT INTO access_events (at, subscriber_id, connection_id, purpose, dataset, action, decision, \
                             agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
-        let insert_members = match self.backend {
-            Backend::Sqlite => {
-                "INSERT INTO access_event_members (event_seq, member_uid, agreement_version, row_count) \
-                 SELECT $1, value->>0, value->>1, value->>2 FROM json_each($2)"
-            }
-            Backend::Postgres => {
-                "INSERT INTO access_event_members (event_seq, member_uid, agreement_version, row_count) \
-                 SELECT $1, (e->>0)::bigint, (e->>1)::bigint, (e->>2)::bigint FROM jsonb_array_elements($2::jsonb) AS e"
-            }
-        };
         let mut tx = self.begin().await?;
-        let mut named: Option<(i64, i64)> = None;
-        for event in events(entries) {
+        // Index rows this transaction adds, kept apart until it commits. The work between
+        // statements is one event's, so a large move never holds a runtime thread for long.
+        let mut adding = KnownBlocks::default();
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (event, after) = next_event(rest);
+            rest = after;
             let e = event.shared;
             let own = |v| if event.members.is_empty() { v } else { None };
             let seq: i64 = sqlx::query_scalar(insert_event)
@@ -233,25 +230,59 @@ impl Catalog {
                 .bind(own(Some(e.rows)))
                 .fetch_one(&mut *tx)
                 .await?;
-            if !event.members.is_empty() {
-                sqlx::query(insert_members).bind(seq).bind(to_json(&event.members)).execute(&mut *tx).await?;
-                named = Some((named.map_or(seq, |(first, _)| first), seq));
+            let mut members = event.members.iter();
+            for n in pieces(event.members.len()) {
+                let sql = self.multi_row_insert("access_event_members (event_seq, member_uid, agreement_version, row_count)", 4, n, "");
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for &(member, version, rows) in members.by_ref().take(n) {
+                    insert = insert.bind(seq).bind(member).bind(version).bind(rows);
+                }
+                insert.execute(&mut *tx).await?;
             }
-        }
-        if let Some((first, last)) = named {
-            // Mostly lookups: a member read again within a block is there already.
-            sqlx::query(
-                "INSERT INTO access_member_blocks (member_uid, block) SELECT member_uid, event_seq / $1 FROM access_event_members \
-                 WHERE event_seq >= $2 AND event_seq <= $3 ON CONFLICT DO NOTHING",
-            )
-            .bind(EVENTS_PER_BLOCK)
-            .bind(first)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
+            let block = seq / EVENTS_PER_BLOCK;
+            let new: Vec<i64> = {
+                let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
+                event.members.iter().map(|m| m.0).filter(|&m| !known.has(m, block) && !adding.has(m, block)).collect()
+            };
+            let mut new_members = new.iter();
+            for n in pieces(new.len()) {
+                let sql = self.multi_row_insert("access_member_blocks (member_uid, block)", 2, n, " ON CONFLICT DO NOTHING");
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for &member in new_members.by_ref().take(n) {
+                    insert = insert.bind(member).bind(block);
+                }
+                insert.execute(&mut *tx).await?;
+            }
+            adding.add(block, new);
         }
         tx.commit().await?;
+        self.known_blocks.lock().unwrap_or_else(|p| p.into_inner()).merge(adding);
         Ok(())
+    }
+
+    /// `INSERT INTO <into> VALUES (...), ...` of `rows` rows of `width` parameters each, in
+    /// the backend's placeholders: SQLite's anonymous `?` (a numbered one costs a lookup
+    /// through every name of the statement when bound).
+    fn multi_row_insert(&self, into: &str, width: usize, rows: usize, tail: &str) -> String {
+        use std::fmt::Write;
+        let mut sql = format!("INSERT INTO {into} VALUES ");
+        let mut n = 0;
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..width {
+                sql.push_str(if column == 0 { "" } else { ", " });
+                match self.backend {
+                    Backend::Sqlite => sql.push('?'),
+                    Backend::Postgres => {
+                        n += 1;
+                        write!(sql, "${n}").expect("a String takes writes");
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        sql
     }
 
     /// A member's part of the access log, newest first: its blocks newest first, and in each
@@ -314,6 +345,46 @@ impl Catalog {
 /// name it (see the migration `access_events`).
 const EVENTS_PER_BLOCK: i64 = 64;
 
+/// Rows per multi-row INSERT into the access log: at most 4,096 parameters, under SQLite's
+/// 32,766 and PostgreSQL's 65,535. Fewer rows go in power-of-two pieces, so that a dozen
+/// statements cover every count and each stays prepared.
+const ROWS_PER_INSERT: usize = 1024;
+
+/// Splits `n` rows into pieces of [`ROWS_PER_INSERT`] and then powers of two.
+fn pieces(n: usize) -> impl Iterator<Item = usize> {
+    let whole = std::iter::repeat_n(ROWS_PER_INSERT, n / ROWS_PER_INSERT);
+    let rest = n % ROWS_PER_INSERT;
+    whole.chain((0..usize::BITS).rev().map(|bit| 1usize << bit).filter(move |p| rest & p != 0))
+}
+
+/// The member index rows (member, block) known to be stored: those of the newest block.
+#[derive(Debug, Default)]
+pub(super) struct KnownBlocks {
+    block: i64,
+    members: HashSet<i64>,
+}
+
+impl KnownBlocks {
+    fn has(&self, member: i64, block: i64) -> bool {
+        block == self.block && self.members.contains(&member)
+    }
+
+    /// Notes `members` stored in `block`; an older block than the one held is not kept.
+    fn add(&mut self, block: i64, members: Vec<i64>) {
+        if block > self.block {
+            self.block = block;
+            self.members.clear();
+        }
+        if block == self.block {
+            self.members.extend(members);
+        }
+    }
+
+    fn merge(&mut self, other: KnownBlocks) {
+        self.add(other.block, other.members.into_iter().collect());
+    }
+}
+
 /// Entries as the catalog stores them: one event per run of entries that share everything
 /// but the member, its version and rows (a request's read of one dataset), each member once.
 struct Event<'a> {
@@ -322,26 +393,23 @@ struct Event<'a> {
     members: Vec<(i64, Option<i64>, i64)>,
 }
 
-fn events(entries: &[AccessLogEntry]) -> Vec<Event<'_>> {
-    let mut events: Vec<Event<'_>> = Vec::new();
-    let mut seen: HashSet<i64> = HashSet::new();
-    for e in entries {
-        let Some(member) = e.member else {
-            events.push(Event { shared: e, members: Vec::new() });
-            continue;
-        };
-        match events.last_mut() {
-            Some(last) if !last.members.is_empty() && last.shared.same_event(e) && seen.insert(member.get()) => {
-                last.members.push((member.get(), e.agreement_version, e.rows));
-            }
-            _ => {
-                seen.clear();
-                seen.insert(member.get());
-                events.push(Event { shared: e, members: vec![(member.get(), e.agreement_version, e.rows)] });
-            }
+/// The first event of `entries`, and the entries after it.
+fn next_event(entries: &[AccessLogEntry]) -> (Event<'_>, &[AccessLogEntry]) {
+    let first = &entries[0];
+    let Some(member) = first.member else {
+        return (Event { shared: first, members: Vec::new() }, &entries[1..]);
+    };
+    let mut members = vec![(member.get(), first.agreement_version, first.rows)];
+    let mut seen: HashSet<i64> = HashSet::from([member.get()]);
+    let mut end = 1;
+    for e in &entries[1..] {
+        match e.member {
+            Some(m) if first.same_event(e) && seen.insert(m.get()) => members.push((m.get(), e.agreement_version, e.rows)),
+            _ => break,
         }
+        end += 1;
     }
-    events
+    (Event { shared: first, members }, &entries[end..])
 }
 
 fn entry_from_row(row: &AnyRow) -> Result<AccessLogEntry> {
@@ -404,4 +472,33 @@ fn instance_from_row(row: &AnyRow) -> Result<MetadataInstance> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_every_count_in_few_sizes() {
+        for n in [0, 1, 2, 3, 1023, 1024, 1025, 10_000] {
+            let p: Vec<usize> = pieces(n).collect();
+            assert_eq!(p.iter().sum::<usize>(), n);
+            assert!(p.iter().all(|x| *x <= ROWS_PER_INSERT && x.is_power_of_two()), "{n}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn known_blocks_hold_the_newest_block_only() {
+        let mut known = KnownBlocks::default();
+        known.add(3, vec![1, 2]);
+        known.add(2, vec![1]);
+        assert!(known.has(1, 3) && known.has(2, 3));
+        assert!(!known.has(1, 2), "an older block is not remembered: its insert is retried");
+        let mut newer = KnownBlocks::default();
+        newer.add(4, vec![3]);
+        known.merge(newer);
+        assert!(known.has(3, 4) && !known.has(1, 3));
+        known.add(3, vec![1]);
+        assert!(!known.has(1, 3) && known.has(3, 4));
+    }
 }

@@ -12,6 +12,7 @@ mod data;
 pub(crate) mod manifest;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -37,6 +38,9 @@ pub enum Backend {
 pub struct Catalog {
     pool: AnyPool,
     backend: Backend,
+    /// The access log's member index rows this process knows are stored (see
+    /// [`Catalog::record_access`]).
+    known_blocks: Arc<Mutex<data::KnownBlocks>>,
 }
 
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -83,7 +87,7 @@ impl Catalog {
             // WAL mode is a property of the database file: set once, it persists.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        let catalog = Catalog { pool, backend };
+        let catalog = Catalog { pool, backend, known_blocks: Arc::default() };
         match backend {
             Backend::Sqlite => MIGRATE_SQLITE.run(&catalog.pool).await?,
             Backend::Postgres => MIGRATE_POSTGRES.run(&catalog.pool).await?,
