@@ -18,8 +18,9 @@ type Key = (i64, DatasetName, i64);
 #[derive(Debug, Default)]
 pub struct WriteLog {
     by_segment: Mutex<BTreeMap<u64, HashMap<Key, MemberMap<i64>>>>,
-    /// Read entries by the WAL segment holding them.
-    reads: Mutex<BTreeMap<u64, Vec<AccessLogEntry>>>,
+    /// Read entries by the WAL segment holding them, a run per read (kept as they came: one
+    /// growing list was reallocated, and copied, on the WAL thread).
+    reads: Mutex<BTreeMap<u64, Vec<Vec<AccessLogEntry>>>>,
 }
 
 impl WriteLog {
@@ -36,20 +37,20 @@ impl WriteLog {
 
     /// Read entries made durable in `segment`.
     pub fn reads(&self, segment: u64, entries: Vec<AccessLogEntry>) {
-        self.reads.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().extend(entries);
+        self.reads.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().push(entries);
     }
 
     /// A member's read entries not yet in the catalog.
     pub fn pending_reads(&self, member: MemberId) -> Vec<AccessLogEntry> {
         let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-        reads.values().flatten().filter(|e| e.member == Some(member)).cloned().collect()
+        reads.values().flatten().flatten().filter(|e| e.member == Some(member)).cloned().collect()
     }
 
     /// Writes the aggregates and read entries of segments below `keep_from` to the catalog's
     /// access log (aggregates under each member's agreement in force now). On failure what
     /// did not commit stays, and so do the segments.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64) -> Result<(), IngestError> {
-        let reads: BTreeMap<u64, Vec<AccessLogEntry>> = {
+        let reads: BTreeMap<u64, Vec<Vec<AccessLogEntry>>> = {
             let mut by_segment = self.reads.lock().unwrap_or_else(|p| p.into_inner());
             let keep = by_segment.split_off(&keep_from);
             std::mem::replace(&mut *by_segment, keep)
@@ -58,7 +59,8 @@ impl WriteLog {
         // thousands of entries, moved without copying them; what committed is not retried.
         let mut segments = reads.into_iter();
         while let Some((segment, entries)) = segments.next() {
-            if let Err(e) = catalog.record_access(&entries).await {
+            let runs: Vec<&[AccessLogEntry]> = entries.iter().map(Vec::as_slice).collect();
+            if let Err(e) = catalog.record_access_runs(&runs).await {
                 let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
                 reads.insert(segment, entries);
                 reads.extend(segments);

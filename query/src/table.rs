@@ -162,7 +162,7 @@ impl ScopedTable {
     /// A member's rows read in memory: newest versions only, ungranted columns null.
     async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Option<RecordBatch>> {
         let mut batches = snapshot.rows;
-        for f in &snapshot.files {
+        for f in snapshot.files.iter() {
             batches.push(self.read_file(&f.path).await?);
         }
         if batches.is_empty() {
@@ -265,22 +265,20 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let mut stored: Vec<RecordBatch> = Vec::new();
         let mut visible: Vec<RecordBatch> = Vec::new();
         let mut counts: Vec<(MemberId, i64)> = Vec::with_capacity(members.len());
-        let mut read = 0;
+        let mut snapshots = snapshots.into_iter().peekable();
         for member in &members {
             // Members without data still count as read (0 rows): the access log says the
             // query looked at them.
-            if snapshots.get(read).is_none_or(|(m, _)| m != member) {
+            let Some((_, snapshot)) = snapshots.next_if(|(m, _)| m == member) else {
                 counts.push((*member, 0));
                 continue;
-            }
-            let (_, snapshot) = &snapshots[read];
-            read += 1;
+            };
             let mask = self.scope.access(*member).flatten();
             let buffered = snapshot.rows.iter().map(RecordBatch::num_rows).sum::<usize>() as i64;
             if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
                 // Every file: pruning by event time could keep an old version whose newer
                 // one moved out of the range.
-                let rows = self.read_in_memory(snapshot.clone(), mask.as_deref()).await?;
+                let rows = self.read_in_memory(snapshot, mask.as_deref()).await?;
                 counts.push((*member, rows.as_ref().map_or(0, |b| b.num_rows() as i64)));
                 visible.extend(rows);
                 continue;
@@ -292,7 +290,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             let before = fast_files.len();
             fast_files.extend(files.cloned());
             counts.push((*member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered));
-            stored.extend(snapshot.rows.iter().cloned());
+            stored.extend(snapshot.rows);
         }
         self.reads.record(dataset, counts);
         // Small files come from the decoded-file cache (read into it on a miss, a bounded

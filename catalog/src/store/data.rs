@@ -206,54 +206,61 @@ impl Catalog {
     /// in the same block costs no index probe (rows are never deleted, and a row another
     /// node added meanwhile is skipped by the insert).
     pub async fn record_access(&self, entries: &[AccessLogEntry]) -> Result<()> {
+        self.record_access_runs(&[entries]).await
+    }
+
+    /// [`Catalog::record_access`] of entries held in several runs (a run per request), in one
+    /// transaction. No event spans two runs.
+    pub async fn record_access_runs(&self, runs: &[&[AccessLogEntry]]) -> Result<()> {
         let insert_event = "INSERT INTO access_events (at, subscriber_id, connection_id, purpose, dataset, action, decision, \
                             agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
         let mut tx = self.begin().await?;
         // Index rows this transaction adds, kept apart until it commits. The work between
         // statements is one event's, so a large move never holds a runtime thread for long.
         let mut adding = KnownBlocks::default();
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let (event, after) = next_event(rest);
-            rest = after;
-            let e = event.shared;
-            let own = |v| if event.members.is_empty() { v } else { None };
-            let seq: i64 = sqlx::query_scalar(insert_event)
-                .bind(e.at)
-                .bind(e.subscriber_id.get())
-                .bind(e.connection_id.get())
-                .bind(e.purpose.as_str())
-                .bind(e.dataset.as_str())
-                .bind(str_of(e.action))
-                .bind(str_of(e.decision))
-                .bind(own(e.agreement_version))
-                .bind(own(Some(e.rows)))
-                .fetch_one(&mut *tx)
-                .await?;
-            let mut members = event.members.iter();
-            for n in pieces(event.members.len()) {
-                let sql = self.multi_row_insert("access_event_members (event_seq, member_uid, agreement_version, row_count)", 4, n, "");
-                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for &(member, version, rows) in members.by_ref().take(n) {
-                    insert = insert.bind(seq).bind(member).bind(version).bind(rows);
+        for mut rest in runs.iter().copied() {
+            while !rest.is_empty() {
+                let (event, after) = next_event(rest);
+                rest = after;
+                let e = event.shared;
+                let own = |v| if event.members.is_empty() { v } else { None };
+                let seq: i64 = sqlx::query_scalar(insert_event)
+                    .bind(e.at)
+                    .bind(e.subscriber_id.get())
+                    .bind(e.connection_id.get())
+                    .bind(e.purpose.as_str())
+                    .bind(e.dataset.as_str())
+                    .bind(str_of(e.action))
+                    .bind(str_of(e.decision))
+                    .bind(own(e.agreement_version))
+                    .bind(own(Some(e.rows)))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut members = event.members.iter();
+                for n in pieces(event.members.len()) {
+                    let sql = self.multi_row_insert("access_event_members (event_seq, member_uid, agreement_version, row_count)", 4, n, "");
+                    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for &(member, version, rows) in members.by_ref().take(n) {
+                        insert = insert.bind(seq).bind(member).bind(version).bind(rows);
+                    }
+                    insert.execute(&mut *tx).await?;
                 }
-                insert.execute(&mut *tx).await?;
-            }
-            let block = seq / EVENTS_PER_BLOCK;
-            let new: Vec<i64> = {
-                let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
-                event.members.iter().map(|m| m.0).filter(|&m| !known.has(m, block) && !adding.has(m, block)).collect()
-            };
-            let mut new_members = new.iter();
-            for n in pieces(new.len()) {
-                let sql = self.multi_row_insert("access_member_blocks (member_uid, block)", 2, n, " ON CONFLICT DO NOTHING");
-                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for &member in new_members.by_ref().take(n) {
-                    insert = insert.bind(member).bind(block);
+                let block = seq / EVENTS_PER_BLOCK;
+                let new: Vec<i64> = {
+                    let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
+                    event.members.iter().map(|m| m.0).filter(|&m| !known.has(m, block) && !adding.has(m, block)).collect()
+                };
+                let mut new_members = new.iter();
+                for n in pieces(new.len()) {
+                    let sql = self.multi_row_insert("access_member_blocks (member_uid, block)", 2, n, " ON CONFLICT DO NOTHING");
+                    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for &member in new_members.by_ref().take(n) {
+                        insert = insert.bind(member).bind(block);
+                    }
+                    insert.execute(&mut *tx).await?;
                 }
-                insert.execute(&mut *tx).await?;
+                adding.add(block, new);
             }
-            adding.add(block, new);
         }
         tx.commit().await?;
         self.known_blocks.lock().unwrap_or_else(|p| p.into_inner()).merge(adding);
