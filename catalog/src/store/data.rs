@@ -13,6 +13,8 @@ use crate::model::{
     DatasetName, MemberId, MetadataInstance, SubscriberId,
 };
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 const DATASET_COLUMNS: &str = "name, title, description, kind, environment, event_time_field, fields";
 
 fn dataset_from_row(row: &AnyRow) -> Result<Dataset> {
@@ -236,34 +238,43 @@ impl Catalog {
                     .bind(own(Some(e.rows)))
                     .fetch_one(&mut *tx)
                     .await?;
-                let mut members = event.members.iter();
-                for n in pieces(event.members.len()) {
-                    let sql = self.multi_row_insert("access_event_members (event_seq, member_uid, agreement_version, row_count)", 4, n, "");
-                    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for &(member, version, rows) in members.by_ref().take(n) {
-                        insert = insert.bind(seq).bind(member).bind(version).bind(rows);
-                    }
-                    insert.execute(&mut *tx).await?;
-                }
+                let insert = "access_event_members (event_seq, member_uid, agreement_version, row_count)";
+                self.insert_rows(&mut tx, insert, 4, "", &event.members, |q, &(member, version, rows)| {
+                    q.bind(seq).bind(member).bind(version).bind(rows)
+                })
+                .await?;
                 let block = seq / EVENTS_PER_BLOCK;
                 let new: Vec<i64> = {
                     let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
                     event.members.iter().map(|m| m.0).filter(|&m| !known.has(m, block) && !adding.has(m, block)).collect()
                 };
-                let mut new_members = new.iter();
-                for n in pieces(new.len()) {
-                    let sql = self.multi_row_insert("access_member_blocks (member_uid, block)", 2, n, " ON CONFLICT DO NOTHING");
-                    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for &member in new_members.by_ref().take(n) {
-                        insert = insert.bind(member).bind(block);
-                    }
-                    insert.execute(&mut *tx).await?;
-                }
+                let insert = "access_member_blocks (member_uid, block)";
+                self.insert_rows(&mut tx, insert, 2, " ON CONFLICT DO NOTHING", &new, |q, &member| q.bind(member).bind(block)).await?;
                 adding.add(block, new);
             }
         }
         tx.commit().await?;
         self.known_blocks.lock().unwrap_or_else(|p| p.into_inner()).merge(adding);
+        Ok(())
+    }
+
+    /// Inserts `rows` into `into` (a table and its columns), `width` parameters a row that
+    /// `bind` binds, in pieces of multi-row INSERTs (see [`ROWS_PER_INSERT`]).
+    async fn insert_rows<'q, T>(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        into: &str,
+        width: usize,
+        tail: &str,
+        rows: &'q [T],
+        bind: impl Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+    ) -> Result<()> {
+        let mut rest = rows.iter();
+        for n in pieces(rows.len()) {
+            let sql = self.multi_row_insert(into, width, n, tail);
+            let insert = rest.by_ref().take(n).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), &bind);
+            insert.execute(&mut **tx).await?;
+        }
         Ok(())
     }
 
@@ -377,7 +388,7 @@ impl KnownBlocks {
     }
 
     /// Notes `members` stored in `block`; an older block than the one held is not kept.
-    fn add(&mut self, block: i64, members: Vec<i64>) {
+    fn add(&mut self, block: i64, members: impl IntoIterator<Item = i64>) {
         if block > self.block {
             self.block = block;
             self.members.clear();
@@ -388,7 +399,7 @@ impl KnownBlocks {
     }
 
     fn merge(&mut self, other: KnownBlocks) {
-        self.add(other.block, other.members.into_iter().collect());
+        self.add(other.block, other.members);
     }
 }
 
