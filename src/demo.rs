@@ -132,7 +132,7 @@ pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Resu
         let connection = catalog.create_connection(subscriber.id, terms).await?;
         let id: ConnectionId = connection.id;
         catalog.submit_connection(id).await?;
-        let (connection, key) = catalog.approve_connection(id).await?;
+        let (connection, key) = catalog.approve_connection(id, None).await?;
         let key = key.expect("a first approval issues the connection key");
         catalog.request_promotion(id).await?;
         let connection = catalog.promote_connection(connection.id).await?;

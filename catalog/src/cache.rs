@@ -2,8 +2,16 @@
 //! credential, active agreements, datasets) that is never stale: every lookup first reads the catalog's generation, which
 //! changes in the same transaction as any change to that state; a new generation empties
 //! the cache. One tiny query per request replaces several larger ones, on every node.
+//!
+//! A fill is tagged with the generation the cache was at when its database read began, and
+//! is kept only if the cache is still at that generation when the read returns. Otherwise a
+//! read that began before a revocation (and saw the agreement active) could land after a
+//! request that started later had already emptied the cache, and would then count as
+//! current for the new generation. Generations only move forward: a request that read an
+//! older generation never winds the cache back.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::{
@@ -33,6 +41,20 @@ struct State {
 #[derive(Debug, Default)]
 pub struct AuthCache {
     state: Mutex<State>,
+    /// Runs between a fill's database read and its store (tests only: a deterministic
+    /// interleaving of a fill with a revocation).
+    #[cfg(test)]
+    fill_hook: Mutex<Option<FillHook>>,
+}
+
+#[cfg(test)]
+struct FillHook(Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>);
+
+#[cfg(test)]
+impl std::fmt::Debug for FillHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FillHook")
+    }
 }
 
 impl AuthCache {
@@ -45,10 +67,29 @@ impl AuthCache {
     pub async fn refresh(&self, catalog: &Catalog) -> Result<()> {
         let generation = catalog.generation().await?;
         let mut state = self.state();
-        if state.generation != generation {
+        if generation > state.generation {
             *state = State { generation, ..State::default() };
         }
         Ok(())
+    }
+
+    /// Reads `read` from the catalog on a miss and keeps the answer with `keep` only if the
+    /// cache's generation did not move while it was read (see the module docs).
+    async fn fill<T>(&self, read: impl Future<Output = Result<T>>, keep: impl FnOnce(&mut State, &T)) -> Result<T> {
+        let generation = self.state().generation;
+        let value = read.await?;
+        #[cfg(test)]
+        {
+            let hook = self.fill_hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(FillHook(hook)) = hook {
+                hook().await;
+            }
+        }
+        let mut state = self.state();
+        if state.generation == generation {
+            keep(&mut state, &value);
+        }
+        Ok(value)
     }
 
     /// Whether `token` is the operator's.
@@ -56,11 +97,7 @@ impl AuthCache {
         let cached = self.state().admin_hash.clone();
         let hash = match cached {
             Some(h) => h,
-            None => {
-                let h = catalog.admin_token_hash().await?;
-                self.state().admin_hash = Some(h.clone());
-                h
-            }
+            None => self.fill(catalog.admin_token_hash(), |s, h| s.admin_hash = Some(h.clone())).await?,
         };
         Ok(hash.is_some_and(|h| SecretHash::of(token).matches(&h)))
     }
@@ -74,8 +111,10 @@ impl AuthCache {
         {
             return Ok(*subscriber);
         }
-        let (subscriber, expires) = catalog.subscriber_token(token).await?;
-        self.state().tokens.insert(hash.0, (subscriber, expires));
+        let (subscriber, _) = self.fill(catalog.subscriber_token(token), |s, found| {
+            s.tokens.insert(hash.0, *found);
+        })
+        .await?;
         Ok(subscriber)
     }
 
@@ -89,21 +128,26 @@ impl AuthCache {
         {
             return Ok(scope.clone());
         }
-        let scope = Arc::new(catalog.agreement_scope(subscriber, con_id, key).await?);
-        self.state().scopes.insert((subscriber, con_id), (presented, scope.clone()));
-        Ok(scope)
+        let read = async { Ok(Arc::new(catalog.agreement_scope(subscriber, con_id, key).await?)) };
+        self.fill(read, |s, scope| {
+            s.scopes.insert((subscriber, con_id), (presented, scope.clone()));
+        })
+        .await
     }
 
     /// A connection credential (`nid` + connection key), checked in constant time.
     pub async fn connection(&self, catalog: &Catalog, nid: Nid, key: &str) -> Result<Arc<Connection>> {
         let presented = SecretHash::of(key);
         if let Some((hash, c)) = self.state().connections.get(&nid)
-            && presented.matches(&hash.0) {
-                return Ok(c.clone());
-            }
-        let c = Arc::new(catalog.authenticate_connection(nid, key).await?);
-        self.state().connections.insert(nid, (presented, c.clone()));
-        Ok(c)
+            && presented.matches(&hash.0)
+        {
+            return Ok(c.clone());
+        }
+        let read = async { Ok(Arc::new(catalog.authenticate_connection(nid, key).await?)) };
+        self.fill(read, |s, c| {
+            s.connections.insert(nid, (presented, c.clone()));
+        })
+        .await
     }
 
     /// Members with an active agreement with connection `id`, and the version each approved.
@@ -111,9 +155,11 @@ impl AuthCache {
         if let Some(a) = self.state().agreements.get(&id) {
             return Ok(a.clone());
         }
-        let a: Arc<HashMap<MemberId, i64>> = Arc::new(catalog.active_agreements(id).await?.into_iter().collect());
-        self.state().agreements.insert(id, a.clone());
-        Ok(a)
+        let read = async { Ok(Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<HashMap<_, _>>())) };
+        self.fill(read, |s, a| {
+            s.agreements.insert(id, a.clone());
+        })
+        .await
     }
 
     /// A subscriber's connections. A new connection cannot read or write before its first
@@ -122,17 +168,135 @@ impl AuthCache {
         if let Some(c) = self.state().subscriber_connections.get(&subscriber) {
             return Ok(c.clone());
         }
-        let c: Arc<Vec<Arc<Connection>>> = Arc::new(catalog.connections(Some(subscriber)).await?.into_iter().map(Arc::new).collect());
-        self.state().subscriber_connections.insert(subscriber, c.clone());
-        Ok(c)
+        let read = async { Ok(Arc::new(catalog.connections(Some(subscriber)).await?.into_iter().map(Arc::new).collect::<Vec<_>>())) };
+        self.fill(read, |s, c| {
+            s.subscriber_connections.insert(subscriber, c.clone());
+        })
+        .await
     }
 
     pub async fn dataset(&self, catalog: &Catalog, name: &DatasetName) -> Result<Arc<Dataset>> {
         if let Some(d) = self.state().datasets.get(name) {
             return Ok(d.clone());
         }
-        let d = Arc::new(catalog.dataset(name).await?);
-        self.state().datasets.insert(name.clone(), d.clone());
-        Ok(d)
+        let read = async { Ok(Arc::new(catalog.dataset(name).await?)) };
+        self.fill(read, |s, d| {
+            s.datasets.insert(name.clone(), d.clone());
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::terms;
+
+    /// A member with an approved agreement on a subscriber's approved connection.
+    struct Fixture {
+        catalog: Catalog,
+        member: MemberId,
+        subscriber: SubscriberId,
+        connection: ConnectionId,
+        con_id: ConId,
+        key: String,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::connect(&Catalog::sqlite_url(&dir.path().join("catalog.db"))).await.unwrap();
+        let (member, _) = catalog.create_member("race").await.unwrap();
+        let (subscriber, _) = catalog.create_subscriber("Racer").await.unwrap();
+        let c = catalog.create_connection(subscriber.id, terms("Race", &["ds_energy_consumption"])).await.unwrap();
+        catalog.submit_connection(c.id).await.unwrap();
+        catalog.approve_connection(c.id, None).await.unwrap();
+        let (agreement, key) = catalog.approve_agreement(member.uid, c.id).await.unwrap();
+        Fixture {
+            catalog,
+            member: member.uid,
+            subscriber: subscriber.id,
+            connection: c.id,
+            con_id: agreement.con_id,
+            key: key.expose().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The fill of the next miss pauses after its database read: `reached` fires, then it
+    /// waits for `go`.
+    fn pause_next_fill(cache: &AuthCache) -> (tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let hook = FillHook(Box::new(move || {
+            Box::pin(async move {
+                let _ = reached_tx.send(());
+                let _ = go_rx.await;
+            })
+        }));
+        *cache.fill_hook.lock().unwrap() = Some(hook);
+        (reached, go)
+    }
+
+    /// R1 misses and reads the agreement as active; the member's revocation commits; R2
+    /// refreshes (emptying the cache) and is refused; only then does R1 store what it read.
+    /// A request R3 that starts after the revocation must still be refused, on the
+    /// Mydex door's credential check and on the connection-wide agreements alike.
+    #[tokio::test]
+    async fn a_fill_that_read_before_a_revocation_is_dropped() {
+        let f = fixture().await;
+        let cache = Arc::new(AuthCache::default());
+        cache.refresh(&f.catalog).await.unwrap();
+        let (reached, go) = pause_next_fill(&cache);
+        let r1 = {
+            let (cache, catalog, key) = (cache.clone(), f.catalog.clone(), f.key.clone());
+            let (subscriber, con_id) = (f.subscriber, f.con_id);
+            tokio::spawn(async move { cache.agreement_scope(&catalog, subscriber, con_id, &key).await })
+        };
+        reached.await.unwrap();
+        f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(cache.agreement_scope(&f.catalog, f.subscriber, f.con_id, &f.key).await.is_err(), "R2 is refused");
+        go.send(()).unwrap();
+        assert!(r1.await.unwrap().is_ok(), "R1 began before the revocation");
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(cache.agreement_scope(&f.catalog, f.subscriber, f.con_id, &f.key).await.is_err(), "R3 must not be served R1's stale scope");
+
+        // The same interleaving on the connection-wide list of members (SQL door, ingest).
+        let f = fixture().await;
+        let cache = Arc::new(AuthCache::default());
+        cache.refresh(&f.catalog).await.unwrap();
+        let (reached, go) = pause_next_fill(&cache);
+        let r1 = {
+            let (cache, catalog, connection) = (cache.clone(), f.catalog.clone(), f.connection);
+            tokio::spawn(async move { cache.agreements(&catalog, connection).await })
+        };
+        reached.await.unwrap();
+        f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(!cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member), "R2 sees the revocation");
+        go.send(()).unwrap();
+        assert!(r1.await.unwrap().unwrap().contains_key(&f.member), "R1 read before it");
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(!cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member), "R3 sees the revocation");
+    }
+
+    /// A request that read an older generation does not wind the cache back to it.
+    #[tokio::test]
+    async fn the_cache_generation_only_moves_forward() {
+        let f = fixture().await;
+        let cache = AuthCache::default();
+        cache.refresh(&f.catalog).await.unwrap();
+        let before = cache.state().generation;
+        f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(cache.state().generation > before);
+        {
+            let mut state = cache.state();
+            let newer = state.generation;
+            state.generation = newer + 5;
+        }
+        cache.refresh(&f.catalog).await.unwrap();
+        assert!(cache.state().generation > before + 1, "an older generation read later is ignored");
     }
 }

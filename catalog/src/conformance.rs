@@ -147,32 +147,35 @@ async fn connection_lifecycle(c: &Catalog) {
     assert_eq!(kind(c.create_connection(sub, terms("x", &["ds_nope"])).await), ErrorKind::Invalid);
 
     // draft -> approve is refused; draft -> requested -> (edit) draft -> requested -> approved
-    assert_eq!(kind(c.approve_connection(conn.id).await), ErrorKind::Conflict);
+    assert_eq!(kind(c.approve_connection(conn.id, None).await), ErrorKind::Conflict);
     assert_eq!(kind(c.request_promotion(conn.id).await), ErrorKind::Conflict);
     let conn = c.submit_connection(conn.id).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Requested);
     assert_eq!(kind(c.submit_connection(conn.id).await), ErrorKind::Conflict);
     let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Draft, "editing a requested connection returns it to draft");
-    assert_eq!(conn.revisions.len(), 1);
+    assert_eq!((conn.revisions.len(), conn.latest().version), (1, 2), "under a new version: the operator reviewed version 1");
+    let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
+    assert_eq!(conn.latest().version, 2, "a draft is edited in place");
     c.submit_connection(conn.id).await.unwrap();
-    let (conn, key) = c.approve_connection(conn.id).await.unwrap();
+    assert_eq!(kind(c.approve_connection(conn.id, Some(1)).await), ErrorKind::Conflict, "the reviewed version was edited since");
+    let (conn, key) = c.approve_connection(conn.id, Some(2)).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Approved);
     let (nid, key) = (conn.nid.expect("nid issued"), key.expect("key issued"));
     assert_eq!(c.authenticate_connection(nid, key.expose()).await.unwrap().id, conn.id);
     assert_eq!(kind(c.authenticate_connection(nid, "wrong").await), ErrorKind::Unauthenticated);
-    assert_eq!(kind(c.approve_connection(conn.id).await), ErrorKind::Conflict);
+    assert_eq!(kind(c.approve_connection(conn.id, None).await), ErrorKind::Conflict);
 
     // Editing an approved connection opens a new draft revision; v1 keeps serving.
     let conn = c.edit_connection(conn.id, terms("Meter feed v2", &["ds_energy_consumption", "ds_browsing_history"])).await.unwrap();
-    assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(1), 2));
+    assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(2), 2));
     assert_eq!(conn.pending().unwrap().state, RevisionState::Draft);
     assert_eq!(conn.approved().unwrap().terms.name, "Meter feed v1b");
     c.submit_connection(conn.id).await.unwrap();
-    let (conn, second_key) = c.approve_connection(conn.id).await.unwrap();
+    let (conn, second_key) = c.approve_connection(conn.id, None).await.unwrap();
     assert!(second_key.is_none(), "later approvals keep the nid and key");
-    assert_eq!((conn.approved_version, conn.nid), (Some(2), Some(nid)));
-    assert_eq!(conn.revision(1).unwrap().state, RevisionState::Superseded);
+    assert_eq!((conn.approved_version, conn.nid), (Some(3), Some(nid)));
+    assert_eq!(conn.revision(2).unwrap().state, RevisionState::Superseded);
 
     // approved -> (promote-request) -> live
     assert_eq!(kind(c.promote_connection(conn.id).await), ErrorKind::Conflict, "no request yet");
@@ -190,7 +193,7 @@ async fn connection_lifecycle(c: &Catalog) {
 async fn approved_connection(c: &Catalog, sub: SubscriberId, datasets: &[&str]) -> crate::Connection {
     let conn = c.create_connection(sub, terms("Feed", datasets)).await.unwrap();
     c.submit_connection(conn.id).await.unwrap();
-    c.approve_connection(conn.id).await.unwrap().0
+    c.approve_connection(conn.id, None).await.unwrap().0
 }
 
 async fn agreements(c: &Catalog) {
@@ -213,7 +216,7 @@ async fn agreements(c: &Catalog) {
     // A new revision does not widen access until the member approves it.
     c.edit_connection(conn.id, terms("Feed v2", &["ds_home", "ds_passport"])).await.unwrap();
     c.submit_connection(conn.id).await.unwrap();
-    c.approve_connection(conn.id).await.unwrap();
+    c.approve_connection(conn.id, None).await.unwrap();
     let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
     assert_eq!(scope.agreement.version, 1);
     assert!(scope.grant(&"ds_passport".parse().unwrap()).is_none());

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Invalid,
     /// The agreement does not permit this write (403).
     Forbidden,
+    /// The row to update does not exist (404).
+    NotFound,
     /// The same `Idempotency-Key` is still being written (409).
     Conflict,
     /// Under pressure: retry later (429/503 with `Retry-After`).
@@ -40,6 +42,8 @@ pub enum IngestError {
     Rows { rows: Vec<RowError>, forbidden: bool },
     #[error("the agreement does not permit this write")]
     Forbidden,
+    #[error("no such row")]
+    NoSuchRow,
     #[error("a write with this Idempotency-Key is still in flight")]
     InFlight,
     #[error("this Idempotency-Key was used with another body")]
@@ -68,6 +72,7 @@ impl IngestError {
             IngestError::Malformed(_) => ErrorKind::Malformed,
             IngestError::Invalid { .. } | IngestError::KeyReused => ErrorKind::Invalid,
             IngestError::InFlight => ErrorKind::Conflict,
+            IngestError::NoSuchRow => ErrorKind::NotFound,
             IngestError::Rows { forbidden: false, .. } => ErrorKind::Invalid,
             IngestError::Rows { forbidden: true, .. } | IngestError::Forbidden => ErrorKind::Forbidden,
             IngestError::Overloaded { .. } => ErrorKind::Overloaded,

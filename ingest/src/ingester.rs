@@ -74,6 +74,51 @@ impl RecordHeader {
     }
 }
 
+/// An update of one stored row (`PUT` on the Mydex door).
+#[derive(Debug)]
+pub struct RowUpdate {
+    pub key: PartitionKey,
+    pub id: i64,
+    pub connection: catalog::ConnectionId,
+    /// One row of the dataset's input columns: the fields to set; a null keeps the stored value.
+    pub fields: RecordBatch,
+    /// Whether the update sets `instance` (which is never null, so the row cannot say).
+    pub sets_instance: bool,
+}
+
+/// Updates of one row take turns on one of these locks (by a hash of the row), so that a
+/// fixed few locks serve any number of rows.
+const ROW_LOCKS: usize = 64;
+
+fn row_stripe(key: &PartitionKey, id: i64) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one((key, id)) % ROW_LOCKS as u64) as usize
+}
+
+/// `update` applied to `current` (a stored row): stored columns are read by name.
+fn merge_row(schema: &DatasetSchema, current: &RecordBatch, update: &RowUpdate) -> Result<RecordBatch, IngestError> {
+    use crate::schema::INSTANCE;
+    use datafusion::arrow::array::Array;
+    let columns = schema
+        .input
+        .fields()
+        .iter()
+        .zip(update.fields.columns())
+        .map(|(field, given)| {
+            let stored = current
+                .column_by_name(field.name())
+                .ok_or_else(|| IngestError::Internal(format!("a stored row without {}", field.name())))?;
+            let keep = match field.name().as_str() {
+                crate::schema::MEMBER_UID => true,
+                INSTANCE => !update.sets_instance,
+                _ => given.is_null(0),
+            };
+            Ok(if keep { stored.clone() } else { given.clone() })
+        })
+        .collect::<Result<Vec<ArrayRef>, IngestError>>()?;
+    Ok(RecordBatch::try_new(schema.input.clone(), columns)?)
+}
+
 /// One write on its way to the sequencer.
 struct WriteOp {
     header: RecordHeader,
@@ -82,7 +127,7 @@ struct WriteOp {
     batch: RecordBatch,
     /// Row ids for new versions of existing rows (an update); `None` gives new ids.
     ids: Option<Vec<i64>>,
-    reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    reply: oneshot::Sender<Result<Vec<i64>, IngestError>>,
 }
 
 /// The write path. Cheap to share (`Arc`).
@@ -103,6 +148,8 @@ pub struct Ingester {
     /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
     storage_failing: std::sync::atomic::AtomicBool,
     schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
+    /// See [`Ingester::update_row`].
+    row_locks: Box<[tokio::sync::Mutex<()>]>,
     keys: Arc<Keys>,
     write_log: Arc<WriteLog>,
     compactor: crate::compact::Compactor,
@@ -115,7 +162,7 @@ pub struct Ingester {
 struct LogOp {
     payload: Vec<u8>,
     entries: Vec<catalog::AccessLogEntry>,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), IngestError>>,
 }
 
 /// What the sequencer is asked to do.
@@ -351,6 +398,7 @@ impl Ingester {
             catalog_moved: Mutex::new(None),
             storage_failing: std::sync::atomic::AtomicBool::new(false),
             schemas: Mutex::new(schemas),
+            row_locks: (0..ROW_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             keys,
             write_log,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
@@ -362,10 +410,19 @@ impl Ingester {
         Ok(ingester)
     }
 
-    /// The Arrow view of a transactional dataset, parsed once.
+    /// The Arrow view of a transactional dataset, parsed once per version of the dataset:
+    /// callers pass the catalog's current one (a promotion changes its environment, which
+    /// both read doors check through the schema).
     pub fn schema(&self, dataset: &Arc<catalog::Dataset>) -> Arc<DatasetSchema> {
         let mut schemas = self.schemas.lock().unwrap_or_else(|p| p.into_inner());
-        schemas.entry(dataset.name.clone()).or_insert_with(|| Arc::new(DatasetSchema::new(dataset.clone()))).clone()
+        match schemas.get(&dataset.name) {
+            Some(s) if Arc::ptr_eq(&s.dataset, dataset) || *s.dataset == **dataset => s.clone(),
+            _ => {
+                let s = Arc::new(DatasetSchema::new(dataset.clone()));
+                schemas.insert(dataset.name.clone(), s.clone());
+                s
+            }
+        }
     }
 
     /// Refuses new writes while the buffer is over its hard limit, before a body is read:
@@ -403,17 +460,17 @@ impl Ingester {
         self.send(schema, env, connection, batch, claim, logged, None).await
     }
 
-    /// Stores new versions of existing rows `ids` (one per row of `batch`, one member):
-    /// readers keep the newest version of each id.
-    pub async fn update(
-        &self,
-        schema: Arc<DatasetSchema>,
-        env: DataEnvironment,
-        connection: catalog::ConnectionId,
-        batch: RecordBatch,
-        ids: Vec<i64>,
-    ) -> Result<(), IngestError> {
-        self.send(schema, env, connection, batch, None, true, Some(ids)).await.map(|_| ())
+    /// Stores a new version of row `update.id` with the fields the update sets replaced and
+    /// the others kept: readers keep the newest version of each id. Updates of one row take
+    /// turns, each merged onto the version the one before stored, so that concurrent updates
+    /// naming different fields all land (on this node: rows another node buffers are not
+    /// seen here until it flushes them).
+    pub async fn update_row(&self, schema: Arc<DatasetSchema>, update: RowUpdate, now_secs: i64) -> Result<(), IngestError> {
+        let _turn = self.row_locks[row_stripe(&update.key, update.id)].lock().await;
+        let current = self.current_row(&update.key, update.id).await?.ok_or(IngestError::NoSuchRow)?;
+        let merged = merge_row(&schema, &current, &update)?;
+        let merged = crate::validate::check_event_time(&schema, merged, now_secs)?;
+        self.send(schema, update.key.env, update.connection, merged, None, true, Some(vec![update.id])).await.map(|_| ())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -464,14 +521,14 @@ impl Ingester {
     }
 
     /// Hands `command` to the sequencer and waits for its answer on `done`.
-    async fn sequenced<T>(&self, command: Command, done: oneshot::Receiver<Result<T, String>>) -> Result<T, IngestError> {
+    async fn sequenced<T>(&self, command: Command, done: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
         let stopped = || IngestError::Unavailable("the WAL writer stopped".into());
         {
             let sender = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
             let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
             sender.send(command).map_err(|_| stopped())?;
         }
-        done.await.map_err(|_| stopped())?.map_err(IngestError::Unavailable)
+        done.await.map_err(|_| stopped())?
     }
 
     /// A member's read entries still in the WAL, not yet in the catalog's access log.
@@ -774,7 +831,9 @@ fn sequence(
             match assign_ids(&op, &mut counters, last_version).and_then(|stored| Ok((encode_record(&op.header, &stored)?, stored))) {
                 Ok((payload, stored)) => prepared.push((op, stored, payload)),
                 Err(e) => {
-                    let _ = op.reply.send(Err(e.to_string()));
+                    // A fault, not pressure: the writer must not be told to retry.
+                    tracing::error!(error = %e, "a write could not be sequenced");
+                    let _ = op.reply.send(Err(IngestError::Internal(e.to_string())));
                 }
             }
         }
@@ -803,11 +862,13 @@ fn sequence(
             }
             Err(e) => {
                 tracing::error!(error = %e, "WAL append failed");
+                // The disk refused the append (full, failing): storage, which may come back.
+                let failed = || IngestError::Unavailable(format!("the write-ahead log failed: {e}"));
                 for (op, _, _) in prepared {
-                    let _ = op.reply.send(Err(format!("the write-ahead log failed: {e}")));
+                    let _ = op.reply.send(Err(failed()));
                 }
                 for op in logs {
-                    let _ = op.reply.send(Err(format!("the write-ahead log failed: {e}")));
+                    let _ = op.reply.send(Err(failed()));
                 }
             }
         }

@@ -48,7 +48,7 @@ pub mod wal;
 pub mod writelog;
 
 pub use error::{ErrorKind, FieldProblem, IngestError};
-pub use ingester::{IngestConfig, Ingester};
+pub use ingester::{IngestConfig, Ingester, RowUpdate};
 
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
 

@@ -174,8 +174,41 @@ pub fn check_event_time(schema: &DatasetSchema, batch: RecordBatch, now_secs: i6
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// Checks a batch of new rows as every door does before it is stored: each row's member
+/// must have an agreement granting write of this dataset and of every field the row sets
+/// ([`authorize_rows`], 403), each row must set at least one field (422), and event times
+/// must be present and not in the future ([`check_event_time`], which fills a missing
+/// `created_timestamp`).
+pub fn check_new_rows<'g>(
+    schema: &DatasetSchema,
+    batch: RecordBatch,
+    grant_of: impl Fn(MemberId) -> Option<&'g DatasetGrant>,
+    now_secs: i64,
+) -> Result<RecordBatch, IngestError> {
+    authorize_rows(schema, &batch, grant_of)?;
+    refuse_empty_rows(&batch)?;
+    check_event_time(schema, batch, now_secs)
+}
+
+/// Refuses rows that set no field of the dataset (only `member_uid` and `instance`, or
+/// nulls): they would store nothing but what the server fills in.
+fn refuse_empty_rows(batch: &RecordBatch) -> Result<(), IngestError> {
+    let data = &batch.columns()[2..];
+    // Most batches have a column every row sets.
+    if data.iter().any(|c| c.null_count() == 0) {
+        return Ok(());
+    }
+    let rows: Vec<RowError> = (0..batch.num_rows())
+        .filter(|r| data.iter().all(|c| c.is_null(*r)))
+        .take(MAX_ROW_ERRORS)
+        .map(|r| RowError { row: r + 1, field: None, reason: "the row sets no field of the dataset".into() })
+        .collect();
+    if rows.is_empty() { Ok(()) } else { Err(IngestError::Rows { rows, forbidden: false }) }
+}
+
 /// Checks every row against its member's agreement with the writing connection: the member
-/// must have one granting write of this dataset and of every field the row sets. Members
+/// must have one granting write of this dataset (a grant that writes no field is none) and
+/// of every field the row sets; `member_uid` and `instance` need that grant too. Members
 /// without an agreement and members that do not exist are refused alike.
 pub fn authorize_rows<'g>(
     schema: &DatasetSchema,
@@ -192,7 +225,7 @@ pub fn authorize_rows<'g>(
         if rows.len() >= MAX_ROW_ERRORS {
             break;
         }
-        let grant = MemberId::new(members.value(r)).ok().and_then(&grant_of);
+        let grant = MemberId::new(members.value(r)).ok().and_then(&grant_of).filter(|g| !g.write.is_empty());
         let Some(grant) = grant else {
             rows.push(RowError { row: r + 1, field: None, reason: "no agreement permits writing this member's data".into() });
             continue;
@@ -295,6 +328,37 @@ mod tests {
         let body = r#"{"member_uid": 2, "field_energy_reading_timestamp": 1764000000}"#;
         let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
         assert!(authorize_rows(&schema, &batch, grant_of).is_ok());
+    }
+
+    /// A grant that writes no field (a read-only revision the member is still on) writes
+    /// nothing: not a row of only `member_uid`, nor one that only moves `instance`.
+    #[test]
+    fn a_read_only_grant_writes_no_row() {
+        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
+        let read_only = DatasetGrant { read: all, write: Default::default() };
+        let schema = DatasetSchema::new(Arc::new(dataset));
+        for body in [r#"{"member_uid": 1}"#, r#"{"member_uid": 1, "instance": 99}"#] {
+            let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
+            let refused = authorize_rows(&schema, &batch, |_| Some(&read_only));
+            assert!(matches!(refused, Err(IngestError::Rows { forbidden: true, .. })), "{body}: {refused:?}");
+        }
+    }
+
+    /// A row that sets no field is refused (422) even under a full grant; the others name
+    /// the rows.
+    #[test]
+    fn rows_that_set_no_field_are_refused() {
+        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_browsing_history").unwrap();
+        let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
+        let full = DatasetGrant { read: all.clone(), write: all };
+        let schema = DatasetSchema::new(Arc::new(dataset));
+        let body = "{\"member_uid\": 1}\n{\"member_uid\": 1, \"browsing_url\": \"https://example.org\"}\n{\"member_uid\": 1, \"instance\": 2, \"browsing_url\": null}\n";
+        let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
+        let Err(IngestError::Rows { rows, forbidden: false }) = check_new_rows(&schema, batch, |_| Some(&full), 1_764_000_000) else {
+            panic!("refused")
+        };
+        assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), [1, 3]);
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! tables, built lazily as the SQL names them.
 //!
 //! The SQL door is a sandbox in layers: only a single `SELECT` (or `WITH ... SELECT`) is
-//! parsed through, planned with DDL, DML and statements off, with no information_schema, no
-//! URL tables and no file-reading table functions; the final physical plan is then checked
-//! so that every leaf is one of this request's scans (or a constant source), and every file
-//! it opens is one the scoped tables chose. Each query gets its own share of the memory
-//! pool, a deadline, a cap on answer rows, and each subscriber a cap on running queries.
+//! parsed through, of a bounded shape ([`crate::guard`]), planned with DDL, DML and
+//! statements off, with no information_schema, no URL tables, no file-reading table
+//! functions and only the allowed functions ([`crate::functions`]); the final physical plan
+//! is then checked so that every leaf is one of this request's scans (or a constant
+//! source), and every file it opens is one the scoped tables chose. Each query gets its own
+//! share of the memory pool (which also counts the rows its scans materialise), a deadline
+//! that planning honours too, a cap on answer rows, and the server a cap on running queries,
+//! per subscriber and in all.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -56,8 +59,10 @@ pub struct QueryConfig {
     pub max_rows: usize,
     /// ... and this many encoded bytes (the server's encoders enforce it).
     pub max_bytes: usize,
-    /// Queries one subscriber may run at once.
+    /// Queries one subscriber may run at once ...
     pub per_subscriber: usize,
+    /// ... and all subscribers together.
+    pub total: usize,
     /// Partitions a scan is split into (cores).
     pub target_partitions: usize,
     /// Memory for decoded small files (see [`crate::cache`]); 0 turns the cache off.
@@ -73,6 +78,7 @@ impl Default for QueryConfig {
             max_rows: 1_000_000,
             max_bytes: 256 << 20,
             per_subscriber: 4,
+            total: 16,
             target_partitions: std::thread::available_parallelism().map_or(2, usize::from),
             file_cache_bytes: 1 << 30,
         }
@@ -97,6 +103,15 @@ pub struct QueryEngine {
     template: SessionState,
     sources: Sources,
     running: Mutex<HashMap<SubscriberId, Arc<Semaphore>>>,
+    running_total: Arc<Semaphore>,
+}
+
+/// A running query's slots (its subscriber's and one of the server's), released when
+/// dropped with the answer.
+#[derive(Debug)]
+pub struct Admission {
+    _subscriber: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
 }
 
 impl QueryEngine {
@@ -114,23 +129,28 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
-        let template = SessionStateBuilder::new().with_config(session).with_runtime_env(runtime.clone()).with_default_features().build();
+        let builder = SessionStateBuilder::new().with_config(session).with_runtime_env(runtime.clone()).with_default_features();
+        let template = crate::functions::install(builder).build();
         let cache = Arc::new(crate::cache::FileCache::new(config.file_cache_bytes));
         let sources = Sources { buffer, store, store_url, cache };
-        Ok(QueryEngine { config, runtime, template, sources, running: Mutex::new(HashMap::new()) })
+        let running_total = Arc::new(Semaphore::new(config.total.max(1)));
+        Ok(QueryEngine { config, runtime, template, sources, running: Mutex::new(HashMap::new()), running_total })
     }
 
     pub fn config(&self) -> &QueryConfig {
         &self.config
     }
 
-    /// A slot for one of `subscriber`'s queries, held until its answer is sent.
-    pub fn admit(&self, subscriber: SubscriberId) -> Result<OwnedSemaphorePermit, QueryError> {
+    /// Slots for one of `subscriber`'s queries (either read door), held until its answer is
+    /// sent: past the subscriber's cap 429 ([`QueryError::Busy`]), past the server's 503.
+    pub fn admit(&self, subscriber: SubscriberId) -> Result<Admission, QueryError> {
         let semaphore = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             running.entry(subscriber).or_insert_with(|| Arc::new(Semaphore::new(self.config.per_subscriber.max(1)))).clone()
         };
-        semaphore.try_acquire_owned().map_err(|_| QueryError::Busy)
+        let subscriber = semaphore.try_acquire_owned().map_err(|_| QueryError::Busy)?;
+        let total = self.running_total.clone().try_acquire_owned().map_err(|_| QueryError::Overloaded)?;
+        Ok(Admission { _subscriber: subscriber, _total: total })
     }
 
     /// A session holding `schema` as its only schema, with this query's own memory limit.
@@ -165,31 +185,39 @@ impl QueryEngine {
             .map_err(|e| self.error(e))
     }
 
-    /// Plans `sql` against `scope`'s tables, refusing anything but a read of them.
+    /// Plans `sql` against `scope`'s tables, refusing anything but a read of them. The
+    /// deadline counts from here; scans check it, so planning past it stops too.
     pub async fn plan_sql(&self, scope: &ReadScope, sql: &str) -> Result<PlannedQuery, QueryError> {
-        check_statement(sql)?;
-        let reads = Arc::new(Reads::default());
+        let statement = parse_select(sql)?;
+        let started = tokio::time::Instant::now();
+        let reads = Arc::new(Reads::new(self.config.timeout));
         let schema = Arc::new(ScopedSchema {
             scope: scope.clone(),
             sources: self.sources.clone(),
             reads: reads.clone(),
             tables: Mutex::new(HashMap::new()),
         });
-        let ctx = self.session(schema);
+        let state = self.session(schema).state();
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let planning = async {
-            let df = ctx.sql_with_options(sql, options).await?;
-            df.create_physical_plan().await
-        };
-        let plan = self.in_time(planning).await?;
+        let plan = self
+            .in_time(async {
+                let plan = state.statement_to_plan(statement).await?;
+                options.verify_plan(&plan)?;
+                Ok(plan)
+            })
+            .await?;
+        let growing = crate::guard::check_plan(&plan)?;
+        reads.hold(crate::guard::reserve_for_functions(&state.runtime_env().memory_pool, growing, self.config.target_partitions)?);
+        let plan = self.in_time(state.create_physical_plan(&plan)).await?;
+        let plan = crate::guard::meter_windows(plan).map_err(|e| self.error(e))?;
         self.verify(&plan, &reads)?;
-        Ok(PlannedQuery { plan, task: ctx.task_ctx(), reads, started: tokio::time::Instant::now(), config: self.config.clone() })
+        Ok(PlannedQuery { plan, task: Arc::new(TaskContext::from(&state)), reads, started, config: self.config.clone() })
     }
 
     /// Reads one member's rows of one dataset (the Mydex door): the rows `filters` select,
     /// by id, with the scope's columns.
     pub async fn read_member(&self, table: TableScope, filters: Vec<Expr>) -> Result<(Vec<RecordBatch>, Arc<Reads>), QueryError> {
-        let reads = Arc::new(Reads::default());
+        let reads = Arc::new(Reads::new(self.config.timeout));
         let provider = Arc::new(ScopedTable::new(table, self.sources.clone(), reads.clone()));
         let ctx = self.session(Arc::new(datafusion::catalog::MemorySchemaProvider::new()));
         let work = async {
@@ -235,8 +263,12 @@ impl QueryEngine {
 }
 
 /// Only one `SELECT` (with `WITH`, `UNION`, subqueries ...): no EXPLAIN, COPY, SET, SHOW,
-/// CREATE, INSERT, or anything else.
+/// CREATE, INSERT, or anything else; and of a bounded shape ([`crate::guard`]).
 pub fn check_statement(sql: &str) -> Result<(), QueryError> {
+    parse_select(sql).map(|_| ())
+}
+
+fn parse_select(sql: &str) -> Result<DFStatement, QueryError> {
     let mut statements = DFParserBuilder::new(sql)
         .build()
         .and_then(|mut p| p.parse_statements())
@@ -245,7 +277,10 @@ pub fn check_statement(sql: &str) -> Result<(), QueryError> {
         return Err(QueryError::NotAllowed("send exactly one SELECT statement".into()));
     }
     match statements.pop_front() {
-        Some(DFStatement::Statement(s)) if matches!(*s, Statement::Query(_)) => Ok(()),
+        Some(DFStatement::Statement(s)) if matches!(*s, Statement::Query(_)) => {
+            crate::guard::check_statement_shape(&s)?;
+            Ok(DFStatement::Statement(s))
+        }
         _ => Err(QueryError::NotAllowed("only SELECT queries are allowed".into())),
     }
 }
@@ -276,6 +311,7 @@ impl PlannedQuery {
         Ok(Box::pin(Limited {
             schema: inner.schema(),
             inner,
+            _reads: self.reads.clone(),
             deadline: Box::pin(tokio::time::sleep_until(self.started + self.config.timeout)),
             timeout: self.config.timeout.as_secs(),
             rows: 0,
@@ -290,6 +326,8 @@ impl PlannedQuery {
 struct Limited {
     schema: SchemaRef,
     inner: SendableRecordBatchStream,
+    /// What the query's scans materialised is counted in its memory until the answer ends.
+    _reads: Arc<Reads>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: u64,
     rows: usize,

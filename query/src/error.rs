@@ -23,9 +23,16 @@ pub enum QueryError {
     /// The answer is larger than the cap on rows or bytes.
     #[error("the answer is larger than its limit ({0}); narrow the query or aggregate")]
     TooLarge(String),
+    /// The query is past one of the caps on its shape or on what its functions build
+    /// (the message names the cap, never a value).
+    #[error("{0}")]
+    Limit(String),
     /// The subscriber has as many queries running as it may.
     #[error("too many concurrent queries for this subscriber")]
     Busy,
+    /// The server runs as many queries as it may, over all subscribers.
+    #[error("the server is running as many queries as it may; retry shortly")]
+    Overloaded,
     /// Anything else: storage or an internal fault. Logged in full, shown by kind.
     #[error("the query failed while reading data")]
     Internal(String),
@@ -45,6 +52,7 @@ impl QueryError {
             E::External(inner) => match inner.downcast_ref::<QueryError>() {
                 Some(QueryError::Timeout(s)) => QueryError::Timeout(*s),
                 Some(QueryError::TooLarge(what)) => QueryError::TooLarge(what.clone()),
+                Some(QueryError::Limit(what)) => QueryError::Limit(what.clone()),
                 _ => QueryError::Internal(e.to_string()),
             },
             _ => QueryError::Internal(e.to_string()),

@@ -23,17 +23,21 @@
 //! - [`cache`]: decoded small files, and blocks of many concatenated, in memory, least
 //!   recently used out.
 //! - [`engine`]: sessions, the SQL sandbox, the plan check, memory/time/row limits.
+//! - [`functions`]: the functions SQL may call, an allow-list; value-building ones capped.
+//! - [`guard`]: caps on a statement's shape and plan, memory for functions and windows.
 //! - [`mydex`]: the Connection API's `filters[...]` as typed expressions.
 
 pub mod cache;
 pub mod engine;
 mod error;
+pub mod functions;
+pub mod guard;
 pub mod mydex;
 pub mod prune;
 pub mod scope;
 pub mod table;
 
-pub use engine::{PlannedQuery, QueryConfig, QueryEngine, ReadScope};
+pub use engine::{Admission, PlannedQuery, QueryConfig, QueryEngine, ReadScope};
 pub use error::QueryError;
 pub use scope::{Readable, TableScope};
 pub use table::Reads;

@@ -27,6 +27,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -41,14 +42,36 @@ use crate::prune::Bounds;
 use crate::scope::TableScope;
 
 /// What one request read: rows per (dataset, member) for the access log, and every file its
-/// scans may open, for the final plan check.
+/// scans may open, for the final plan check. It also holds, for as long as the request
+/// lives, the memory its scans materialised (counted in the query's pool), and the
+/// request's deadline, which scans check while the query is planned.
 #[derive(Debug, Default)]
 pub struct Reads {
     rows: Mutex<BTreeMap<(DatasetName, MemberId), i64>>,
     files: Mutex<HashSet<String>>,
+    /// When the request must end, and its limit in seconds (for the message).
+    deadline: Option<(tokio::time::Instant, u64)>,
+    held: Mutex<Vec<MemoryReservation>>,
 }
 
 impl Reads {
+    /// The reads of a request that must end within `timeout` of now.
+    pub fn new(timeout: std::time::Duration) -> Reads {
+        Reads { deadline: Some((tokio::time::Instant::now() + timeout, timeout.as_secs())), ..Reads::default() }
+    }
+
+    /// Keeps `memory` counted until the request ends.
+    pub(crate) fn hold(&self, memory: MemoryReservation) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).push(memory);
+    }
+
+    fn check_deadline(&self) -> DfResult<()> {
+        match self.deadline {
+            Some((d, secs)) if tokio::time::Instant::now() >= d => Err(DataFusionError::External(Box::new(crate::QueryError::Timeout(secs)))),
+            _ => Ok(()),
+        }
+    }
+
     fn record(&self, dataset: &DatasetName, rows: Vec<(MemberId, i64)>) {
         let mut all = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         for (member, n) in rows {
@@ -184,6 +207,13 @@ impl ScopedTable {
     }
 }
 
+/// `batch` as slices of at most `rows` rows (no copy): operators above, and the functions
+/// they evaluate, see batches of the session's size however large a member's rows or a
+/// cached block are.
+fn slices(batch: &RecordBatch, rows: usize) -> impl Iterator<Item = RecordBatch> + '_ {
+    (0..batch.num_rows()).step_by(rows).map(move |start| batch.slice(start, rows.min(batch.num_rows() - start)))
+}
+
 /// Reads of at least this many small files are served from a cached block.
 const BLOCK_MIN_FILES: usize = 256;
 
@@ -255,6 +285,10 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Planning yields here, so the request's deadline (a timeout around planning) can
+        // fire between scans; past it, scanning stops.
+        tokio::task::yield_now().await;
+        self.reads.check_deadline()?;
         let bounds = Bounds::from_filters(filters, self.scope.event_time());
         let dataset = &self.scope.schema.dataset.name;
         let members = self.scope.members(bounds.members.as_ref(), |m| bounds.member_allowed(m));
@@ -336,7 +370,17 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
         if !stored.is_empty() || !visible.is_empty() || !blocks.is_empty() {
+            // The copy counts in the query's memory, reserved before it is made (at most the
+            // whole batches, of which it takes some columns) and held while the query runs:
+            // a query naming a table thousands of times fails at its limit instead.
+            let memory = MemoryConsumer::new("trove scan").register(&state.runtime_env().memory_pool);
+            memory.try_grow(stored.iter().chain(&visible).map(RecordBatch::get_array_memory_size).sum())?;
             let (schema, parts) = self.coalesce(&stored, &visible, &blocks, projection, partitions)?;
+            let copied: usize = parts[blocks.len()..].iter().flatten().map(RecordBatch::get_array_memory_size).sum();
+            memory.resize(copied);
+            self.reads.hold(memory);
+            let batch_size = state.config().batch_size().max(1);
+            let parts: Vec<Vec<RecordBatch>> = parts.iter().map(|p| p.iter().flat_map(|b| slices(b, batch_size)).collect()).collect();
             inputs.push(DataSourceExec::from_data_source(MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit)));
         }
         if inputs.is_empty() {

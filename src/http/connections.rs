@@ -7,7 +7,7 @@ use catalog::{Connection, ConnectionId, ConnectionTerms, ErrorKind, Nid, Subscri
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused, Unprocessable};
 use crate::AppState;
 
 /// Loads a connection the caller may act on: the operator any, a subscriber its own. For a
@@ -114,18 +114,39 @@ pub(super) struct Approved {
     key: Option<String>,
 }
 
+/// What the operator may send with an approval.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApproveBody {
+    /// The version the operator reviewed: if the revision waiting for approval is another
+    /// (the subscriber edited it since), the approval is refused with 409.
+    #[schema(minimum = 1)]
+    version: Option<i64>,
+}
+
 /// The operator approves the requested revision: it serves from now on. The first approval
-/// deploys the connection on the sandbox and issues its `nid` and connection key.
+/// deploys the connection on the sandbox and issues its `nid` and connection key. An
+/// optional body `{"version": N}` approves only if version N is still the one waiting.
 #[utoipa::path(post, path = "/v1/connections/{id}/approve", tag = "connections", security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1)),
-    responses((status = 200, body = Approved), BadRequest, Refused, NotFound, Conflict))]
+    request_body(content = Option<ApproveBody>, content_type = "application/json"),
+    responses((status = 200, body = Approved), BadRequest, Refused, NotFound, Conflict, Unprocessable))]
 pub(super) async fn approve(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<ConnectionId>,
+    body: axum::body::Bytes,
 ) -> ApiResult<axum::Json<Approved>> {
     principal.operator()?;
-    let (connection, key) = state.catalog.approve_connection(id).await?;
+    let expected = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<ApproveBody>(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::unprocessable("the body is {\"version\": N}", Vec::new()),
+            _ => ApiError::bad_request("the body must be JSON"),
+        })?.version
+    };
+    let (connection, key) = state.catalog.approve_connection(id, expected).await?;
     Ok(axum::Json(Approved { nid: connection.nid, key: key.map(|k| k.expose().to_owned()), connection }))
 }
 

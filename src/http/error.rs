@@ -223,6 +223,7 @@ impl From<ingest::IngestError> for ApiError {
                 K::Invalid => Self::unprocessable(other.to_string(), Vec::new()),
                 K::Conflict => Self::new(StatusCode::CONFLICT, other.to_string()),
                 K::Forbidden => Self::forbidden(),
+                K::NotFound => Self::not_found("row"),
                 K::Unavailable => {
                     tracing::error!(error = %other, "write path unavailable");
                     ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later") }
@@ -239,8 +240,9 @@ impl From<query::QueryError> for ApiError {
         match e {
             E::Forbidden => Self::forbidden(),
             E::NotAllowed(_) | E::Invalid(_) => Self::bad_request(e.to_string()),
-            E::MemoryLimit(_) | E::Timeout(_) | E::TooLarge(_) => Self::unprocessable(e.to_string(), Vec::new()),
+            E::MemoryLimit(_) | E::Timeout(_) | E::TooLarge(_) | E::Limit(_) => Self::unprocessable(e.to_string(), Vec::new()),
             E::Busy => ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()) },
+            E::Overloaded => ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) },
             E::Internal(ref detail) => {
                 // The detail may name paths and members: the log only.
                 tracing::error!(error = %detail, "query failed");

@@ -223,8 +223,7 @@ pub(super) async fn ingest(
         metrics::counter!("trove_ingest_rows_total", "dataset" => name.to_string(), "result" => "refused").increment(rows as u64);
         e
     };
-    validate::authorize_rows(&schema, &batch, grant_of).map_err(refused)?;
-    let batch = validate::check_event_time(&schema, batch, now_secs()).map_err(refused)?;
+    let batch = validate::check_new_rows(&schema, batch, grant_of, now_secs()).map_err(refused)?;
     metrics::histogram!("trove_ingest_batch_rows").record(rows as f64);
     state.ingester.write(schema, env, connection.id, batch, claim.as_ref(), false).await?;
     if let Some(claim) = claim {

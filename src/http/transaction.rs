@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, Request, State};
 use axum::response::Response;
 use catalog::{AccessAction, AccessDecision, DatasetKind, MemberId};
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, RecordBatch};
 use ingest::buffer::PartitionKey;
 use ingest::decode;
 use ingest::validate;
@@ -77,11 +77,15 @@ pub(super) async fn add(
     let schema = state.ingester.schema(&dataset);
     let batch = decode::decode_objects(&schema, &rows).map_err(ingest::IngestError::from)?;
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
-    if let Err(e) = validate::authorize_rows(&schema, &batch, |m| (m == uid).then_some(grant)) {
-        state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
-        return Err(e.into());
-    }
-    let batch = validate::check_event_time(&schema, batch, now_ms() / 1000)?;
+    let batch = match validate::check_new_rows(&schema, batch, |m| (m == uid).then_some(grant), now_ms() / 1000) {
+        Ok(batch) => batch,
+        Err(e) => {
+            if e.kind() == ingest::ErrorKind::Forbidden {
+                state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
+            }
+            return Err(e.into());
+        }
+    };
     let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None, true).await?;
     let log = call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed);
     state.catalog.record_access(&[log]).await?;
@@ -118,7 +122,7 @@ pub(super) async fn update(
     if fields.contains_key("member_uid") {
         return Err(ApiError::unprocessable("member_uid cannot change", Vec::new()));
     }
-    let names_instance = fields.contains_key("instance");
+    let sets_instance = fields.contains_key("instance");
     fields.insert("member_uid".into(), json!(uid.get()));
     let schema = state.ingester.schema(&dataset);
     let update = decode::decode_objects(&schema, std::slice::from_ref(&fields)).map_err(ingest::IngestError::from)?;
@@ -128,21 +132,8 @@ pub(super) async fn update(
         return Err(e.into());
     }
     let key = PartitionKey { env: call.env, dataset: dataset.name.clone(), member: uid };
-    let current = state.ingester.current_row(&key, id).await?.ok_or_else(|| ApiError::not_found("row"))?;
-    // Input column i is stored column i, or i + 2 past the reserved id and version.
-    let merged: Vec<ArrayRef> = update
-        .columns()
-        .iter()
-        .enumerate()
-        .map(|(i, col)| {
-            let stored = current.column(if i < 2 { i } else { i + 2 });
-            let keep_current = (i == 1 && !names_instance) || (i >= 2 && col.is_null(0));
-            if keep_current { stored.clone() } else { col.clone() }
-        })
-        .collect();
-    let merged = RecordBatch::try_new(schema.input.clone(), merged).map_err(ingest::IngestError::from)?;
-    let merged = validate::check_event_time(&schema, merged, now_ms() / 1000)?;
-    state.ingester.update(schema, call.env, call.scope.agreement.connection_id, merged, vec![id]).await?;
+    let update = ingest::RowUpdate { key, id, connection: call.scope.agreement.connection_id, fields: update, sets_instance };
+    state.ingester.update_row(schema, update, now_ms() / 1000).await?;
     let log = call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed);
     state.catalog.record_access(&[log]).await?;
     Ok(answer(call.format, json!({"success": 1})))

@@ -162,18 +162,19 @@ impl Catalog {
         })
     }
 
-    /// Edits the terms. A draft is edited in place; a requested revision returns to draft;
-    /// an approved or live connection gets a new draft revision while the approved one
-    /// keeps serving.
+    /// Edits the terms. A draft is edited in place; a requested revision returns to draft
+    /// under the next version number, so that an approval naming the version the operator
+    /// reviewed (`approve_connection`) cannot approve terms edited since; an approved or live
+    /// connection gets a new draft revision while the approved one keeps serving.
     pub async fn edit_connection(&self, id: ConnectionId, terms: ConnectionTerms) -> Result<Connection> {
         let terms = normalize_terms(terms, &self.datasets().await?)?;
         let current = self.connection(id).await?;
         let latest = current.latest();
         let now = now_ms();
         let done = match latest.state {
-            RevisionState::Draft | RevisionState::Requested => sqlx::query(
-                "UPDATE connection_revisions SET terms = $1, state = 'draft', updated_at = $2 \
-                 WHERE connection_id = $3 AND version = $4 AND state IN ('draft', 'requested')",
+            RevisionState::Draft => sqlx::query(
+                "UPDATE connection_revisions SET terms = $1, updated_at = $2 \
+                 WHERE connection_id = $3 AND version = $4 AND state = 'draft'",
             )
             .bind(to_json(&terms))
             .bind(now)
@@ -181,6 +182,19 @@ impl Catalog {
             .bind(latest.version)
             .execute(&self.pool)
             .await?
+            .rows_affected(),
+            // Never approved, so no agreement names this version: it may move.
+            RevisionState::Requested => sqlx::query(
+                "UPDATE connection_revisions SET version = version + 1, terms = $1, state = 'draft', updated_at = $2 \
+                 WHERE connection_id = $3 AND version = $4 AND state = 'requested'",
+            )
+            .bind(to_json(&terms))
+            .bind(now)
+            .bind(id.get())
+            .bind(latest.version)
+            .execute(&self.pool)
+            .await
+            .map_err(|_| CatalogError::conflict("the connection changed meanwhile; retry"))?
             .rows_affected(),
             // The primary key makes a concurrent second "new revision" fail instead of forking.
             RevisionState::Approved | RevisionState::Superseded => sqlx::query(
@@ -230,10 +244,16 @@ impl Catalog {
 
     /// The operator approves the requested revision; it becomes the serving one. On the first
     /// approval the connection is deployed on the sandbox with a new `nid` and connection key
-    /// (returned once); later approvals keep both.
-    pub async fn approve_connection(&self, id: ConnectionId) -> Result<(Connection, Option<Secret>)> {
+    /// (returned once); later approvals keep both. With `expected`, the revision waiting must
+    /// still be that version (the one the operator reviewed): an edit since is a conflict.
+    pub async fn approve_connection(&self, id: ConnectionId, expected: Option<i64>) -> Result<(Connection, Option<Secret>)> {
         let current = self.connection(id).await?;
         let version = current.latest().version;
+        if let Some(expected) = expected
+            && expected != version
+        {
+            return Err(CatalogError::conflict(format!("the revision waiting for approval is version {version}, not {expected}")));
+        }
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE connection_revisions SET state = 'approved', updated_at = $1 \

@@ -1,0 +1,228 @@
+//! What bounds one SQL query's work besides the memory pool, the deadline and the answer
+//! caps of [`crate::engine`]: the shape of the statement (checked on the syntax tree before
+//! anything is planned), the size of the plan (checked before it is optimized, which would
+//! copy a plan grown by nested CTEs), memory for the value-building functions of
+//! [`crate::functions`], and the input of window operators, which DataFusion buffers
+//! without telling the memory pool.
+//!
+//! | cap | value | why |
+//! |---|---|---|
+//! | table references in the statement | [`MAX_TABLE_REFERENCES`] | each is a scan that materialises what it reads |
+//! | `SELECT`s in the statement | [`MAX_SELECTS`] | a union of thousands plans for seconds |
+//! | expressions in the statement | [`MAX_EXPRESSIONS`] | planning time |
+//! | nodes of the plan, subqueries included | [`MAX_PLAN_NODES`] | nested CTEs double a plan per level |
+//! | scans in the plan | [`MAX_TABLE_REFERENCES`] | as above, after CTEs are expanded |
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::Result as DfResult;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, Select, Statement, Visit, Visitor};
+use futures::StreamExt;
+
+use crate::QueryError;
+use crate::functions::{GROWING, MAX_OUTPUT_BYTES};
+
+/// Most table references (and scans, after CTEs are expanded) in one query.
+pub const MAX_TABLE_REFERENCES: usize = 64;
+/// Most `SELECT`s in one statement.
+pub const MAX_SELECTS: usize = 256;
+/// Most expressions in one statement (an `IN` list of 10,000 members is 10,001).
+pub const MAX_EXPRESSIONS: usize = 100_000;
+/// Most nodes of a query's plan, subqueries included.
+pub const MAX_PLAN_NODES: usize = 2_000;
+/// Most expression nodes visited while sizing a plan (its expressions, once per copy).
+const MAX_PLAN_EXPRESSIONS: usize = 1_000_000;
+
+fn too_complex(what: String) -> QueryError {
+    QueryError::Limit(format!("the query is too complex: {what}"))
+}
+
+/// Refuses a statement past the caps on table references, `SELECT`s and expressions,
+/// before it is planned.
+pub fn check_statement_shape(statement: &Statement) -> Result<(), QueryError> {
+    #[derive(Default)]
+    struct Shape {
+        tables: usize,
+        selects: usize,
+        expressions: usize,
+    }
+    impl Visitor for Shape {
+        type Break = QueryError;
+
+        fn pre_visit_relation(&mut self, _: &ObjectName) -> ControlFlow<QueryError> {
+            self.tables += 1;
+            if self.tables > MAX_TABLE_REFERENCES {
+                return ControlFlow::Break(too_complex(format!("more than {MAX_TABLE_REFERENCES} table references")));
+            }
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_select(&mut self, _: &Select) -> ControlFlow<QueryError> {
+            self.selects += 1;
+            if self.selects > MAX_SELECTS {
+                return ControlFlow::Break(too_complex(format!("more than {MAX_SELECTS} SELECTs")));
+            }
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<QueryError> {
+            self.expressions += 1;
+            if self.expressions > MAX_EXPRESSIONS {
+                return ControlFlow::Break(too_complex(format!("more than {MAX_EXPRESSIONS} expressions")));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Shape::default()) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Sizes a plan before it is optimized: refuses it past the caps on nodes and scans, and
+/// returns how many calls of value-building functions it makes.
+pub fn check_plan(plan: &LogicalPlan) -> Result<usize, QueryError> {
+    let (mut nodes, mut scans, mut expressions, mut growing) = (0usize, 0usize, 0usize, 0usize);
+    let mut refusal = None;
+    let mut stop = |e: QueryError| {
+        refusal.get_or_insert(e);
+        Ok(TreeNodeRecursion::Stop)
+    };
+    let walked = plan.apply_with_subqueries(|node| {
+        nodes += 1;
+        if nodes > MAX_PLAN_NODES {
+            return stop(too_complex(format!("its plan has more than {MAX_PLAN_NODES} steps")));
+        }
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            scans += 1;
+            if scans > MAX_TABLE_REFERENCES {
+                return stop(too_complex(format!("it reads tables more than {MAX_TABLE_REFERENCES} times")));
+            }
+        }
+        let mut over = false;
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                expressions += 1;
+                if expressions > MAX_PLAN_EXPRESSIONS {
+                    over = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                if let Expr::ScalarFunction(f) = e
+                    && GROWING.contains(&f.func.name())
+                {
+                    growing += 1;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        if over {
+            return stop(too_complex(format!("its plan has more than {MAX_PLAN_EXPRESSIONS} expressions")));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Some(e) = refusal {
+        return Err(e);
+    }
+    walked.map_err(|e| QueryError::Invalid(e.to_string()))?;
+    Ok(growing)
+}
+
+/// Reserves, from the query's memory, what `calls` value-building calls may hold at once:
+/// one batch's worth ([`MAX_OUTPUT_BYTES`]) per call and partition.
+pub fn reserve_for_functions(pool: &Arc<dyn MemoryPool>, calls: usize, partitions: usize) -> Result<MemoryReservation, QueryError> {
+    let reservation = MemoryConsumer::new("trove value-building functions").register(pool);
+    let each = MAX_OUTPUT_BYTES * partitions.max(1);
+    reservation.try_grow(calls * each).map_err(|_| {
+        let limit = pool.memory_limit();
+        let fit = match limit {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => (bytes / each).to_string(),
+            _ => "all".into(),
+        };
+        QueryError::Limit(format!(
+            "the query calls value-building functions (repeat, lpad, rpad, concat, concat_ws, ||) {calls} times; each call holds {} MiB of the query's memory and {fit} fit",
+            each >> 20
+        ))
+    })?;
+    Ok(reservation)
+}
+
+/// `plan` with the input of every window operator metered (see [`Metered`]).
+pub fn meter_windows(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        if !matches!(node.name(), "WindowAggExec") {
+            return Ok(Transformed::no(node));
+        }
+        let children = node.children().into_iter().map(|c| Arc::new(Metered::new(c.clone())) as Arc<dyn ExecutionPlan>).collect();
+        #[expect(deprecated, reason = "replace_children's options are not needed for a same-schema input")]
+        let node = node.with_new_children(children)?;
+        Ok(Transformed::yes(node))
+    })
+    .map(|t| t.data)
+}
+
+/// Passes its input through, counting every batch into the query's memory for as long as
+/// the stream lives: below a `WindowAggExec`, which holds its whole input until the input
+/// ends and tells no memory pool (a window over a cross join of generated rows would grow
+/// without bound).
+#[derive(Debug)]
+pub struct Metered {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl Metered {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Metered {
+        Metered { input }
+    }
+}
+
+impl DisplayAs for Metered {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Metered")
+    }
+}
+
+impl ExecutionPlan for Metered {
+    fn name(&self) -> &str {
+        "Metered"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Metered::new(children.swap_remove(0))))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let schema = input.schema();
+        let reservation = MemoryConsumer::new("trove window input").register(context.memory_pool());
+        let counted = input.map(move |batch| {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            Ok(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
+    }
+}
