@@ -114,6 +114,19 @@ pub struct ServeConfig {
     #[arg(long, env = "TROVE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// A request body that sends nothing for this long is cut off with 408 (humantime).
+    #[arg(long, env = "TROVE_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_idle_timeout: Duration,
+
+    /// A request body that takes longer than this in all is cut off with 408 (humantime).
+    #[arg(long, env = "TROVE_BODY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// A request's headers must arrive within this, which also closes keep-alive
+    /// connections idle this long (humantime).
+    #[arg(long, env = "TROVE_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
     #[command(flatten)]
     pub ingest: IngestArgs,
 
@@ -149,9 +162,19 @@ pub struct QueryArgs {
     #[arg(long, env = "TROVE_QUERY_FILE_CACHE_BYTES", default_value_t = 1 << 30)]
     pub query_file_cache_bytes: usize,
 
-    /// Queries one subscriber may run at once; more get 429 with `Retry-After`.
+    /// Queries one subscriber may run at once (either read door); more get 429 with
+    /// `Retry-After`.
     #[arg(long, env = "TROVE_QUERY_CONCURRENCY", default_value_t = 4)]
     pub query_concurrency: usize,
+
+    /// Queries all subscribers may run at once; more get 503 with `Retry-After`.
+    #[arg(long, env = "TROVE_QUERY_CONCURRENCY_TOTAL", default_value_t = 16)]
+    pub query_concurrency_total: usize,
+
+    /// An answer whose client takes no byte for this long is cut off and its connection
+    /// closed, which ends its query (humantime; `--query-timeout` stays the total deadline).
+    #[arg(long, env = "TROVE_QUERY_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub query_idle_timeout: Duration,
 }
 
 impl QueryArgs {
@@ -163,6 +186,7 @@ impl QueryArgs {
             max_rows: self.query_max_rows,
             max_bytes: self.query_max_bytes,
             per_subscriber: self.query_concurrency,
+            total: self.query_concurrency_total,
             file_cache_bytes: self.query_file_cache_bytes,
             ..query::QueryConfig::default()
         }
@@ -210,7 +234,12 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_MAX_INGEST_BYTES", default_value_t = 64 << 20)]
     pub max_ingest_bytes: usize,
 
-    /// Bytes of ingest bodies read and decoded at once, over all requests: more get 429
+    /// Most rows in one `POST /v1/ingest/{dataset}` body (or one Mydex add); more get 413.
+    #[arg(long, env = "TROVE_MAX_INGEST_ROWS", default_value_t = 1_000_000)]
+    pub max_ingest_rows: usize,
+
+    /// Bytes of ingest bodies read and decoded at once, over all requests (a body by its
+    /// declared length, or as it arrives, plus its decoded rows as they grow): more get 429
     /// with `Retry-After` at once, so concurrent large bodies cannot exhaust memory.
     #[arg(long, env = "TROVE_INGEST_INFLIGHT_BYTES", default_value_t = 256 << 20)]
     pub ingest_inflight_bytes: usize,

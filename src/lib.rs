@@ -88,8 +88,13 @@ pub struct Settings {
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
     pub max_ingest_bytes: usize,
-    /// Total bytes of ingest bodies in flight at once; more waits for nobody: 429.
+    /// Most rows in one ingest body (413 past it).
+    pub max_ingest_rows: usize,
+    /// Total bytes of ingest bodies and their decoded rows in flight at once; more waits
+    /// for nobody: 429.
     pub ingest_inflight_bytes: usize,
+    /// How long a request body may take.
+    pub body: http::body::BodyLimits,
 }
 
 /// The object store of a location: a local directory, or S3 (endpoint, region and
@@ -174,22 +179,26 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         token_ttl: config.token_ttl,
         max_body_bytes: config.max_body_bytes,
         max_ingest_bytes: config.ingest.max_ingest_bytes,
+        max_ingest_rows: config.ingest.max_ingest_rows,
         ingest_inflight_bytes: config.ingest.ingest_inflight_bytes,
+        body: http::body::BodyLimits { idle: config.body_idle_timeout, total: config.body_timeout },
     };
+    let limits = http::listen::ConnectionLimits { header_timeout: config.header_timeout, write_idle: config.query.query_idle_timeout };
     tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
-    serve_on(listener, app(catalog, ingester.clone(), store, config.query.config(), settings)?, shutdown).await?;
+    serve_on(listener, app(catalog, ingester.clone(), store, config.query.config(), settings)?, limits, shutdown).await?;
     ingester.shutdown().await?;
     tracing::info!("every acknowledged row is in Parquet");
     Ok(())
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve_on<L>(listener: L, router: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+/// Serves `router` on `listener` until `shutdown` (see [`http::listen`]).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: http::listen::ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    http::listen::serve(listener, router, limits, shutdown).await;
     tracing::info!("trove stopped");
     Ok(())
 }

@@ -57,13 +57,43 @@ pub enum DecodeError {
     Malformed(String),
     /// Rows that do not fit the schema; 422.
     Rows(Vec<RowError>),
+    /// More rows than one body may hold (the limit); 413.
+    TooManyRows(usize),
+    /// The decoded columns need more memory than the budget grants now; 429.
+    OverBudget,
 }
 
-/// Decodes `body` into one batch of `schema.input`.
+/// What decoding one body may take. Columns decoded from a body can be far larger than
+/// it (a row of `1\n` into a dataset of 28 columns is 8 bytes a column), so the decoder asks
+/// for memory as they grow.
+pub struct Budget<'a> {
+    /// Most rows in one body.
+    pub max_rows: usize,
+    /// Asked, every few thousand rows and before large allocations, whether the decoded
+    /// columns may hold this many bytes in all; `false` refuses the body.
+    pub memory: &'a mut dyn FnMut(usize) -> bool,
+}
+
+impl std::fmt::Debug for Budget<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget").field("max_rows", &self.max_rows).finish_non_exhaustive()
+    }
+}
+
+/// How often (in rows) decoding asks its budget for memory.
+const BUDGET_EVERY_ROWS: usize = 1024;
+
+/// Decodes `body` into one batch of `schema.input`, without a limit on rows or memory (for
+/// bodies already bounded, tests and benches).
 pub fn decode(schema: &DatasetSchema, format: Format, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+    decode_within(schema, format, body, &mut Budget { max_rows: usize::MAX, memory: &mut |_| true })
+}
+
+/// Decodes `body` into one batch of `schema.input` within `budget`.
+pub fn decode_within(schema: &DatasetSchema, format: Format, body: &[u8], budget: &mut Budget<'_>) -> Result<RecordBatch, DecodeError> {
     match format {
         Format::Ndjson => {
-            let mut rows = RowsBuilder::new(schema);
+            let mut rows = RowsBuilder::new(schema, budget);
             for (i, line) in body.split(|b| *b == b'\n').enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -73,20 +103,25 @@ pub fn decode(schema: &DatasetSchema, format: Format, body: &[u8]) -> Result<Rec
                     .deserialize(&mut de)
                     .and_then(|()| de.end())
                     .map_err(|e| DecodeError::Malformed(format!("line {}: {}", i + 1, strip_value(&e))))?;
+                if let Some(e) = rows.stop.take() {
+                    return Err(e);
+                }
             }
             rows.finish()
         }
         Format::JsonArray => {
-            let mut rows = RowsBuilder::new(schema);
+            let mut rows = RowsBuilder::new(schema, budget);
             let mut de = serde_json::Deserializer::from_slice(body);
-            ArraySeed { rows: &mut rows }
-                .deserialize(&mut de)
-                .and_then(|()| de.end())
-                .map_err(|e| DecodeError::Malformed(strip_value(&e).to_string()))?;
+            let read = ArraySeed { rows: &mut rows }.deserialize(&mut de).and_then(|()| de.end());
+            // A limit stops the array early, which the parser then calls malformed.
+            if let Some(e) = rows.stop.take() {
+                return Err(e);
+            }
+            read.map_err(|e| DecodeError::Malformed(strip_value(&e).to_string()))?;
             rows.finish()
         }
-        Format::Csv => decode_csv(schema, body),
-        Format::ArrowIpc => decode_ipc(schema, body),
+        Format::Csv => decode_csv(schema, body, budget),
+        Format::ArrowIpc => decode_ipc(schema, body, budget),
     }
 }
 
@@ -96,7 +131,7 @@ fn strip_value(e: &serde_json::Error) -> String {
 }
 
 /// Column builders for one batch, plus the problems found so far.
-struct RowsBuilder<'a> {
+struct RowsBuilder<'a, 'b> {
     schema: &'a DatasetSchema,
     columns: Vec<Column>,
     index: HashMap<&'a str, usize>,
@@ -104,6 +139,14 @@ struct RowsBuilder<'a> {
     set: Vec<bool>,
     errors: Vec<RowError>,
     rows: usize,
+    max_rows: usize,
+    /// See [`Budget::memory`].
+    memory: &'b mut dyn FnMut(usize) -> bool,
+    /// Bytes a row takes in the builders besides its text.
+    row_bytes: usize,
+    text_bytes: usize,
+    /// Why decoding stops early (a limit), once known.
+    stop: Option<DecodeError>,
 }
 
 enum Column {
@@ -137,12 +180,24 @@ impl Column {
         }
     }
 
-    /// Appends one cell, converting as CONTRACT.md says; `Err` holds the reason.
-    fn append(&mut self, cell: Cell<'_>) -> Result<(), &'static str> {
+    /// Bytes one value takes in this column's builder, text aside (its offset, or its
+    /// value), plus a byte of validity (generous: a bit is needed).
+    fn row_bytes(&self) -> usize {
+        1 + match self {
+            Column::Int(_) | Column::Float(_) => 8,
+            Column::Decimal(_) => 16,
+            Column::Text { .. } => 4,
+            Column::Bool(_) => 1,
+        }
+    }
+
+    /// Appends one cell, converting as CONTRACT.md says: the text bytes it added, or the
+    /// reason it was refused.
+    fn append(&mut self, cell: Cell<'_>) -> Result<usize, &'static str> {
         match (self, cell) {
             (c, Cell::Null) => {
                 c.append_null();
-                Ok(())
+                Ok(0)
             }
             (Column::Int(b), cell) => {
                 let v = match cell {
@@ -152,7 +207,7 @@ impl Column {
                     _ => None,
                 };
                 b.append_value(v.ok_or("expected a 64-bit integer")?);
-                Ok(())
+                Ok(0)
             }
             (Column::Float(b), cell) => {
                 let v = match cell {
@@ -163,7 +218,7 @@ impl Column {
                     _ => None,
                 };
                 b.append_value(v.filter(|f| f.is_finite()).ok_or("expected a number")?);
-                Ok(())
+                Ok(0)
             }
             (Column::Decimal(b), cell) => {
                 let text: Cow<'_, str> = match cell {
@@ -174,7 +229,7 @@ impl Column {
                     _ => return Err("expected a decimal with at most 2 places"),
                 };
                 b.append_value(parse_cents(text.trim()).ok_or("expected a decimal with at most 2 places")? as i128);
-                Ok(())
+                Ok(0)
             }
             (Column::Bool(b), cell) => {
                 let v = match cell {
@@ -189,7 +244,7 @@ impl Column {
                     _ => None,
                 };
                 b.append_value(v.ok_or("expected a boolean")?);
-                Ok(())
+                Ok(0)
             }
             (Column::Text { b, max, json }, cell) => {
                 let text: Cow<'_, str> = match (cell, *json) {
@@ -209,8 +264,9 @@ impl Column {
                 if text.len() > *max {
                     return Err("value too long");
                 }
+                let added = text.len();
                 b.append_value(text);
-                Ok(())
+                Ok(added)
             }
         }
     }
@@ -231,8 +287,8 @@ pub(crate) fn parse_cents(s: &str) -> Option<i64> {
     Some(if neg { -cents } else { cents })
 }
 
-impl<'a> RowsBuilder<'a> {
-    fn new(schema: &'a DatasetSchema) -> Self {
+impl<'a, 'b> RowsBuilder<'a, 'b> {
+    fn new(schema: &'a DatasetSchema, budget: &'b mut Budget<'_>) -> Self {
         let columns = schema
             .input
             .fields()
@@ -252,7 +308,9 @@ impl<'a> RowsBuilder<'a> {
             .collect::<Vec<_>>();
         let index = schema.input.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
         let set = vec![false; columns.len()];
-        RowsBuilder { schema, columns, index, set, errors: Vec::new(), rows: 0 }
+        let row_bytes = columns.iter().map(Column::row_bytes).sum();
+        let (max_rows, memory) = (budget.max_rows, &mut *budget.memory);
+        RowsBuilder { schema, columns, index, set, errors: Vec::new(), rows: 0, max_rows, memory, row_bytes, text_bytes: 0, stop: None }
     }
 
     fn error(&mut self, row: usize, field: Option<&str>, reason: &str) {
@@ -271,9 +329,12 @@ impl<'a> RowsBuilder<'a> {
             self.error(row, Some(key), "given twice");
             return;
         }
-        if let Err(reason) = self.columns[i].append(cell) {
-            self.columns[i].append_null();
-            self.error(row, Some(key), reason);
+        match self.columns[i].append(cell) {
+            Ok(added) => self.text_bytes += added,
+            Err(reason) => {
+                self.columns[i].append_null();
+                self.error(row, Some(key), reason);
+            }
         }
     }
 
@@ -285,9 +346,17 @@ impl<'a> RowsBuilder<'a> {
             }
         }
         self.rows += 1;
+        if self.rows > self.max_rows {
+            self.stop.get_or_insert(DecodeError::TooManyRows(self.max_rows));
+        } else if self.rows.is_multiple_of(BUDGET_EVERY_ROWS) && !(self.memory)(self.rows * self.row_bytes + self.text_bytes) {
+            self.stop.get_or_insert(DecodeError::OverBudget);
+        }
     }
 
     fn finish(mut self) -> Result<RecordBatch, DecodeError> {
+        if let Some(e) = self.stop.take() {
+            return Err(e);
+        }
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
         finish_batch(self.schema, arrays, self.errors)
     }
@@ -381,19 +450,19 @@ impl<'de> de::Deserialize<'de> for Cell<'de> {
 }
 
 /// One row object, appended straight into the builders.
-struct RowSeed<'b, 'a> {
-    rows: &'b mut RowsBuilder<'a>,
+struct RowSeed<'r, 'a, 'b> {
+    rows: &'r mut RowsBuilder<'a, 'b>,
     row: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed<'_, '_> {
+impl<'de> Visitor<'de> for RowSeed<'_, '_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object per row")
@@ -409,18 +478,18 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
 }
 
 /// A JSON array of row objects.
-struct ArraySeed<'b, 'a> {
-    rows: &'b mut RowsBuilder<'a>,
+struct ArraySeed<'r, 'a, 'b> {
+    rows: &'r mut RowsBuilder<'a, 'b>,
 }
 
-impl<'de> DeserializeSeed<'de> for ArraySeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for ArraySeed<'_, '_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
+impl<'de> Visitor<'de> for ArraySeed<'_, '_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON array of row objects")
@@ -429,7 +498,8 @@ impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
         let mut row = 0;
         loop {
             row += 1;
-            if seq.next_element_seed(RowSeed { rows: self.rows, row })?.is_none() {
+            // Past a limit the rest is not decoded; `finish` reports the limit.
+            if self.rows.stop.is_some() || seq.next_element_seed(RowSeed { rows: self.rows, row })?.is_none() {
                 return Ok(());
             }
         }
@@ -437,8 +507,12 @@ impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
 }
 
 /// Rows given as JSON objects (the Mydex transaction API): the same checks as a body.
-pub fn decode_objects(schema: &DatasetSchema, rows: &[serde_json::Map<String, serde_json::Value>]) -> Result<RecordBatch, DecodeError> {
-    let mut builder = RowsBuilder::new(schema);
+pub fn decode_objects(
+    schema: &DatasetSchema,
+    rows: &[serde_json::Map<String, serde_json::Value>],
+    budget: &mut Budget<'_>,
+) -> Result<RecordBatch, DecodeError> {
+    let mut builder = RowsBuilder::new(schema, budget);
     for (i, row) in rows.iter().enumerate() {
         for (key, value) in row {
             let cell = match value {
@@ -451,15 +525,18 @@ pub fn decode_objects(schema: &DatasetSchema, rows: &[serde_json::Map<String, se
             builder.cell(i + 1, key, cell);
         }
         builder.end_row();
+        if builder.stop.is_some() {
+            break;
+        }
     }
     builder.finish()
 }
 
 /// CSV with a header row of field names; an empty cell is null (RFC 4180 quoting).
-fn decode_csv(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+fn decode_csv(schema: &DatasetSchema, body: &[u8], budget: &mut Budget<'_>) -> Result<RecordBatch, DecodeError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(body);
     let headers = reader.headers().map_err(|_| DecodeError::Malformed("CSV without a header row".into()))?.clone();
-    let mut rows = RowsBuilder::new(schema);
+    let mut rows = RowsBuilder::new(schema, budget);
     let mut record = csv::StringRecord::new();
     let mut row = 0;
     loop {
@@ -474,6 +551,9 @@ fn decode_csv(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, Decode
             rows.cell(row, key, cell);
         }
         rows.end_row();
+        if let Some(e) = rows.stop.take() {
+            return Err(e);
+        }
     }
     rows.finish()
 }
@@ -488,7 +568,7 @@ fn csv_reason(e: &csv::Error) -> &'static str {
 
 /// An Arrow IPC stream whose schema uses the dataset's names and types; columns it leaves
 /// out are null, extra or mistyped ones are refused.
-fn decode_ipc(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, DecodeError> {
+fn decode_ipc(schema: &DatasetSchema, body: &[u8], budget: &mut Budget<'_>) -> Result<RecordBatch, DecodeError> {
     let (given, batches) = read_ipc(body).map_err(|reason| DecodeError::Malformed(reason.into()))?;
     let mut errors = Vec::new();
     let mut mapping = Vec::with_capacity(given.fields().len());
@@ -510,8 +590,18 @@ fn decode_ipc(schema: &DatasetSchema, body: &[u8]) -> Result<RecordBatch, Decode
     // claim any), and null columns are allocated for it: a row's member uid alone takes 8
     // bytes of the body, as buffers are not compressed.
     let most = body.len() / 8;
-    if batches.iter().try_fold(0usize, |n, b| n.checked_add(b.num_rows()).filter(|n| *n <= most)).is_none() {
+    let Some(rows) = batches.iter().try_fold(0usize, |n, b| n.checked_add(b.num_rows()).filter(|n| *n <= most)) else {
         return Err(DecodeError::Malformed("more rows than the body holds".into()));
+    };
+    if rows > budget.max_rows {
+        return Err(DecodeError::TooManyRows(budget.max_rows));
+    }
+    // What the read batches hold, their concatenation, and the null columns the stream
+    // leaves out: asked for before it is allocated.
+    let read: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let row_bytes: usize = schema.input.fields().iter().map(|f| 1 + f.data_type().primitive_width().unwrap_or(4)).sum();
+    if !(budget.memory)(2 * read + rows * row_bytes) {
+        return Err(DecodeError::OverBudget);
     }
     let batch = datafusion::arrow::compute::concat_batches(&given, &batches).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let rows = batch.num_rows();
@@ -608,9 +698,13 @@ fn check_ipc_lengths(body: &[u8]) -> Result<(), &'static str> {
         let len = usize::try_from(len).map_err(|_| MALFORMED)?;
         let message = body.get(at..at + len).and_then(|m| root_as_message(m).ok()).ok_or(MALFORMED)?;
         at += len;
+        // No field of a dataset is dictionary-encoded, and arrow-ipc concatenates every
+        // delta dictionary onto the last (quadratic in the stream): refused before reading.
+        if message.header_type() == MessageHeader::DictionaryBatch {
+            return Err("dictionary-encoded Arrow IPC columns are not accepted; send plain columns");
+        }
         let batch = match message.header_type() {
             MessageHeader::RecordBatch => message.header_as_record_batch(),
-            MessageHeader::DictionaryBatch => message.header_as_dictionary_batch().and_then(|d| d.data()),
             _ => None,
         };
         if batch.is_some_and(|b| b.compression().is_some()) {

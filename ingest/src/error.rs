@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The row to update does not exist (404).
     NotFound,
+    /// The body is past a size limit (413).
+    TooLarge,
     /// The same `Idempotency-Key` is still being written (409).
     Conflict,
     /// Under pressure: retry later (429/503 with `Retry-After`).
@@ -44,6 +46,8 @@ pub enum IngestError {
     Forbidden,
     #[error("no such row")]
     NoSuchRow,
+    #[error("{0}")]
+    TooLarge(String),
     #[error("a write with this Idempotency-Key is still in flight")]
     InFlight,
     #[error("this Idempotency-Key was used with another body")]
@@ -73,6 +77,7 @@ impl IngestError {
             IngestError::Invalid { .. } | IngestError::KeyReused => ErrorKind::Invalid,
             IngestError::InFlight => ErrorKind::Conflict,
             IngestError::NoSuchRow => ErrorKind::NotFound,
+            IngestError::TooLarge(_) => ErrorKind::TooLarge,
             IngestError::Rows { forbidden: false, .. } => ErrorKind::Invalid,
             IngestError::Rows { forbidden: true, .. } | IngestError::Forbidden => ErrorKind::Forbidden,
             IngestError::Overloaded { .. } => ErrorKind::Overloaded,
@@ -89,6 +94,10 @@ impl From<crate::decode::DecodeError> for IngestError {
         match e {
             crate::decode::DecodeError::Malformed(m) => IngestError::Malformed(m),
             crate::decode::DecodeError::Rows(rows) => IngestError::Rows { rows, forbidden: false },
+            crate::decode::DecodeError::TooManyRows(most) => {
+                IngestError::TooLarge(format!("the body holds more than {most} rows; send at most that many in one request"))
+            }
+            crate::decode::DecodeError::OverBudget => IngestError::Overloaded { retry_after_secs: 1 },
         }
     }
 }

@@ -85,13 +85,88 @@ struct Admitted {
     format: Format,
     content_type: String,
     request_key: Option<String>,
-    /// The body's share of the bytes in flight, held until the write is answered.
-    _body_permit: tokio::sync::OwnedSemaphorePermit,
+    /// The body's share of the bytes in flight (its declared length), grown as a body of
+    /// unknown length arrives and as it is decoded, held until the write is answered.
+    memory: InFlight,
+}
+
+/// A request's share of the bytes of ingest bodies in flight (`--ingest-inflight-bytes`,
+/// in KiB permits): what its body and its decoded rows take. Growing past what is free
+/// refuses the request (429) rather than waiting.
+pub(super) struct InFlight {
+    budget: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Bytes held for the body itself; decoding asks for more on top.
+    body: usize,
+}
+
+impl InFlight {
+    /// A share of `bytes` now, or `None` if the budget has not that much free.
+    pub(super) fn take(budget: &Arc<tokio::sync::Semaphore>, bytes: usize) -> Option<InFlight> {
+        let mut share = InFlight { budget: budget.clone(), held: None, body: bytes };
+        share.grow_to(bytes).then_some(share)
+    }
+
+    fn kib(bytes: usize) -> usize {
+        bytes.div_ceil(1024)
+    }
+
+    /// Holds at least `bytes` in all; false if the budget has not the rest free.
+    fn grow_to(&mut self, bytes: usize) -> bool {
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits());
+        let want = Self::kib(bytes);
+        if want <= held {
+            return true;
+        }
+        let Ok(more) = u32::try_from(want - held) else { return false };
+        match self.budget.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                match &mut self.held {
+                    Some(p) => p.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// For a body of unknown length: it has now sent `bytes`.
+    fn body_at(&mut self, bytes: usize) -> bool {
+        self.body = self.body.max(bytes);
+        self.grow_to(bytes)
+    }
+
+    /// Decoding asks: the decoded columns hold `bytes`, besides the body.
+    pub(super) fn decoded(&mut self, bytes: usize) -> bool {
+        self.grow_to(self.body + bytes)
+    }
+}
+
+/// Reads an ingest body of at most `limit` bytes, counting a body of unknown length into
+/// `memory` as it arrives (429 once the budget is spent; 413 past the limit; 408 if it is
+/// too slow, see [`super::body`]).
+async fn read_body(body: axum::body::Body, limit: usize, memory: &mut InFlight) -> ApiResult<axum::body::Bytes> {
+    use http_body::Body as _;
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| super::body::refusal(&e, limit))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if out.len() + data.len() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes")));
+        }
+        if !memory.body_at(out.len() + data.len()) {
+            return Err(ingest::IngestError::Overloaded { retry_after_secs: 1 }.into());
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out.freeze())
 }
 
 /// Everything a write is refused for before its body is read: credentials, the agreement,
-/// pressure (a full buffer, or too many body bytes already in flight: a body of unknown
-/// length counts as the largest allowed), the dataset, and the headers.
+/// pressure (a full buffer, or too many body bytes already in flight: a body counts by its
+/// declared length, or as it arrives when it declares none), the dataset, and the headers.
 async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, headers: &HeaderMap) -> ApiResult<Admitted> {
     // Everything below is decided as of now: a revocation committed before this point holds.
     state.auth_cache.refresh(&state.catalog).await?;
@@ -101,14 +176,9 @@ async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, hea
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(state.settings.max_ingest_bytes)
+        .unwrap_or(0)
         .min(state.settings.max_ingest_bytes);
-    let whole_budget = (state.settings.ingest_inflight_bytes / 1024).max(1);
-    let body_permit = state
-        .ingest_bodies
-        .clone()
-        .try_acquire_many_owned((declared / 1024 + 1).min(whole_budget) as u32)
-        .map_err(|_| ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
+    let memory = InFlight::take(&state.ingest_bodies, declared).ok_or(ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
     let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
     let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
         Ok(d) if d.kind == DatasetKind::Transactional => d,
@@ -129,7 +199,7 @@ async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, hea
             "send application/x-ndjson, application/json, text/csv or application/vnd.apache.arrow.stream",
         )
     })?;
-    Ok(Admitted { connection, name, dataset, format, content_type, request_key, _body_permit: body_permit })
+    Ok(Admitted { connection, name, dataset, format, content_type, request_key, memory })
 }
 
 /// Reads and drops a refused body before the refusal is answered: hyper closes a connection
@@ -176,15 +246,13 @@ pub(super) async fn ingest(
     request: Request,
 ) -> ApiResult<axum::Json<Accepted>> {
     let (parts, body) = request.into_parts();
-    let Admitted { connection, name, dataset, format, content_type, request_key, _body_permit } =
+    let Admitted { connection, name, dataset, format, content_type, request_key, mut memory } =
         match admit(&state, &dataset, q.connection, &parts.headers).await {
             Ok(admitted) => admitted,
             Err(refusal) => return Err(drained(body, state.settings.max_ingest_bytes, refusal).await),
         };
     let env = connection.environment.into();
-    let body = axum::body::to_bytes(body, state.settings.max_ingest_bytes)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))?;
+    let body = read_body(body, state.settings.max_ingest_bytes, &mut memory).await?;
     metrics::counter!("trove_ingest_body_bytes_total", "dataset" => name.to_string()).increment(body.len() as u64);
     // A retry with the same key and body gets the first answer; another body is 422.
     let claim = match request_key {
@@ -199,10 +267,17 @@ pub(super) async fn ingest(
     };
     let schema = state.ingester.schema(&dataset);
     let decode_schema = schema.clone();
-    let batch = tokio::task::spawn_blocking(move || decode::decode(&decode_schema, format, &body))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ingest::IngestError::from)?;
+    let max_rows = state.settings.max_ingest_rows;
+    // The decoded columns count into the request's share as they grow; the share is held
+    // until the write is answered.
+    let (batch, _memory) = tokio::task::spawn_blocking(move || {
+        let mut budget = decode::Budget { max_rows, memory: &mut |bytes| memory.decoded(bytes) };
+        let batch = decode::decode_within(&decode_schema, format, &body, &mut budget);
+        (batch, memory)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let batch = batch.map_err(ingest::IngestError::from)?;
     if batch.num_rows() == 0 {
         if let Some(claim) = claim {
             claim.complete(0, now_secs() * 1000);

@@ -3,11 +3,13 @@
 
 mod admin;
 mod auth;
+pub mod body;
 mod connections;
 pub mod error;
 mod health;
 mod helpers;
 mod ingest;
+pub mod listen;
 mod members;
 mod mydex;
 mod oauth;
@@ -97,12 +99,14 @@ pub fn router(state: AppState) -> axum::Router {
     // Installed before the first request so every request is counted.
     crate::telemetry::metrics_handle();
     let max_body = state.settings.max_body_bytes;
+    let body_limits = state.settings.body;
     api()
         .split_for_parts()
         .0
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(body_limits, body::timed))
         .layer(middleware::from_fn(telemetry_layer))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path template only: query strings carry keys (`key=`, `api_key=`) and must

@@ -219,8 +219,7 @@ fn kind_name(kind: DatasetKind) -> &'static str {
 }
 
 pub(super) async fn body_bytes(state: &AppState, request: Request) -> ApiResult<axum::body::Bytes> {
-    axum::body::to_bytes(request.into_body(), state.settings.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))
+    let limit = state.settings.max_body_bytes;
+    axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| super::body::refusal(&e, limit))
 }
 

@@ -75,7 +75,12 @@ pub(super) async fn add(
         }
     }
     let schema = state.ingester.schema(&dataset);
-    let batch = decode::decode_objects(&schema, &rows).map_err(ingest::IngestError::from)?;
+    // The decoded rows count into the in-flight budget of ingest, as a body's do.
+    let mut memory = super::ingest::InFlight::take(&state.ingest_bodies, 0).ok_or(ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
+    let batch = {
+        let mut budget = decode::Budget { max_rows: state.settings.max_ingest_rows, memory: &mut |bytes| memory.decoded(bytes) };
+        decode::decode_objects(&schema, &rows, &mut budget).map_err(ingest::IngestError::from)?
+    };
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
     let batch = match validate::check_new_rows(&schema, batch, |m| (m == uid).then_some(grant), now_ms() / 1000) {
         Ok(batch) => batch,
@@ -125,7 +130,10 @@ pub(super) async fn update(
     let sets_instance = fields.contains_key("instance");
     fields.insert("member_uid".into(), json!(uid.get()));
     let schema = state.ingester.schema(&dataset);
-    let update = decode::decode_objects(&schema, std::slice::from_ref(&fields)).map_err(ingest::IngestError::from)?;
+    let update = {
+        let mut one_row = decode::Budget { max_rows: 1, memory: &mut |_| true };
+        decode::decode_objects(&schema, std::slice::from_ref(&fields), &mut one_row).map_err(ingest::IngestError::from)?
+    };
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
     if let Err(e) = validate::authorize_rows(&schema, &update, |m| (m == uid).then_some(grant)) {
         state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;

@@ -115,6 +115,8 @@ pub struct TestConfig {
     pub query: query::QueryConfig,
     /// Members of the demo fixture (uids 1..N).
     pub members: u32,
+    pub body: trove::http::body::BodyLimits,
+    pub connections: trove::http::listen::ConnectionLimits,
 }
 
 impl TestConfig {
@@ -127,6 +129,8 @@ impl TestConfig {
             ingest_inflight_bytes: 256 << 20,
             query: query::QueryConfig::default(),
             members: 10,
+            body: Default::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -181,12 +185,15 @@ impl TestServer {
             token_ttl: Duration::from_secs(3600),
             max_body_bytes: 64 * 1024,
             max_ingest_bytes: 32 << 20,
+            max_ingest_rows: 1_000_000,
             ingest_inflight_bytes: config.ingest_inflight_bytes,
+            body: config.body,
         };
         let app = trove::app(catalog.clone(), ingester.clone(), objects.clone(), config.query.clone(), settings).expect("app");
+        let connections = config.connections;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
-            let _ = trove::serve_on(listener, app, async move {
+            let _ = trove::serve_on(listener, app, connections, async move {
                 let _ = rx.await;
             })
             .await;

@@ -254,7 +254,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
                 json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0}).as_object().unwrap().clone()
             })
             .collect();
-        let batch = ingest::decode::decode_objects(&schema, &rows).unwrap();
+        let batch = ingest::decode::decode_objects(&schema, &rows, &mut ingest::decode::Budget { max_rows: usize::MAX, memory: &mut |_| true }).unwrap();
         node2.write(schema.clone(), catalog::DataEnvironment::Production, connection, batch, None, false).await.unwrap();
         assert_eq!(node2.flush_round(true).await, 0);
     }

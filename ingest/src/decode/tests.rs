@@ -11,7 +11,7 @@ fn schema(name: &str) -> DatasetSchema {
 fn rows(e: DecodeError) -> Vec<(usize, Option<String>)> {
     match e {
         DecodeError::Rows(r) => r.into_iter().map(|e| (e.row, e.field)).collect(),
-        DecodeError::Malformed(m) => panic!("malformed: {m}"),
+        other => panic!("not refused rows: {other:?}"),
     }
 }
 
@@ -148,4 +148,53 @@ fn arrow_ipc_values_pass_the_checks_of_the_other_formats() {
     let floats = datafusion::arrow::array::Float64Array::from(vec![1.5, f64::NAN, f64::INFINITY]);
     let got = rows(decode(&e, Format::ArrowIpc, &stream(reading, Arc::new(floats))).unwrap_err());
     assert_eq!(got, [(2, Some("field_energy_reading_value".into())), (3, Some("field_energy_reading_value".into()))]);
+}
+
+/// A body of a few bytes a row decodes into columns of several bytes a row each (`1\n` into
+/// 28 columns is about 5 GB for a 64 MiB body): decoding asks for memory as they grow, and
+/// stops at the first refusal; rows past the cap are refused as such.
+#[test]
+fn decoded_columns_ask_for_memory_as_they_grow_and_rows_are_capped() {
+    let s = schema("ds_bank_account_transactions");
+    let rows = 10_000;
+    let mut csv = String::from("member_uid\n");
+    csv.push_str(&"1\n".repeat(rows));
+    let ndjson = "{\"member_uid\": 1}\n".repeat(rows);
+    let array = format!("[{}]", vec!["{\"member_uid\": 1}"; rows].join(","));
+    for (format, body) in [(Format::Csv, csv.as_bytes()), (Format::Ndjson, ndjson.as_bytes()), (Format::JsonArray, array.as_bytes())] {
+        let mut asked = Vec::new();
+        let mut budget = Budget { max_rows: usize::MAX, memory: &mut |bytes| { asked.push(bytes); bytes < 300_000 } };
+        assert!(matches!(decode_within(&s, format, body, &mut budget), Err(DecodeError::OverBudget)), "{format:?}");
+        // Every column of every row counts, though the body holds 2-17 bytes a row.
+        assert!(asked.len() >= 2 && asked[0] >= 1024 * s.input.fields().len(), "{format:?}: {asked:?}");
+        assert!(asked.windows(2).all(|w| w[0] < w[1]), "asked as the columns grow");
+        let mut capped = Budget { max_rows: 5_000, memory: &mut |_| true };
+        assert!(matches!(decode_within(&s, format, body, &mut capped), Err(DecodeError::TooManyRows(5_000))), "{format:?}");
+        let mut enough = Budget { max_rows: rows, memory: &mut |_| true };
+        assert_eq!(decode_within(&s, format, body, &mut enough).unwrap().num_rows(), rows);
+    }
+}
+
+/// A dictionary-encoded column (and so any dictionary delta, which arrow-ipc concatenates
+/// onto the dictionary before, quadratically) is refused before the stream is read.
+#[test]
+fn arrow_ipc_dictionaries_are_refused_before_reading() {
+    use datafusion::arrow::array::DictionaryArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema};
+    use datafusion::arrow::ipc::writer::{DictionaryHandling, IpcWriteOptions, StreamWriter};
+    let s = schema("ds_energy_consumption");
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let ipc_schema = Arc::new(Schema::new(vec![s.input.field(0).clone(), Field::new("field_energy_source_name", dict, true)]));
+    let mut buf = Vec::new();
+    let options = IpcWriteOptions::default().with_dictionary_handling(DictionaryHandling::Delta);
+    let mut w = StreamWriter::try_new_with_options(&mut buf, &ipc_schema, options).unwrap();
+    for i in 0..3 {
+        let values: DictionaryArray<Int32Type> = vec![format!("name {i}")].iter().map(String::as_str).collect();
+        let batch = RecordBatch::try_new(ipc_schema.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(values)]).unwrap();
+        w.write(&batch).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    let Err(DecodeError::Malformed(reason)) = decode(&s, Format::ArrowIpc, &buf) else { panic!("refused") };
+    assert!(reason.contains("dictionary"), "{reason}");
 }
