@@ -507,11 +507,12 @@ impl Ingester {
         Ok(ids)
     }
 
-    /// Makes access-log entries of a read durable (in the WAL, with group commit) before the
-    /// read answers; they move to the catalog's access log with their WAL segment. A read
-    /// across 10,000 members logs 10,000 entries: one WAL append instead of a catalog
-    /// transaction that large.
-    pub async fn log_reads(&self, entries: Vec<catalog::AccessLogEntry>) -> Result<(), IngestError> {
+    /// Makes access-log entries durable (in the WAL, with group commit) before the request
+    /// answers; they move to the catalog's access log with their WAL segment. A read across
+    /// 10,000 members logs 10,000 entries: one WAL append instead of a catalog transaction
+    /// that large; a loop of refused requests costs appends grouped with the others, not a
+    /// synchronous catalog write each competing with approvals and revocations.
+    pub async fn log_access(&self, entries: Vec<catalog::AccessLogEntry>) -> Result<(), IngestError> {
         if entries.is_empty() {
             return Ok(());
         }

@@ -46,13 +46,14 @@ pub struct Problem {
 /// registered once by [`ProblemResponses`] and referred to by each route through the
 /// [`utoipa::IntoResponses`] sets below, so that every route documents its errors the way
 /// [`ApiError`] serves them.
-const DOCUMENTED: [StatusCode; 12] = [
+const DOCUMENTED: [StatusCode; 13] = [
     StatusCode::BAD_REQUEST,
     StatusCode::UNAUTHORIZED,
     StatusCode::FORBIDDEN,
     StatusCode::NOT_FOUND,
     StatusCode::CONFLICT,
     StatusCode::NOT_ACCEPTABLE,
+    StatusCode::REQUEST_TIMEOUT,
     StatusCode::PAYLOAD_TOO_LARGE,
     StatusCode::UNSUPPORTED_MEDIA_TYPE,
     StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,22 +132,22 @@ problems! {
     Conflict = [CONFLICT];
     /// 406: no answer format the client accepts.
     NotAcceptable = [NOT_ACCEPTABLE];
-    /// 413: a body over the configured limit.
-    TooLarge = [PAYLOAD_TOO_LARGE];
+    /// 413: a body over the configured limit (or, on ingest, over the rows of one body);
+    /// 408: a body that stopped arriving or took too long.
+    TooLarge = [PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT];
     /// 415: a body of a content type the route does not read.
     UnsupportedMediaType = [UNSUPPORTED_MEDIA_TYPE];
     /// 422: a well-formed request the server will not carry out.
     Unprocessable = [UNPROCESSABLE_ENTITY];
-    /// 429 with `Retry-After`: over a concurrency limit.
-    TooManyRequests = [TOO_MANY_REQUESTS];
-    /// 429 and 503 with `Retry-After`: a write under pressure (a full buffer, too many body
-    /// bytes in flight, object storage failing).
+    /// 429 and 503 with `Retry-After`: under pressure (a write: a full buffer, too many body
+    /// bytes in flight, object storage failing; a read: the subscriber's or the server's
+    /// cap on running queries).
     Busy = [TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE];
     /// 500: the health check's answer when the catalog does not answer.
     Internal = [INTERNAL_SERVER_ERROR];
-    /// What [`ApiJson`] answers for a body it cannot take: 400 (not JSON), 413 (too large),
-    /// 415 (no JSON content type), 422 (JSON of the wrong shape).
-    JsonBody = [BAD_REQUEST, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, UNPROCESSABLE_ENTITY];
+    /// What [`ApiJson`] answers for a body it cannot take: 400 (not JSON), 408 (too slow),
+    /// 413 (too large), 415 (no JSON content type), 422 (JSON of the wrong shape).
+    JsonBody = [BAD_REQUEST, REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, UNPROCESSABLE_ENTITY];
 }
 
 /// The same words for every failed credential, so a refusal never says what exists.
@@ -266,6 +267,13 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(e) => Self::bad_request(e.body_text()),
             JsonRejection::MissingJsonContentType(_) => {
                 Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json")
+            }
+            JsonRejection::BytesRejection(e) => {
+                use std::error::Error;
+                match e.source() {
+                    Some(cause) => super::body::refusal(cause, 0),
+                    None => Self::new(e.status(), e.body_text()),
+                }
             }
             other => Self::new(other.status(), other.body_text()),
         }

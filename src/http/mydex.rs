@@ -180,13 +180,26 @@ impl Call {
         }
     }
 
+    /// Logs `entry` in the access log (through the WAL, durable before the answer).
+    pub(super) async fn record(&self, state: &AppState, entry: AccessLogEntry) -> ApiResult<()> {
+        Ok(state.ingester.log_access(vec![entry]).await?)
+    }
+
+    /// The 403 of a refused call, logged first.
+    pub(super) async fn refuse(&self, state: &AppState, dataset: &str, action: AccessAction) -> ApiError {
+        if action == AccessAction::Read {
+            metrics::counter!("trove_query_refusals_total", "door" => "mydex").increment(1);
+        }
+        match self.record(state, self.log(dataset, action, 0, AccessDecision::Refused)).await {
+            Ok(()) => ApiError::forbidden(),
+            Err(e) => e,
+        }
+    }
+
     /// Resolves a requested dataset name to a dataset of `kind` the agreement covers.
     /// Unknown and ungranted datasets get the same 403; the refusal is logged.
     pub(super) async fn dataset(&self, state: &AppState, requested: &str, action: AccessAction, kind: DatasetKind) -> ApiResult<Dataset> {
-        let refuse = || async {
-            state.catalog.record_access(&[self.log(requested, action, 0, AccessDecision::Refused)]).await?;
-            Err::<Dataset, _>(ApiError::forbidden())
-        };
+        let refuse = || async { Err::<Dataset, _>(self.refuse(state, requested, action).await) };
         let Ok(name) = DatasetName::parse_mydex(requested) else { return refuse().await };
         if self.scope.grant(&name).is_none() {
             return refuse().await;

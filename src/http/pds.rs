@@ -64,7 +64,7 @@ pub(super) async fn read(
         log.push(call.log(dataset.name.as_str(), AccessAction::Read, out.len() as i64, AccessDecision::Allowed));
         body.insert(dataset.name.to_string(), Value::Object(out));
     }
-    state.catalog.record_access(&log).await?;
+    state.ingester.log_access(log).await?;
     Ok(answer(call.format, Value::Object(body)))
 }
 
@@ -103,9 +103,8 @@ async fn write(
         return Err(ApiError::unprocessable("no fields to write", Vec::new()));
     }
     let values = validate::check_values(&dataset, fields).map_err(ApiError::from)?;
-    if let Err(e) = validate::authorize_write(&call.scope, &dataset, values.keys().map(String::as_str)) {
-        state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
-        return Err(e.into());
+    if validate::authorize_write(&call.scope, &dataset, values.keys().map(String::as_str)).is_err() {
+        return Err(call.refuse(state, dataset.name.as_str(), AccessAction::Write).await);
     }
     Ok((dataset, values))
 }
@@ -130,7 +129,7 @@ pub(super) async fn create(
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;
     let member = call.scope.agreement.member;
     let instance = state.catalog.create_metadata_instance(member, &dataset.name, call.env, values).await?;
-    state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)]).await?;
+    call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
     let body = json!({"success": 1, "dataset": dataset.name, "instance": instance.index(), "id": instance.id.to_string()});
     Ok(answer(call.format, body))
 }
@@ -156,6 +155,6 @@ pub(super) async fn update(
     let (dataset, values) = write(&state, &call, &requested, &fields).await?;
     let member = call.scope.agreement.member;
     state.catalog.update_metadata_instance(member, &dataset.name, call.env, id, values).await?;
-    state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)]).await?;
+    call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
     Ok(answer(call.format, json!({"success": 1})))
 }

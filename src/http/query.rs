@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::auth::{Principal, subscriber_connection};
-use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, JsonBody, NotAcceptable, Refused, TooManyRequests};
+use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, Busy, JsonBody, NotAcceptable, Refused};
 use super::mydex::now_ms;
 use crate::AppState;
 
@@ -95,7 +95,7 @@ impl Format {
         (status = 200, description = "the rows, in the format `Accept` asked for (JSON: an array of objects; NDJSON: one a line)",
             content((Vec<Object> = "application/json"), ("application/x-ndjson"), ("text/csv"),
                 ("application/vnd.apache.arrow.stream"), ("application/vnd.apache.parquet"))),
-        JsonBody, Refused, NotAcceptable, TooManyRequests))]
+        JsonBody, Refused, NotAcceptable, Busy))]
 pub(super) async fn query(
     State(state): State<AppState>,
     principal: Principal,
@@ -139,7 +139,7 @@ pub(super) async fn query(
         Err(e) => {
             if matches!(e, query::QueryError::NotAllowed(_) | query::QueryError::Invalid(_) | query::QueryError::Forbidden) {
                 metrics::counter!("trove_query_refusals_total", "door" => "sql").increment(1);
-                state.catalog.record_access(&[entry(None, None, "", 0, AccessDecision::Refused)]).await?;
+                state.ingester.log_access(vec![entry(None, None, "", 0, AccessDecision::Refused)]).await?;
             }
             return Err(e.into());
         }
@@ -150,7 +150,7 @@ pub(super) async fn query(
         .into_iter()
         .map(|((dataset, member), rows)| entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed))
         .collect();
-    state.ingester.log_reads(log).await?;
+    state.ingester.log_access(log).await?;
     metrics::histogram!("trove_query_plan_duration_seconds").record(started.elapsed().as_secs_f64());
     // From here the read is allowed and logged: a failure is the query's, not a refusal,
     // and says so (the access log holds the read, not a refusal).

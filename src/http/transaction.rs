@@ -86,14 +86,13 @@ pub(super) async fn add(
         Ok(batch) => batch,
         Err(e) => {
             if e.kind() == ingest::ErrorKind::Forbidden {
-                state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
+                call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await?;
             }
             return Err(e.into());
         }
     };
     let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None, true).await?;
-    let log = call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed);
-    state.catalog.record_access(&[log]).await?;
+    call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed)).await?;
     let last = ids.last().copied().unwrap_or(0);
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     Ok(answer(call.format, json!({"success": 1, "ids": ids, "last_insert_id": last})))
@@ -136,14 +135,13 @@ pub(super) async fn update(
     };
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
     if let Err(e) = validate::authorize_rows(&schema, &update, |m| (m == uid).then_some(grant)) {
-        state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)]).await?;
+        call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await?;
         return Err(e.into());
     }
     let key = PartitionKey { env: call.env, dataset: dataset.name.clone(), member: uid };
     let update = ingest::RowUpdate { key, id, connection: call.scope.agreement.connection_id, fields: update, sets_instance };
     state.ingester.update_row(schema, update, now_ms() / 1000).await?;
-    let log = call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed);
-    state.catalog.record_access(&[log]).await?;
+    call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
     Ok(answer(call.format, json!({"success": 1})))
 }
 
@@ -156,7 +154,7 @@ pub(super) async fn update(
     responses(
         (status = 200, description = "the rows, keyed by row id",
             content((Object = "application/json"), ("application/xml"))),
-        BadRequest, Refused, NotFound, Unprocessable))]
+        BadRequest, Refused, NotFound, Unprocessable, Busy))]
 pub(super) async fn read(
     State(state): State<AppState>,
     subscriber: MydexSubscriber,
@@ -166,6 +164,8 @@ pub(super) async fn read(
 ) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     let call = authorize_file(&state, subscriber, &file, &params).await?;
+    // The same slots as the SQL door: a subscriber's reads by either door count together.
+    let _slot = state.query.admit(subscriber.0)?;
     let names = params.datasets()?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     let filters = query::mydex::parse_filters(&pairs)?;
@@ -174,11 +174,7 @@ pub(super) async fn read(
     let mut applied = vec![false; filters.len()];
     for name in &names {
         let dataset = Arc::new(call.dataset(&state, name, AccessAction::Read, DatasetKind::Transactional).await?);
-        let refuse = || async {
-            metrics::counter!("trove_query_refusals_total", "door" => "mydex").increment(1);
-            state.catalog.record_access(&[call.log(dataset.name.as_str(), AccessAction::Read, 0, AccessDecision::Refused)]).await?;
-            Err::<Response, ApiError>(ApiError::forbidden())
-        };
+        let refuse = || async { Err::<Response, ApiError>(call.refuse(&state, dataset.name.as_str(), AccessAction::Read).await) };
         let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)) else { return refuse().await };
         let mut exprs = Vec::with_capacity(filters.len() + 1);
         for (i, f) in filters.iter().enumerate() {
@@ -201,11 +197,12 @@ pub(super) async fn read(
         return Err(ApiError::bad_request(format!("filters[{}]: no such field in {}", filters[i].field, names.join("+"))));
     }
     let mut answers = Map::new();
+    let mut budget = state.query.config().max_bytes;
     for (dataset, table, exprs) in tables {
         let (batches, _) = state.query.read_member(table, exprs).await?;
-        let rows = rows_json(&batches)?;
+        let rows = rows_json(&batches, &mut budget)?;
         let log = call.log(dataset.name.as_str(), AccessAction::Read, rows.len() as i64, AccessDecision::Allowed);
-        state.ingester.log_reads(vec![log]).await?;
+        call.record(&state, log).await?;
         answers.insert(dataset.name.to_string(), Value::Object(rows));
     }
     metrics::histogram!("trove_query_duration_seconds", "door" => "mydex").record(started.elapsed().as_secs_f64());
@@ -214,8 +211,15 @@ pub(super) async fn read(
 }
 
 /// Rows as Mydex shows them: keyed by id, `id` and `ds_id` first, values as strings, no
-/// `member_uid` (the path names the member).
-fn rows_json(batches: &[RecordBatch]) -> ApiResult<Map<String, Value>> {
+/// `member_uid` (the path names the member). The answer may take at most `budget` more
+/// bytes (about: keys, values and quotes), counted as it is built, past which it is refused
+/// (422) before more is built.
+fn rows_json(batches: &[RecordBatch], budget: &mut usize) -> ApiResult<Map<String, Value>> {
+    let limit = *budget;
+    let mut spend = |bytes: usize| -> ApiResult<()> {
+        *budget = budget.checked_sub(bytes).ok_or_else(|| ApiError::from(query::QueryError::TooLarge(format!("{limit} bytes"))))?;
+        Ok(())
+    };
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     let mut out = Map::new();
     let options = FormatOptions::default();
@@ -230,6 +234,7 @@ fn rows_json(batches: &[RecordBatch]) -> ApiResult<Map<String, Value>> {
         let id_column = schema.index_of("id").map_err(ingest::IngestError::from)?;
         for row in 0..batch.num_rows() {
             let id = formatters[id_column].value(row).to_string();
+            spend(2 * id.len() + 40)?;
             let mut fields = Map::new();
             fields.insert("id".into(), json!(id));
             fields.insert("ds_id".into(), json!(id));
@@ -239,6 +244,7 @@ fn rows_json(batches: &[RecordBatch]) -> ApiResult<Map<String, Value>> {
                 }
                 let column = batch.column(i);
                 let value = if column.is_null(row) { Value::Null } else { json!(formatters[i].value(row).to_string()) };
+                spend(field.name().len() + value.as_str().map_or(4, str::len) + 6)?;
                 fields.insert(field.name().clone(), value);
             }
             out.insert(id, Value::Object(fields));

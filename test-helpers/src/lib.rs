@@ -218,6 +218,16 @@ impl TestServer {
         assert_eq!(self.ingester.flush_round(true).await, 0, "every flush succeeds");
     }
 
+    /// Moves every access-log entry still in the WAL to the catalog: a flush empties the
+    /// buffer and asks the WAL writer to close its segment (which it does when idle), and
+    /// the next flush moves that segment's entries.
+    pub async fn settle_access_log(&self) {
+        for _ in 0..3 {
+            self.flush().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Graceful stop, as on SIGTERM: the server stops, then every acknowledged row is flushed.
     pub async fn stop(mut self) -> (Catalog, Arc<dyn ObjectStore>, tempfile::TempDir) {
         if let Some(tx) = self.shutdown.take() {

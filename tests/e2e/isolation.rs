@@ -437,6 +437,7 @@ async fn run(store: Store) {
         }
 
         // Every refusal is in the access log, against the reader's connection.
+        s.settle_access_log().await;
         let id = catalog::ConnectionId::new(reader.connection).unwrap();
         let log = s.catalog.connection_access_log(id, 1_000_000).await.unwrap();
         let refused = |with_member: bool| {
