@@ -829,7 +829,12 @@ fn sequence(
             // Versions increase with every batch sequenced, across restarts (wall-clock
             // microseconds, never below the last one seen).
             last_version = (last_version + 1).max(now_ms() * 1000);
-            match assign_ids(&op, &mut counters, last_version).and_then(|stored| Ok((encode_record(&op.header, &stored)?, stored))) {
+            let sequenced = (|| -> Result<(Vec<u8>, RecordBatch), IngestError> {
+                fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal("failpoint sequencer-encode".into())));
+                let stored = assign_ids(&op, &mut counters, last_version)?;
+                Ok((encode_record(&op.header, &stored)?, stored))
+            })();
+            match sequenced {
                 Ok((payload, stored)) => prepared.push((op, stored, payload)),
                 Err(e) => {
                     // A fault, not pressure: the writer must not be told to retry.

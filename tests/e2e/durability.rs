@@ -327,6 +327,16 @@ impl Run {
         (self.lives * 16 + w) * 10_000_000
     }
 
+    /// Sends one batch of `rows` new rows once, outside the writers' bookkeeping (it is
+    /// neither acknowledged nor retried): its answer, for suites that check a status.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub(crate) async fn send_once(&self, server: &Server, rows: i64) -> reqwest::Response {
+        let body: String = (0..rows)
+            .map(|m| format!("{{\"member_uid\": {}, \"field_energy_reading_timestamp\": {}}}\n", 1 + m % 9, self.base_time + m))
+            .collect();
+        post(&self.client, server.port, &self.auth, &format!("once-{}", uuid_ish()), body).send().await.expect("an answer")
+    }
+
     /// Starts `n` closed-loop writers of `batch`-row batches against `server`.
     pub(crate) fn writers(&self, server: &Server, n: i64, batch: i64) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));

@@ -67,3 +67,20 @@ async fn failing_io_steps_never_acknowledge_a_lost_row() {
     let summary = run.verify("faults").await;
     println!("faults: {} failpoint settings, 0 violations; {summary}", lines.len());
 }
+
+/// A fault in the write path that is not storage (a bug, here a failpoint where the
+/// sequencer encodes a record) is a 500 without `Retry-After` and a log line: telling the
+/// client to come back later would have it retry a bug forever. The server keeps serving.
+#[tokio::test]
+async fn an_internal_fault_is_a_500_not_a_retry() {
+    let mut run = Run::new(Objects::Local);
+    let mut server = run.up(&[("FAILPOINTS", "sequencer-encode=return")]).await;
+    let resp = run.send_once(&server, 10).await;
+    let (status, retry, kind) = (resp.status(), resp.headers().contains_key("retry-after"), resp.headers()["content-type"].clone());
+    assert_eq!((status.as_u16(), retry), (500, false));
+    assert_eq!(kind, "application/problem+json");
+    assert!(server.log_contains("failpoint sequencer-encode"), "the fault is logged");
+    assert!(!server.exited(), "and the server keeps serving");
+    server.kill();
+    println!("faults: an internal fault answered 500 without Retry-After");
+}

@@ -598,11 +598,124 @@ async fn a_live_connection_cannot_write_a_dataset_still_in_the_sandbox() {
     assert_eq!(s.call(reqwest::Method::PUT, &format!("/v1/connections/{conn}"), Some(&token), Some(terms)).await.0, StatusCode::OK);
     s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/submit"), Some(&token), None).await;
     s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/approve"), Some(s.admin()), None).await;
-    s.call(reqwest::Method::POST, &format!("/v1/members/1/agreements/{conn}/approve"), Some(s.member_secret(1)), None).await;
+    let q = s.agree(1, conn).await;
     let row = json!({"member_uid": 1, "solar_watts": 120.5});
     assert_eq!(s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row.clone()])).await.0, StatusCode::FORBIDDEN);
-    // Promoted to production, it is offered to live connections.
+    // A read before the promotion: the dataset is not offered to the live connection.
+    let (status, _) = s.sql(&token, "SELECT count(*) AS n FROM ds_solar_generation").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Promoted to production, it is offered to live connections: to write, and to both read
+    // doors at once (not after a restart).
     s.call(reqwest::Method::POST, "/v1/datasets/ds_solar_generation/promote", Some(s.admin()), None).await;
     let (status, body) = s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row])).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 1})), "created_timestamp is filled with the arrival time");
+    let (status, body) = s.sql(&token, "SELECT count(*) AS n FROM ds_solar_generation").await;
+    assert_eq!((status, body), (StatusCode::OK, json!([{"n": 1}])));
+    let (status, body) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q}&dataset=ds_solar_generation"), Some(&token), None).await;
+    assert_eq!((status, body["1"]["solar_watts"].clone()), (StatusCode::OK, json!("120.5")));
+}
+
+/// A write needs a grant that writes something, for that member, on the revision the member
+/// approved: a read-only grant moves no row by `instance` and stores no row of `member_uid`
+/// alone; a row that sets no field is 422 even under a full grant.
+#[tokio::test]
+async fn writes_need_a_write_grant_and_a_field() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let t = now_secs() - 3600;
+        // energy-co (writes everything) adds a row for member 1.
+        let energy = s.subscriber_token("energy-co").await;
+        let q1 = s.member_query(1, "energy-co");
+        let row = json!({ENERGY: {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0}});
+        assert_eq!(s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(row)).await.0, StatusCode::OK);
+        let empty = json!({ENERGY: [{}, {}]});
+        let (status, body) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(empty)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        // insight-ltd reads energy readings and writes nothing: member 1 approved that.
+        let insight = s.subscriber_token("insight-ltd").await;
+        let qi = s.member_query(1, "insight-ltd");
+        let path = format!("/api/pds/transaction/1.json?{qi}&dataset={ENERGY}&id=1");
+        let (status, _) = s.call(reqwest::Method::PUT, &path, Some(&insight), Some(json!({"instance": 99}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a read-only grant cannot move a row");
+        let (status, _) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{qi}"), Some(&insight), Some(json!({ENERGY: {}}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (_, rows) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q1}&dataset={ENERGY}"), Some(&energy), None).await;
+        assert_eq!((rows.as_object().unwrap().len(), rows["1"]["instance"].clone()), (1, json!("0")), "{rows}");
+        // With a grant that writes, `instance` moves the row.
+        let path = format!("/api/pds/transaction/1.json?{q1}&dataset={ENERGY}&id=1");
+        assert_eq!(s.call(reqwest::Method::PUT, &path, Some(&energy), Some(json!({"instance": 3}))).await.0, StatusCode::OK);
+
+        // A connection whose first revision reads only: member 2 stays on it, member 3
+        // approves the second, which writes.
+        let sub = s.new_subscriber("meter-maker").await;
+        let mut terms = test_helpers::terms("meters", &[ENERGY]);
+        terms["datasets"][ENERGY]["write"] = json!([]);
+        let conn = s.new_connection(&sub, terms.clone(), true).await;
+        s.agree(2, conn.id).await;
+        terms["datasets"][ENERGY]["write"] = json!(["*"]);
+        assert_eq!(s.call(reqwest::Method::PUT, &format!("/v1/connections/{}", conn.id), Some(&sub), Some(terms)).await.0, StatusCode::OK);
+        s.call(reqwest::Method::POST, &format!("/v1/connections/{}/submit", conn.id), Some(&sub), None).await;
+        assert_eq!(s.call(reqwest::Method::POST, &format!("/v1/connections/{}/approve", conn.id), Some(s.admin()), None).await.0, StatusCode::OK);
+        s.agree(3, conn.id).await;
+        let ingest = |body: Vec<Value>| {
+            let (s, bearer) = (&s, conn.bearer());
+            async move {
+                let resp = s.client.post(s.url(&format!("/v1/ingest/{ENERGY}"))).bearer_auth(bearer).header("content-type", "application/x-ndjson").body(ndjson(&body)).send().await.unwrap();
+                (resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let (status, body) = ingest(vec![json!({"member_uid": 2})]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "member 2 approved a revision that writes nothing: {body}");
+        let (status, body) = ingest(vec![json!({"member_uid": 3})]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a row of member_uid alone sets no field: {body}");
+        assert_eq!(body["errors"][0]["row"], 1);
+        let (status, _) = ingest(vec![json!({"member_uid": 3, "field_energy_reading_timestamp": t})]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, rows) = s.sql(&sub, &format!("SELECT member_uid, count(*) AS n FROM {ENERGY} GROUP BY member_uid")).await;
+        assert_eq!((status, rows), (StatusCode::OK, json!([{"member_uid": 3, "n": 1}])), "nothing the grants did not allow");
+    }
+}
+
+/// Concurrent updates of one row, each naming another field, all land: updates of a row
+/// take turns, each merged onto the version the one before stored.
+#[tokio::test]
+async fn concurrent_puts_of_one_row_keep_every_field() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let token = s.subscriber_token("energy-co").await;
+        let q = s.member_query(1, "energy-co");
+        let t = now_secs() - 3600;
+        let row = json!({ENERGY: {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0}});
+        assert_eq!(s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q}"), Some(&token), Some(row)).await.0, StatusCode::OK);
+        let (_, dataset) = s.call(reqwest::Method::GET, &format!("/v1/datasets/{ENERGY}"), Some(s.admin()), None).await;
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        for (k, field) in dataset["fields"].as_array().unwrap().iter().enumerate() {
+            let name = field["name"].as_str().unwrap().to_owned();
+            let value = match field["data_type"].as_str().unwrap() {
+                "timestamp" => (t - 60 * k as i64).to_string(),
+                "integer" => (1000 + k).to_string(),
+                "float" => format!("{}.5", 10 + k),
+                _ => format!("value {k}"),
+            };
+            want.insert(name, value);
+        }
+        want.insert("instance".into(), "7".into());
+        for round in 0..3 {
+            let puts = want.iter().map(|(field, value)| {
+                let (s, token) = (&s, token.clone());
+                let path = format!("/api/pds/transaction/1.json?{q}&dataset={ENERGY}&id=1");
+                let body = json!({field: value});
+                async move { s.call(reqwest::Method::PUT, &path, Some(&token), Some(body)).await.0 }
+            });
+            let statuses = futures::future::join_all(puts).await;
+            assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+            let (_, rows) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q}&dataset={ENERGY}"), Some(&token), None).await;
+            for (field, value) in &want {
+                assert_eq!(rows["1"][field], json!(value), "round {round}: {field} was lost: {rows}");
+            }
+            if round == 1 {
+                s.flush().await;
+            }
+        }
+    }
 }

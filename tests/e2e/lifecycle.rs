@@ -30,13 +30,21 @@ async fn connection_lifecycle_and_refused_transitions() {
         assert_eq!(post(&s, &at("submit"), &other).await.0, StatusCode::FORBIDDEN);
         let (status, c) = post(&s, &at("submit"), &sub).await;
         assert_eq!((status, c["status"].as_str()), (StatusCode::OK, Some("requested")));
-        // Editing a requested connection returns it to draft.
+        let reviewed = c["revisions"][0]["version"].as_i64().unwrap();
+        // Editing a requested connection returns it to draft, under a new version: the
+        // operator's approval of the version it reviewed is then refused.
         let (status, c) = s.call(Method::PUT, &format!("/v1/connections/{id}"), Some(&sub), Some(terms("Home visits 2", &["ds_home"]))).await;
         assert_eq!((status, c["status"].as_str()), (StatusCode::OK, Some("draft")));
+        let edited = c["revisions"][0]["version"].as_i64().unwrap();
+        assert_ne!(edited, reviewed);
         post(&s, &at("submit"), &sub).await;
+        let (status, body) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": reviewed}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (status, _) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": "two"}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         // A subscriber cannot approve its own connection.
         assert_eq!(post(&s, &at("approve"), &sub).await.0, StatusCode::FORBIDDEN);
-        let (status, approved) = post(&s, &at("approve"), &admin).await;
+        let (status, approved) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": edited}))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(approved["connection"]["status"], "approved");
         assert_eq!(approved["connection"]["environment"], "sandbox");

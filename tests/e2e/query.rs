@@ -287,3 +287,32 @@ async fn files_another_node_flushes_and_compacts_are_read() {
     assert_eq!(indexed[0].1.files.len(), 1, "the replaced files left the index");
     node2.shutdown().await.unwrap();
 }
+
+/// Refusals are logged through the WAL's grouped appends, as reads are: a loop of refused
+/// requests neither waits on the catalog's writer nor competes for it with approvals and
+/// revocations. Here another connection holds SQLite's write lock while they are answered.
+#[tokio::test]
+async fn refusals_do_not_wait_for_the_catalogs_writer() {
+    use sqlx::Connection;
+    let s = TestServer::spawn(Store::Sqlite).await;
+    let token = s.subscriber_token("energy-co").await;
+    let q = s.member_query(1, "energy-co");
+    let url = catalog::Catalog::sqlite_url(&s.dir.path().join("catalog.db"));
+    let mut writer = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    let refusals = async {
+        for _ in 0..10 {
+            assert_eq!(s.sql(&token, &format!("DROP TABLE {E}")).await.0, StatusCode::BAD_REQUEST);
+            let path = format!("/api/pds/transaction/1.json?{q}&dataset=ds_passport");
+            assert_eq!(s.call(Method::GET, &path, Some(&token), None).await.0, StatusCode::FORBIDDEN);
+        }
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(5), refusals).await;
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    answered.expect("refusals are answered while the catalog's writer is taken");
+    s.settle_access_log().await;
+    let connection = catalog::ConnectionId::new(s.creds.subscribers[0].connection.id).unwrap();
+    let log = s.catalog.connection_access_log(connection, 1000).await.unwrap();
+    let refused = log.iter().filter(|e| e.decision == catalog::AccessDecision::Refused).count();
+    assert_eq!(refused, 20, "every refusal reached the access log");
+}
