@@ -464,3 +464,125 @@ async fn run(store: Store) {
     let (status, v) = s.call(Method::GET, &format!("/api/pds/transaction/2.json?{}&dataset={E}", s.member_query(2, "energy-co")), Some(&energy.token), None).await;
     assert_eq!((status, v.to_string().contains("ZQ")), (StatusCode::UNAUTHORIZED, false));
 }
+
+/// A revocation under load: readers and writers on every door (SQL, the Mydex read and
+/// write, `/v1/ingest`) hammer member 2's data while member 2 revokes. Every request that
+/// starts after the revocation has answered is refused: its reads see none of the member's
+/// rows and its writes store nothing, with every cache warm, on each catalog backend.
+#[tokio::test]
+async fn a_revocation_under_load_stops_every_request_that_starts_after_it() {
+    for store in stores() {
+        revocation_under_load(store).await;
+    }
+}
+
+async fn revocation_under_load(store: Store) {
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    let s = Arc::new(TestServer::spawn(store).await);
+    let token = s.subscriber_token("energy-co").await;
+    let conn = s.creds.subscribers[0].connection.clone();
+    let q2 = s.member_query(2, "energy-co");
+    let row = |i: i64| json!({"member_uid": 2, "field_energy_reading_timestamp": now_secs() - 7200 + i, "field_energy_reading_value": 1.0});
+    let rows: String = (0..20).map(|i| format!("{}\n", row(i))).collect();
+    assert_eq!(s.ingest(E, "application/x-ndjson", rows.clone().into_bytes()).await.0, StatusCode::OK);
+    s.flush().await;
+    assert_eq!(s.ingest(E, "application/x-ndjson", rows.into_bytes()).await.0, StatusCode::OK);
+    let before_rows = 40;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Door {
+        Sql,
+        MydexRead,
+        MydexWrite,
+        Ingest,
+    }
+    let outcomes: Arc<Mutex<Vec<(Door, Instant, bool)>>> = Arc::default();
+    let revoked: Arc<OnceLock<Instant>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for door in [Door::Sql, Door::MydexRead, Door::MydexWrite, Door::Ingest] {
+        for _ in 0..2 {
+            let (s, token, q2, conn, outcomes, stop) = (s.clone(), token.clone(), q2.clone(), conn.clone(), outcomes.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut i = 1000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let started = Instant::now();
+                    let allowed = match door {
+                        Door::Sql => {
+                            let (status, body) = s.sql(&token, &format!("SELECT count(*) AS n FROM {E} WHERE member_uid = 2")).await;
+                            assert_eq!(status, StatusCode::OK, "{body}");
+                            body[0]["n"].as_i64().unwrap() > 0
+                        }
+                        Door::MydexRead => {
+                            let path = format!("/api/pds/transaction/2.json?{q2}&dataset={E}");
+                            let (status, body) = s.call(Method::GET, &path, Some(&token), None).await;
+                            assert!(status == StatusCode::OK || status == StatusCode::UNAUTHORIZED, "{status} {body}");
+                            status == StatusCode::OK
+                        }
+                        Door::MydexWrite => {
+                            let body = json!({E: {"field_energy_reading_timestamp": now_secs() - 3600 + i, "field_energy_reading_value": 2.0}});
+                            let (status, answer) = s.call(Method::POST, &format!("/api/pds/transaction?uid=2&{q2}"), Some(&token), Some(body)).await;
+                            assert!(status == StatusCode::OK || status == StatusCode::UNAUTHORIZED, "{status} {answer}");
+                            status == StatusCode::OK
+                        }
+                        Door::Ingest => {
+                            let body = format!("{}\n", json!({"member_uid": 2, "field_energy_reading_timestamp": now_secs() - 3600 + i}));
+                            let resp = s.client.post(s.url(&format!("/v1/ingest/{E}"))).bearer_auth(format!("{}:{}", conn.nid, conn.key)).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
+                            let status = resp.status();
+                            assert!(status == StatusCode::OK || status == StatusCode::FORBIDDEN, "{status}");
+                            status == StatusCode::OK
+                        }
+                    };
+                    outcomes.lock().unwrap().push((door, started, allowed));
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let path = format!("/v1/members/2/agreements/{}/revoke", conn.id);
+    let (status, _) = s.call(Method::POST, &path, Some(s.member_secret(2)), None).await;
+    assert_eq!(status, StatusCode::OK);
+    revoked.set(Instant::now()).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let revoked = *revoked.get().unwrap();
+    let outcomes = outcomes.lock().unwrap().clone();
+    let mut tally: std::collections::BTreeMap<Door, (usize, usize, usize)> = Default::default();
+    for (door, started, allowed) in &outcomes {
+        let t = tally.entry(*door).or_default();
+        if *started > revoked {
+            t.1 += 1;
+            assert!(!allowed, "{door:?}: a request that started after the revocation was allowed");
+        } else if *allowed {
+            t.0 += 1;
+        }
+        t.2 += usize::from(*door == Door::MydexWrite || *door == Door::Ingest) * usize::from(*allowed);
+    }
+    for door in [Door::Sql, Door::MydexRead, Door::MydexWrite, Door::Ingest] {
+        let (before, after, _) = tally.get(&door).copied().unwrap_or_default();
+        assert!(before > 0 && after > 0, "{door:?}: requests on both sides of the revocation ({before} allowed before, {after} after)");
+    }
+    // What is stored of member 2: the rows before, and those of allowed writes only.
+    let written: usize = tally.values().map(|t| t.2).sum();
+    let s = Arc::into_inner(s).expect("the workers are done");
+    let (catalog, _, _dir) = s.stop().await;
+    let stored: i64 = catalog
+        .all_parquet_files()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|f| f.member.get() == 2 && f.dataset.as_str() == E && f.environment == catalog::DataEnvironment::Production)
+        .map(|f| f.rows)
+        .sum();
+    assert_eq!(stored as usize, before_rows + written, "only allowed writes are stored");
+    println!(
+        "isolation {store:?}: revocation under load: {} requests, {} after the revocation's answer, all refused; {written} rows written before it, none after",
+        outcomes.len(),
+        tally.values().map(|t| t.1).sum::<usize>()
+    );
+}
