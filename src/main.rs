@@ -10,18 +10,25 @@ use trove::config::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // The fault-injection build reads its failpoints from FAILPOINTS (tests/e2e/faults.rs).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     trove::telemetry::init_logging(cli.log_format, &cli.log);
-    let result = match cli.command {
-        Command::Serve(config) => trove::serve(config, trove::shutdown_signal()).await,
-        Command::Demo(config) => trove::demo::run(config).await,
-        Command::Load(config) => trove::load::run(config).await,
-    };
+    // Query planning recurses as deep as the SQL it is given allows (query::guard bounds it).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(query::guard::PLANNING_STACK_BYTES)
+        .build()
+        .expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => trove::serve(config, trove::shutdown_signal()).await,
+            Command::Demo(config) => trove::demo::run(config).await,
+            Command::Load(config) => trove::load::run(config).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -139,7 +139,16 @@ pub fn mydex_filters(query_string: &[u8]) {
 /// passed the plan check, and its scans read only members with an agreement.
 pub fn plan_sql(sql: &str) {
     let f = fixture();
-    let Ok(planned) = f.runtime.block_on(f.engine.plan_sql(&f.scope, sql)) else { return };
+    // On a thread with the stack the server's planning threads have.
+    let planned = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(query::guard::PLANNING_STACK_BYTES)
+            .spawn_scoped(s, || f.runtime.block_on(f.engine.plan_sql(&f.scope, sql)))
+            .expect("a planning thread")
+            .join()
+            .expect("planning does not panic")
+    });
+    let Ok(planned) = planned else { return };
     for (dataset, member) in planned.reads().rows().keys() {
         assert!(f.scope.members.contains_key(member), "{dataset}: member {member} has no agreement");
     }

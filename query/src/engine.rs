@@ -269,6 +269,7 @@ pub fn check_statement(sql: &str) -> Result<(), QueryError> {
 }
 
 fn parse_select(sql: &str) -> Result<DFStatement, QueryError> {
+    crate::guard::check_text(sql)?;
     let mut statements = DFParserBuilder::new(sql)
         .build()
         .and_then(|mut p| p.parse_statements())

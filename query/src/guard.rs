@@ -7,8 +7,9 @@
 //!
 //! | cap | value | why |
 //! |---|---|---|
+//! | operators in the text | [`MAX_OPERATORS`] | a chain of them parses as deep as it is long: walking it would overflow the stack |
 //! | table references in the statement | [`MAX_TABLE_REFERENCES`] | each is a scan that materialises what it reads |
-//! | `SELECT`s in the statement | [`MAX_SELECTS`] | a union of thousands plans for seconds |
+//! | `SELECT`s in the statement | [`MAX_SELECTS`] | as operators; and a union of thousands plans for seconds |
 //! | expressions in the statement | [`MAX_EXPRESSIONS`] | planning time |
 //! | nodes of the plan, subqueries included | [`MAX_PLAN_NODES`] | nested CTEs double a plan per level |
 //! | scans in the plan | [`MAX_TABLE_REFERENCES`] | as above, after CTEs are expanded |
@@ -43,6 +44,61 @@ const MAX_PLAN_EXPRESSIONS: usize = 1_000_000;
 
 fn too_complex(what: String) -> QueryError {
     QueryError::Limit(format!("the query is too complex: {what}"))
+}
+
+/// Most operators (`+`, `||`, `=`, `AND`, `UNION` ...) in one statement's text. A chain of
+/// them parses into a tree as deep as it is long, which later steps walk by recursion
+/// (DataFusion names a column `1 + 1 + ...` that way: about 8 KiB of stack a level in a
+/// debug build), so the chain is bounded before anything is parsed. The server's threads
+/// have [`PLANNING_STACK_BYTES`] of stack: a chain this long takes a fraction of it.
+pub const MAX_OPERATORS: usize = 1_000;
+/// The stack a thread that plans queries needs (the server's runtime threads have it).
+pub const PLANNING_STACK_BYTES: usize = 32 << 20;
+/// Most tokens in one statement's text.
+const MAX_TOKENS: usize = 250_000;
+
+/// Refuses SQL text past the caps on tokens, operators and `SELECT`s before it is parsed:
+/// the tokenizer reads text iteratively, while a statement parsed from a long enough chain
+/// of unions or operators is deep enough to overflow a thread's stack when walked.
+pub fn check_text(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().map_err(|e| QueryError::Invalid(e.to_string()))?;
+    if tokens.len() > MAX_TOKENS {
+        return Err(too_complex(format!("more than {MAX_TOKENS} tokens")));
+    }
+    let (mut selects, mut operators) = (0, 0);
+    for token in &tokens {
+        match token {
+            Token::Word(w) if w.keyword == Keyword::SELECT => selects += 1,
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR | Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT) => {
+                operators += 1
+            }
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Whitespace(_)
+            | Token::Comma
+            | Token::Period
+            | Token::LParen
+            | Token::RParen
+            | Token::SemiColon
+            | Token::EOF => {}
+            _ => operators += 1,
+        }
+    }
+    if selects > MAX_SELECTS {
+        return Err(too_complex(format!("more than {MAX_SELECTS} SELECTs")));
+    }
+    if operators > MAX_OPERATORS {
+        return Err(too_complex(format!("more than {MAX_OPERATORS} operators")));
+    }
+    Ok(())
 }
 
 /// Refuses a statement past the caps on table references, `SELECT`s and expressions,

@@ -1,6 +1,8 @@
 //! Test helpers, written once: a real trove server (the real router, real HTTP, a real
 //! catalog) on port 0, seeded with the demo fixture, on SQLite or PostgreSQL.
 
+pub mod abuse;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
