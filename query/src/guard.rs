@@ -137,9 +137,59 @@ pub fn check_statement_shape(statement: &Statement) -> Result<(), QueryError> {
             ControlFlow::Continue(())
         }
     }
-    match statement.visit(&mut Shape::default()) {
-        ControlFlow::Break(e) => Err(e),
-        ControlFlow::Continue(()) => Ok(()),
+    if let ControlFlow::Break(e) = statement.visit(&mut Shape::default()) {
+        return Err(e);
+    }
+    if expanded_size(statement) > MAX_EXPANDED {
+        return Err(too_complex(format!("its common table expressions expand to more than {MAX_EXPANDED} queries and tables")));
+    }
+    Ok(())
+}
+
+/// Most queries and table references a statement may expand to once every reference to a
+/// common table expression is replaced by its definition (as planning does).
+pub const MAX_EXPANDED: u64 = 256;
+
+/// The size of `statement` with its CTEs expanded: each query counts 1 and each table
+/// reference 1, a reference to a CTE the size of its definition. CTEs that each reference
+/// the one before twice double the plan per level: twenty levels would plan a million
+/// scans (and run out of memory planning them) from a few hundred bytes of SQL.
+fn expanded_size(statement: &Statement) -> u64 {
+    use datafusion::sql::sqlparser::ast::{Query, visit_relations};
+    use std::collections::HashMap;
+
+    /// The sizes of the CTEs met so far (by name; a name defined twice keeps the later).
+    #[derive(Default)]
+    struct Sizes(HashMap<String, u64>);
+    impl Sizes {
+        fn of(&self, query: &Query) -> u64 {
+            let mut size = 1u64;
+            let _ = visit_relations(query, |r| {
+                let name = r.to_string().replace('"', "").to_lowercase();
+                size = size.saturating_add(self.0.get(&name).copied().unwrap_or(1)).min(MAX_EXPANDED + 1);
+                ControlFlow::<()>::Continue(())
+            });
+            size
+        }
+    }
+    impl Visitor for Sizes {
+        type Break = ();
+        // After a query's nested queries (and the CTEs they define) are sized, its own CTEs
+        // are, in order: each may name the ones before it. A recursive CTE's reference to
+        // itself counts 1.
+        fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                let size = self.of(&cte.query);
+                self.0.insert(cte.alias.name.value.to_lowercase(), size);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut sizes = Sizes::default();
+    let _ = statement.visit(&mut sizes);
+    match statement {
+        Statement::Query(query) => sizes.of(query),
+        _ => 1,
     }
 }
 

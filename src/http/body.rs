@@ -107,10 +107,15 @@ fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
     false
 }
 
+/// Whether `e` or an error it wraps is a [`SlowBody`].
+pub(super) fn is_slow(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<SlowBody>(e)
+}
+
 /// The answer to a body that could not be read: 408 if it was too slow, 413 past `limit`
 /// bytes, 400 otherwise.
 pub(super) fn refusal(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {
-    if caused_by::<SlowBody>(e) {
+    if is_slow(e) {
         ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string())
     } else if caused_by::<http_body_util::LengthLimitError>(e) {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes"))

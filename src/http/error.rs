@@ -225,6 +225,7 @@ impl From<ingest::IngestError> for ApiError {
                 K::Conflict => Self::new(StatusCode::CONFLICT, other.to_string()),
                 K::Forbidden => Self::forbidden(),
                 K::NotFound => Self::not_found("row"),
+                K::TooLarge => Self::new(StatusCode::PAYLOAD_TOO_LARGE, other.to_string()),
                 K::Unavailable => {
                     tracing::error!(error = %other, "write path unavailable");
                     ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later") }
@@ -268,12 +269,8 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => {
                 Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json")
             }
-            JsonRejection::BytesRejection(e) => {
-                use std::error::Error;
-                match e.source() {
-                    Some(cause) => super::body::refusal(cause, 0),
-                    None => Self::new(e.status(), e.body_text()),
-                }
+            JsonRejection::BytesRejection(e) if std::error::Error::source(&e).is_some_and(super::body::is_slow) => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "the request body stopped arriving or took too long")
             }
             other => Self::new(other.status(), other.body_text()),
         }

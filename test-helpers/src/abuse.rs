@@ -81,7 +81,11 @@ pub fn ingest() -> Vec<Attack> {
     };
     vec![
         i("900,000 rows of two bytes into 28 columns", "ds_referrals", "text/csv", csv(900_000), &[429]),
-        i("more rows than one body may hold", "ds_referrals", "text/csv", csv(1_100_000), &[413]),
+        Attack {
+            name: "more rows than one body may hold",
+            kind: AttackKind::Ingest { writer: "energy-co", dataset: "ds_energy_consumption", content_type: "text/csv", body: csv(1_100_000) },
+            expect: &[413],
+        },
         i("rows that set no field", "ds_referrals", "application/x-ndjson", b"{\"member_uid\": 1}\n{\"member_uid\": 2}\n".to_vec(), &[422]),
         i("Arrow IPC dictionary deltas", "ds_referrals", "application/vnd.apache.arrow.stream", dictionary_deltas(), &[400]),
         Attack {

@@ -2,6 +2,7 @@
 //! PostgreSQL when `TROVE_TEST_POSTGRES_URL` is set), plus the real binary. One test binary
 //! so the workspace links once.
 
+mod abuse;
 mod auth;
 mod binary;
 mod crash;
