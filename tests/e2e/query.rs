@@ -191,10 +191,37 @@ async fn limits_fail_cleanly_while_small_queries_answer() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         s.sql_as(&energy, "", &small, "application/json").await
     };
-    let (_, _, (status, headers, _)) = tokio::join!(hold(), hold(), third);
+    // The Mydex read door takes the same slots.
+    let mydex = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let path = format!("/api/pds/transaction/1.json?{}&dataset={E}", s.member_query(1, "energy-co"));
+        let resp = s.client.get(s.url(&path)).bearer_auth(&energy).send().await.unwrap();
+        (resp.status(), resp.headers().clone())
+    };
+    let (_, _, (status, headers, _), (mydex_status, mydex_headers)) = tokio::join!(hold(), hold(), third, mydex);
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(headers.contains_key("retry-after"));
+    assert_eq!(mydex_status, StatusCode::TOO_MANY_REQUESTS, "the Mydex door counts in the same slots");
+    assert!(mydex_headers.contains_key("retry-after"));
     assert_eq!(s.sql(&energy, &small).await.0, StatusCode::OK, "slots come back when queries end");
+}
+
+/// The Mydex read door caps its answer's bytes as it builds it, as the SQL door caps its
+/// encoded answer.
+#[tokio::test]
+async fn the_mydex_door_caps_its_answers_bytes() {
+    let mut config = TestConfig::new(Store::Sqlite);
+    config.query.max_bytes = 4096;
+    let s = TestServer::start(config).await;
+    let token = s.subscriber_token("energy-co").await;
+    deliver(&s, 1, 10, 1.0).await;
+    let path = format!("/api/pds/transaction/1.json?{}&dataset={E}", s.member_query(1, "energy-co"));
+    let (status, rows) = s.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!((status, rows.as_object().unwrap().len()), (StatusCode::OK, 10));
+    deliver(&s, 1, 150, 1.0).await;
+    let (status, body) = s.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("4096 bytes"), "{body}");
 }
 
 #[tokio::test]
