@@ -177,9 +177,9 @@ impl QueryEngine {
         QueryError::from_datafusion(e, self.config.query_memory_bytes)
     }
 
-    /// `work` under the query deadline.
-    async fn in_time<T>(&self, work: impl std::future::Future<Output = DfResult<T>>) -> Result<T, QueryError> {
-        tokio::time::timeout(self.config.timeout, work)
+    /// `work`, to be done by `deadline` (the query's, counted from when it started).
+    async fn in_time<T>(&self, deadline: tokio::time::Instant, work: impl std::future::Future<Output = DfResult<T>>) -> Result<T, QueryError> {
+        tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| QueryError::Timeout(self.config.timeout.as_secs()))?
             .map_err(|e| self.error(e))
@@ -199,8 +199,9 @@ impl QueryEngine {
         });
         let state = self.session(schema).state();
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let deadline = started + self.config.timeout;
         let plan = self
-            .in_time(async {
+            .in_time(deadline, async {
                 let plan = state.statement_to_plan(statement).await?;
                 options.verify_plan(&plan)?;
                 Ok(plan)
@@ -208,7 +209,7 @@ impl QueryEngine {
             .await?;
         let growing = crate::guard::check_plan(&plan)?;
         reads.hold(crate::guard::reserve_for_functions(&state.runtime_env().memory_pool, growing, self.config.target_partitions)?);
-        let plan = self.in_time(state.create_physical_plan(&plan)).await?;
+        let plan = self.in_time(deadline, state.create_physical_plan(&plan)).await?;
         let plan = crate::guard::meter_windows(plan).map_err(|e| self.error(e))?;
         self.verify(&plan, &reads)?;
         Ok(PlannedQuery { plan, task: Arc::new(TaskContext::from(&state)), reads, started, config: self.config.clone() })
@@ -228,7 +229,7 @@ impl QueryEngine {
             let df = df.sort(vec![col("id").sort(true, false)])?.limit(0, Some(self.config.max_rows + 1))?;
             df.collect().await
         };
-        let batches = self.in_time(work).await?;
+        let batches = self.in_time(tokio::time::Instant::now() + self.config.timeout, work).await?;
         if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > self.config.max_rows {
             return Err(QueryError::TooLarge(format!("{} rows", self.config.max_rows)));
         }
@@ -264,10 +265,6 @@ impl QueryEngine {
 
 /// Only one `SELECT` (with `WITH`, `UNION`, subqueries ...): no EXPLAIN, COPY, SET, SHOW,
 /// CREATE, INSERT, or anything else; and of a bounded shape ([`crate::guard`]).
-pub fn check_statement(sql: &str) -> Result<(), QueryError> {
-    parse_select(sql).map(|_| ())
-}
-
 fn parse_select(sql: &str) -> Result<DFStatement, QueryError> {
     crate::guard::check_text(sql)?;
     let mut statements = DFParserBuilder::new(sql)

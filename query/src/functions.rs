@@ -85,11 +85,14 @@ const TABLE: &[&str] = &["generate_series", "range"];
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
     let defaults = SessionStateDefaults::default_scalar_functions();
     let mut scalar: Vec<Arc<ScalarUDF>> = defaults.iter().filter(|f| SCALAR.contains(&f.name())).cloned().collect();
-    for f in defaults.iter().filter(|f| GROWING.contains(&f.name())) {
-        scalar.push(Arc::new(ScalarUDF::new_from_impl(Capped { inner: f.clone() })));
+    for f in defaults.iter() {
+        let guard = match f.name() {
+            name if GROWING.contains(&name) => Guard::OutputBytes,
+            "arrow_cast" => Guard::ScalarTypes,
+            _ => continue,
+        };
+        scalar.push(Arc::new(ScalarUDF::new_from_impl(Guarded { inner: f.clone(), guard })));
     }
-    let arrow_cast = defaults.iter().find(|f| f.name() == "arrow_cast").expect("arrow_cast is a default function");
-    scalar.push(Arc::new(ScalarUDF::new_from_impl(ScalarCast { inner: arrow_cast.clone() })));
     let concat_op = Arc::new(ScalarUDF::new_from_impl(StringConcat::default()));
     scalar.push(concat_op.clone());
     let aggregate = SessionStateDefaults::default_aggregate_functions().into_iter().filter(|f| AGGREGATE.contains(&f.name())).collect();
@@ -170,50 +173,22 @@ fn output_bound(function: &str, args: &[ColumnarValue], rows: usize) -> DfResult
     })
 }
 
-/// A growing function under [`MAX_OUTPUT_BYTES`]. It keeps DataFusion's own
-/// implementation but not its `simplify`, which could rebuild the call without the cap.
+/// What a [`Guarded`] function checks.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Capped {
-    inner: Arc<ScalarUDF>,
+enum Guard {
+    /// A growing function: at most [`MAX_OUTPUT_BYTES`] a call, from its arguments.
+    OutputBytes,
+    /// `arrow_cast`: scalar target types only (see the module docs).
+    ScalarTypes,
 }
 
-impl ScalarUDFImpl for Capped {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> DfResult<datafusion::arrow::datatypes::FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
-        self.inner.coerce_types(arg_types)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        if output_bound(self.name(), &args.args, args.number_rows)? > MAX_OUTPUT_BYTES as u128 {
-            return Err(over_cap(self.name()));
-        }
-        self.inner.invoke_with_args(args)
-    }
-}
-
-/// `arrow_cast` to scalar types only (see the module docs).
+/// One of DataFusion's functions with a check before it runs. It keeps DataFusion's own
+/// implementation but not a growing function's `simplify`, which could rebuild the call
+/// without the check.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct ScalarCast {
+struct Guarded {
     inner: Arc<ScalarUDF>,
+    guard: Guard,
 }
 
 /// Whether a cast to `t` allocates no more than its values need.
@@ -221,7 +196,7 @@ fn scalar_type(t: &DataType) -> bool {
     !(t.is_nested() || matches!(t, DataType::FixedSizeBinary(_) | DataType::Dictionary(..) | DataType::RunEndEncoded(..)))
 }
 
-impl ScalarUDFImpl for ScalarCast {
+impl ScalarUDFImpl for Guarded {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -240,7 +215,7 @@ impl ScalarUDFImpl for ScalarCast {
 
     fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> DfResult<datafusion::arrow::datatypes::FieldRef> {
         let field = self.inner.return_field_from_args(args)?;
-        if !scalar_type(field.data_type()) {
+        if self.guard == Guard::ScalarTypes && !scalar_type(field.data_type()) {
             return Err(DataFusionError::External(Box::new(QueryError::Limit(
                 "arrow_cast: only to scalar types (no fixed-size, nested or dictionary types)".into(),
             ))));
@@ -253,6 +228,9 @@ impl ScalarUDFImpl for ScalarCast {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if self.guard == Guard::OutputBytes && output_bound(self.name(), &args.args, args.number_rows)? > MAX_OUTPUT_BYTES as u128 {
+            return Err(over_cap(self.name()));
+        }
         self.inner.invoke_with_args(args)
     }
 
@@ -261,8 +239,11 @@ impl ScalarUDFImpl for ScalarCast {
         args: Vec<Expr>,
         info: &datafusion::logical_expr::simplify::SimplifyContext,
     ) -> DfResult<datafusion::logical_expr::simplify::ExprSimplifyResult> {
-        // A cast expression of the same type: what the default function does, and safe.
-        self.inner.simplify(args, info)
+        match self.guard {
+            // A cast to the type asked for: checked already by the return type.
+            Guard::ScalarTypes => self.inner.simplify(args, info),
+            Guard::OutputBytes => Ok(datafusion::logical_expr::simplify::ExprSimplifyResult::Original(args)),
+        }
     }
 }
 

@@ -370,14 +370,13 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
         if !stored.is_empty() || !visible.is_empty() || !blocks.is_empty() {
-            // The copy counts in the query's memory, reserved before it is made (at most the
-            // whole batches, of which it takes some columns) and held while the query runs:
-            // a query naming a table thousands of times fails at its limit instead.
-            let memory = MemoryConsumer::new("trove scan").register(&state.runtime_env().memory_pool);
-            memory.try_grow(stored.iter().chain(&visible).map(RecordBatch::get_array_memory_size).sum())?;
+            // The copy counts in the query's memory, held while the query runs: a query
+            // naming a table many times fails at its limit, one copy past it at most. (The
+            // batches copied from cannot be sized beforehand: a member's buffered rows are
+            // slices whose buffers count whole.)
             let (schema, parts) = self.coalesce(&stored, &visible, &blocks, projection, partitions)?;
-            let copied: usize = parts[blocks.len()..].iter().flatten().map(RecordBatch::get_array_memory_size).sum();
-            memory.resize(copied);
+            let memory = MemoryConsumer::new("trove scan").register(&state.runtime_env().memory_pool);
+            memory.try_grow(parts[blocks.len()..].iter().flatten().map(RecordBatch::get_array_memory_size).sum())?;
             self.reads.hold(memory);
             let batch_size = state.config().batch_size().max(1);
             let parts: Vec<Vec<RecordBatch>> = parts.iter().map(|p| p.iter().flat_map(|b| slices(b, batch_size)).collect()).collect();

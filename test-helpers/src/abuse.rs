@@ -122,6 +122,12 @@ fn dictionary_deltas() -> Vec<u8> {
     out
 }
 
+/// The attacker's client: a connection per request, as a server may close one whose body
+/// it refused before reading it all (a pooled connection would fail the next request).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("a client")
+}
+
 /// Sends `attack` to the server at `base` with the demo fixture's credentials `creds` (as
 /// `trove demo --json` prints them) and `token`, energy-co's subscriber token: the status,
 /// the content type and the body.
@@ -141,6 +147,14 @@ pub async fn send(client: &reqwest::Client, base: &str, creds: &Value, token: &s
             let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             (status, kind, resp.text().await.unwrap_or_default())
         }
-        Err(e) => (0, String::new(), e.to_string()),
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut at: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+            while let Some(cause) = at {
+                why = format!("{why}: {cause}");
+                at = cause.source();
+            }
+            (0, String::new(), why)
+        }
     }
 }

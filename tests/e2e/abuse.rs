@@ -193,7 +193,7 @@ async fn until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> Opt
 async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     let mut server = Server::start().await;
     let base = server.base();
-    let client = reqwest::Client::new();
+    let client = abuse::client();
     let energy = server.token("energy-co").await;
     let care = server.token("care-services").await;
     let canary = Arc::new(Canary::default());
@@ -210,7 +210,7 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
         })
     };
     let behaving = tokio::spawn(well_behaved(
-        client.clone(),
+        reqwest::Client::new(),
         base.clone(),
         server.token("insight-ltd").await,
         server.member_query(1, "insight-ltd"),

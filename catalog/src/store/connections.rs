@@ -172,9 +172,12 @@ impl Catalog {
         let latest = current.latest();
         let now = now_ms();
         let done = match latest.state {
-            RevisionState::Draft => sqlx::query(
-                "UPDATE connection_revisions SET terms = $1, updated_at = $2 \
-                 WHERE connection_id = $3 AND version = $4 AND state = 'draft'",
+            // A requested revision was never approved, so no agreement names its version:
+            // it moves to the next one.
+            RevisionState::Draft | RevisionState::Requested => sqlx::query(
+                "UPDATE connection_revisions SET terms = $1, updated_at = $2, \
+                 version = CASE WHEN state = 'requested' THEN version + 1 ELSE version END, state = 'draft' \
+                 WHERE connection_id = $3 AND version = $4 AND state IN ('draft', 'requested')",
             )
             .bind(to_json(&terms))
             .bind(now)
@@ -182,19 +185,6 @@ impl Catalog {
             .bind(latest.version)
             .execute(&self.pool)
             .await?
-            .rows_affected(),
-            // Never approved, so no agreement names this version: it may move.
-            RevisionState::Requested => sqlx::query(
-                "UPDATE connection_revisions SET version = version + 1, terms = $1, state = 'draft', updated_at = $2 \
-                 WHERE connection_id = $3 AND version = $4 AND state = 'requested'",
-            )
-            .bind(to_json(&terms))
-            .bind(now)
-            .bind(id.get())
-            .bind(latest.version)
-            .execute(&self.pool)
-            .await
-            .map_err(|_| CatalogError::conflict("the connection changed meanwhile; retry"))?
             .rows_affected(),
             // The primary key makes a concurrent second "new revision" fail instead of forking.
             RevisionState::Approved | RevisionState::Superseded => sqlx::query(
