@@ -184,7 +184,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     let (subscriber, _) = catalog.create_subscriber("energy-co").await.expect("a subscriber");
     let id: ConnectionId = catalog.create_connection(subscriber.id, terms()).await.expect("a connection").id;
     catalog.submit_connection(id).await.expect("submitted");
-    catalog.approve_connection(id).await.expect("approved");
+    catalog.approve_connection(id, None).await.expect("approved");
     catalog.request_promotion(id).await.expect("promotion requested");
     catalog.promote_connection(id).await.expect("live");
     let mut agreement = None;

@@ -138,13 +138,16 @@ pub(super) async fn approve(
     body: axum::body::Bytes,
 ) -> ApiResult<axum::Json<Approved>> {
     principal.operator()?;
+    // No body, `null` and `{}` all approve whatever revision is waiting.
     let expected = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        serde_json::from_slice::<ApproveBody>(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::unprocessable("the body is {\"version\": N}", Vec::new()),
-            _ => ApiError::bad_request("the body must be JSON"),
-        })?.version
+        serde_json::from_slice::<Option<ApproveBody>>(&body)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::unprocessable("the body is {\"version\": N}", Vec::new()),
+                _ => ApiError::bad_request("the body must be JSON"),
+            })?
+            .and_then(|b| b.version)
     };
     let (connection, key) = state.catalog.approve_connection(id, expected).await?;
     Ok(axum::Json(Approved { nid: connection.nid, key: key.map(|k| k.expose().to_owned()), connection }))
