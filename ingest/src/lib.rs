@@ -7,8 +7,9 @@
 //! `catalog` crate does) nor reads (`query`), which union its buffer with the files.
 //!
 //! ```text
-//!  HTTP body ─► decode (NDJSON / JSON / CSV / Arrow IPC → typed Arrow, row-numbered refusals)
-//!            ─► validate (event time, write grants per row and field)
+//!  HTTP body ─► decode (NDJSON / JSON / CSV / Arrow IPC → typed Arrow, row-numbered refusals,
+//!                      within a budget of rows and of memory as the columns grow)
+//!            ─► validate (write grants per row and field, rows that set a field, event time)
 //!            ─► Ingester::write ─► sequencer thread: row ids, WAL group commit (one fsync)
 //!                                   └─► buffer (per environment, dataset, member; byte budget)
 //!            flusher (by age or size, largest first above the soft limit)
@@ -21,7 +22,7 @@
 //!
 //! ## Subsystems
 //! - [`schema`]: a dataset as Arrow columns.
-//! - [`decode`]: request bodies to validated Arrow in one pass.
+//! - [`decode`]: request bodies to validated Arrow in one pass, within a [`decode::Budget`].
 //! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
 //! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget, and the index of
@@ -32,7 +33,8 @@
 //! - `background`: flush and compaction encoding, at most half the cores at once.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
-//! - [`Ingester`]: the sequencer and flusher that tie them together.
+//! - [`Ingester`]: the sequencer and flusher that tie them together, and updates of one row
+//!   ([`Ingester::update_row`]) merged one at a time.
 
 mod background;
 pub mod buffer;

@@ -332,3 +332,44 @@ impl ExecutionPlan for Metered {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str) -> Statement {
+        let mut parsed = datafusion::sql::sqlparser::parser::Parser::parse_sql(&datafusion::sql::sqlparser::dialect::GenericDialect {}, sql).unwrap();
+        parsed.pop().unwrap()
+    }
+
+    /// Each cap holds at its value and refuses one past it.
+    #[test]
+    fn the_caps_hold_at_their_value_and_refuse_past_it() {
+        let chain = |n: usize| format!("SELECT {}", vec!["1"; n + 1].join(" + "));
+        assert!(check_text(&chain(MAX_OPERATORS)).is_ok());
+        assert!(matches!(check_text(&chain(MAX_OPERATORS + 1)), Err(QueryError::Limit(m)) if m.contains("operators")));
+        let union = |n: usize| vec!["SELECT 1"; n].join(", ");
+        assert!(check_text(&union(MAX_SELECTS)).is_ok());
+        assert!(check_text(&union(MAX_SELECTS + 1)).is_err());
+        let tables = |n: usize| format!("SELECT 1 FROM {}", vec!["t"; n].join(", "));
+        assert!(check_statement_shape(&statement(&tables(MAX_TABLE_REFERENCES))).is_ok());
+        assert!(check_statement_shape(&statement(&tables(MAX_TABLE_REFERENCES + 1))).is_err());
+    }
+
+    /// A CTE counts once per reference, as planning expands it; a recursive CTE's reference
+    /// to itself counts once.
+    #[test]
+    fn ctes_are_sized_as_expanded() {
+        assert_eq!(expanded_size(&statement("SELECT * FROM t")), 2);
+        assert_eq!(expanded_size(&statement("WITH a AS (SELECT * FROM t) SELECT * FROM a, a")), 1 + 1 + 2 * 2);
+        let doubling = "WITH a AS (SELECT * FROM t), b AS (SELECT * FROM a UNION ALL SELECT * FROM a), \
+                        c AS (SELECT * FROM b UNION ALL SELECT * FROM b) SELECT * FROM c";
+        // a = 2, b = 1 + 2a = 5, c = 1 + 2b = 11; the statement: 1 + t + 2a + 2b + c.
+        assert_eq!(expanded_size(&statement(doubling)), 1 + 1 + 4 + 10 + 11);
+        let recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r";
+        assert!(expanded_size(&statement(recursive)) < 8);
+        let deep: Vec<String> = (1..=20).map(|i| format!("c{i} AS (SELECT * FROM c{0} UNION ALL SELECT * FROM c{0})", i - 1)).collect();
+        let deep = format!("WITH c0 AS (SELECT 1), {} SELECT * FROM c20", deep.join(", "));
+        assert!(expanded_size(&statement(&deep)) > MAX_EXPANDED);
+    }
+}
