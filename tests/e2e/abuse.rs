@@ -28,7 +28,7 @@ const FLAGS: &[&str] = &[
     "--query-memory", "536870912",
     "--query-memory-per-query", "134217728",
     "--query-timeout", "10s",
-    "--query-idle-timeout", "2s",
+    "--query-idle-timeout", "5s",
     "--query-max-bytes", "33554432",
     "--query-concurrency-total", "8",
     "--query-file-cache-bytes", "67108864",
@@ -264,21 +264,21 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     for _ in 0..4 {
         stalled.push(raw(server.port, request.as_bytes(), Some(4096)).await);
     }
+    // Each answer has begun (its status line is read, the rest left unread), so all four
+    // hold one of energy-co's query slots.
+    for s in &mut stalled {
+        let mut status = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut status)).await.expect("an answer begins").unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200", "a stalled reader's query was admitted");
+    }
+    let started = Instant::now();
     let small = json!({"sql": "SELECT count(*) AS n FROM ds_energy_consumption"});
     let query = || client.post(format!("{base}/v1/query")).bearer_auth(&energy).json(&small).send();
-    // Once the four are planned and stalled (a loaded machine takes its time), they hold
-    // energy-co's query slots.
-    let started = Instant::now();
-    let held = loop {
-        let resp = query().await.unwrap();
-        if resp.status() == 429 || started.elapsed() > Duration::from_secs(10) {
-            break resp;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = query().await.unwrap();
     assert_eq!(held.status(), 429, "the stalled answers hold energy-co's query slots");
     assert!(held.headers().contains_key("retry-after"));
-    // Past the idle timeout (2 s) the stalled writes fail, their connections close, and the
+    // Past the idle timeout (5 s, long enough that a loaded machine starts all four inside it)
+    // the stalled writes fail, their connections close, and the
     // queries end: the slots are free again though nobody read a byte more.
     let freed = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -289,8 +289,11 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     };
     assert_eq!(freed.status(), 200, "the slots came back");
     lines.push(format!("4 readers that stopped reading held energy-co's slots; freed after {:.1?}", started.elapsed()));
+    // Reading now would let a write that has not yet timed out go on: the last of the four
+    // times out within another idle timeout (5 s) of the first.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     for s in &mut stalled {
-        let cut = until_closed(s, Duration::from_secs(5)).await.expect("a stalled answer's connection is closed");
+        let cut = until_closed(s, Duration::from_secs(10)).await.expect("a stalled answer's connection is closed");
         assert!(!cut.ends_with(b"0\r\n\r\n"), "a cut answer never looks whole");
     }
 
