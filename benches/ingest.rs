@@ -340,7 +340,7 @@ async fn deliver_day(s: &TestServer, schema: &Arc<DatasetSchema>, day: i64) -> i
     for part in 0..FILES as i64 {
         let start = day * DAY + part * (96 / FILES as i64) * 900;
         let batch = decode(schema, Format::Ndjson, ndjson(rows, COMPACTED, start).as_bytes()).expect("NDJSON decodes");
-        s.ingester.write(schema.clone(), env, connection, batch, None, false).await.expect("write");
+        s.ingester.write(schema.clone(), env, connection, batch).await.expect("write");
         s.flush().await;
     }
     let after: i64 = s.catalog.all_parquet_files().await.expect("manifest").iter().map(|f| f.size_bytes).sum();

@@ -99,7 +99,7 @@ fn bench_query(c: &mut Criterion) {
         let connection = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
         let env: DataEnvironment = s.creds.subscribers[0].connection.environment.into();
         for day in first..first + DAYS {
-            s.ingester.write(schema.clone(), env, connection, day_of_readings(&schema, day), None, false).await.expect("write");
+            s.ingester.write(schema.clone(), env, connection, day_of_readings(&schema, day)).await.expect("write");
             s.flush().await;
         }
         energy_co_scope(&s).await

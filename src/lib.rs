@@ -74,9 +74,6 @@ pub struct AppState {
     pub ingester: Arc<Ingester>,
     /// Connections, agreements and datasets for the write path, never stale.
     pub auth_cache: Arc<catalog::cache::AuthCache>,
-    /// Bytes of ingest bodies being read or decoded, in KiB permits: bounds the memory that
-    /// concurrent large bodies take before the buffer's own budget applies.
-    pub ingest_bodies: Arc<tokio::sync::Semaphore>,
     /// The read path: scoped sessions over ingest's buffer and files.
     pub query: Arc<query::QueryEngine>,
     pub settings: Arc<Settings>,
@@ -88,11 +85,6 @@ pub struct Settings {
     pub token_ttl: Duration,
     pub max_body_bytes: usize,
     pub max_ingest_bytes: usize,
-    /// Most rows in one ingest body (413 past it).
-    pub max_ingest_rows: usize,
-    /// Total bytes of ingest bodies and their decoded rows in flight at once; more waits
-    /// for nobody: 429.
-    pub ingest_inflight_bytes: usize,
     /// How long a request body may take.
     pub body: http::body::BodyLimits,
 }
@@ -134,6 +126,8 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         put_attempts: 5,
         compaction: ingest::compact::CompactionConfig { min_files: args.compact_min_files, ..Default::default() },
         compact_interval: args.compact_interval,
+        inflight_bytes: args.ingest_inflight_bytes,
+        max_rows_per_write: args.max_ingest_rows,
     }
 }
 
@@ -163,9 +157,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The state and router of a server.
 pub fn app(catalog: Catalog, ingester: Arc<Ingester>, store: Arc<dyn ObjectStore>, query: query::QueryConfig, settings: Settings) -> Result<axum::Router, Error> {
-    let ingest_bodies = Arc::new(tokio::sync::Semaphore::new(settings.ingest_inflight_bytes / 1024));
     let query = Arc::new(query::QueryEngine::new(query, ingester.buffer().clone(), store).map_err(|e| Error::Config(e.to_string()))?);
-    Ok(http::router(AppState { catalog, ingester, auth_cache: Default::default(), ingest_bodies, query, settings: Arc::new(settings) }))
+    Ok(http::router(AppState { catalog, ingester, auth_cache: Default::default(), query, settings: Arc::new(settings) }))
 }
 
 /// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes
@@ -179,8 +172,6 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         token_ttl: config.token_ttl,
         max_body_bytes: config.max_body_bytes,
         max_ingest_bytes: config.ingest.max_ingest_bytes,
-        max_ingest_rows: config.ingest.max_ingest_rows,
-        ingest_inflight_bytes: config.ingest.ingest_inflight_bytes,
         body: http::body::BodyLimits { idle: config.body_idle_timeout, total: config.body_timeout },
     };
     let limits = http::listen::ConnectionLimits { header_timeout: config.header_timeout, write_idle: config.query.query_idle_timeout };

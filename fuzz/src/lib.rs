@@ -213,6 +213,8 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
         put_attempts: 1,
         compaction: ingest::compact::CompactionConfig::default(),
         compact_interval: Duration::from_secs(86_400),
+        inflight_bytes: 64 << 20,
+        max_rows_per_write: 1_000_000,
     };
     let objects: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let ingester = Ingester::open(config, catalog.clone(), objects.clone()).await.expect("an ingester");
@@ -231,7 +233,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
         for schema in &datasets {
             let body = rows(schema.dataset.name.as_str(), day);
             let batch = ingest::decode::decode(schema, Format::Ndjson, body.as_bytes()).unwrap_or_else(|e| panic!("seed rows: {e:?}"));
-            ingester.write(schema.clone(), env, id, batch, None, false).await.expect("written");
+            ingester.write(schema.clone(), env, id, batch).await.expect("written");
         }
         if flush {
             assert_eq!(ingester.flush_round(true).await, 0, "flushed");

@@ -23,16 +23,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 
+use crate::partition::PartitionKey;
 use crate::schema::{DECIMAL_PRECISION, DECIMAL_SCALE, DatasetSchema};
-
-/// One member's rows of one dataset in one environment: the unit of flushing and of
-/// Parquet files.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey {
-    pub env: DataEnvironment,
-    pub dataset: DatasetName,
-    pub member: MemberId,
-}
 
 /// A column being filled.
 #[derive(Debug)]
@@ -439,7 +431,7 @@ impl Buffer {
             if state.own.contains(path) {
                 continue;
             }
-            let Some(key) = crate::persist::partition_of(path) else { continue };
+            let Some(key) = crate::partition::partition_of(path) else { continue };
             if let Some(files) = state.tables.get_mut(&(key.env, key.dataset)).and_then(|t| t.files.get_mut(&key.member))
                 && files.iter().any(|f| &f.path == path)
             {

@@ -14,7 +14,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::IngestError;
-use crate::buffer::{Buffer, PartitionKey};
+use crate::buffer::Buffer;
+use crate::partition::PartitionKey;
 use crate::persist;
 use crate::schema::DatasetSchema;
 

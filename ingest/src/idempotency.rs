@@ -19,6 +19,18 @@ enum Entry {
     Done(IdempotentWrite),
 }
 
+/// What makes two writes "the same body": dataset, content type and bytes.
+pub fn body_hash(dataset: &catalog::DatasetName, content_type: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(dataset.as_str());
+    h.update([0]);
+    h.update(content_type);
+    h.update([0]);
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
 /// What to do with a write that carries a key.
 #[derive(Debug)]
 pub enum Decision {

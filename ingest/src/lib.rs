@@ -7,34 +7,38 @@
 //! `catalog` crate does) nor reads (`query`), which union its buffer with the files.
 //!
 //! ```text
-//!  HTTP body ─► decode (NDJSON / JSON / CSV / Arrow IPC → typed Arrow, row-numbered refusals,
-//!                      within a budget of rows and of memory as the columns grow)
-//!            ─► validate (write grants per row and field, rows that set a field, event time)
-//!            ─► Ingester::write ─► sequencer thread: row ids, WAL group commit (one fsync)
-//!                                   └─► buffer (per environment, dataset, member; byte budget)
-//!            flusher (by age or size, largest first above the soft limit)
-//!                   └─► persist: sort by event time → Parquet (ZSTD, dictionary, page index)
-//!                        → object store (PutMode::Create) → manifest row in the catalog
-//!                        → file index (what reads see) → WAL segments below the oldest
-//!                          buffered row deleted (their access-log entries moved first)
+//!  a door (HTTP) ─► Ingester::ingest(WriteRequest) / Ingester::update_row(RowUpdate)
+//!     idempotency ─► decode (NDJSON / JSON / CSV / Arrow IPC → typed Arrow, row-numbered
+//!                   refusals, within the in-flight budget as the columns grow)
+//!                 ─► validate (write grants per row and field, rows that set a field, event time)
+//!                 ─► sequencer thread: row ids, WAL group commit (one fsync)
+//!                        └─► buffer (per environment, dataset, member; byte budget)
+//!  flusher (by age or size, largest first above the soft limit)
+//!        └─► persist: sort by event time → Parquet → object store (PutMode::Create)
+//!             → manifest row in the catalog → file index (what reads see)
+//!             → WAL segments below the oldest buffered row deleted (their keys and
+//!               access-log entries moved to the catalog first)
+//!  compaction: a member's small files merged by day, then by month
 //!  metadata datasets: validate::check_values → catalog metadata instances
 //! ```
 //!
-//! ## Subsystems
+//! ## Modules, in data-path order
+//! - [`Ingester`] (`ingester/`): the entries doors call ([`Ingester::ingest`],
+//!   [`Ingester::update_row`], [`Ingester::log_access`]) and the sequencer, WAL records,
+//!   replay and flusher behind them; each file opens with what it owns.
+//! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`schema`]: a dataset as Arrow columns.
 //! - [`decode`]: request bodies to validated Arrow in one pass, within a [`decode::Budget`].
 //! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
+//! - [`partition`]: one member's rows of one dataset, and where its files live.
 //! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget, and the index of
 //!   recorded files (kept by flushes, compaction and the manifest's change feed) that reads
 //!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
 //! - `background`: flush and compaction encoding, at most half the cores at once.
-//! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
-//! - [`Ingester`]: the sequencer and flusher that tie them together, and updates of one row
-//!   ([`Ingester::update_row`]) merged one at a time.
 
 mod background;
 pub mod buffer;
@@ -43,6 +47,7 @@ pub mod decode;
 mod error;
 pub mod idempotency;
 mod ingester;
+pub mod partition;
 pub mod persist;
 pub mod schema;
 pub mod validate;
@@ -50,7 +55,7 @@ pub mod wal;
 pub mod writelog;
 
 pub use error::{ErrorKind, FieldProblem, IngestError};
-pub use ingester::{IngestConfig, Ingester, RowUpdate};
+pub use ingester::{GrantOf, IdempotencyKey, InFlight, IngestConfig, Ingester, RowUpdate, Rows, WriteRequest, Written};
 
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
 

@@ -17,42 +17,8 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::buffer::PartitionKey;
+use crate::partition::{PartitionKey, file_path};
 use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION};
-
-/// Where a partition's files live: `<environment>/<dataset>/<member>/`, so one member's data
-/// can be listed, exported and erased without touching anyone else's.
-///
-/// ```
-/// use ingest::persist::partition_prefix;
-/// let key = ingest::buffer::PartitionKey {
-///     env: catalog::DataEnvironment::Production,
-///     dataset: "ds_energy_consumption".parse().unwrap(),
-///     member: catalog::MemberId::new(42).unwrap(),
-/// };
-/// assert_eq!(partition_prefix(&key).as_ref(), "production/ds_energy_consumption/42");
-/// assert_eq!(ingest::persist::partition_of("production/ds_energy_consumption/42/d1.parquet"), Some(key));
-/// ```
-pub fn partition_prefix(key: &PartitionKey) -> Path {
-    Path::from_iter([key.env.as_str(), key.dataset.as_str(), &key.member.to_string()])
-}
-
-/// The partition a file path (from [`partition_prefix`]) belongs to.
-pub fn partition_of(path: &str) -> Option<PartitionKey> {
-    let mut parts = path.split('/');
-    let env = catalog::DataEnvironment::parse(parts.next()?)?;
-    let dataset = parts.next()?.parse().ok()?;
-    let member = parts.next()?.parse().ok()?;
-    Some(PartitionKey { env, dataset, member })
-}
-
-/// A new, unique file name in the partition: the first event day and id range say what it
-/// holds; a random suffix makes concurrent writers (several nodes) never collide.
-fn file_path(key: &PartitionKey, min_event_time: i64, min_id: i64, max_id: i64) -> Path {
-    let day = min_event_time.div_euclid(86_400);
-    let name = format!("d{day:06}_{min_id:012}-{max_id:012}_{}.parquet", uuid::Uuid::new_v4().simple());
-    partition_prefix(key).join(name.as_str())
-}
 
 /// How a file is compressed. parquet-rs makes a ZSTD context per column of every file,
 /// which costs about 0.4 ms a file whatever its size: most of a flush round, which writes a

@@ -24,14 +24,21 @@ pub struct TableScope {
     /// Members with an active agreement, and the revision each approved (shared with the
     /// authorization cache, not copied per request).
     members: Arc<HashMap<MemberId, i64>>,
-    /// Per approved revision, what it grants of the visible columns: nothing (its members
-    /// are not in the table), all of them (`None`), or some (`Some(mask)`: the others read
-    /// as NULL for its members).
-    grants: HashMap<i64, Option<Option<Arc<[bool]>>>>,
+    /// Per approved revision, what it grants of the visible columns (a revision without an
+    /// entry grants nothing).
+    grants: HashMap<i64, Access>,
 }
 
-/// What a member's agreement lets the table show of its rows.
-pub type Access = Option<Arc<[bool]>>;
+/// What a member's agreement lets the table show of that member's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: the member's rows are not in the table.
+    Hidden,
+    /// Every visible column.
+    All,
+    /// The visible columns marked `true`; the others read as NULL for this member.
+    Masked(Arc<[bool]>),
+}
 
 impl TableScope {
     /// Connection-wide (the SQL door): the columns of the connection's serving revision,
@@ -46,7 +53,7 @@ impl TableScope {
         let grants = connection
             .revisions
             .iter()
-            .map(|r| (r.version, r.terms.datasets.get(&table.schema.dataset.name).and_then(|g| table.mask(g))))
+            .map(|r| (r.version, r.terms.datasets.get(&table.schema.dataset.name).map_or(Access::Hidden, |g| table.mask(g))))
             .collect();
         table.grants = grants;
         Some(table)
@@ -59,27 +66,26 @@ impl TableScope {
         let env: DataEnvironment = scope.environment.into();
         let version = scope.agreement.version;
         let members = Arc::new(HashMap::from([(scope.agreement.member, version)]));
-        Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Some(None))]) })
+        Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Access::All)]) })
     }
 
     /// Whether the table holds `member`'s rows, and with which columns.
-    pub fn access(&self, member: MemberId) -> Option<Access> {
-        self.grants.get(self.members.get(&member)?)?.clone()
+    pub fn access(&self, member: MemberId) -> Access {
+        self.members.get(&member).and_then(|version| self.grants.get(version)).cloned().unwrap_or(Access::Hidden)
     }
 
     /// The members the table holds among those `allowed` lets through; `wanted` lists the
     /// only candidates when the query names its members.
     pub fn members(&self, wanted: Option<&std::collections::BTreeSet<i64>>, allowed: impl Fn(i64) -> bool) -> Vec<MemberId> {
-        let held = |m: &MemberId| self.access(*m).is_some() && allowed(m.get());
+        let held = |m: &MemberId| self.access(*m) != Access::Hidden && allowed(m.get());
         match wanted {
             Some(ids) => ids.iter().filter_map(|id| MemberId::new(*id).ok()).filter(held).collect(),
             None => self.members.keys().copied().filter(held).collect(),
         }
     }
 
-    /// Which visible columns `grant` allows: `None` (all of them), `Some(mask)` (some), or
-    /// no entry at all when it allows no data field.
-    fn mask(&self, grant: &DatasetGrant) -> Option<Access> {
+    /// Which visible columns `grant` allows; [`Access::Hidden`] when it allows no data field.
+    fn mask(&self, grant: &DatasetGrant) -> Access {
         let stored = &self.schema.stored;
         let mask: Vec<bool> = self
             .columns
@@ -88,9 +94,12 @@ impl TableScope {
             .map(|(position, &i)| position < 3 || grant.read.contains(stored.field(i).name()))
             .collect();
         if !mask.iter().skip(3).any(|m| *m) {
-            return None;
+            Access::Hidden
+        } else if mask.iter().all(|m| *m) {
+            Access::All
+        } else {
+            Access::Masked(mask.into())
         }
-        Some(if mask.iter().all(|m| *m) { None } else { Some(mask.into()) })
     }
 
     /// The name of the event-time column, if the table shows it.

@@ -39,7 +39,7 @@ use ingest::buffer::{Buffer, Snapshot};
 use object_store::ObjectStore;
 
 use crate::prune::Bounds;
-use crate::scope::TableScope;
+use crate::scope::{Access, TableScope};
 
 /// What one request read: rows per (dataset, member) for the access log, and every file its
 /// scans may open, for the final plan check. It also holds, for as long as the request
@@ -307,7 +307,12 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 counts.push((*member, 0));
                 continue;
             };
-            let mask = self.scope.access(*member).flatten();
+            let mask = match self.scope.access(*member) {
+                Access::Masked(mask) => Some(mask),
+                Access::All => None,
+                // `members` holds none of these: fail closed all the same.
+                Access::Hidden => continue,
+            };
             let buffered = snapshot.rows.iter().map(RecordBatch::num_rows).sum::<usize>() as i64;
             if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
                 // Every file: pruning by event time could keep an old version whose newer

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use catalog::{Connection, ConnectionId, DatasetKind, DatasetName, ErrorKind};
-use ingest::decode::{self, Format};
-use ingest::idempotency::Decision;
-use ingest::validate;
+use ingest::decode::Format;
+use ingest::{IdempotencyKey, InFlight, Rows, WriteRequest, validate};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{bearer_of, subscriber_connection};
@@ -90,59 +89,6 @@ struct Admitted {
     memory: InFlight,
 }
 
-/// A request's share of the bytes of ingest bodies in flight (`--ingest-inflight-bytes`,
-/// in KiB permits): what its body and its decoded rows take. Growing past what is free
-/// refuses the request (429) rather than waiting.
-pub(super) struct InFlight {
-    budget: Arc<tokio::sync::Semaphore>,
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// Bytes held for the body itself; decoding asks for more on top.
-    body: usize,
-}
-
-impl InFlight {
-    /// A share of `bytes` now, or `None` if the budget has not that much free.
-    pub(super) fn take(budget: &Arc<tokio::sync::Semaphore>, bytes: usize) -> Option<InFlight> {
-        let mut share = InFlight { budget: budget.clone(), held: None, body: bytes };
-        share.grow_to(bytes).then_some(share)
-    }
-
-    fn kib(bytes: usize) -> usize {
-        bytes.div_ceil(1024)
-    }
-
-    /// Holds at least `bytes` in all; false if the budget has not the rest free.
-    fn grow_to(&mut self, bytes: usize) -> bool {
-        let held = self.held.as_ref().map_or(0, |p| p.num_permits());
-        let want = Self::kib(bytes);
-        if want <= held {
-            return true;
-        }
-        let Ok(more) = u32::try_from(want - held) else { return false };
-        match self.budget.clone().try_acquire_many_owned(more) {
-            Ok(permit) => {
-                match &mut self.held {
-                    Some(p) => p.merge(permit),
-                    None => self.held = Some(permit),
-                }
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// For a body of unknown length: it has now sent `bytes`.
-    fn body_at(&mut self, bytes: usize) -> bool {
-        self.body = self.body.max(bytes);
-        self.grow_to(bytes)
-    }
-
-    /// Decoding asks: the decoded columns hold `bytes`, besides the body.
-    pub(super) fn decoded(&mut self, bytes: usize) -> bool {
-        self.grow_to(self.body + bytes)
-    }
-}
-
 /// Reads an ingest body of at most `limit` bytes, counting a body of unknown length into
 /// `memory` as it arrives (429 once the budget is spent; 413 past the limit; 408 if it is
 /// too slow, see [`super::body`]).
@@ -178,7 +124,7 @@ async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, hea
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(0)
         .min(state.settings.max_ingest_bytes);
-    let memory = InFlight::take(&state.ingest_bodies, declared).ok_or(ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
+    let memory = state.ingester.in_flight(declared)?;
     let name: DatasetName = dataset.parse().map_err(|_| ApiError::not_found("dataset"))?;
     let dataset = match state.auth_cache.dataset(&state.catalog, &name).await {
         Ok(d) if d.kind == DatasetKind::Transactional => d,
@@ -251,74 +197,29 @@ pub(super) async fn ingest(
             Ok(admitted) => admitted,
             Err(refusal) => return Err(drained(body, state.settings.max_ingest_bytes, refusal).await),
         };
-    let env = connection.environment.into();
     let body = read_body(body, state.settings.max_ingest_bytes, &mut memory).await?;
     metrics::counter!("trove_ingest_body_bytes_total", "dataset" => name.to_string()).increment(body.len() as u64);
-    // A retry with the same key and body gets the first answer; another body is 422.
-    let claim = match request_key {
-        None => None,
-        Some(key) => {
-            let hash = body_hash(&name, &content_type, &body);
-            match state.ingester.idempotency(connection.id, &key, &hash).await? {
-                Decision::Replay { accepted } => return Ok(axum::Json(Accepted { accepted: accepted as usize })),
-                Decision::Proceed(claim) => Some(claim),
-            }
-        }
-    };
-    let schema = state.ingester.schema(&dataset);
-    let decode_schema = schema.clone();
-    let max_rows = state.settings.max_ingest_rows;
-    // The decoded columns count into the request's share as they grow; the share is held
-    // until the write is answered.
-    let (batch, _memory) = tokio::task::spawn_blocking(move || {
-        let mut budget = decode::Budget { max_rows, memory: &mut |bytes| memory.decoded(bytes) };
-        let batch = decode::decode_within(&decode_schema, format, &body, &mut budget);
-        (batch, memory)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let batch = batch.map_err(ingest::IngestError::from)?;
-    if batch.num_rows() == 0 {
-        if let Some(claim) = claim {
-            claim.complete(0, now_secs() * 1000);
-        }
-        return Ok(axum::Json(Accepted { accepted: 0 }));
-    }
-    // The agreements in force when the request starts decide every row.
+    // The agreements in force when the request starts decide every row. Members are on one
+    // of a few versions: resolve each version's grant once, not per row.
     let agreements = state.auth_cache.agreements(&state.catalog, connection.id).await?;
-    // Members are on one of a few versions: resolve each version's grant once, not per row.
     let by_version: Vec<(i64, Option<&catalog::DatasetGrant>)> =
         connection.revisions.iter().map(|r| (r.version, r.terms.datasets.get(&name))).collect();
     let grant_of = |member| {
         let version = agreements.get(&member)?;
         by_version.iter().find(|(v, _)| v == version).and_then(|(_, g)| *g)
     };
-    let rows = batch.num_rows();
-    let refused = |e: ingest::IngestError| {
-        metrics::counter!("trove_ingest_rows_total", "dataset" => name.to_string(), "result" => "refused").increment(rows as u64);
-        e
-    };
-    let batch = validate::check_new_rows(&schema, batch, grant_of, now_secs()).map_err(refused)?;
-    metrics::histogram!("trove_ingest_batch_rows").record(rows as f64);
-    state.ingester.write(schema, env, connection.id, batch, claim.as_ref(), false).await?;
-    if let Some(claim) = claim {
-        claim.complete(rows as i64, now_secs() * 1000);
-    }
-    Ok(axum::Json(Accepted { accepted: rows }))
-}
-
-/// What makes two writes "the same body": dataset, content type and bytes.
-fn body_hash(dataset: &DatasetName, content_type: &str, body: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(dataset.as_str());
-    h.update([0]);
-    h.update(content_type);
-    h.update([0]);
-    h.update(body);
-    hex::encode(h.finalize())
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    let written = state
+        .ingester
+        .ingest(WriteRequest {
+            connection: connection.id,
+            env: connection.environment.into(),
+            dataset,
+            rows: Rows::Body { format, bytes: body },
+            grant_of: &grant_of,
+            idempotency: request_key.map(|key| IdempotencyKey { key, content_type }),
+            memory,
+            logged: false,
+        })
+        .await?;
+    Ok(axum::Json(Accepted { accepted: written.accepted }))
 }

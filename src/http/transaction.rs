@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, Request, State};
 use axum::response::Response;
-use catalog::{AccessAction, AccessDecision, DatasetKind, MemberId};
+use catalog::{AccessAction, AccessDecision, DatasetKind, DatasetName, MemberId};
 use datafusion::arrow::array::{Array, RecordBatch};
-use ingest::buffer::PartitionKey;
-use ingest::decode;
-use ingest::validate;
+use ingest::{RowUpdate, Rows, WriteRequest};
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable};
-use super::mydex::{AddParams, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes, now_ms};
+use super::mydex::{AddParams, Call, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes};
 use super::pds::write_body;
 use crate::AppState;
 
@@ -74,28 +72,38 @@ pub(super) async fn add(
             Some(_) => return Err(ApiError::unprocessable("member_uid must be the uid= member", Vec::new())),
         }
     }
-    let schema = state.ingester.schema(&dataset);
-    // The decoded rows count into the in-flight budget of ingest, as a body's do.
-    let mut memory = super::ingest::InFlight::take(&state.ingest_bodies, 0).ok_or(ingest::IngestError::Overloaded { retry_after_secs: 1 })?;
-    let batch = {
-        let mut budget = decode::Budget { max_rows: state.settings.max_ingest_rows, memory: &mut |bytes| memory.decoded(bytes) };
-        decode::decode_objects(&schema, &rows, &mut budget).map_err(ingest::IngestError::from)?
-    };
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
-    let batch = match validate::check_new_rows(&schema, batch, |m| (m == uid).then_some(grant), now_ms() / 1000) {
-        Ok(batch) => batch,
-        Err(e) => {
-            if e.kind() == ingest::ErrorKind::Forbidden {
-                call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await?;
-            }
-            return Err(e.into());
-        }
+    let grant_of = |m| (m == uid).then_some(grant);
+    let request = WriteRequest {
+        connection: call.scope.agreement.connection_id,
+        env: call.env,
+        dataset: dataset.clone(),
+        rows: Rows::Objects(rows),
+        grant_of: &grant_of,
+        idempotency: None,
+        // The decoded rows count into the in-flight budget of ingest, as a body's do.
+        memory: state.ingester.in_flight(0)?,
+        logged: true,
     };
-    let ids = state.ingester.write(schema, call.env, call.scope.agreement.connection_id, batch, None, true).await?;
+    let ids = match state.ingester.ingest(request).await {
+        Ok(written) => written.ids,
+        Err(e) => return Err(refused_write(&state, &call, &dataset.name, e).await),
+    };
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed)).await?;
     let last = ids.last().copied().unwrap_or(0);
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     Ok(answer(call.format, json!({"success": 1, "ids": ids, "last_insert_id": last})))
+}
+
+/// A write the ingester refused: a refusal by the agreement is logged first (the answer
+/// waits for the entry).
+async fn refused_write(state: &AppState, call: &Call, dataset: &DatasetName, e: ingest::IngestError) -> ApiError {
+    if e.kind() == ingest::ErrorKind::Forbidden
+        && let Err(logging) = call.record(state, call.log(dataset.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await
+    {
+        return logging;
+    }
+    e.into()
 }
 
 /// Update row `id`: the fields the body names replace the row's, in a new version of the
@@ -118,7 +126,7 @@ pub(super) async fn update(
     let uid = call.scope.agreement.member;
     let id = params.id("the row id")?;
     state.ingester.admit()?;
-    let (requested, mut fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
+    let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
     let dataset = Arc::new(call.dataset(&state, &requested, AccessAction::Write, DatasetKind::Transactional).await?);
     if fields.is_empty() {
         return Err(ApiError::unprocessable("no fields to update", Vec::new()));
@@ -126,21 +134,19 @@ pub(super) async fn update(
     if fields.contains_key("member_uid") {
         return Err(ApiError::unprocessable("member_uid cannot change", Vec::new()));
     }
-    let sets_instance = fields.contains_key("instance");
-    fields.insert("member_uid".into(), json!(uid.get()));
-    let schema = state.ingester.schema(&dataset);
-    let update = {
-        let mut one_row = decode::Budget { max_rows: 1, memory: &mut |_| true };
-        decode::decode_objects(&schema, std::slice::from_ref(&fields), &mut one_row).map_err(ingest::IngestError::from)?
-    };
     let grant = call.scope.grant(&dataset.name).ok_or_else(ApiError::forbidden)?;
-    if let Err(e) = validate::authorize_rows(&schema, &update, |m| (m == uid).then_some(grant)) {
-        call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await?;
-        return Err(e.into());
+    let update = RowUpdate {
+        dataset: dataset.clone(),
+        env: call.env,
+        member: uid,
+        id,
+        connection: call.scope.agreement.connection_id,
+        fields,
+        grant,
+    };
+    if let Err(e) = state.ingester.update_row(update).await {
+        return Err(refused_write(&state, &call, &dataset.name, e).await);
     }
-    let key = PartitionKey { env: call.env, dataset: dataset.name.clone(), member: uid };
-    let update = ingest::RowUpdate { key, id, connection: call.scope.agreement.connection_id, fields: update, sets_instance };
-    state.ingester.update_row(schema, update, now_ms() / 1000).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
     Ok(answer(call.format, json!({"success": 1})))
 }

@@ -179,6 +179,8 @@ impl TestServer {
             compaction: ingest::compact::CompactionConfig { delete_grace: Duration::ZERO, ..Default::default() },
             // Tests compact when they ask to.
             compact_interval: Duration::from_secs(3600),
+            inflight_bytes: config.ingest_inflight_bytes,
+            max_rows_per_write: 1_000_000,
         };
         let ingester = Ingester::open(ingest, catalog.clone(), objects.clone()).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -187,8 +189,6 @@ impl TestServer {
             token_ttl: Duration::from_secs(3600),
             max_body_bytes: 64 * 1024,
             max_ingest_bytes: 32 << 20,
-            max_ingest_rows: 1_000_000,
-            ingest_inflight_bytes: config.ingest_inflight_bytes,
             body: config.body,
         };
         let app = trove::app(catalog.clone(), ingester.clone(), objects.clone(), config.query.clone(), settings).expect("app");

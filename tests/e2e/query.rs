@@ -269,6 +269,8 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         put_attempts: 3,
         compaction: ingest::compact::CompactionConfig { min_files: 2, ..Default::default() },
         compact_interval: Duration::from_secs(3600),
+        inflight_bytes: 64 << 20,
+        max_rows_per_write: 1_000_000,
     };
     let node2 = ingest::Ingester::open(config, s.catalog.clone(), s.objects.clone()).await.unwrap();
     let dataset = std::sync::Arc::new(s.catalog.dataset(&E.parse().unwrap()).await.unwrap());
@@ -282,7 +284,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
             })
             .collect();
         let batch = ingest::decode::decode_objects(&schema, &rows, &mut ingest::decode::Budget { max_rows: usize::MAX, memory: &mut |_| true }).unwrap();
-        node2.write(schema.clone(), catalog::DataEnvironment::Production, connection, batch, None, false).await.unwrap();
+        node2.write(schema.clone(), catalog::DataEnvironment::Production, connection, batch).await.unwrap();
         assert_eq!(node2.flush_round(true).await, 0);
     }
     let counts = || {

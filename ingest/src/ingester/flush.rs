@@ -1,0 +1,183 @@
+//! The flusher: a task that, every tick, writes due partitions to Parquet and records them
+//! in the manifest in one commit, follows the manifest's change feed (other nodes' files),
+//! runs compaction rounds, and drops WAL segments once no buffered row needs them (their
+//! idempotency keys and access-log entries moved to the catalog first).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use catalog::ParquetFile;
+use futures::{FutureExt, StreamExt};
+
+use super::sequencer::Command;
+use super::{Ingester, now_ms, stop_on_panic};
+use crate::IngestError;
+use crate::buffer::FlushBatch;
+use crate::wal;
+
+impl Ingester {
+    pub(super) async fn flush_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut last_compaction = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.flush_tick) => {},
+                _ = stop.changed() => return,
+            }
+            let round = async {
+                self.flush_round(false).await;
+                if let Err(e) = self.follow_manifest().await {
+                    tracing::warn!(error = %e, "could not read the manifest's changes; retrying");
+                }
+                metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
+                metrics::gauge!("trove_ingest_files").set(self.buffer.file_count() as f64);
+                if last_compaction.elapsed() >= self.config.compact_interval {
+                    last_compaction = Instant::now();
+                    if let Err(e) = self.compact_round().await {
+                        tracing::warn!(error = %e, "compaction failed; it retries on its next round");
+                    }
+                }
+            };
+            if std::panic::AssertUnwindSafe(round).catch_unwind().await.is_err() {
+                stop_on_panic("the flusher");
+            }
+        }
+    }
+
+    /// Brings the read index up to the manifest: files other nodes flushed or compacted.
+    /// Runs on the flusher task, after this node's own flushes and compactions have updated
+    /// the index, so their changes come back only as repeats.
+    pub async fn follow_manifest(&self) -> Result<(), IngestError> {
+        let behind = self.manifest_synced.lock().elapsed() > MANIFEST_RELOAD_AFTER;
+        if behind {
+            // Tombstones this node has not seen may be purged: reload the whole manifest.
+            let seq = self.catalog.manifest_seq().await?;
+            self.buffer.replace_files(self.catalog.all_parquet_files().await?);
+            self.manifest_seq.store(seq, Ordering::Release);
+            tracing::info!("reloaded the file index from the manifest");
+        } else {
+            let since = self.manifest_seq.load(Ordering::Acquire);
+            let changes = self.catalog.manifest_changes(since).await?;
+            if changes.latest != since {
+                self.buffer.apply_manifest(changes.added, &changes.removed);
+                self.manifest_seq.store(changes.latest, Ordering::Release);
+            }
+        }
+        *self.manifest_synced.lock() = Instant::now();
+        Ok(())
+    }
+
+    /// One compaction pass; returns how many files were merged away.
+    pub async fn compact_round(&self) -> Result<usize, IngestError> {
+        self.compactor.run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), now_ms() / 1000).await
+    }
+
+    /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.
+    /// Returns how many partitions failed to flush.
+    pub async fn flush_round(&self, all: bool) -> usize {
+        let keys = if all {
+            self.buffer.keys()
+        } else {
+            self.buffer.due(self.config.flush_age, self.config.flush_bytes, self.config.buffer_soft_bytes)
+        };
+        // Files are written concurrently, then recorded together: one catalog commit per
+        // round (in chunks), not one per member.
+        let flushes: Vec<FlushBatch> = keys.iter().filter_map(|k| self.buffer.begin_flush(k)).collect();
+        let written: Vec<(FlushBatch, Result<ParquetFile, IngestError>)> = futures::stream::iter(flushes)
+            .map(|flush| async move {
+                let result =
+                    crate::persist::write_file(
+                        &self.store,
+                        &flush.key,
+                        &flush.schema,
+                        flush.batches.clone(),
+                        crate::persist::Codec::Flush,
+                        self.config.put_attempts,
+                    ).await;
+                (flush, result)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut failed = 0;
+        let mut ready = Vec::new();
+        for (flush, result) in written {
+            match result {
+                Ok(file) => ready.push((flush, file)),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
+                    self.buffer.end_flush(&flush, None);
+                }
+            }
+        }
+        for chunk in ready.chunks(1000) {
+            let files: Vec<ParquetFile> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            self.buffer.claim(files.iter().map(|f| f.path.clone()));
+            let committed = match crate::persist::commit(&self.store, &self.catalog, &files, &[]).await {
+                Ok(()) => true,
+                Err(e) => {
+                    self.buffer.release(files.iter().map(|f| &f.path));
+                    tracing::warn!(error = %e, "recording flushed files failed; the rows stay buffered and in the WAL");
+                    failed += chunk.len();
+                    false
+                }
+            };
+            for (flush, file) in chunk {
+                self.buffer.end_flush(flush, committed.then_some(file));
+            }
+            if committed {
+                metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(chunk.len() as u64);
+            }
+        }
+        metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(failed as u64);
+        self.storage_failing.store(failed > 0, Ordering::Relaxed);
+        // Read the writer's segment before the buffer's oldest: rows are buffered before the
+        // writer moves to a newer segment, so no needed segment can slip between the reads.
+        let current = self.current_segment.load(Ordering::Acquire);
+        let keep_from = self.buffer.min_segment().map_or(current, |m| m.min(current));
+        // Keys and access-log entries of the records about to go must be in the catalog first.
+        // They move about once a second, not every round: the access log's member index
+        // takes a page write per member read, so a second of reads across the same members
+        // costs about what one read does.
+        {
+            let mut moved = self.catalog_moved.lock();
+            // The first round after a start moves at once: a server restarted often must
+            // still trim the WAL it replayed.
+            if !all && moved.is_some_and(|at| at.elapsed() < CATALOG_MOVE_EVERY) {
+                return failed;
+            }
+            *moved = Some(Instant::now());
+        }
+        if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
+            tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
+            return failed;
+        }
+        if let Err(e) = self.write_log.persist_below(&self.catalog, keep_from).await {
+            tracing::warn!(error = %e, "could not write the access log; keeping the WAL segments");
+            return failed;
+        }
+        let dir = self.config.wal_dir.clone();
+        match tokio::task::spawn_blocking(move || wal::remove_below(&dir, keep_from)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "dropped persisted WAL segments"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not drop WAL segments"),
+            _ => {}
+        }
+        // Everything acknowledged is in Parquet: close the segment so the next round can
+        // drop it (and move its access-log entries and keys to the catalog).
+        if self.buffer.min_segment().is_none()
+            && let Some(tx) = self.sequencer.lock().as_ref() {
+                let _ = tx.send(Command::Rotate);
+            }
+        failed
+    }
+}
+
+/// A node that has not followed the manifest's change feed for this long reloads the whole
+/// manifest, because tombstones are purged after [`crate::compact::TOMBSTONES_KEPT_MS`].
+const MANIFEST_RELOAD_AFTER: Duration = Duration::from_secs(3600);
+
+/// How often flush rounds move keys and access-log entries of closed WAL segments to the
+/// catalog (and drop those segments); a forced round always does.
+const CATALOG_MOVE_EVERY: Duration = Duration::from_secs(1);

@@ -1,0 +1,251 @@
+//! The write path as one service, [`Ingester`]: the entries the doors call and the tasks
+//! behind them, in the order a row meets them.
+//!
+//! - [`write`]: [`Ingester::ingest`] (new rows) and [`Ingester::update_row`] (a new version
+//!   of one row): idempotency, decoding within the in-flight budget, grants, event times.
+//! - `sequencer`: one thread that gives rows ids, appends them to the WAL with group commit
+//!   and makes them visible in the buffer in id order.
+//! - `record`: what a WAL record holds (a write's rows, or read access-log entries).
+//! - `replay`: the WAL back into the buffer at start, skipping rows already in Parquet.
+//! - `flush`: the flusher task: due partitions to Parquet, the manifest's changes into the
+//!   read index, compaction rounds, and WAL segments dropped once nothing needs them.
+
+mod flush;
+mod record;
+mod replay;
+mod sequencer;
+mod write;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use catalog::{Catalog, DatasetName, MemberId};
+use object_store::ObjectStore;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::IngestError;
+use crate::buffer::Buffer;
+use crate::idempotency::Keys;
+use crate::schema::DatasetSchema;
+use crate::wal::{Durability, Segments};
+use crate::writelog::WriteLog;
+use sequencer::{Command, LogOp};
+
+pub use write::{GrantOf, IdempotencyKey, InFlight, RowUpdate, Rows, WriteRequest, Written};
+#[cfg(fuzzing)]
+pub(crate) use record::decode_wal_record;
+
+/// Settings of the write path.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub wal_dir: PathBuf,
+    pub durability: Durability,
+    /// A WAL segment is closed past this size.
+    pub segment_bytes: u64,
+    /// Hard limit of buffered rows: above it writes are refused (429) before their body is read.
+    pub buffer_bytes: usize,
+    /// Above this the largest partitions are flushed first.
+    pub buffer_soft_bytes: usize,
+    /// A partition is flushed once its oldest row is this old ...
+    pub flush_age: Duration,
+    /// ... or once it holds this many bytes.
+    pub flush_bytes: usize,
+    /// How often the flusher looks for due partitions.
+    pub flush_tick: Duration,
+    /// Object-store put attempts per flush before the flush is retried later.
+    pub put_attempts: u32,
+    pub compaction: crate::compact::CompactionConfig,
+    /// How often compaction looks for partitions with many small files.
+    pub compact_interval: Duration,
+    /// Bytes of write bodies and their decoded rows in flight at once ([`InFlight`]); past
+    /// it a write is refused (429) rather than queued.
+    pub inflight_bytes: usize,
+    /// Most rows in one write (413 past it).
+    pub max_rows_per_write: usize,
+}
+
+/// The write path. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Ingester {
+    config: IngestConfig,
+    catalog: Catalog,
+    store: Arc<dyn ObjectStore>,
+    buffer: Arc<Buffer>,
+    sequencer: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
+    sequencer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    current_segment: Arc<AtomicU64>,
+    /// How far the read index has followed the manifest's change feed, and when it last did.
+    manifest_seq: AtomicI64,
+    manifest_synced: Mutex<Instant>,
+    /// When keys and access-log entries last moved from closed WAL segments to the catalog.
+    catalog_moved: Mutex<Option<Instant>>,
+    /// Set while flushes fail (object storage down): a full buffer then means 503, not 429.
+    storage_failing: AtomicBool,
+    schemas: Mutex<HashMap<DatasetName, Arc<DatasetSchema>>>,
+    /// Bytes of write bodies in flight, in KiB permits (see [`InFlight`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// See [`Ingester::update_row`].
+    row_locks: Box<[tokio::sync::Mutex<()>]>,
+    keys: Arc<Keys>,
+    write_log: Arc<WriteLog>,
+    compactor: crate::compact::Compactor,
+    stop: tokio::sync::watch::Sender<bool>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Ingester {
+    /// Opens the write path: replays the WAL into the buffer (skipping rows the manifest
+    /// already holds), then starts the sequencer and the flusher.
+    pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
+        let replayed = replay::replay(&config.wal_dir, &catalog).await?;
+        let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
+        let current_segment = Arc::new(AtomicU64::new(segments.current()));
+        let (tx, thread) = sequencer::start(
+            segments,
+            replayed.buffer.clone(),
+            replayed.keys.clone(),
+            replayed.write_log.clone(),
+            replayed.counters,
+            replayed.last_version,
+            current_segment.clone(),
+        )?;
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let ingester = Arc::new(Ingester {
+            config: config.clone(),
+            catalog,
+            store,
+            buffer: replayed.buffer,
+            sequencer: Mutex::new(Some(tx)),
+            sequencer_thread: Mutex::new(Some(thread)),
+            current_segment,
+            manifest_seq: AtomicI64::new(replayed.manifest_seq),
+            manifest_synced: Mutex::new(Instant::now()),
+            catalog_moved: Mutex::new(None),
+            storage_failing: AtomicBool::new(false),
+            schemas: Mutex::new(replayed.schemas),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.inflight_bytes / 1024)),
+            row_locks: (0..write::ROW_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            keys: replayed.keys,
+            write_log: replayed.write_log,
+            compactor: crate::compact::Compactor::new(config.compaction.clone()),
+            stop,
+            flusher: Mutex::new(None),
+        });
+        let flusher = tokio::spawn(ingester.clone().flush_loop());
+        *ingester.flusher.lock() = Some(flusher);
+        Ok(ingester)
+    }
+
+    /// The Arrow view of a transactional dataset, parsed once per version of the dataset:
+    /// callers pass the catalog's current one (a promotion changes its environment, which
+    /// both read doors check through the schema).
+    pub fn schema(&self, dataset: &Arc<catalog::Dataset>) -> Arc<DatasetSchema> {
+        let mut schemas = self.schemas.lock();
+        match schemas.get(&dataset.name) {
+            Some(s) if Arc::ptr_eq(&s.dataset, dataset) || *s.dataset == **dataset => s.clone(),
+            _ => {
+                let s = Arc::new(DatasetSchema::new(dataset.clone()));
+                schemas.insert(dataset.name.clone(), s.clone());
+                s
+            }
+        }
+    }
+
+    /// Refuses new writes while the buffer is over its hard limit, before a body is read:
+    /// 429 when flushing is merely behind, 503 when object storage is failing. Until then
+    /// writes keep being acknowledged into the WAL while storage is down.
+    pub fn admit(&self) -> Result<(), IngestError> {
+        if self.buffer.bytes() < self.config.buffer_bytes {
+            return Ok(());
+        }
+        if self.storage_failing.load(Ordering::Relaxed) {
+            metrics::counter!("trove_ingest_refusals_total", "reason" => "storage_down").increment(1);
+            return Err(IngestError::Unavailable("object storage is failing; rows are safe in the WAL, retry later".into()));
+        }
+        metrics::counter!("trove_ingest_refusals_total", "reason" => "buffer_full").increment(1);
+        Err(IngestError::Overloaded { retry_after_secs: 1 })
+    }
+
+    /// A share of `bytes` of the in-flight budget for a write about to read its body (its
+    /// declared length, or 0 to grow as it arrives): 429 if that much is not free.
+    pub fn in_flight(&self, bytes: usize) -> Result<InFlight, IngestError> {
+        InFlight::take(&self.in_flight, bytes).ok_or(IngestError::Overloaded { retry_after_secs: 1 })
+    }
+
+    /// Most rows one write may hold.
+    pub fn max_rows_per_write(&self) -> usize {
+        self.config.max_rows_per_write
+    }
+
+    /// Makes access-log entries durable (in the WAL, with group commit) before the request
+    /// answers; they move to the catalog's access log with their WAL segment. A read across
+    /// 10,000 members logs 10,000 entries: one WAL append instead of a catalog transaction
+    /// that large; a loop of refused requests costs appends grouped with the others, not a
+    /// synchronous catalog write each competing with approvals and revocations.
+    pub async fn log_access(&self, entries: Vec<catalog::AccessLogEntry>) -> Result<(), IngestError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let payload = record::encode_reads(&entries)?;
+        let (reply, done) = oneshot::channel();
+        self.sequenced(Command::Log(Box::new(LogOp { payload, entries, reply })), done).await
+    }
+
+    /// Hands `command` to the sequencer and waits for its answer on `done`.
+    async fn sequenced<T>(&self, command: Command, done: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+        let stopped = || IngestError::Unavailable("the WAL writer stopped".into());
+        {
+            let sender = self.sequencer.lock();
+            let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
+            sender.send(command).map_err(|_| stopped())?;
+        }
+        done.await.map_err(|_| stopped())?
+    }
+
+    /// A member's read entries still in the WAL, not yet in the catalog's access log.
+    pub fn pending_reads(&self, member: MemberId) -> Vec<catalog::AccessLogEntry> {
+        self.write_log.pending_reads(member)
+    }
+
+    /// The buffer of acknowledged, not yet flushed rows (reads union them with the files).
+    pub fn buffer(&self) -> &Arc<Buffer> {
+        &self.buffer
+    }
+
+    /// Graceful shutdown: stop taking writes, let the sequencer finish, flush everything.
+    pub async fn shutdown(&self) -> Result<(), IngestError> {
+        self.sequencer.lock().take();
+        let thread = self.sequencer_thread.lock().take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join()).await.ok();
+        }
+        let _ = self.stop.send(true);
+        let flusher = self.flusher.lock().take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        for _ in 0..3 {
+            if self.flush_round(true).await == 0 && self.buffer.bytes() == 0 {
+                return Ok(());
+            }
+        }
+        Err(IngestError::Unavailable("some rows could not be flushed; they stay in the WAL for the next start".into()))
+    }
+}
+
+/// A panic in the WAL writer or the flusher leaves the write path's state unknown: stop the
+/// process rather than serve on half-working (writes refused forever, or acknowledged into a
+/// WAL nobody flushes). Nothing acknowledged is lost: the restart replays the WAL, as after a
+/// crash. Panics in encoding work are not this: they fail that flush, which retries.
+fn stop_on_panic(what: &str) -> ! {
+    tracing::error!("{what} panicked; stopping so that a restart recovers from the WAL");
+    std::process::abort()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

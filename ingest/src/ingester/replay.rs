@@ -1,0 +1,112 @@
+//! Replay: at start, the WAL's records back into the buffer, skipping rows whose version a
+//! recorded file already holds (they were flushed before the stop), with the row-id
+//! counters, idempotency keys and access-log entries they carry.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use catalog::{Catalog, DatasetName, MemberId};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, max};
+use datafusion::arrow::datatypes::Int64Type;
+
+use super::record::{decode_reads, decode_record, member_runs, run_lengths};
+use super::sequencer::Counters;
+use crate::IngestError;
+use crate::buffer::Buffer;
+use crate::partition::PartitionKey;
+use crate::idempotency::Keys;
+use crate::schema::DatasetSchema;
+use crate::wal;
+use crate::writelog::WriteLog;
+
+/// What replay rebuilt.
+pub(super) struct Replayed {
+    pub(super) buffer: Arc<Buffer>,
+    /// The manifest's change-feed position the file index was loaded at.
+    pub(super) manifest_seq: i64,
+    /// The last row id given per (environment, dataset) and member.
+    pub(super) counters: Counters,
+    /// The highest row version seen: new versions continue above it.
+    pub(super) last_version: i64,
+    pub(super) schemas: HashMap<DatasetName, Arc<DatasetSchema>>,
+    pub(super) keys: Arc<Keys>,
+    pub(super) write_log: Arc<WriteLog>,
+}
+
+pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed, IngestError> {
+    let buffer = Arc::new(Buffer::default());
+    // The feed's position first: files committed while they load come again, harmlessly.
+    let manifest_seq = catalog.manifest_seq().await?;
+    buffer.load_files(catalog.all_parquet_files().await?);
+    let mut counters: Counters = HashMap::new();
+    let mut persisted: Counters = HashMap::new();
+    let mut last_version = 0i64;
+    for (env, dataset, member, max_id, max_version) in catalog.max_row_ids().await? {
+        counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
+        persisted.entry((env, dataset)).or_default().insert(member, max_version);
+        last_version = last_version.max(max_version);
+    }
+    let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
+    let dir = wal_dir.to_owned();
+    let records =
+        tokio::task::spawn_blocking(move || wal::replay(&dir)).await.map_err(|e| IngestError::Internal(e.to_string()))??;
+    let mut replayed = 0usize;
+    let keys = Arc::new(Keys::default());
+    let write_log = Arc::new(WriteLog::default());
+    for (segment, payload) in &records {
+        if let Some(entries) = decode_reads(payload)? {
+            write_log.reads(*segment, entries);
+            continue;
+        }
+        let (header, batches) = decode_record(payload)?;
+        if !header.logged {
+            for b in &batches {
+                write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b));
+            }
+        }
+        if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
+            keys.in_segment(*segment, w);
+        }
+        let schema = match schemas.get(&header.dataset) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?)));
+                schemas.insert(header.dataset.clone(), s.clone());
+                s
+            }
+        };
+        for batch in batches {
+            // A member's slice shares the record's buffers: count its share of them, as a
+            // live write does, not the whole record once per member.
+            let record_bytes = batch.get_array_memory_size();
+            let ids = batch.column(2).as_primitive::<Int64Type>();
+            let versions = batch.column(3).as_primitive::<Int64Type>();
+            last_version = last_version.max(max(versions).unwrap_or(0));
+            for (member, start, len) in member_runs(&batch) {
+                let Ok(member) = MemberId::new(member) else { continue };
+                let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
+                let table = (header.env, header.dataset.clone());
+                let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
+                let slice = batch.slice(start, len);
+                let most = max(&ids.slice(start, len)).unwrap_or(0);
+                let counter = counters.entry(table).or_default().entry(member).or_insert(0);
+                *counter = (*counter).max(most);
+                // Rows whose version is in a recorded file were flushed before the crash
+                // (a partition flushes its rows in the order they were sequenced).
+                let keep: BooleanArray = versions.slice(start, len).iter().map(|v| Some(v.unwrap_or(0) > done)).collect();
+                let fresh = filter_record_batch(&slice, &keep)?;
+                if fresh.num_rows() > 0 {
+                    replayed += fresh.num_rows();
+                    let bytes = record_bytes * fresh.num_rows() / batch.num_rows();
+                    buffer.insert_runs(header.env, &schema, &fresh, &[(key.member, 0, fresh.num_rows())], *segment, bytes);
+                }
+            }
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(rows = replayed, records = records.len(), "replayed the WAL");
+    }
+    Ok(Replayed { buffer, manifest_seq, counters, last_version, schemas, keys, write_log })
+}

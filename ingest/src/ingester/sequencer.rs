@@ -1,0 +1,269 @@
+//! The sequencer: one thread that takes every queued write and read log, gives rows ids
+//! and a version, appends the group to the WAL with one sync, then makes the rows visible in
+//! the buffer in id order and answers each request. One writer, so ids and versions need no
+//! lock and a group costs one fsync however many requests it holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use catalog::{DataEnvironment, DatasetName, MemberId};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::Int64Type;
+use tokio::sync::oneshot;
+
+use super::record::{RecordHeader, encode_record, member_runs, run_lengths};
+use super::{Ingester, now_ms, stop_on_panic};
+use crate::IngestError;
+use crate::buffer::{Buffer, MemberMap};
+use crate::idempotency::{Claim, Keys};
+use crate::schema::DatasetSchema;
+use crate::wal::Segments;
+use crate::writelog::WriteLog;
+
+/// One write on its way to the sequencer.
+pub(super) struct WriteOp {
+    pub(super) header: RecordHeader,
+    pub(super) schema: Arc<DatasetSchema>,
+    /// Input columns, sorted by member.
+    pub(super) batch: RecordBatch,
+    /// Row ids for new versions of existing rows (an update); `None` gives new ids.
+    pub(super) ids: Option<Vec<i64>>,
+    pub(super) reply: oneshot::Sender<Result<Vec<i64>, IngestError>>,
+}
+
+/// Access-log entries of reads on their way to the WAL: durable before the read answers,
+/// moved to the catalog with the segment that holds them.
+pub(super) struct LogOp {
+    pub(super) payload: Vec<u8>,
+    pub(super) entries: Vec<catalog::AccessLogEntry>,
+    pub(super) reply: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// What the sequencer is asked to do.
+pub(super) enum Command {
+    Write(Box<WriteOp>),
+    Log(Box<LogOp>),
+    /// Close the current segment (the flusher asks once all its rows are in Parquet).
+    Rotate,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Write(_) => "Write",
+            Command::Log(_) => "Log",
+            Command::Rotate => "Rotate",
+        })
+    }
+}
+
+/// Starts the sequencer thread on `segments`, continuing the replayed counters.
+pub(super) fn start(
+    segments: Segments,
+    buffer: Arc<Buffer>,
+    keys: Arc<Keys>,
+    write_log: Arc<WriteLog>,
+    counters: Counters,
+    last_version: i64,
+    current: Arc<AtomicU64>,
+) -> std::io::Result<(std::sync::mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<Command>();
+    let thread = std::thread::Builder::new().name("trove-wal".into()).spawn(move || {
+        let run = std::panic::AssertUnwindSafe(|| sequence(rx, segments, &buffer, &keys, &write_log, counters, last_version, &current));
+        if std::panic::catch_unwind(run).is_err() {
+            stop_on_panic("the WAL writer");
+        }
+    })?;
+    Ok((tx, thread))
+}
+
+impl Ingester {
+    /// Hands rows to the sequencer: returns once they are durable in the WAL and visible in
+    /// the buffer, with the ids they were given (in member order, input order within a
+    /// member). `ids` gives existing rows new versions; a claimed key is written with them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &self,
+        schema: Arc<DatasetSchema>,
+        env: DataEnvironment,
+        connection: catalog::ConnectionId,
+        batch: RecordBatch,
+        claim: Option<&Claim>,
+        logged: bool,
+        ids: Option<Vec<i64>>,
+    ) -> Result<Vec<i64>, IngestError> {
+        let batch = if ids.is_some() { batch } else { sort_by_member(batch)? };
+        let rows = batch.num_rows();
+        let op_dataset = schema.dataset.name.clone();
+        let (reply, done) = oneshot::channel();
+        let op = WriteOp {
+            header: RecordHeader {
+                dataset: schema.dataset.name.clone(),
+                env,
+                connection: connection.get(),
+                idempotency: claim.map(|c| (c.key().to_owned(), c.body_hash().to_owned())),
+                at: now_ms(),
+                logged,
+            },
+            schema,
+            batch,
+            ids,
+            reply,
+        };
+        let ids = self.sequenced(Command::Write(Box::new(op)), done).await?;
+        metrics::counter!("trove_ingest_rows_total", "dataset" => op_dataset.to_string(), "result" => "accepted").increment(rows as u64);
+        Ok(ids)
+    }
+}
+
+/// The last row id given per (environment, dataset) and member.
+pub(super) type Counters = HashMap<(DataEnvironment, DatasetName), MemberMap<i64>>;
+
+/// Sorts rows by member (stable: a member's rows keep their order, so their ids follow it).
+fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
+    let members = batch.column(0).as_primitive::<Int64Type>().values();
+    if members.windows(2).all(|w| w[0] <= w[1]) {
+        return Ok(batch);
+    }
+    let mut order: Vec<u32> = (0..members.len() as u32).collect();
+    order.sort_by_key(|&i| members[i as usize]);
+    Ok(take_record_batch(&batch, &UInt32Array::from(order))?)
+}
+
+/// The sequencer: takes every queued write, gives rows ids, appends the group to the WAL
+/// with one sync, then makes the rows visible in id order and answers each request.
+fn sequence(
+    rx: std::sync::mpsc::Receiver<Command>,
+    mut segments: Segments,
+    buffer: &Buffer,
+    keys: &Keys,
+    write_log: &WriteLog,
+    mut counters: Counters,
+    mut last_version: i64,
+    current: &AtomicU64,
+) {
+    const GROUP_BYTES: usize = 32 << 20;
+    while let Ok(first) = rx.recv() {
+        let mut group: Vec<Box<WriteOp>> = Vec::new();
+        let mut logs: Vec<Box<LogOp>> = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Write(op) => {
+                    bytes += op.batch.get_array_memory_size();
+                    group.push(op);
+                }
+                Command::Log(op) => {
+                    bytes += op.payload.len();
+                    logs.push(op);
+                }
+                // Rotation happens at an idle moment (a group of its own); within a group it
+                // waits, and the flusher asks again.
+                Command::Rotate if group.is_empty() && logs.is_empty() => {
+                    match segments.rotate_if_used() {
+                        Ok(()) => current.store(segments.current(), Ordering::Release),
+                        Err(e) => tracing::warn!(error = %e, "could not close the WAL segment"),
+                    }
+                    break;
+                }
+                Command::Rotate => {}
+            }
+            if bytes < GROUP_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.is_empty() && logs.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut prepared = Vec::with_capacity(group.len());
+        for op in group {
+            // Versions increase with every batch sequenced, across restarts (wall-clock
+            // microseconds, never below the last one seen).
+            last_version = (last_version + 1).max(now_ms() * 1000);
+            let sequenced = (|| -> Result<(Vec<u8>, RecordBatch), IngestError> {
+                fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal("failpoint sequencer-encode".into())));
+                let stored = assign_ids(&op, &mut counters, last_version)?;
+                Ok((encode_record(&op.header, &stored)?, stored))
+            })();
+            match sequenced {
+                Ok((payload, stored)) => prepared.push((op, stored, payload)),
+                Err(e) => {
+                    // A fault, not pressure: the writer must not be told to retry.
+                    tracing::error!(error = %e, "a write could not be sequenced");
+                    let _ = op.reply.send(Err(IngestError::Internal(e.to_string())));
+                }
+            }
+        }
+        let payloads: Vec<&[u8]> =
+            prepared.iter().map(|(_, _, p)| p.as_slice()).chain(logs.iter().map(|l| l.payload.as_slice())).collect();
+        match segments.write_group(&payloads) {
+            Ok(segment) => {
+                metrics::histogram!("trove_ingest_wal_append_duration_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
+                for (op, stored, _) in prepared {
+                    if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
+                        keys.in_segment(segment, w);
+                    }
+                    if !op.header.logged {
+                        write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &run_lengths(&stored));
+                    }
+                    buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
+                    let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
+                    let _ = op.reply.send(Ok(ids));
+                }
+                for op in logs {
+                    write_log.reads(segment, op.entries);
+                    let _ = op.reply.send(Ok(()));
+                }
+                current.store(segments.current(), Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL append failed");
+                // The disk refused the append (full, failing): storage, which may come back.
+                let failed = || IngestError::Unavailable(format!("the write-ahead log failed: {e}"));
+                for (op, _, _) in prepared {
+                    let _ = op.reply.send(Err(failed()));
+                }
+                for op in logs {
+                    let _ = op.reply.send(Err(failed()));
+                }
+            }
+        }
+    }
+}
+
+/// The stored batch: the input columns with row ids and the batch's version inserted after
+/// `instance`. New ids continue each (environment, dataset, member) counter; failed
+/// appends leave gaps, never reuse.
+fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<RecordBatch, IngestError> {
+    let ids = match &op.ids {
+        Some(ids) => ids.clone(),
+        None => {
+            let mut ids = Vec::with_capacity(op.batch.num_rows());
+            let table = counters.entry((op.header.env, op.header.dataset.clone())).or_default();
+            for (member, _, len) in member_runs(&op.batch) {
+                let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
+                let next = table.entry(member).or_insert(0);
+                ids.extend((*next + 1)..=(*next + len as i64));
+                *next += len as i64;
+            }
+            ids
+        }
+    };
+    let mut columns: Vec<ArrayRef> = op.batch.columns().to_vec();
+    columns.insert(2, Arc::new(Int64Array::from(ids)));
+    columns.insert(3, Arc::new(Int64Array::from(vec![version; op.batch.num_rows()])));
+    Ok(RecordBatch::try_new(op.schema.stored.clone(), columns)?)
+}
+
+/// Inserts a stored (id-carrying, member-sorted) batch into the buffer, each member's rows
+/// into its partition.
+fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
+    let runs: Vec<(MemberId, usize, usize)> =
+        member_runs(batch).into_iter().filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len))).collect();
+    buffer.insert_runs(header.env, schema, batch, &runs, segment, batch.get_array_memory_size());
+}
