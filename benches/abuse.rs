@@ -72,15 +72,33 @@ async fn behave(s: &TestServer, insight: &str, mydex: &str, length: Duration) ->
         phase.failures += usize::from(status != 200);
 
         let started = Instant::now();
-        let (status, _) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{mydex}&dataset=ds_energy_consumption"), Some(insight), None).await;
+        let (status, _) = s
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/pds/transaction/1.json?{mydex}&dataset=ds_energy_consumption"),
+                Some(insight),
+                None,
+            )
+            .await;
         phase.mydex.0.push(started.elapsed());
         phase.failures += usize::from(status != 200);
 
-        let row = format!("{}\n", json!({"member_uid": 1, "field_energy_reading_timestamp": now_secs() - 3600 + i % 3600, "field_energy_reading_value": 1.5}));
+        let row = format!(
+            "{}\n",
+            json!({"member_uid": 1, "field_energy_reading_timestamp": now_secs() - 3600 + i % 3600, "field_energy_reading_value": 1.5})
+        );
         let started = Instant::now();
         let mut answered = false;
         for _ in 0..10 {
-            let resp = s.client.post(s.url("/v1/ingest/ds_energy_consumption")).bearer_auth(format!("{}:{}", conn.nid, conn.key)).header("content-type", "application/x-ndjson").body(row.clone()).send().await.unwrap();
+            let resp = s
+                .client
+                .post(s.url("/v1/ingest/ds_energy_consumption"))
+                .bearer_auth(format!("{}:{}", conn.nid, conn.key))
+                .header("content-type", "application/x-ndjson")
+                .body(row.clone())
+                .send()
+                .await
+                .unwrap();
             if resp.status() == 429 || resp.status() == 503 {
                 phase.retries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -93,8 +111,22 @@ async fn behave(s: &TestServer, insight: &str, mydex: &str, length: Duration) ->
         phase.failures += usize::from(!answered);
 
         let started = Instant::now();
-        let (approved, _) = s.call(reqwest::Method::POST, &format!("/v1/members/5/agreements/{insight_conn}/approve"), Some(s.member_secret(5)), None).await;
-        let (revoked, _) = s.call(reqwest::Method::POST, &format!("/v1/members/5/agreements/{insight_conn}/revoke"), Some(s.member_secret(5)), None).await;
+        let (approved, _) = s
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/members/5/agreements/{insight_conn}/approve"),
+                Some(s.member_secret(5)),
+                None,
+            )
+            .await;
+        let (revoked, _) = s
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/members/5/agreements/{insight_conn}/revoke"),
+                Some(s.member_secret(5)),
+                None,
+            )
+            .await;
         phase.consent.0.push(started.elapsed() / 2);
         phase.failures += usize::from(approved != 200) + usize::from(revoked != 200);
     }
@@ -121,7 +153,8 @@ async fn run(length: Duration) {
     let mut abusers = Vec::new();
     let corpus: Vec<abuse::Attack> = abuse::sql().into_iter().chain(abuse::ingest()).collect();
     for k in 0..2 {
-        let (s, energy, creds, corpus, stop, sent) = (s.clone(), energy.clone(), creds.clone(), corpus.clone(), stop.clone(), sent.clone());
+        let (s, energy, creds, corpus, stop, sent) =
+            (s.clone(), energy.clone(), creds.clone(), corpus.clone(), stop.clone(), sent.clone());
         abusers.push(tokio::spawn(async move {
             let client = abuse::client();
             let mut i = k * corpus.len() / 2;

@@ -54,9 +54,9 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use ingest::buffer::Buffer;
 use ingest::decode::{Format, decode};
+use ingest::persist::Codec;
 use ingest::schema::DatasetSchema;
 use ingest::wal::{self, Durability, Segments};
-use ingest::persist::Codec;
 use ingest::{persist, validate};
 use test_helpers::{Store, TestConfig, TestServer, now_secs};
 
@@ -82,11 +82,16 @@ const COLUMNS: [&str; 7] = [
     "field_energy_source_type",
 ];
 
-const FORMATS: [(Format, &str); 4] =
-    [(Format::Ndjson, "ndjson"), (Format::JsonArray, "json_array"), (Format::Csv, "csv"), (Format::ArrowIpc, "arrow_ipc")];
+const FORMATS: [(Format, &str); 4] = [
+    (Format::Ndjson, "ndjson"),
+    (Format::JsonArray, "json_array"),
+    (Format::Csv, "csv"),
+    (Format::ArrowIpc, "arrow_ipc"),
+];
 
 fn energy_schema() -> Arc<DatasetSchema> {
-    let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == DATASET).expect("a built-in dataset");
+    let dataset =
+        catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == DATASET).expect("a built-in dataset");
     Arc::new(DatasetSchema::new(Arc::new(dataset)))
 }
 
@@ -150,7 +155,13 @@ fn write_everything(schema: &DatasetSchema) -> DatasetGrant {
 }
 
 /// What the ingest handler does with a body before the WAL.
-fn decode_and_validate(schema: &DatasetSchema, grant: &DatasetGrant, format: Format, body: &[u8], now: i64) -> RecordBatch {
+fn decode_and_validate(
+    schema: &DatasetSchema,
+    grant: &DatasetGrant,
+    format: Format,
+    body: &[u8],
+    now: i64,
+) -> RecordBatch {
     let batch = decode(schema, format, body).unwrap_or_else(|e| panic!("{format:?} body refused: {e:?}"));
     validate::authorize_rows(schema, &batch, |_| Some(grant)).expect("every field is granted");
     validate::check_event_time(schema, batch, now).expect("event times in the past")
@@ -245,7 +256,10 @@ fn bench_wal(c: &mut Criterion) {
             let replayed = wal::replay(dir.path()).expect("WAL replay");
             assert_eq!(replayed.len(), records);
             assert!(replayed.iter().all(|(_, r)| *r == record), "records replay as written");
-            g.throughput(Throughput::ElementsAndBytes { elements: (records * ROWS) as u64, bytes: (records * record.len()) as u64 });
+            g.throughput(Throughput::ElementsAndBytes {
+                elements: (records * ROWS) as u64,
+                bytes: (records * record.len()) as u64,
+            });
             g.bench_function(BenchmarkId::new(mode, format!("group_of_{records}x{ROWS}_rows")), |b| {
                 b.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
@@ -283,12 +297,19 @@ fn bench_buffer(c: &mut Criterion) {
     let snapshots = buffer.snapshot(env, &schema.dataset.name, members);
     assert_eq!(snapshots.len(), MEMBERS);
     let rows_of = |s: &ingest::buffer::Snapshot| s.rows.iter().map(RecordBatch::num_rows).sum::<usize>();
-    assert!(snapshots.iter().all(|(_, s)| rows_of(s) == 2 * ROWS / MEMBERS), "each member holds its rows of both inserts");
+    assert!(
+        snapshots.iter().all(|(_, s)| rows_of(s) == 2 * ROWS / MEMBERS),
+        "each member holds its rows of both inserts"
+    );
 
     let mut g = c.benchmark_group("buffer");
     g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes: bytes as u64 });
     g.bench_function(BenchmarkId::new("route_by_member", format!("{ROWS}_rows_{MEMBERS}_members")), |b| {
-        b.iter_batched_ref(warm, |buffer| buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            warm,
+            |buffer| buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
@@ -298,10 +319,14 @@ fn bench_persist(c: &mut Criterion) {
     let batch = stored_by_member(&schema, ROWS, MEMBERS);
     let bytes = batch.get_array_memory_size() as u64;
     // A flush takes each member's rows as its own batch(es).
-    let partitions: Vec<RecordBatch> = member_runs(&batch).iter().map(|&(_, start, len)| batch.slice(start, len)).collect();
+    let partitions: Vec<RecordBatch> =
+        member_runs(&batch).iter().map(|&(_, start, len)| batch.slice(start, len)).collect();
     let one_member = stored_by_member(&schema, ROWS, 1);
     let encode_all = |parts: &[RecordBatch], codec: Codec| {
-        parts.iter().map(|p| persist::encode(&schema, std::slice::from_ref(p), codec).expect("Parquet encodes").0.len()).sum::<usize>()
+        parts
+            .iter()
+            .map(|p| persist::encode(&schema, std::slice::from_ref(p), codec).expect("Parquet encodes").0.len())
+            .sum::<usize>()
     };
     let (_, sorted) = persist::encode(&schema, &partitions[..1], Codec::Flush).expect("Parquet encodes");
     assert_eq!(sorted.num_rows(), ROWS / MEMBERS);
@@ -312,12 +337,18 @@ fn bench_persist(c: &mut Criterion) {
     for (codec, name) in [(Codec::Flush, "lz4"), (Codec::Compacted, "zstd")] {
         let flush_bytes = encode_all(&partitions, codec);
         let one_bytes = encode_all(std::slice::from_ref(&one_member), codec);
-        println!("persist/encode {name}: a flush of {MEMBERS} files is {flush_bytes} bytes of Parquet, one member's {ROWS} rows {one_bytes}");
+        println!(
+            "persist/encode {name}: a flush of {MEMBERS} files is {flush_bytes} bytes of Parquet, one member's {ROWS} rows {one_bytes}"
+        );
         g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes });
-        g.bench_function(BenchmarkId::new(format!("encode_{name}"), format!("flush_{MEMBERS}_members_x_{}_rows", ROWS / MEMBERS)), |b| {
-            b.iter(|| encode_all(black_box(&partitions), codec))
+        g.bench_function(
+            BenchmarkId::new(format!("encode_{name}"), format!("flush_{MEMBERS}_members_x_{}_rows", ROWS / MEMBERS)),
+            |b| b.iter(|| encode_all(black_box(&partitions), codec)),
+        );
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: ROWS as u64,
+            bytes: one_member.get_array_memory_size() as u64,
         });
-        g.throughput(Throughput::ElementsAndBytes { elements: ROWS as u64, bytes: one_member.get_array_memory_size() as u64 });
         g.bench_function(BenchmarkId::new(format!("encode_{name}"), format!("one_member_{ROWS}_rows")), |b| {
             b.iter(|| encode_all(black_box(std::slice::from_ref(&one_member)), codec))
         });
@@ -370,22 +401,25 @@ fn bench_compaction(c: &mut Criterion) {
     // Each iteration writes and flushes its files first (untimed): a few iterations suffice.
     g.sampling_mode(SamplingMode::Flat).sample_size(10);
     g.throughput(Throughput::ElementsAndBytes { elements: (COMPACTED * 96) as u64, bytes: bytes as u64 });
-    g.bench_function(BenchmarkId::new("merge", format!("{COMPACTED}_members_x_{FILES}_files_x_{}_rows", 96 / FILES)), |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    day += 1;
-                    deliver_day(&s, &schema, day).await;
-                    let started = Instant::now();
-                    let merged = s.ingester.compact_round().await.expect("compaction");
-                    spent += started.elapsed();
-                    assert_eq!(merged, COMPACTED * FILES);
-                }
-                spent
+    g.bench_function(
+        BenchmarkId::new("merge", format!("{COMPACTED}_members_x_{FILES}_files_x_{}_rows", 96 / FILES)),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        day += 1;
+                        deliver_day(&s, &schema, day).await;
+                        let started = Instant::now();
+                        let merged = s.ingester.compact_round().await.expect("compaction");
+                        spent += started.elapsed();
+                        assert_eq!(merged, COMPACTED * FILES);
+                    }
+                    spent
+                })
             })
-        })
-    });
+        },
+    );
     g.finish();
     runtime.block_on(s.stop());
 }

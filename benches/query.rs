@@ -67,7 +67,8 @@ fn day_of_readings(schema: &ingest::schema::DatasetSchema, day: i64) -> RecordBa
 async fn energy_co_scope(s: &TestServer) -> ReadScope {
     let id = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
     let connection = Arc::new(s.catalog.connection(id).await.expect("energy-co's connection"));
-    let members: HashMap<MemberId, i64> = s.catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
+    let members: HashMap<MemberId, i64> =
+        s.catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
     assert_eq!(members.len(), MEMBERS as usize);
     let mut datasets = Vec::new();
     for name in connection.approved().expect("an approved connection").terms.datasets.keys() {
@@ -104,7 +105,8 @@ fn bench_query(c: &mut Criterion) {
         }
         energy_co_scope(&s).await
     });
-    let engine = QueryEngine::new(QueryConfig::default(), s.ingester.buffer().clone(), s.objects.clone()).expect("query engine");
+    let engine =
+        QueryEngine::new(QueryConfig::default(), s.ingester.buffer().clone(), s.objects.clone()).expect("query engine");
     let files = runtime.block_on(s.catalog.all_parquet_files()).expect("manifest");
     assert_eq!(files.len() as i64, MEMBERS * DAYS, "one file per member and day");
 
@@ -113,7 +115,9 @@ fn bench_query(c: &mut Criterion) {
     let queries = [
         (
             "one_member_one_day",
-            format!("SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {from} AND field_energy_reading_timestamp < {to}"),
+            format!(
+                "SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {from} AND field_energy_reading_timestamp < {to}"
+            ),
             96,
         ),
         (
@@ -136,7 +140,8 @@ fn bench_query(c: &mut Criterion) {
     for (name, sql, answer_rows) in &queries {
         let (batches, rows) = runtime.block_on(read(&engine, &scope, sql));
         assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), *answer_rows, "{name}");
-        let members: Vec<i64> = batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+        let members: Vec<i64> =
+            batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
         let read_members: std::collections::BTreeSet<i64> = members.iter().copied().collect();
         assert_eq!(read_members.len(), if *answer_rows == 96 { 1 } else { MEMBERS as usize }, "{name}");
         assert_eq!(rows, 96 * read_members.len() as i64, "{name}: the scans read the day's rows of those members");
@@ -147,7 +152,9 @@ fn bench_query(c: &mut Criterion) {
             .map(|f| f.size_bytes)
             .sum();
         g.throughput(Throughput::ElementsAndBytes { elements: rows as u64, bytes: bytes as u64 });
-        g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| runtime.block_on(read(&engine, &scope, sql))));
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| runtime.block_on(read(&engine, &scope, sql)))
+        });
     }
     g.finish();
 
@@ -176,7 +183,11 @@ fn bench_query(c: &mut Criterion) {
         };
         log.throughput(Throughput::Elements(members as u64));
         log.bench_function(BenchmarkId::new("record", format!("{members}_members")), |b| {
-            b.iter_batched(&mut entries, |e| runtime.block_on(s.catalog.record_access(&e)).expect("recorded"), BatchSize::LargeInput)
+            b.iter_batched(
+                &mut entries,
+                |e| runtime.block_on(s.catalog.record_access(&e)).expect("recorded"),
+                BatchSize::LargeInput,
+            )
         });
     }
     log.finish();

@@ -69,7 +69,15 @@ const PG_COLUMNS: &str = "member_uid bigint NOT NULL, created_timestamp bigint, 
 /// the same rows also go there as PostgreSQL's CSV (columns as `PG_COLUMNS`), so that the
 /// peer stores exactly what trove was sent; `created_timestamp`, which trove fills with the
 /// arrival time, gets the time of delivery there.
-async fn deliver(s: &TestServer, members: i64, first_day: i64, days: i64, per_day: i64, flush: bool, mut csv: Option<&mut dyn Write>) {
+async fn deliver(
+    s: &TestServer,
+    members: i64,
+    first_day: i64,
+    days: i64,
+    per_day: i64,
+    flush: bool,
+    mut csv: Option<&mut dyn Write>,
+) {
     for day in first_day..first_day + days {
         let mut body = String::new();
         let mut rows = 0;
@@ -89,7 +97,8 @@ async fn deliver(s: &TestServer, members: i64, first_day: i64, days: i64, per_da
                 }
                 rows += 1;
                 if rows == 10_000 {
-                    let (status, answer) = s.ingest(E, "application/x-ndjson", std::mem::take(&mut body).into_bytes()).await;
+                    let (status, answer) =
+                        s.ingest(E, "application/x-ndjson", std::mem::take(&mut body).into_bytes()).await;
                     assert_eq!(status, StatusCode::OK, "{answer}");
                     rows = 0;
                 }
@@ -144,12 +153,14 @@ async fn time_get(s: &TestServer, token: &str, path: &str, n: usize, expect_rows
 
 /// Runs `script` with `python3 -c`, returning its stdout as JSON, or why it did not run.
 fn python(script: &str, args: &[std::ffi::OsString], hint: &str) -> Result<Value, String> {
-    let out = std::process::Command::new("python3").args(["-c", script]).args(args).output().map_err(|e| e.to_string())?;
+    let out =
+        std::process::Command::new("python3").args(["-c", script]).args(args).output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!("{hint}: {}", String::from_utf8_lossy(&out.stderr)));
     }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .map_err(|_| format!("answered {:?} / {:?}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_slice::<Value>(&out.stdout).map_err(|_| {
+        format!("answered {:?} / {:?}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 /// `[[p50 s, p99 s], ...]` as the Python peers print them.
@@ -323,8 +334,11 @@ fn sync_floor(dir: &std::path::Path, n: usize) -> Timing {
 
 /// The commit measured, as `git rev-parse --short HEAD` names it, if git can tell.
 fn commit() -> Option<String> {
-    let out =
-        std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -356,7 +370,9 @@ async fn run(quick: bool) {
 
     // PostgreSQL gets the rows trove got: written as they are delivered, COPYed after trove's runs.
     let postgres_url = std::env::var("TROVE_BENCH_POSTGRES_URL").ok().filter(|u| !u.is_empty());
-    let csv = postgres_url.as_ref().map(|_| tempfile::Builder::new().prefix("trove-bench-pg-").suffix(".csv").tempfile().unwrap());
+    let csv = postgres_url
+        .as_ref()
+        .map(|_| tempfile::Builder::new().prefix("trove-bench-pg-").suffix(".csv").tempfile().unwrap());
     let mut csv_out = csv.as_ref().map(|f| std::io::BufWriter::with_capacity(1 << 20, f.as_file()));
 
     let started = Instant::now();
@@ -423,7 +439,10 @@ async fn run(quick: bool) {
         (
             "q1_buffered",
             "Q1 one member, today, buffered rows",
-            format!("SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {}", (q3_day + 1) * DAY),
+            format!(
+                "SELECT * FROM {E} WHERE member_uid = 42 AND field_energy_reading_timestamp >= {}",
+                (q3_day + 1) * DAY
+            ),
             4usize,
         ),
         (
@@ -465,11 +484,19 @@ async fn run(quick: bool) {
     for ((label, sql, expect), key) in queries.iter().zip(["q1", "q2", "q3"]) {
         table.push((key, format!("{label} (compacted)"), time_sql(&s, &token, sql, iterations, *expect).await));
     }
-    table.push(("mydex", "Mydex newest 96 rows (compacted)".into(), time_get(&s, &token, &mydex, iterations, 96).await));
+    table.push((
+        "mydex",
+        "Mydex newest 96 rows (compacted)".into(),
+        time_get(&s, &token, &mydex, iterations, 96).await,
+    ));
     // Q2 without its ORDER BY: the groups come in several batches, so the answer is written
     // in several pieces; timed through the tuned client above and a plain Python one.
     let unordered = queries[1].1.replace(" ORDER BY 1", "");
-    table.push(("q2_pieces", "Q2 unordered, answered in pieces".into(), time_sql(&s, &token, &unordered, iterations, days as usize).await));
+    table.push((
+        "q2_pieces",
+        "Q2 unordered, answered in pieces".into(),
+        time_sql(&s, &token, &unordered, iterations, days as usize).await,
+    ));
     tokio::time::sleep(SETTLE).await;
     if let Some(t) = time_python(s.addr.port(), &token, &unordered, iterations) {
         table.push(("q2_pieces_python", "Q2 unordered, answered in pieces, Python http.client".into(), t));
@@ -477,7 +504,8 @@ async fn run(quick: bool) {
 
     // The peers run while trove's server idles, each the same number of times.
     let peer_iterations = iterations / 4;
-    let paths: Vec<String> = files.iter().map(|f| s.dir.path().join("objects").join(&f.path).display().to_string()).collect();
+    let paths: Vec<String> =
+        files.iter().map(|f| s.dir.path().join("objects").join(&f.path).display().to_string()).collect();
     let duck = duckdb(&paths, &queries.iter().map(|(l, q, _)| (*l, q.clone())).collect::<Vec<_>>(), peer_iterations);
     let pg = match (&postgres_url, &csv) {
         (Some(url), Some(csv)) => {
@@ -509,7 +537,11 @@ async fn run(quick: bool) {
         "/api/pds/transaction/42.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D={}",
         96 * days + 96
     );
-    table.push(("mydex_buffered", "Mydex newest rows, buffered".into(), time_get(&s, &token, &mydex_today, iterations, 4).await));
+    table.push((
+        "mydex_buffered",
+        "Mydex newest rows, buffered".into(),
+        time_get(&s, &token, &mydex_today, iterations, 4).await,
+    ));
 
     table.push(("sync", "fdatasync of a 512-byte append (the floor under each read)".into(), sync));
 
@@ -526,10 +558,18 @@ async fn run(quick: bool) {
         Err(_) => "PostgreSQL".into(),
     };
     let pg_missing = pg.as_ref().err().cloned().unwrap_or_default();
-    println!("\n| read (p50 / p99 ms) | trove | DuckDB, all of trove's files | {pg_name}, btree (member, ts), prepared |");
+    println!(
+        "\n| read (p50 / p99 ms) | trove | DuckDB, all of trove's files | {pg_name}, btree (member, ts), prepared |"
+    );
     println!("|---|---|---|---|");
     for (i, (_, label, t)) in table.iter().enumerate() {
-        println!("| {label} | {} / {} | {} | {} |", ms(t.p50), ms(t.p99), cell(duck_at(i), i, "not run"), cell(pg_at(i), i, &pg_missing));
+        println!(
+            "| {label} | {} / {} | {} | {} |",
+            ms(t.p50),
+            ms(t.p99),
+            cell(duck_at(i), i, "not run"),
+            cell(pg_at(i), i, &pg_missing)
+        );
     }
     let parquet_bytes = files.iter().map(|f| f.size_bytes).sum::<i64>();
     println!(
@@ -542,7 +582,9 @@ async fn run(quick: bool) {
     );
 
     if let Ok(path) = std::env::var("TROVE_BENCH_REPORT") {
-        let ms_or_null = |t: Option<&Timing>, f: fn(&Timing) -> Duration| t.map_or(Value::Null, |t| json!(f(t).as_secs_f64() * 1000.0));
+        let ms_or_null = |t: Option<&Timing>, f: fn(&Timing) -> Duration| {
+            t.map_or(Value::Null, |t| json!(f(t).as_secs_f64() * 1000.0))
+        };
         let report = json!({
             "commit": commit(),
             "quick": quick,

@@ -34,6 +34,13 @@ echo "test.sh: S3 at $TROVE_TEST_S3_ENDPOINT" >&2
 # pyarrow reads trove's Parquet files in the tests, independently of trove.
 python3 -c "import pyarrow" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyarrow >&2
 
+# The house format (rustfmt.toml) and clippy's lints, warnings as errors: first, and fatal.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >&2
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >&2
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # Compile every target, benches included (what `cargo bench --no-run` checks), so nothing
 # rots unbuilt. Dev profile on purpose: the benches' release build would add minutes for
 # what the dev build already checks (the load generator itself is run against the real

@@ -394,7 +394,10 @@ mod tests {
     fn object_store_urls() {
         let mut s = StorageConfig { data_dir: "d".into(), catalog: None, object_store: None, admin_token: None };
         s.object_store = Some("s3://bucket/a/b/".into());
-        assert_eq!(s.object_store().unwrap(), ObjectStoreLocation::S3 { bucket: "bucket".into(), prefix: "a/b".into() });
+        assert_eq!(
+            s.object_store().unwrap(),
+            ObjectStoreLocation::S3 { bucket: "bucket".into(), prefix: "a/b".into() }
+        );
         s.object_store = Some("gs://x".into());
         assert!(s.object_store().is_err());
         s.object_store = Some("s3://".into());

@@ -65,12 +65,18 @@ fn terms(name: &str, company: &str, purpose: &str, datasets: &[(&str, &[&str], b
             .iter()
             .map(|(dataset, read, write)| {
                 let fields = |fs: &[&str]| fs.iter().map(|f| f.to_string()).collect();
-                let grant = DatasetGrant { read: fields(read), write: if *write { fields(&["*"]) } else { Default::default() } };
+                let grant = DatasetGrant {
+                    read: fields(read),
+                    write: if *write { fields(&["*"]) } else { Default::default() },
+                };
                 (dataset.parse().expect("demo dataset names are valid"), grant)
             })
             .collect(),
         purposes: vec![purpose.into()],
-        gdpr: GdprDeclaration { lawful_basis: "consent".into(), statement: format!("{company} processes this data with the member's consent.") },
+        gdpr: GdprDeclaration {
+            lawful_basis: "consent".into(),
+            statement: format!("{company} processes this data with the member's consent."),
+        },
     }
 }
 
@@ -91,7 +97,12 @@ pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Resu
     let mut demo_members = Vec::with_capacity(members as usize);
     for i in 1..=members {
         let (m, secret) = catalog.create_member(&format!("member{i}")).await?;
-        demo_members.push(DemoMember { uid: m.uid, mydexid: m.mydexid, secret: secret.expose().into(), keys: BTreeMap::new() });
+        demo_members.push(DemoMember {
+            uid: m.uid,
+            mydexid: m.mydexid,
+            secret: secret.expose().into(),
+            keys: BTreeMap::new(),
+        });
     }
     let all: &[&str] = &["*"];
     let fixture: [(&str, ConnectionTerms, std::ops::RangeInclusive<u32>); 3] = [
@@ -112,7 +123,12 @@ pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Resu
         ),
         (
             "insight-ltd",
-            terms("insight-ltd", "Insight Ltd", "Energy-saving insights", &[("ds_energy_consumption", INSIGHT_FIELDS, false)]),
+            terms(
+                "insight-ltd",
+                "Insight Ltd",
+                "Energy-saving insights",
+                &[("ds_energy_consumption", INSIGHT_FIELDS, false)],
+            ),
             1..=1,
         ),
         (
@@ -140,14 +156,22 @@ pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Resu
         for uid in agreed {
             let member = &mut demo_members[uid as usize - 1];
             let (agreement, member_key) = catalog.approve_agreement(member.uid, id).await?;
-            member.keys.insert(nid.to_string(), DemoKey { con_id: agreement.con_id.to_string(), key: member_key.expose().into() });
+            member.keys.insert(
+                nid.to_string(),
+                DemoKey { con_id: agreement.con_id.to_string(), key: member_key.expose().into() },
+            );
         }
         subscribers.push(DemoSubscriber {
             name: name.into(),
             client_id: creds.client_id,
             client_secret: creds.client_secret.expose().into(),
             api_key: creds.api_key.expose().into(),
-            connection: DemoConnection { id: id.get(), nid: nid.get(), key: key.expose().into(), environment: connection.environment },
+            connection: DemoConnection {
+                id: id.get(),
+                nid: nid.get(),
+                key: key.expose().into(),
+                environment: connection.environment,
+            },
         });
     }
     Ok(DemoCredentials { admin_token: admin_token.expose().into(), subscribers, members: demo_members })
@@ -164,7 +188,9 @@ pub async fn run(config: DemoConfig) -> Result<(), Error> {
     let catalog = crate::open(storage).await?;
     let admin = match &storage.admin_token {
         Some(t) => Secret::from_plaintext(t.clone()),
-        None => Secret::from_plaintext(std::fs::read_to_string(storage.data_dir.join("admin-token"))?.trim().to_owned()),
+        None => {
+            Secret::from_plaintext(std::fs::read_to_string(storage.data_dir.join("admin-token"))?.trim().to_owned())
+        }
     };
     let creds = seed(&catalog, &admin, config.members).await?;
     if config.json {

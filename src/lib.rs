@@ -99,12 +99,11 @@ pub fn object_store(location: &ObjectStoreLocation) -> Result<Arc<dyn ObjectStor
             Ok(Arc::new(store))
         }
         ObjectStoreLocation::S3 { bucket, prefix } => {
-            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| Error::Config(e.to_string()))?;
-            if prefix.is_empty() {
-                Ok(Arc::new(s3))
-            } else {
-                Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
-            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            if prefix.is_empty() { Ok(Arc::new(s3)) } else { Ok(Arc::new(PrefixStore::new(s3, prefix.as_str()))) }
         }
     }
 }
@@ -156,9 +155,23 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// The state and router of a server.
-pub fn app(catalog: Catalog, ingester: Arc<Ingester>, store: Arc<dyn ObjectStore>, query: query::QueryConfig, settings: Settings) -> Result<axum::Router, Error> {
-    let query = Arc::new(query::QueryEngine::new(query, ingester.buffer().clone(), store).map_err(|e| Error::Config(e.to_string()))?);
-    Ok(http::router(AppState { catalog, ingester, auth_cache: Default::default(), query, settings: Arc::new(settings) }))
+pub fn app(
+    catalog: Catalog,
+    ingester: Arc<Ingester>,
+    store: Arc<dyn ObjectStore>,
+    query: query::QueryConfig,
+    settings: Settings,
+) -> Result<axum::Router, Error> {
+    let query = Arc::new(
+        query::QueryEngine::new(query, ingester.buffer().clone(), store).map_err(|e| Error::Config(e.to_string()))?,
+    );
+    Ok(http::router(AppState {
+        catalog,
+        ingester,
+        auth_cache: Default::default(),
+        query,
+        settings: Arc::new(settings),
+    }))
 }
 
 /// Runs the server until `shutdown` resolves, then finishes in-flight requests and flushes
@@ -166,7 +179,8 @@ pub fn app(catalog: Catalog, ingester: Arc<Ingester>, store: Arc<dyn ObjectStore
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let catalog = open(&config.storage).await?;
     let store = object_store(&config.storage.object_store().map_err(Error::Config)?)?;
-    let ingester = Ingester::open(ingest_config(&config.storage, &config.ingest), catalog.clone(), store.clone()).await?;
+    let ingester =
+        Ingester::open(ingest_config(&config.storage, &config.ingest), catalog.clone(), store.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let settings = Settings {
         token_ttl: config.token_ttl,
@@ -174,9 +188,13 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         max_ingest_bytes: config.ingest.max_ingest_bytes,
         body: http::body::BodyLimits { idle: config.body_idle_timeout, total: config.body_timeout },
     };
-    let limits = http::listen::ConnectionLimits { header_timeout: config.header_timeout, write_idle: config.query.query_idle_timeout };
+    let limits = http::listen::ConnectionLimits {
+        header_timeout: config.header_timeout,
+        write_idle: config.query.query_idle_timeout,
+    };
     tracing::info!(listen = %listener.local_addr()?, backend = ?catalog.backend(), "trove serving");
-    serve_on(listener, app(catalog, ingester.clone(), store, config.query.config(), settings)?, limits, shutdown).await?;
+    serve_on(listener, app(catalog, ingester.clone(), store, config.query.config(), settings)?, limits, shutdown)
+        .await?;
     ingester.shutdown().await?;
     tracing::info!("every acknowledged row is in Parquet");
     Ok(())

@@ -47,10 +47,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// Counts requests and times them per route template (never per member: the path's
 /// template, not its values).
 pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let start = Instant::now();
     let response = next.run(request).await;

@@ -217,7 +217,14 @@ fn render_docs() -> String {
         let _ = writeln!(s, "| field | type | documented as | description |\n|---|---|---|---|");
         for f in &d.fields {
             let desc = f.description.replace('|', "/").replace('\n', " ");
-            let _ = writeln!(s, "| `{}` | {} | {} | {} |", f.name, f.data_type.as_str(), f.documented_type.replace('|', "/"), desc);
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {} | {} |",
+                f.name,
+                f.data_type.as_str(),
+                f.documented_type.replace('|', "/"),
+                desc
+            );
         }
         s.push('\n');
     }

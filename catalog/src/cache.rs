@@ -15,7 +15,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid, SecretHash, SubscriberId,
+    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid,
+    SecretHash, SubscriberId,
 };
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -105,23 +106,31 @@ impl AuthCache {
     /// The subscriber behind a bearer token, until the token expires.
     pub async fn subscriber_token(&self, catalog: &Catalog, token: &str) -> Result<SubscriberId> {
         let hash = SecretHash::of(token);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0)
             && *expires > now
         {
             return Ok(*subscriber);
         }
-        let (subscriber, _) = self.fill(catalog.subscriber_token(token), |s, found| {
-            s.tokens.insert(hash.0, *found);
-        })
-        .await?;
+        let (subscriber, _) = self
+            .fill(catalog.subscriber_token(token), |s, found| {
+                s.tokens.insert(hash.0, *found);
+            })
+            .await?;
         Ok(subscriber)
     }
 
     /// A member-connection credential (`con_id` + key) of `subscriber`'s connection: the
     /// agreement in force, checked in constant time. Approving or revoking an agreement (and
     /// so a new key) changes the generation.
-    pub async fn agreement_scope(&self, catalog: &Catalog, subscriber: SubscriberId, con_id: ConId, key: &str) -> Result<Arc<AgreementScope>> {
+    pub async fn agreement_scope(
+        &self,
+        catalog: &Catalog,
+        subscriber: SubscriberId,
+        con_id: ConId,
+        key: &str,
+    ) -> Result<Arc<AgreementScope>> {
         let presented = SecretHash::of(key);
         if let Some((hash, scope)) = self.state().scopes.get(&(subscriber, con_id))
             && presented.matches(&hash.0)
@@ -164,11 +173,17 @@ impl AuthCache {
 
     /// A subscriber's connections. A new connection cannot read or write before its first
     /// approval, which changes the generation.
-    pub async fn subscriber_connections(&self, catalog: &Catalog, subscriber: SubscriberId) -> Result<Arc<Vec<Arc<Connection>>>> {
+    pub async fn subscriber_connections(
+        &self,
+        catalog: &Catalog,
+        subscriber: SubscriberId,
+    ) -> Result<Arc<Vec<Arc<Connection>>>> {
         if let Some(c) = self.state().subscriber_connections.get(&subscriber) {
             return Ok(c.clone());
         }
-        let read = async { Ok(Arc::new(catalog.connections(Some(subscriber)).await?.into_iter().map(Arc::new).collect::<Vec<_>>())) };
+        let read = async {
+            Ok(Arc::new(catalog.connections(Some(subscriber)).await?.into_iter().map(Arc::new).collect::<Vec<_>>()))
+        };
         self.fill(read, |s, c| {
             s.subscriber_connections.insert(subscriber, c.clone());
         })
@@ -260,7 +275,10 @@ mod tests {
         go.send(()).unwrap();
         assert!(r1.await.unwrap().is_ok(), "R1 began before the revocation");
         cache.refresh(&f.catalog).await.unwrap();
-        assert!(cache.agreement_scope(&f.catalog, f.subscriber, f.con_id, &f.key).await.is_err(), "R3 must not be served R1's stale scope");
+        assert!(
+            cache.agreement_scope(&f.catalog, f.subscriber, f.con_id, &f.key).await.is_err(),
+            "R3 must not be served R1's stale scope"
+        );
 
         // The same interleaving on the connection-wide list of members (SQL door, ingest).
         let f = fixture().await;
@@ -274,11 +292,17 @@ mod tests {
         reached.await.unwrap();
         f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
         cache.refresh(&f.catalog).await.unwrap();
-        assert!(!cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member), "R2 sees the revocation");
+        assert!(
+            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member),
+            "R2 sees the revocation"
+        );
         go.send(()).unwrap();
         assert!(r1.await.unwrap().unwrap().contains_key(&f.member), "R1 read before it");
         cache.refresh(&f.catalog).await.unwrap();
-        assert!(!cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member), "R3 sees the revocation");
+        assert!(
+            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member),
+            "R3 sees the revocation"
+        );
     }
 
     /// A request that read an older generation does not wind the cache back to it.

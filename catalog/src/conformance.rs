@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
-    ParquetFile, MemberId,
     AccessAction, AccessDecision, AccessLogEntry, AgreementStatus, Catalog, CatalogError, ConnectionStatus,
     ConnectionTerms, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, DatasetKind, DatasetName, ErrorKind,
-    Field, FieldType, GdprDeclaration, RevisionState, Secret, SubscriberId,
+    Field, FieldType, GdprDeclaration, MemberId, ParquetFile, RevisionState, Secret, SubscriberId,
 };
 
 /// A PostgreSQL database of its own for one test, created on the server at `admin_url`.
@@ -122,7 +121,10 @@ async fn members_and_subscribers(c: &Catalog) {
     let token = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), hour).await.unwrap();
     assert_eq!(c.authenticate_subscriber_token(token.expose()).await.unwrap(), s.id);
     assert_eq!(kind(c.issue_access_token(&creds.client_id, "wrong", hour).await), ErrorKind::Unauthenticated);
-    assert_eq!(kind(c.issue_access_token("nobody", creds.client_secret.expose(), hour).await), ErrorKind::Unauthenticated);
+    assert_eq!(
+        kind(c.issue_access_token("nobody", creds.client_secret.expose(), hour).await),
+        ErrorKind::Unauthenticated
+    );
     let expired = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), Duration::ZERO).await.unwrap();
     assert_eq!(kind(c.authenticate_subscriber_token(expired.expose()).await), ErrorKind::Unauthenticated);
     assert_eq!(c.authenticate_api_key(creds.api_key.expose()).await.unwrap(), s.id);
@@ -154,11 +156,19 @@ async fn connection_lifecycle(c: &Catalog) {
     assert_eq!(kind(c.submit_connection(conn.id).await), ErrorKind::Conflict);
     let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Draft, "editing a requested connection returns it to draft");
-    assert_eq!((conn.revisions.len(), conn.latest().version), (1, 2), "under a new version: the operator reviewed version 1");
+    assert_eq!(
+        (conn.revisions.len(), conn.latest().version),
+        (1, 2),
+        "under a new version: the operator reviewed version 1"
+    );
     let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
     assert_eq!(conn.latest().version, 2, "a draft is edited in place");
     c.submit_connection(conn.id).await.unwrap();
-    assert_eq!(kind(c.approve_connection(conn.id, Some(1)).await), ErrorKind::Conflict, "the reviewed version was edited since");
+    assert_eq!(
+        kind(c.approve_connection(conn.id, Some(1)).await),
+        ErrorKind::Conflict,
+        "the reviewed version was edited since"
+    );
     let (conn, key) = c.approve_connection(conn.id, Some(2)).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Approved);
     let (nid, key) = (conn.nid.expect("nid issued"), key.expect("key issued"));
@@ -167,7 +177,10 @@ async fn connection_lifecycle(c: &Catalog) {
     assert_eq!(kind(c.approve_connection(conn.id, None).await), ErrorKind::Conflict);
 
     // Editing an approved connection opens a new draft revision; v1 keeps serving.
-    let conn = c.edit_connection(conn.id, terms("Meter feed v2", &["ds_energy_consumption", "ds_browsing_history"])).await.unwrap();
+    let conn = c
+        .edit_connection(conn.id, terms("Meter feed v2", &["ds_energy_consumption", "ds_browsing_history"]))
+        .await
+        .unwrap();
     assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(2), 2));
     assert_eq!(conn.pending().unwrap().state, RevisionState::Draft);
     assert_eq!(conn.approved().unwrap().terms.name, "Meter feed v1b");
@@ -211,7 +224,11 @@ async fn agreements(c: &Catalog) {
     let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
     assert!(scope.grant(&"ds_home".parse().unwrap()).is_some());
     assert_eq!(kind(c.agreement_scope(sub, con_id, "wrong").await), ErrorKind::Unauthenticated);
-    assert_eq!(kind(c.agreement_scope(other, con_id, key.expose()).await), ErrorKind::Unauthenticated, "forged by another subscriber");
+    assert_eq!(
+        kind(c.agreement_scope(other, con_id, key.expose()).await),
+        ErrorKind::Unauthenticated,
+        "forged by another subscriber"
+    );
 
     // A new revision does not widen access until the member approves it.
     c.edit_connection(conn.id, terms("Feed v2", &["ds_home", "ds_passport"])).await.unwrap();
@@ -222,7 +239,11 @@ async fn agreements(c: &Catalog) {
     assert!(scope.grant(&"ds_passport".parse().unwrap()).is_none());
     let (agreement, new_key) = c.approve_agreement(member.uid, conn.id).await.unwrap();
     assert_eq!(agreement.version, 2);
-    assert_eq!(kind(c.agreement_scope(sub, con_id, key.expose()).await), ErrorKind::Unauthenticated, "old key replaced");
+    assert_eq!(
+        kind(c.agreement_scope(sub, con_id, key.expose()).await),
+        ErrorKind::Unauthenticated,
+        "old key replaced"
+    );
     let scope = c.agreement_scope(sub, con_id, new_key.expose()).await.unwrap();
     assert!(scope.grant(&"ds_passport".parse().unwrap()).is_some());
 
@@ -253,7 +274,10 @@ async fn metadata_instances(c: &Catalog) {
     assert_eq!(all[0].values["field_ba_account_name"], "Joint");
     assert_eq!(all[1].values["field_ba_account_name"], "Savings");
     assert_eq!(kind(c.update_metadata_instance(member.uid, &ds, prod, 9, values("x")).await), ErrorKind::NotFound);
-    assert!(c.metadata_instances(member.uid, &ds, DataEnvironment::Sandbox).await.unwrap().is_empty(), "sandbox is separate");
+    assert!(
+        c.metadata_instances(member.uid, &ds, DataEnvironment::Sandbox).await.unwrap().is_empty(),
+        "sandbox is separate"
+    );
 }
 
 async fn access_log(c: &Catalog) {
@@ -276,7 +300,8 @@ async fn access_log(c: &Catalog) {
     let log = c.access_log(member.uid, 100).await.unwrap();
     assert_eq!(log, vec![entry(AccessDecision::Refused), entry(AccessDecision::Allowed)], "newest first");
     let no_member = AccessLogEntry { member: None, ..entry(AccessDecision::Refused) };
-    let many: Vec<AccessLogEntry> = (0..2500).map(|_| entry(AccessDecision::Allowed)).chain([no_member.clone()]).collect();
+    let many: Vec<AccessLogEntry> =
+        (0..2500).map(|_| entry(AccessDecision::Allowed)).chain([no_member.clone()]).collect();
     c.record_access(&many).await.unwrap();
     assert_eq!(c.access_log(member.uid, 10_000).await.unwrap().len(), 2502, "multi-row inserts past one chunk");
     assert_eq!(c.access_log(member.uid, 100).await.unwrap().len(), 100, "the limit holds across blocks of events");
@@ -284,7 +309,12 @@ async fn access_log(c: &Catalog) {
     assert_eq!(by_connection, vec![no_member], "a refusal naming no member is kept with its connection");
     // One request's read across members is stored once: each member sees only its own entry.
     let (other, _) = c.create_member("erin").await.unwrap();
-    let wide = [member.uid, other.uid].map(|m| AccessLogEntry { at: 2, member: Some(m), rows: m.get(), ..entry(AccessDecision::Allowed) });
+    let wide = [member.uid, other.uid].map(|m| AccessLogEntry {
+        at: 2,
+        member: Some(m),
+        rows: m.get(),
+        ..entry(AccessDecision::Allowed)
+    });
     c.record_access(&wide).await.unwrap();
     assert_eq!(c.access_log(other.uid, 10).await.unwrap(), vec![wide[1].clone()]);
     assert_eq!(c.access_log(member.uid, 1).await.unwrap(), vec![wide[0].clone()]);
@@ -292,7 +322,14 @@ async fn access_log(c: &Catalog) {
     // A read across more members than one INSERT takes, twice in one block: the second
     // adds no index rows, and each member still finds both.
     let crowd = |at| -> Vec<AccessLogEntry> {
-        (1..=1500).map(|m| AccessLogEntry { at, member: Some(MemberId::new(1_000_000 + m).unwrap()), rows: m, ..entry(AccessDecision::Allowed) }).collect()
+        (1..=1500)
+            .map(|m| AccessLogEntry {
+                at,
+                member: Some(MemberId::new(1_000_000 + m).unwrap()),
+                rows: m,
+                ..entry(AccessDecision::Allowed)
+            })
+            .collect()
     };
     c.record_access(&crowd(3)).await.unwrap();
     c.record_access(&crowd(4)).await.unwrap();
@@ -340,11 +377,18 @@ async fn manifest(c: &Catalog) {
     assert_eq!(c.purge_manifest_tombstones(0).await.unwrap(), 0, "young tombstones stay");
     assert_eq!(c.purge_manifest_tombstones(i64::MAX).await.unwrap(), 2);
     assert!(c.manifest_changes(first.latest).await.unwrap().removed.is_empty());
-    assert_eq!(kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await), ErrorKind::Internal, "paths are unique");
+    assert_eq!(
+        kind(c.commit_parquet_files(&[file("ab", 1, 20, 100)], &[]).await),
+        ErrorKind::Internal,
+        "paths are unique"
+    );
     // A second compactor replacing the same files loses, and adds nothing.
     assert_eq!(kind(c.commit_parquet_files(&[file("ab2", 1, 20, 100)], &["a".into()]).await), ErrorKind::Conflict);
     assert_eq!(c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap().len(), 1);
     c.commit_parquet_files(&[file("c", 21, 21, 300), file("d", 22, 22, 300)], &[]).await.unwrap();
-    assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap(), vec![((DataEnvironment::Production, ds.clone(), member), 3)]);
+    assert_eq!(
+        c.compaction_candidates(2000, 3, 10).await.unwrap(),
+        vec![((DataEnvironment::Production, ds.clone(), member), 3)]
+    );
     assert!(c.compaction_candidates(2000, 4, 10).await.unwrap().is_empty());
 }

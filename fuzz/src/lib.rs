@@ -18,7 +18,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use catalog::{
-    Catalog, ConnectionId, ConnectionTerms, DataEnvironment, DatasetGrant, DatasetKind, FieldType, GdprDeclaration, MemberId,
+    Catalog, ConnectionId, ConnectionTerms, DataEnvironment, DatasetGrant, DatasetKind, FieldType, GdprDeclaration,
+    MemberId,
 };
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
@@ -73,18 +74,30 @@ fn check_batch(schema: &DatasetSchema, format: Format, body: &[u8], batch: &Reco
         let field = schema.field(i).expect("a data field");
         match column.data_type() {
             DataType::Float64 => {
-                assert!(column.as_primitive::<Float64Type>().iter().flatten().all(f64::is_finite), "{}: finite floats", field.name)
+                assert!(
+                    column.as_primitive::<Float64Type>().iter().flatten().all(f64::is_finite),
+                    "{}: finite floats",
+                    field.name
+                )
             }
             DataType::Decimal128(precision, _) => {
                 let decimals = column.as_primitive::<Decimal128Type>();
-                assert!(decimals.validate_decimal_precision(*precision).is_ok(), "{}: decimals within precision", field.name)
+                assert!(
+                    decimals.validate_decimal_precision(*precision).is_ok(),
+                    "{}: decimals within precision",
+                    field.name
+                )
             }
             DataType::Utf8 => {
                 for v in column.as_string::<i32>().iter().flatten() {
                     assert!(v.len() <= field.max_bytes as usize, "{}: at most {} bytes", field.name, field.max_bytes);
                     if field.data_type == FieldType::Json {
                         let json = serde_json::from_str::<serde_json::Value>(v);
-                        assert!(matches!(json, Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))), "{}: JSON", field.name);
+                        assert!(
+                            matches!(json, Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))),
+                            "{}: JSON",
+                            field.name
+                        );
                     }
                 }
             }
@@ -110,9 +123,17 @@ pub fn wal_segment(bytes: &[u8]) {
     std::fs::write(&segment, bytes).expect("a segment file");
     let records = ingest::wal::replay(dir.path()).expect("replay reads a segment");
     let kept = std::fs::metadata(&segment).expect("the segment").len() as usize;
-    assert_eq!(kept, records.iter().map(|(_, p)| 8 + p.len()).sum::<usize>(), "the segment is cut after its last whole record");
+    assert_eq!(
+        kept,
+        records.iter().map(|(_, p)| 8 + p.len()).sum::<usize>(),
+        "the segment is cut after its last whole record"
+    );
     assert_eq!(std::fs::read(&segment).expect("the segment"), bytes[..kept], "what is kept is the segment's start");
-    assert_eq!(ingest::wal::replay(dir.path()).expect("replay reads a segment"), records, "a second replay finds the same");
+    assert_eq!(
+        ingest::wal::replay(dir.path()).expect("replay reads a segment"),
+        records,
+        "a second replay finds the same"
+    );
     for (_, payload) in &records {
         let _ = ingest::fuzzing::decode_wal_record(payload);
     }
@@ -198,7 +219,8 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     let (con_id, key) = agreement.expect("member 1's agreement");
     let member_scope = catalog.agreement_scope(subscriber.id, con_id, key.expose()).await.expect("member 1's scope");
     let connection = Arc::new(catalog.connection(id).await.expect("the connection"));
-    let members: HashMap<MemberId, i64> = catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
+    let members: HashMap<MemberId, i64> =
+        catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
 
     // Long ticks: nothing runs in the background while targets plan.
     let config = IngestConfig {
@@ -228,11 +250,14 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
 
     // Yesterday's rows in Parquet files, today's in the buffer: scans read both.
     let env: DataEnvironment = connection.environment.into();
-    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64 / DAY * DAY;
+    let today =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64 / DAY
+            * DAY;
     for (day, flush) in [(today - DAY, true), (today, false)] {
         for schema in &datasets {
             let body = rows(schema.dataset.name.as_str(), day);
-            let batch = ingest::decode::decode(schema, Format::Ndjson, body.as_bytes()).unwrap_or_else(|e| panic!("seed rows: {e:?}"));
+            let batch = ingest::decode::decode(schema, Format::Ndjson, body.as_bytes())
+                .unwrap_or_else(|e| panic!("seed rows: {e:?}"));
             ingester.write(schema.clone(), env, id, batch).await.expect("written");
         }
         if flush {
@@ -245,7 +270,10 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
         objects,
     )
     .expect("a query engine");
-    let tables = datasets.iter().map(|s| TableScope::for_agreement(&member_scope, s.clone()).expect("member 1's table")).collect();
+    let tables = datasets
+        .iter()
+        .map(|s| TableScope::for_agreement(&member_scope, s.clone()).expect("member 1's table"))
+        .collect();
     // libFuzzer exits without running destructors: remove the directory now. Nothing opens
     // it again (the buffer and files are in memory, the ticks are a day away).
     drop(dir);
@@ -258,8 +286,14 @@ fn terms() -> ConnectionTerms {
         read: read.iter().map(|f| f.to_string()).collect(),
         write: ["*".to_string()].into_iter().collect(),
     };
-    let bank_fields =
-        ["ba_transaction_date", "ba_transaction_type", "ba_transaction_value", "ba_transaction_value_currency_code", "source", "created_timestamp"];
+    let bank_fields = [
+        "ba_transaction_date",
+        "ba_transaction_type",
+        "ba_transaction_value",
+        "ba_transaction_value_currency_code",
+        "source",
+        "created_timestamp",
+    ];
     ConnectionTerms {
         name: "energy-co".into(),
         description: "Energy Co's fuzzing connection".into(),

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 
@@ -74,9 +75,9 @@ impl Column {
         match self {
             Column::Int(b) => Arc::new(b.finish()),
             Column::Float(b) => Arc::new(b.finish()),
-            Column::Decimal(b) => {
-                Arc::new(b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"))
-            }
+            Column::Decimal(b) => Arc::new(
+                b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"),
+            ),
             Column::Text(b) => Arc::new(b.finish()),
             Column::Bool(b) => Arc::new(b.finish()),
         }
@@ -137,7 +138,8 @@ impl Partition {
         self.freeze();
         if self.frozen.len() > 4 && !self.flushing {
             let batches: Vec<RecordBatch> = self.frozen.iter().map(|f| f.batch.clone()).collect();
-            let batch = datafusion::arrow::compute::concat_batches(&self.schema.stored, &batches).expect("frozen batches share the schema");
+            let batch = datafusion::arrow::compute::concat_batches(&self.schema.stored, &batches)
+                .expect("frozen batches share the schema");
             let mut segments = BTreeMap::new();
             let mut bytes = 0;
             for f in self.frozen.drain(..) {
@@ -405,7 +407,11 @@ impl Buffer {
         let state = self.state();
         let mut out = Vec::new();
         for ((env, dataset), table) in &state.tables {
-            out.extend(table.partitions.keys().map(|m| PartitionKey { env: *env, dataset: dataset.clone(), member: *m }));
+            out.extend(table.partitions.keys().map(|m| PartitionKey {
+                env: *env,
+                dataset: dataset.clone(),
+                member: *m,
+            }));
         }
         out
     }
@@ -432,7 +438,8 @@ impl Buffer {
                 continue;
             }
             let Some(key) = crate::partition::partition_of(path) else { continue };
-            if let Some(files) = state.tables.get_mut(&(key.env, key.dataset)).and_then(|t| t.files.get_mut(&key.member))
+            if let Some(files) =
+                state.tables.get_mut(&(key.env, key.dataset)).and_then(|t| t.files.get_mut(&key.member))
                 && files.iter().any(|f| &f.path == path)
             {
                 Arc::make_mut(files).retain(|f| &f.path != path);
@@ -487,7 +494,12 @@ impl Buffer {
 
     /// What a read of these members' partitions sees, in one consistent step: members with
     /// neither rows nor files are left out.
-    pub fn snapshot(&self, env: DataEnvironment, dataset: &DatasetName, members: impl IntoIterator<Item = MemberId>) -> Vec<(MemberId, Snapshot)> {
+    pub fn snapshot(
+        &self,
+        env: DataEnvironment,
+        dataset: &DatasetName,
+        members: impl IntoIterator<Item = MemberId>,
+    ) -> Vec<(MemberId, Snapshot)> {
         let mut state = self.state();
         let Some(table) = state.tables.get_mut(&(env, dataset.clone())) else { return Vec::new() };
         let mut out = Vec::new();
@@ -513,7 +525,12 @@ mod tests {
         let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let schema = Arc::new(DatasetSchema::new(Arc::new(d)));
         let batch = |n: i64| {
-            let cols = schema.stored.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1)).collect::<Vec<_>>();
+            let cols = schema
+                .stored
+                .fields()
+                .iter()
+                .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1))
+                .collect::<Vec<_>>();
             let mut cols = cols;
             cols[0] = Arc::new(Int64Array::from(vec![n]));
             cols[1] = Arc::new(Int64Array::from(vec![0]));
@@ -521,10 +538,21 @@ mod tests {
             cols[3] = Arc::new(Int64Array::from(vec![n]));
             RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
         };
-        let key = |m: i64| PartitionKey { env: DataEnvironment::Production, dataset: schema.dataset.name.clone(), member: MemberId::new(m).unwrap() };
+        let key = |m: i64| PartitionKey {
+            env: DataEnvironment::Production,
+            dataset: schema.dataset.name.clone(),
+            member: MemberId::new(m).unwrap(),
+        };
         let buffer = Buffer::default();
         let insert = |m: i64, n: i64, segment: u64| {
-            buffer.insert_runs(DataEnvironment::Production, &schema, &batch(n), &[(MemberId::new(m).unwrap(), 0, 1)], segment, 10)
+            buffer.insert_runs(
+                DataEnvironment::Production,
+                &schema,
+                &batch(n),
+                &[(MemberId::new(m).unwrap(), 0, 1)],
+                segment,
+                10,
+            )
         };
         insert(1, 1, 3);
         insert(2, 2, 4);
@@ -557,7 +585,8 @@ mod tests {
         };
         buffer.end_flush(&flush, Some(&file("a", 1)));
         assert_eq!(buffer.min_segment(), Some(4), "rows that arrived during the flush stay");
-        let names = |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
+        let names =
+            |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
         let path = |m: i64, name: &str| format!("production/ds_energy_consumption/{m}/{name}");
         let snap = rows(1);
         assert_eq!(names(&snap), ["a"], "the flushed rows are in the file now");

@@ -61,11 +61,7 @@ pub struct Compactor {
 /// Which merged file a file's rows go to: its event day, or month when cold.
 fn bucket(f: &ParquetFile, now_secs: i64, cold_after: i64) -> (bool, i64) {
     let day = f.min_event_time.div_euclid(86_400);
-    if f.max_event_time < now_secs - cold_after {
-        (true, day / 30)
-    } else {
-        (false, day)
-    }
+    if f.max_event_time < now_secs - cold_after { (true, day / 30) } else { (false, day) }
 }
 
 impl Compactor {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use catalog::{FieldType, RESERVED_FIELDS};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch,
+    StringBuilder,
 };
 use datafusion::arrow::datatypes::DataType;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -90,7 +91,12 @@ pub fn decode(schema: &DatasetSchema, format: Format, body: &[u8]) -> Result<Rec
 }
 
 /// Decodes `body` into one batch of `schema.input` within `budget`.
-pub fn decode_within(schema: &DatasetSchema, format: Format, body: &[u8], budget: &mut Budget<'_>) -> Result<RecordBatch, DecodeError> {
+pub fn decode_within(
+    schema: &DatasetSchema,
+    format: Format,
+    body: &[u8],
+    budget: &mut Budget<'_>,
+) -> Result<RecordBatch, DecodeError> {
     match format {
         Format::Ndjson => {
             let mut rows = RowsBuilder::new(schema, budget);
@@ -172,9 +178,9 @@ impl Column {
         match self {
             Column::Int(b) => Arc::new(b.finish()),
             Column::Float(b) => Arc::new(b.finish()),
-            Column::Decimal(b) => {
-                Arc::new(b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"))
-            }
+            Column::Decimal(b) => Arc::new(
+                b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"),
+            ),
             Column::Text { b, .. } => Arc::new(b.finish()),
             Column::Bool(b) => Arc::new(b.finish()),
         }
@@ -302,7 +308,11 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
                     DataType::Float64 => Column::Float(Float64Builder::new()),
                     DataType::Decimal128(..) => Column::Decimal(Decimal128Builder::new()),
                     DataType::Boolean => Column::Bool(BooleanBuilder::new()),
-                    _ => Column::Text { b: StringBuilder::new(), max, json: field.is_some_and(|f| f.data_type == FieldType::Json) },
+                    _ => Column::Text {
+                        b: StringBuilder::new(),
+                        max,
+                        json: field.is_some_and(|f| f.data_type == FieldType::Json),
+                    },
                 }
             })
             .collect::<Vec<_>>();
@@ -310,7 +320,19 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
         let set = vec![false; columns.len()];
         let row_bytes = columns.iter().map(Column::row_bytes).sum();
         let (max_rows, memory) = (budget.max_rows, &mut *budget.memory);
-        RowsBuilder { schema, columns, index, set, errors: Vec::new(), rows: 0, max_rows, memory, row_bytes, text_bytes: 0, stop: None }
+        RowsBuilder {
+            schema,
+            columns,
+            index,
+            set,
+            errors: Vec::new(),
+            rows: 0,
+            max_rows,
+            memory,
+            row_bytes,
+            text_bytes: 0,
+            stop: None,
+        }
     }
 
     fn error(&mut self, row: usize, field: Option<&str>, reason: &str) {
@@ -321,7 +343,11 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
 
     fn cell(&mut self, row: usize, key: &str, cell: Cell<'_>) {
         let Some(&i) = self.index.get(key) else {
-            let reason = if RESERVED_FIELDS.contains(&key) { "reserved: assigned by the server" } else { "not a field of this dataset" };
+            let reason = if RESERVED_FIELDS.contains(&key) {
+                "reserved: assigned by the server"
+            } else {
+                "not a field of this dataset"
+            };
             self.error(row, Some(key), reason);
             return;
         };
@@ -348,7 +374,9 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
         self.rows += 1;
         if self.rows > self.max_rows {
             self.stop.get_or_insert(DecodeError::TooManyRows(self.max_rows));
-        } else if self.rows.is_multiple_of(BUDGET_EVERY_ROWS) && !(self.memory)(self.rows * self.row_bytes + self.text_bytes) {
+        } else if self.rows.is_multiple_of(BUDGET_EVERY_ROWS)
+            && !(self.memory)(self.rows * self.row_bytes + self.text_bytes)
+        {
             self.stop.get_or_insert(DecodeError::OverBudget);
         }
     }
@@ -364,7 +392,11 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
 
 /// Checks the reserved columns and builds the batch: `member_uid` is required, `instance`
 /// defaults to 0.
-fn finish_batch(schema: &DatasetSchema, mut arrays: Vec<ArrayRef>, mut errors: Vec<RowError>) -> Result<RecordBatch, DecodeError> {
+fn finish_batch(
+    schema: &DatasetSchema,
+    mut arrays: Vec<ArrayRef>,
+    mut errors: Vec<RowError>,
+) -> Result<RecordBatch, DecodeError> {
     let members = arrays[0].as_any().downcast_ref::<Int64Array>().expect("member_uid is Int64");
     for (i, m) in members.iter().enumerate() {
         if errors.len() >= MAX_ROW_ERRORS {
@@ -372,7 +404,11 @@ fn finish_batch(schema: &DatasetSchema, mut arrays: Vec<ArrayRef>, mut errors: V
         }
         match m {
             Some(m) if m > 0 => {}
-            _ => errors.push(RowError { row: i + 1, field: Some(MEMBER_UID.into()), reason: "a positive member uid is required".into() }),
+            _ => errors.push(RowError {
+                row: i + 1,
+                field: Some(MEMBER_UID.into()),
+                reason: "a positive member uid is required".into(),
+            }),
         }
     }
     let instances = arrays[1].as_any().downcast_ref::<Int64Array>().expect("instance is Int64");
@@ -518,7 +554,11 @@ pub fn decode_objects(
             let cell = match value {
                 serde_json::Value::Null => Cell::Null,
                 serde_json::Value::Bool(b) => Cell::B(*b),
-                serde_json::Value::Number(n) => n.as_i64().map(Cell::I).or(n.as_u64().map(Cell::U)).unwrap_or(Cell::F(n.as_f64().unwrap_or(f64::NAN))),
+                serde_json::Value::Number(n) => n
+                    .as_i64()
+                    .map(Cell::I)
+                    .or(n.as_u64().map(Cell::U))
+                    .unwrap_or(Cell::F(n.as_f64().unwrap_or(f64::NAN))),
                 serde_json::Value::String(s) => Cell::S(Cow::Borrowed(s)),
                 other => Cell::Nested(other.clone()),
             };

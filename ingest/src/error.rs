@@ -94,9 +94,9 @@ impl From<crate::decode::DecodeError> for IngestError {
         match e {
             crate::decode::DecodeError::Malformed(m) => IngestError::Malformed(m),
             crate::decode::DecodeError::Rows(rows) => IngestError::Rows { rows, forbidden: false },
-            crate::decode::DecodeError::TooManyRows(most) => {
-                IngestError::TooLarge(format!("the body holds more than {most} rows; send at most that many in one request"))
-            }
+            crate::decode::DecodeError::TooManyRows(most) => IngestError::TooLarge(format!(
+                "the body holds more than {most} rows; send at most that many in one request"
+            )),
             crate::decode::DecodeError::OverBudget => IngestError::Overloaded { retry_after_secs: 1 },
         }
     }

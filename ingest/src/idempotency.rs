@@ -66,7 +66,13 @@ impl Claim {
     }
     /// Records the answer (the WAL already holds it).
     pub fn complete(mut self, accepted: i64, at: i64) {
-        let write = IdempotentWrite { connection: self.id.0, key: self.id.1.clone(), body_hash: self.body_hash.clone(), accepted, at };
+        let write = IdempotentWrite {
+            connection: self.id.0,
+            key: self.id.1.clone(),
+            body_hash: self.body_hash.clone(),
+            accepted,
+            at,
+        };
         self.keys.lock().insert(self.id.clone(), Entry::Done(write));
         self.done = true;
     }
@@ -89,7 +95,14 @@ impl Keys {
     }
 
     /// Checks a key: 409 while the first write is in flight, 422 for another body.
-    pub async fn begin(self: &Arc<Self>, catalog: &Catalog, connection: i64, key: &str, body_hash: &str, now: i64) -> Result<Decision, IngestError> {
+    pub async fn begin(
+        self: &Arc<Self>,
+        catalog: &Catalog,
+        connection: i64,
+        key: &str,
+        body_hash: &str,
+        now: i64,
+    ) -> Result<Decision, IngestError> {
         if key.is_empty() || key.len() > 255 {
             return Err(IngestError::Malformed("Idempotency-Key must be 1-255 characters".into()));
         }
@@ -101,7 +114,9 @@ impl Keys {
         };
         match known {
             Some(Entry::InFlight) => Err(IngestError::InFlight),
-            Some(Entry::Done(w)) if w.body_hash == body_hash && w.at >= now - RETENTION_MS => Ok(Decision::Replay { accepted: w.accepted }),
+            Some(Entry::Done(w)) if w.body_hash == body_hash && w.at >= now - RETENTION_MS => {
+                Ok(Decision::Replay { accepted: w.accepted })
+            }
             Some(Entry::Done(w)) if w.at >= now - RETENTION_MS => Err(IngestError::KeyReused),
             _ => {
                 let mut entries = self.lock();
@@ -134,7 +149,9 @@ impl Keys {
             return Ok(());
         }
         let writes: Vec<IdempotentWrite> = moving.iter().flat_map(|(_, w)| w.iter().cloned()).collect();
-        fail::fail_point!("idempotency-record", |_| Err(IngestError::Unavailable("failpoint idempotency-record".into())));
+        fail::fail_point!("idempotency-record", |_| Err(IngestError::Unavailable(
+            "failpoint idempotency-record".into()
+        )));
         catalog.remember_idempotent_writes(&writes).await?;
         {
             let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,8 +176,14 @@ mod tests {
         let keys = Arc::new(Keys::default());
         let now = 1_000_000_000_000;
         let Decision::Proceed(claim) = keys.begin(&catalog, 1, "k", "h1", now).await.unwrap() else { panic!() };
-        assert!(matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Err(IngestError::InFlight)), "409 while in flight");
-        assert!(matches!(keys.begin(&catalog, 2, "k", "h1", now).await, Ok(Decision::Proceed(_))), "keys are per connection");
+        assert!(
+            matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Err(IngestError::InFlight)),
+            "409 while in flight"
+        );
+        assert!(
+            matches!(keys.begin(&catalog, 2, "k", "h1", now).await, Ok(Decision::Proceed(_))),
+            "keys are per connection"
+        );
         claim.complete(5, now);
         assert!(matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Ok(Decision::Replay { accepted: 5 })));
         assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now).await, Err(IngestError::KeyReused)));
@@ -171,7 +194,10 @@ mod tests {
         // After 24 hours a key may be used again.
         assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now + RETENTION_MS + 1).await, Ok(Decision::Proceed(_))));
         // Keys moved to the catalog are still found by a node that never saw them.
-        keys.in_segment(3, IdempotentWrite { connection: 7, key: "moved".into(), body_hash: "h".into(), accepted: 9, at: now });
+        keys.in_segment(
+            3,
+            IdempotentWrite { connection: 7, key: "moved".into(), body_hash: "h".into(), accepted: 9, at: now },
+        );
         keys.persist_below(&catalog, 4, now).await.unwrap();
         let fresh = Arc::new(Keys::default());
         assert!(matches!(fresh.begin(&catalog, 7, "moved", "h", now).await, Ok(Decision::Replay { accepted: 9 })));

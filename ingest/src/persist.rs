@@ -49,7 +49,11 @@ fn writer_properties(codec: Codec) -> WriterProperties {
 /// only the newest version of each row: a file never holds one id twice, which is what lets
 /// readers skip de-duplication unless files' id ranges overlap.
 /// Returns the bytes and the rows written.
-pub fn encode(schema: &DatasetSchema, batches: &[RecordBatch], codec: Codec) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
+pub fn encode(
+    schema: &DatasetSchema,
+    batches: &[RecordBatch],
+    codec: Codec,
+) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
     let batch = newest_versions(concat_batches(&schema.stored, batches)?)?;
     let sort = [
         SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
@@ -80,7 +84,8 @@ pub async fn write_file(
     let ids = sorted.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
     let (min_t, max_t) = (min_i64(times), max_i64(times));
     let (min_id, max_id) = (min_i64(ids), max_i64(ids));
-    let max_version = max_i64(sorted.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>());
+    let max_version =
+        max_i64(sorted.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>());
     let path = file_path(key, min_t, min_id, max_id);
     let size = bytes.len() as i64;
     put_with_retry(store, &path, bytes, attempts).await?;
@@ -105,7 +110,10 @@ pub async fn read_file(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<R
 }
 
 /// The same, decoded on a background thread: for compaction, which is not waited for.
-pub async fn read_file_in_background(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>, crate::IngestError> {
+pub async fn read_file_in_background(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Vec<RecordBatch>, crate::IngestError> {
     let bytes = store.get(&Path::from(path)).await?.bytes().await?;
     crate::background::run(move || decode_file(bytes)).await?
 }
@@ -170,7 +178,12 @@ fn max_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
 
 /// `PutMode::Create` with exponential backoff. `AlreadyExists` after a retry means an
 /// earlier attempt landed (the name is unique to this flush), which is success.
-pub async fn put_with_retry(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>, attempts: u32) -> Result<(), crate::IngestError> {
+pub async fn put_with_retry(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    bytes: Vec<u8>,
+    attempts: u32,
+) -> Result<(), crate::IngestError> {
     fail::fail_point!("parquet-put", |_| Err(crate::IngestError::Unavailable("failpoint parquet-put".into())));
     let payload = PutPayload::from(bytes);
     let mut delay = Duration::from_millis(50);

@@ -49,10 +49,8 @@ impl DatasetSchema {
     /// If the dataset is not transactional (it has no event-time field).
     pub fn new(dataset: Arc<Dataset>) -> Self {
         let event = dataset.event_time_field.clone().expect("transactional datasets have an event time");
-        let data: Vec<Field> = dataset
-            .data_fields()
-            .map(|f| Field::new(f.name.as_str(), arrow_type(f.data_type), true))
-            .collect();
+        let data: Vec<Field> =
+            dataset.data_fields().map(|f| Field::new(f.name.as_str(), arrow_type(f.data_type), true)).collect();
         let reserved = [Field::new(MEMBER_UID, DataType::Int64, false), Field::new(INSTANCE, DataType::Int64, false)];
         let input: Vec<Field> = reserved.iter().cloned().chain(data.iter().cloned()).collect();
         let mut stored = input.clone();

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use catalog::{
-    AgreementScope, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, FieldType, MemberId, RESERVED_FIELDS,
+    AgreementScope, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, FieldType, MemberId,
+    RESERVED_FIELDS,
 };
 use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
@@ -40,7 +41,10 @@ pub fn authorize_write<'a>(
 
 /// Checks and converts one object of field values. Unknown and reserved names, wrong types
 /// and oversize values are all reported (up to 100), so a client can fix a batch at once.
-pub fn check_values(dataset: &Dataset, values: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, Value>, IngestError> {
+pub fn check_values(
+    dataset: &Dataset,
+    values: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, Value>, IngestError> {
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, value) in values {
@@ -94,11 +98,15 @@ pub fn coerce(field: &Field, value: &Value) -> Result<Value, String> {
                 Value::String(s) => s.trim().to_owned(),
                 _ => return Err(expected("a decimal with at most 2 places")),
             };
-            crate::decode::parse_cents(&s).map(|c| Value::from(format_cents(c))).ok_or_else(|| expected("a decimal with at most 2 places"))
+            crate::decode::parse_cents(&s)
+                .map(|c| Value::from(format_cents(c)))
+                .ok_or_else(|| expected("a decimal with at most 2 places"))
         }
         FieldType::Boolean => match value {
             Value::Bool(b) => Ok(Value::Bool(*b)),
-            Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => Ok(Value::Bool(n.as_i64() == Some(1))),
+            Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+                Ok(Value::Bool(n.as_i64() == Some(1)))
+            }
             Value::String(s) => match s.trim() {
                 "true" | "1" => Ok(Value::Bool(true)),
                 "false" | "0" => Ok(Value::Bool(false)),
@@ -227,13 +235,19 @@ pub fn authorize_rows<'g>(
         }
         let grant = MemberId::new(members.value(r)).ok().and_then(&grant_of).filter(|g| !g.write.is_empty());
         let Some(grant) = grant else {
-            rows.push(RowError { row: r + 1, field: None, reason: "no agreement permits writing this member's data".into() });
+            rows.push(RowError {
+                row: r + 1,
+                field: None,
+                reason: "no agreement permits writing this member's data".into(),
+            });
             continue;
         };
         let i = match decided.iter().position(|(g, _)| std::ptr::eq(*g, grant)) {
             Some(i) => i,
             None => {
-                let writable = (0..columns.len()).map(|c| c < 2 || grant.write.contains(schema.input.field(c).name().as_str())).collect();
+                let writable = (0..columns.len())
+                    .map(|c| c < 2 || grant.write.contains(schema.input.field(c).name().as_str()))
+                    .collect();
                 decided.push((grant, writable));
                 decided.len() - 1
             }
@@ -242,7 +256,11 @@ pub fn authorize_rows<'g>(
         for (c, column) in columns.iter().enumerate().skip(2) {
             if !decided[i].1[c] && column.is_valid(r) {
                 let field = schema.input.field(c).name();
-                rows.push(RowError { row: r + 1, field: Some(field.clone()), reason: "the agreement does not permit writing this field".into() });
+                rows.push(RowError {
+                    row: r + 1,
+                    field: Some(field.clone()),
+                    reason: "the agreement does not permit writing this field".into(),
+                });
             }
         }
     }
@@ -304,7 +322,8 @@ mod tests {
 
     #[test]
     fn each_row_is_checked_against_its_own_members_grant() {
-        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        let dataset =
+            catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         let full = DatasetGrant { read: all.clone(), write: all.clone() };
         let mut narrow = full.clone();
@@ -321,7 +340,9 @@ mod tests {
             2 => Some(&narrow),
             _ => None,
         };
-        let Err(IngestError::Rows { rows, forbidden: true }) = authorize_rows(&schema, &batch, grant_of) else { panic!("refused") };
+        let Err(IngestError::Rows { rows, forbidden: true }) = authorize_rows(&schema, &batch, grant_of) else {
+            panic!("refused")
+        };
         let got: Vec<(usize, Option<&str>)> = rows.iter().map(|r| (r.row, r.field.as_deref())).collect();
         assert_eq!(got, [(2, Some("field_energy_source_name")), (4, None), (5, Some("field_energy_source_name"))]);
         // Without the field, member 2's rows pass under the narrow grant.
@@ -334,7 +355,8 @@ mod tests {
     /// nothing: not a row of only `member_uid`, nor one that only moves `instance`.
     #[test]
     fn a_read_only_grant_writes_no_row() {
-        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        let dataset =
+            catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         let read_only = DatasetGrant { read: all, write: Default::default() };
         let schema = DatasetSchema::new(Arc::new(dataset));
@@ -349,13 +371,16 @@ mod tests {
     /// the rows.
     #[test]
     fn rows_that_set_no_field_are_refused() {
-        let dataset = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_browsing_history").unwrap();
+        let dataset =
+            catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_browsing_history").unwrap();
         let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         let full = DatasetGrant { read: all.clone(), write: all };
         let schema = DatasetSchema::new(Arc::new(dataset));
         let body = "{\"member_uid\": 1}\n{\"member_uid\": 1, \"browsing_url\": \"https://example.org\"}\n{\"member_uid\": 1, \"instance\": 2, \"browsing_url\": null}\n";
         let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
-        let Err(IngestError::Rows { rows, forbidden: false }) = check_new_rows(&schema, batch, |_| Some(&full), 1_764_000_000) else {
+        let Err(IngestError::Rows { rows, forbidden: false }) =
+            check_new_rows(&schema, batch, |_| Some(&full), 1_764_000_000)
+        else {
             panic!("refused")
         };
         assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), [1, 3]);

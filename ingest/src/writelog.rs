@@ -27,7 +27,11 @@ impl WriteLog {
     /// Counts `rows` written for each member run of a record in `segment`.
     pub fn record(&self, segment: u64, connection: i64, dataset: &DatasetName, at_ms: i64, members: &[(i64, usize)]) {
         let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = by_segment.entry(segment).or_default().entry((connection, dataset.clone(), at_ms.div_euclid(60_000))).or_default();
+        let counts = by_segment
+            .entry(segment)
+            .or_default()
+            .entry((connection, dataset.clone(), at_ms.div_euclid(60_000)))
+            .or_default();
         for (member, rows) in members {
             if let Ok(member) = MemberId::new(*member) {
                 *counts.entry(member).or_default() += *rows as i64;
@@ -84,7 +88,9 @@ impl WriteLog {
             }
         };
         let recorded = async {
-            fail::fail_point!("access-log-record", |_| Err(IngestError::Unavailable("failpoint access-log-record".into())));
+            fail::fail_point!("access-log-record", |_| Err(IngestError::Unavailable(
+                "failpoint access-log-record".into()
+            )));
             Ok::<_, IngestError>(catalog.record_access(&entries).await?)
         };
         if let Err(e) = recorded.await {
@@ -94,7 +100,11 @@ impl WriteLog {
         Ok(())
     }
 
-    async fn to_entries(&self, catalog: &Catalog, moving: &BTreeMap<u64, HashMap<Key, MemberMap<i64>>>) -> Result<Vec<AccessLogEntry>, IngestError> {
+    async fn to_entries(
+        &self,
+        catalog: &Catalog,
+        moving: &BTreeMap<u64, HashMap<Key, MemberMap<i64>>>,
+    ) -> Result<Vec<AccessLogEntry>, IngestError> {
         let mut totals: BTreeMap<(i64, MemberId, &DatasetName, i64), i64> = BTreeMap::new();
         for counts in moving.values() {
             for ((connection, dataset, minute), members) in counts {

@@ -35,7 +35,8 @@ impl Entry {
             // The path list is dwarfed by the rows, but counted: a block of 10,000 files holds
             // about 1 MB of paths.
             Entry::Block { paths, parts } => {
-                parts.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() + paths.iter().map(String::len).sum::<usize>()
+                parts.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
+                    + paths.iter().map(String::len).sum::<usize>()
             }
         }
     }
@@ -100,7 +101,9 @@ impl FileCache {
         let state = &mut *state;
         state.tick += 1;
         match state.entries.get_mut(&key) {
-            Some((Entry::Block { paths: held, parts }, used)) if held.iter().map(String::as_str).eq(paths.iter().copied()) => {
+            Some((Entry::Block { paths: held, parts }, used))
+                if held.iter().map(String::as_str).eq(paths.iter().copied()) =>
+            {
                 *used = state.tick;
                 Some(parts.clone())
             }
@@ -177,7 +180,11 @@ mod tests {
         assert!(cache.get_many(["a"])[0].is_some(), "a is now the most recently used");
         cache.insert("c", batch(1000));
         let got = cache.get_many(["a", "b", "c"]);
-        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, true], "b was least recently used");
+        assert_eq!(
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, true],
+            "b was least recently used"
+        );
         assert!(cache.takes(10) && !FileCache::new(0).takes(10));
     }
 

@@ -23,13 +23,17 @@ use async_trait::async_trait;
 use catalog::{Connection, MemberId, SubscriberId};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, SchemaProvider, TableProvider,
+};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -115,7 +119,11 @@ pub struct Admission {
 }
 
 impl QueryEngine {
-    pub fn new(config: QueryConfig, buffer: Arc<ingest::buffer::Buffer>, store: Arc<dyn object_store::ObjectStore>) -> DfResult<QueryEngine> {
+    pub fn new(
+        config: QueryConfig,
+        buffer: Arc<ingest::buffer::Buffer>,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> DfResult<QueryEngine> {
         let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse("trove://objects")?;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(config.memory_bytes)))
@@ -129,7 +137,8 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
-        let builder = SessionStateBuilder::new().with_config(session).with_runtime_env(runtime.clone()).with_default_features();
+        let builder =
+            SessionStateBuilder::new().with_config(session).with_runtime_env(runtime.clone()).with_default_features();
         let template = crate::functions::install(builder).build();
         let cache = Arc::new(crate::cache::FileCache::new(config.file_cache_bytes));
         let sources = Sources { buffer, store, store_url, cache };
@@ -146,7 +155,10 @@ impl QueryEngine {
     pub fn admit(&self, subscriber: SubscriberId) -> Result<Admission, QueryError> {
         let semaphore = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            running.entry(subscriber).or_insert_with(|| Arc::new(Semaphore::new(self.config.per_subscriber.max(1)))).clone()
+            running
+                .entry(subscriber)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_subscriber.max(1))))
+                .clone()
         };
         let subscriber = semaphore.try_acquire_owned().map_err(|_| QueryError::Busy)?;
         let total = self.running_total.clone().try_acquire_owned().map_err(|_| QueryError::Overloaded)?;
@@ -178,7 +190,11 @@ impl QueryEngine {
     }
 
     /// `work`, to be done by `deadline` (the query's, counted from when it started).
-    async fn in_time<T>(&self, deadline: tokio::time::Instant, work: impl std::future::Future<Output = DfResult<T>>) -> Result<T, QueryError> {
+    async fn in_time<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl std::future::Future<Output = DfResult<T>>,
+    ) -> Result<T, QueryError> {
         tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| QueryError::Timeout(self.config.timeout.as_secs()))?
@@ -208,16 +224,30 @@ impl QueryEngine {
             })
             .await?;
         let growing = crate::guard::check_plan(&plan)?;
-        reads.hold(crate::guard::reserve_for_functions(&state.runtime_env().memory_pool, growing, self.config.target_partitions)?);
+        reads.hold(crate::guard::reserve_for_functions(
+            &state.runtime_env().memory_pool,
+            growing,
+            self.config.target_partitions,
+        )?);
         let plan = self.in_time(deadline, state.create_physical_plan(&plan)).await?;
         let plan = crate::guard::meter_windows(plan).map_err(|e| self.error(e))?;
         self.verify(&plan, &reads)?;
-        Ok(PlannedQuery { plan, task: Arc::new(TaskContext::from(&state)), reads, started, config: self.config.clone() })
+        Ok(PlannedQuery {
+            plan,
+            task: Arc::new(TaskContext::from(&state)),
+            reads,
+            started,
+            config: self.config.clone(),
+        })
     }
 
     /// Reads one member's rows of one dataset (the Mydex door): the rows `filters` select,
     /// by id, with the scope's columns.
-    pub async fn read_member(&self, table: TableScope, filters: Vec<Expr>) -> Result<(Vec<RecordBatch>, Arc<Reads>), QueryError> {
+    pub async fn read_member(
+        &self,
+        table: TableScope,
+        filters: Vec<Expr>,
+    ) -> Result<(Vec<RecordBatch>, Arc<Reads>), QueryError> {
         let reads = Arc::new(Reads::new(self.config.timeout));
         let provider = Arc::new(ScopedTable::new(table, self.sources.clone(), reads.clone()));
         let ctx = self.session(Arc::new(datafusion::catalog::MemorySchemaProvider::new()));
@@ -247,7 +277,11 @@ impl QueryEngine {
             let source = exec.data_source();
             if let Some(files) = source.downcast_ref::<FileScanConfig>() {
                 files.object_store_url == self.sources.store_url
-                    && files.file_groups.iter().flat_map(|g| g.iter()).all(|f| reads.allows_file(f.object_meta.location.as_ref()))
+                    && files
+                        .file_groups
+                        .iter()
+                        .flat_map(|g| g.iter())
+                        .all(|f| reads.allows_file(f.object_meta.location.as_ref()))
             } else {
                 source.is::<MemorySourceConfig>()
             }
@@ -305,7 +339,8 @@ impl PlannedQuery {
 
     /// The answer's batches, under the deadline (counted from planning) and the row cap.
     pub fn execute(&self) -> Result<SendableRecordBatchStream, QueryError> {
-        let inner = execute_stream(self.plan.clone(), self.task.clone()).map_err(|e| QueryError::from_datafusion(e, self.config.query_memory_bytes))?;
+        let inner = execute_stream(self.plan.clone(), self.task.clone())
+            .map_err(|e| QueryError::from_datafusion(e, self.config.query_memory_bytes))?;
         Ok(Box::pin(Limited {
             schema: inner.schema(),
             inner,
@@ -445,7 +480,10 @@ impl MemoryPool for QueryPool {
         let before = self.used.fetch_add(additional, Ordering::Relaxed);
         if before + additional > self.limit {
             self.used.fetch_sub(additional, Ordering::Relaxed);
-            return Err(DataFusionError::ResourcesExhausted(format!("the query's memory limit of {} bytes", self.limit)));
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "the query's memory limit of {} bytes",
+                self.limit
+            )));
         }
         if let Err(e) = self.shared.try_grow(reservation, additional) {
             self.used.fetch_sub(additional, Ordering::Relaxed);

@@ -44,7 +44,9 @@ impl QueryError {
         use datafusion::error::DataFusionError as E;
         match e.find_root() {
             E::ResourcesExhausted(_) => QueryError::MemoryLimit(memory_limit >> 20),
-            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => QueryError::Invalid(first_line(&e.strip_backtrace())),
+            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
+                QueryError::Invalid(first_line(&e.strip_backtrace()))
+            }
             // Cast, arithmetic and function errors may quote a value: say what kind failed.
             E::Execution(_) | E::ArrowError(..) => {
                 QueryError::Invalid("the query could not be evaluated: a cast, arithmetic or function error".into())

@@ -56,26 +56,143 @@ pub const CONCAT_OP: &str = "trove_string_concat";
 
 const SCALAR: &[&str] = &[
     // date and time
-    "now", "current_date", "current_time", "date_trunc", "date_bin", "date_part", "from_unixtime", "to_unixtime", "make_date",
-    "to_date", "to_timestamp", "to_timestamp_seconds", "to_timestamp_millis", "to_timestamp_micros", "to_timestamp_nanos",
+    "now",
+    "current_date",
+    "current_time",
+    "date_trunc",
+    "date_bin",
+    "date_part",
+    "from_unixtime",
+    "to_unixtime",
+    "make_date",
+    "to_date",
+    "to_timestamp",
+    "to_timestamp_seconds",
+    "to_timestamp_millis",
+    "to_timestamp_micros",
+    "to_timestamp_nanos",
     // math
-    "abs", "ceil", "floor", "round", "trunc", "sqrt", "cbrt", "exp", "ln", "log", "log2", "log10", "power", "signum", "pi",
-    "degrees", "radians", "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
-    "cot", "gcd", "lcm", "factorial", "isnan", "iszero", "nanvl", "random",
+    "abs",
+    "ceil",
+    "floor",
+    "round",
+    "trunc",
+    "sqrt",
+    "cbrt",
+    "exp",
+    "ln",
+    "log",
+    "log2",
+    "log10",
+    "power",
+    "signum",
+    "pi",
+    "degrees",
+    "radians",
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "atan2",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asinh",
+    "acosh",
+    "atanh",
+    "cot",
+    "gcd",
+    "lcm",
+    "factorial",
+    "isnan",
+    "iszero",
+    "nanvl",
+    "random",
     // conditional and cast
-    "coalesce", "nullif", "nvl", "nvl2", "greatest", "least", "arrow_typeof",
+    "coalesce",
+    "nullif",
+    "nvl",
+    "nvl2",
+    "greatest",
+    "least",
+    "arrow_typeof",
     // string, bounded by their input
-    "lower", "upper", "initcap", "substr", "left", "right", "btrim", "ltrim", "rtrim", "character_length", "octet_length",
-    "bit_length", "ascii", "chr", "reverse", "strpos", "starts_with", "ends_with", "contains", "split_part", "substr_index",
-    "find_in_set", "regexp_like", "regexp_match", "regexp_count", "md5", "sha224", "sha256", "sha384", "sha512", "to_hex", "uuid",
+    "lower",
+    "upper",
+    "initcap",
+    "substr",
+    "left",
+    "right",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "character_length",
+    "octet_length",
+    "bit_length",
+    "ascii",
+    "chr",
+    "reverse",
+    "strpos",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "split_part",
+    "substr_index",
+    "find_in_set",
+    "regexp_like",
+    "regexp_match",
+    "regexp_count",
+    "md5",
+    "sha224",
+    "sha256",
+    "sha384",
+    "sha512",
+    "to_hex",
+    "uuid",
 ];
 
 const AGGREGATE: &[&str] = &[
-    "count", "sum", "avg", "min", "max", "stddev", "stddev_pop", "var", "var_pop", "median", "approx_percentile_cont",
-    "approx_percentile_cont_with_weight", "approx_distinct", "approx_median", "percentile_cont", "array_agg", "string_agg",
-    "first_value", "last_value", "nth_value", "any_value", "bool_and", "bool_or", "bit_and", "bit_or", "bit_xor", "corr",
-    "covar_samp", "covar_pop", "regr_slope", "regr_intercept", "regr_count", "regr_r2", "regr_avgx", "regr_avgy", "regr_sxx",
-    "regr_syy", "regr_sxy", "grouping",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "stddev_pop",
+    "var",
+    "var_pop",
+    "median",
+    "approx_percentile_cont",
+    "approx_percentile_cont_with_weight",
+    "approx_distinct",
+    "approx_median",
+    "percentile_cont",
+    "array_agg",
+    "string_agg",
+    "first_value",
+    "last_value",
+    "nth_value",
+    "any_value",
+    "bool_and",
+    "bool_or",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "corr",
+    "covar_samp",
+    "covar_pop",
+    "regr_slope",
+    "regr_intercept",
+    "regr_count",
+    "regr_r2",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_sxx",
+    "regr_syy",
+    "regr_sxy",
+    "grouping",
 ];
 
 const TABLE: &[&str] = &["generate_series", "range"];
@@ -95,8 +212,15 @@ pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
     }
     let concat_op = Arc::new(ScalarUDF::new_from_impl(StringConcat::default()));
     scalar.push(concat_op.clone());
-    let aggregate = SessionStateDefaults::default_aggregate_functions().into_iter().filter(|f| AGGREGATE.contains(&f.name())).collect();
-    let table = SessionStateDefaults::default_table_functions().into_iter().filter(|f| TABLE.contains(&f.name())).map(|f| (f.name().to_owned(), f)).collect();
+    let aggregate = SessionStateDefaults::default_aggregate_functions()
+        .into_iter()
+        .filter(|f| AGGREGATE.contains(&f.name()))
+        .collect();
+    let table = SessionStateDefaults::default_table_functions()
+        .into_iter()
+        .filter(|f| TABLE.contains(&f.name()))
+        .map(|f| (f.name().to_owned(), f))
+        .collect();
     let planners: Vec<Arc<dyn ExprPlanner>> = vec![
         Arc::new(ConcatPlanner { concat_op }),
         Arc::new(datafusion::functions::datetime::planner::DatetimeFunctionPlanner),
@@ -149,19 +273,25 @@ fn counts(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<u64>> {
 fn output_bound(function: &str, args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
     let total = |v: Vec<u64>| v.into_iter().map(u128::from).sum::<u128>();
     Ok(match (function, args) {
-        ("repeat", [text, n]) => {
-            string_lengths(text, rows)?.into_iter().zip(counts(n, rows)?).map(|(l, n)| u128::from(l) * u128::from(n)).sum()
-        }
+        ("repeat", [text, n]) => string_lengths(text, rows)?
+            .into_iter()
+            .zip(counts(n, rows)?)
+            .map(|(l, n)| u128::from(l) * u128::from(n))
+            .sum(),
         // `n` characters (the text cut, or padded with the fill, at most 4 bytes a character).
         ("lpad" | "rpad", [text, n, rest @ ..]) => {
             let fill_char = match rest.first() {
                 None => 1,
-                Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(f)) | ScalarValue::LargeUtf8(Some(f)) | ScalarValue::Utf8View(Some(f)))) => {
-                    f.chars().map(char::len_utf8).max().unwrap_or(1) as u128
-                }
+                Some(ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(f)) | ScalarValue::LargeUtf8(Some(f)) | ScalarValue::Utf8View(Some(f)),
+                )) => f.chars().map(char::len_utf8).max().unwrap_or(1) as u128,
                 Some(_) => 4,
             };
-            string_lengths(text, rows)?.into_iter().zip(counts(n, rows)?).map(|(l, n)| u128::from(l) + u128::from(n) * fill_char).sum()
+            string_lengths(text, rows)?
+                .into_iter()
+                .zip(counts(n, rows)?)
+                .map(|(l, n)| u128::from(l) + u128::from(n) * fill_char)
+                .sum()
         }
         ("concat" | CONCAT_OP, _) => args.iter().map(|a| string_lengths(a, rows).map(total)).sum::<DfResult<u128>>()?,
         ("concat_ws", [separator, rest @ ..]) => {
@@ -193,7 +323,8 @@ struct Guarded {
 
 /// Whether a cast to `t` allocates no more than its values need.
 fn scalar_type(t: &DataType) -> bool {
-    !(t.is_nested() || matches!(t, DataType::FixedSizeBinary(_) | DataType::Dictionary(..) | DataType::RunEndEncoded(..)))
+    !(t.is_nested()
+        || matches!(t, DataType::FixedSizeBinary(_) | DataType::Dictionary(..) | DataType::RunEndEncoded(..)))
 }
 
 impl ScalarUDFImpl for Guarded {
@@ -213,7 +344,10 @@ impl ScalarUDFImpl for Guarded {
         self.inner.return_type(arg_types)
     }
 
-    fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> DfResult<datafusion::arrow::datatypes::FieldRef> {
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> DfResult<datafusion::arrow::datatypes::FieldRef> {
         let field = self.inner.return_field_from_args(args)?;
         if self.guard == Guard::ScalarTypes && !scalar_type(field.data_type()) {
             return Err(DataFusionError::External(Box::new(QueryError::Limit(
@@ -228,7 +362,9 @@ impl ScalarUDFImpl for Guarded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        if self.guard == Guard::OutputBytes && output_bound(self.name(), &args.args, args.number_rows)? > MAX_OUTPUT_BYTES as u128 {
+        if self.guard == Guard::OutputBytes
+            && output_bound(self.name(), &args.args, args.number_rows)? > MAX_OUTPUT_BYTES as u128
+        {
             return Err(over_cap(self.name()));
         }
         self.inner.invoke_with_args(args)
@@ -288,7 +424,11 @@ impl ScalarUDFImpl for StringConcat {
         let rows = if scalar { 1 } else { args.number_rows };
         let [left, right] = [&args.args[0], &args.args[1]].map(|a| a.to_array(rows));
         let joined = datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn(&left?, &right?)?;
-        Ok(if scalar { ColumnarValue::Scalar(ScalarValue::try_from_array(&joined, 0)?) } else { ColumnarValue::Array(joined) })
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&joined, 0)?)
+        } else {
+            ColumnarValue::Array(joined)
+        })
     }
 }
 
@@ -331,7 +471,19 @@ mod tests {
         let mut allowed: Vec<&str> = SCALAR.iter().chain(&GROWING).chain(&["arrow_cast"]).copied().collect();
         allowed.sort_unstable();
         assert_eq!(offered, allowed);
-        for refused in ["replace", "regexp_replace", "translate", "overlay", "encode", "to_char", "array_repeat", "make_array", "range", "levenshtein", "version"] {
+        for refused in [
+            "replace",
+            "regexp_replace",
+            "translate",
+            "overlay",
+            "encode",
+            "to_char",
+            "array_repeat",
+            "make_array",
+            "range",
+            "levenshtein",
+            "version",
+        ] {
             assert!(!state.scalar_functions().contains_key(refused), "{refused} is offered");
         }
         assert!(state.table_functions().contains_key("generate_series"));
@@ -346,7 +498,11 @@ mod tests {
         assert_eq!(output_bound("lpad", &[text("ab"), int(10)], 2).unwrap(), 24);
         assert_eq!(output_bound("rpad", &[text("ab"), int(10), text("é")], 1).unwrap(), 22);
         assert_eq!(output_bound("concat_ws", &[text(","), text("ab"), text("cde")], 4).unwrap(), 4 * (1 + 5));
-        let column = ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(vec![Some("a"), None, Some("abc")])));
+        let column = ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("abc"),
+        ])));
         assert_eq!(output_bound(CONCAT_OP, &[column.clone(), column], 3).unwrap(), 8);
     }
 }

@@ -17,14 +17,16 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Result as DfResult;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, Select, Statement, Visit, Visitor};
 use futures::StreamExt;
 
@@ -72,7 +74,12 @@ pub fn check_text(sql: &str) -> Result<(), QueryError> {
     for token in &tokens {
         match token {
             Token::Word(w) if w.keyword == Keyword::SELECT => selects += 1,
-            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR | Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT) => {
+            Token::Word(w)
+                if matches!(
+                    w.keyword,
+                    Keyword::AND | Keyword::OR | Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT
+                ) =>
+            {
                 operators += 1
             }
             Token::Word(_)
@@ -141,7 +148,9 @@ pub fn check_statement_shape(statement: &Statement) -> Result<(), QueryError> {
         return Err(e);
     }
     if expanded_size(statement) > MAX_EXPANDED {
-        return Err(too_complex(format!("its common table expressions expand to more than {MAX_EXPANDED} queries and tables")));
+        return Err(too_complex(format!(
+            "its common table expressions expand to more than {MAX_EXPANDED} queries and tables"
+        )));
     }
     Ok(())
 }
@@ -243,7 +252,11 @@ pub fn check_plan(plan: &LogicalPlan) -> Result<usize, QueryError> {
 
 /// Reserves, from the query's memory, what `calls` value-building calls may hold at once:
 /// one batch's worth ([`MAX_OUTPUT_BYTES`]) per call and partition.
-pub fn reserve_for_functions(pool: &Arc<dyn MemoryPool>, calls: usize, partitions: usize) -> Result<MemoryReservation, QueryError> {
+pub fn reserve_for_functions(
+    pool: &Arc<dyn MemoryPool>,
+    calls: usize,
+    partitions: usize,
+) -> Result<MemoryReservation, QueryError> {
     let reservation = MemoryConsumer::new("trove value-building functions").register(pool);
     let each = MAX_OUTPUT_BYTES * partitions.max(1);
     reservation.try_grow(calls * each).map_err(|_| {
@@ -266,7 +279,8 @@ pub fn meter_windows(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Execution
         if !matches!(node.name(), "WindowAggExec") {
             return Ok(Transformed::no(node));
         }
-        let children = node.children().into_iter().map(|c| Arc::new(Metered::new(c.clone())) as Arc<dyn ExecutionPlan>).collect();
+        let children =
+            node.children().into_iter().map(|c| Arc::new(Metered::new(c.clone())) as Arc<dyn ExecutionPlan>).collect();
         #[expect(deprecated, reason = "replace_children's options are not needed for a same-schema input")]
         let node = node.with_new_children(children)?;
         Ok(Transformed::yes(node))
@@ -312,11 +326,17 @@ impl ExecutionPlan for Metered {
         vec![true]
     }
 
-    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>) -> DfResult<TreeNodeRecursion> {
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Metered::new(children.swap_remove(0))))
     }
 
@@ -338,7 +358,11 @@ mod tests {
     use super::*;
 
     fn statement(sql: &str) -> Statement {
-        let mut parsed = datafusion::sql::sqlparser::parser::Parser::parse_sql(&datafusion::sql::sqlparser::dialect::GenericDialect {}, sql).unwrap();
+        let mut parsed = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+            sql,
+        )
+        .unwrap();
         parsed.pop().unwrap()
     }
 
@@ -368,7 +392,8 @@ mod tests {
         assert_eq!(expanded_size(&statement(doubling)), 1 + 1 + 4 + 10 + 11);
         let recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r";
         assert!(expanded_size(&statement(recursive)) < 8);
-        let deep: Vec<String> = (1..=20).map(|i| format!("c{i} AS (SELECT * FROM c{0} UNION ALL SELECT * FROM c{0})", i - 1)).collect();
+        let deep: Vec<String> =
+            (1..=20).map(|i| format!("c{i} AS (SELECT * FROM c{0} UNION ALL SELECT * FROM c{0})", i - 1)).collect();
         let deep = format!("WITH c0 AS (SELECT 1), {} SELECT * FROM c20", deep.join(", "));
         assert!(expanded_size(&statement(&deep)) > MAX_EXPANDED);
     }

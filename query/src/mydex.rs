@@ -50,7 +50,8 @@ pub fn parse_filters(params: &[(String, String)]) -> Result<Vec<Filter>, QueryEr
     let mut parts: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
     for (key, value) in params {
         let Some(rest) = key.strip_prefix("filters[") else { continue };
-        let bad = || QueryError::Invalid("a filter is written filters[<field>][operator] and filters[<field>][value]".into());
+        let bad =
+            || QueryError::Invalid("a filter is written filters[<field>][operator] and filters[<field>][value]".into());
         let (field, part) = rest.split_once("][").ok_or_else(bad)?;
         let part = part.strip_suffix(']').ok_or_else(bad)?;
         let entry = parts.entry(field.to_owned()).or_default();
@@ -69,7 +70,9 @@ pub fn parse_filters(params: &[(String, String)]) -> Result<Vec<Filter>, QueryEr
             let value = value.ok_or_else(|| QueryError::Invalid(format!("filters[{field}][value] is missing")))?;
             let op = match op {
                 None => Op::Eq,
-                Some(op) => Op::parse(&op).ok_or_else(|| QueryError::Invalid(format!("filters[{field}][operator] must be one of = != > >= < <= LIKE")))?,
+                Some(op) => Op::parse(&op).ok_or_else(|| {
+                    QueryError::Invalid(format!("filters[{field}][operator] must be one of = != > >= < <= LIKE"))
+                })?,
             };
             Ok(Filter { field, op, value })
         })

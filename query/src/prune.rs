@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 
 use datafusion::common::ScalarValue;
+use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
-use datafusion::logical_expr::expr::InList;
 
 /// An inclusive range of `i64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +95,11 @@ impl Bounds {
             }
             Expr::Between(Between { expr, negated: false, low, high }) => {
                 if let (Some(c), Some(lo), Some(hi)) = (column(expr), int(low), int(high))
-                    && let Some(r) = self.range(c, event_time) {
-                        r.narrow(Operator::GtEq, lo);
-                        r.narrow(Operator::LtEq, hi);
-                    }
+                    && let Some(r) = self.range(c, event_time)
+                {
+                    r.narrow(Operator::GtEq, lo);
+                    r.narrow(Operator::LtEq, hi);
+                }
             }
             Expr::InList(InList { expr, list, negated: false }) if column(expr) == Some("member_uid") => {
                 let Some(values) = list.iter().map(int).collect::<Option<BTreeSet<i64>>>() else { return };

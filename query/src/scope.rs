@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use catalog::{
-    AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetGrant, Field, MemberId,
-};
+use catalog::{AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetGrant, Field, MemberId};
 use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
 
 use crate::QueryError;
@@ -45,7 +43,11 @@ impl TableScope {
     /// over every member with an active agreement (`members`: member → approved version).
     /// `None` if the serving revision grants no field of the dataset or the dataset is not
     /// offered in the connection's environment.
-    pub fn for_connection(connection: &Connection, members: Arc<HashMap<MemberId, i64>>, schema: Arc<DatasetSchema>) -> Option<TableScope> {
+    pub fn for_connection(
+        connection: &Connection,
+        members: Arc<HashMap<MemberId, i64>>,
+        schema: Arc<DatasetSchema>,
+    ) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
         let serving = connection.approved()?.terms.datasets.get(&schema.dataset.name)?;
         let columns = columns(&schema, &granted_fields(&schema.dataset, serving, env)?);
@@ -53,7 +55,9 @@ impl TableScope {
         let grants = connection
             .revisions
             .iter()
-            .map(|r| (r.version, r.terms.datasets.get(&table.schema.dataset.name).map_or(Access::Hidden, |g| table.mask(g))))
+            .map(|r| {
+                (r.version, r.terms.datasets.get(&table.schema.dataset.name).map_or(Access::Hidden, |g| table.mask(g)))
+            })
             .collect();
         table.grants = grants;
         Some(table)
@@ -76,7 +80,11 @@ impl TableScope {
 
     /// The members the table holds among those `allowed` lets through; `wanted` lists the
     /// only candidates when the query names its members.
-    pub fn members(&self, wanted: Option<&std::collections::BTreeSet<i64>>, allowed: impl Fn(i64) -> bool) -> Vec<MemberId> {
+    pub fn members(
+        &self,
+        wanted: Option<&std::collections::BTreeSet<i64>>,
+        allowed: impl Fn(i64) -> bool,
+    ) -> Vec<MemberId> {
         let held = |m: &MemberId| self.access(*m) != Access::Hidden && allowed(m.get());
         match wanted {
             Some(ids) => ids.iter().filter_map(|id| MemberId::new(*id).ok()).filter(held).collect(),
@@ -147,7 +155,8 @@ pub fn readable<'a>(scope: &AgreementScope, dataset: &'a Dataset) -> Result<Read
 mod tests {
     use super::*;
     use catalog::{
-        Agreement, ConId, ConnectionEnvironment, ConnectionId, DatasetEnvironment, DatasetGrant, DatasetKind, FieldType, MemberId, SubscriberId,
+        Agreement, ConId, ConnectionEnvironment, ConnectionId, DatasetEnvironment, DatasetGrant, DatasetKind,
+        FieldType, MemberId, SubscriberId,
     };
 
     fn dataset(env: DatasetEnvironment) -> Dataset {

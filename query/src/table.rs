@@ -21,12 +21,12 @@ use datafusion::arrow::array::{AsArray, RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
-use datafusion::error::DataFusionError;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
@@ -67,7 +67,9 @@ impl Reads {
 
     fn check_deadline(&self) -> DfResult<()> {
         match self.deadline {
-            Some((d, secs)) if tokio::time::Instant::now() >= d => Err(DataFusionError::External(Box::new(crate::QueryError::Timeout(secs)))),
+            Some((d, secs)) if tokio::time::Instant::now() >= d => {
+                Err(DataFusionError::External(Box::new(crate::QueryError::Timeout(secs))))
+            }
             _ => Ok(()),
         }
     }
@@ -141,13 +143,16 @@ impl ScopedTable {
             .map(|b| (b, stored_columns.as_slice()))
             .chain(visible.iter().map(|b| (b, columns.as_slice())))
             .collect();
-        let mut parts: Vec<Vec<RecordBatch>> =
-            blocks.iter().map(|b| Ok(vec![b.project(&stored_columns)?.with_schema(schema.clone())?])).collect::<DfResult<_>>()?;
+        let mut parts: Vec<Vec<RecordBatch>> = blocks
+            .iter()
+            .map(|b| Ok(vec![b.project(&stored_columns)?.with_schema(schema.clone())?]))
+            .collect::<DfResult<_>>()?;
         for run in even_runs(sources.iter().map(|(b, _)| b.num_rows()).collect(), partitions) {
             let chunk = &sources[run];
             let arrays = (0..columns.len())
                 .map(|j| {
-                    let parts: Vec<&dyn datafusion::arrow::array::Array> = chunk.iter().map(|(b, idx)| b.column(idx[j]).as_ref()).collect();
+                    let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                        chunk.iter().map(|(b, idx)| b.column(idx[j]).as_ref()).collect();
                     datafusion::arrow::compute::concat(&parts)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -178,7 +183,9 @@ impl ScopedTable {
 
     /// A whole file's stored columns, as one batch.
     async fn read_file(&self, path: &str) -> DfResult<RecordBatch> {
-        let batches = ingest::persist::read_file(&self.sources.store, path).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batches = ingest::persist::read_file(&self.sources.store, path)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?)
     }
 
@@ -322,10 +329,9 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 visible.extend(rows);
                 continue;
             }
-            let files = snapshot
-                .files
-                .iter()
-                .filter(|f| bounds.time.overlaps(f.min_event_time, f.max_event_time) && bounds.id.overlaps(f.min_id, f.max_id));
+            let files = snapshot.files.iter().filter(|f| {
+                bounds.time.overlaps(f.min_event_time, f.max_event_time) && bounds.id.overlaps(f.min_id, f.max_id)
+            });
             let before = fast_files.len();
             fast_files.extend(files.cloned());
             counts.push((*member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered));
@@ -335,7 +341,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         // Small files come from the decoded-file cache (read into it on a miss, a bounded
         // number at a time), many at once as one cached block; large ones are scanned by
         // DataFusion's Parquet source.
-        let (small, large): (Vec<_>, Vec<_>) = fast_files.into_iter().partition(|f| self.sources.cache.takes(f.size_bytes));
+        let (small, large): (Vec<_>, Vec<_>) =
+            fast_files.into_iter().partition(|f| self.sources.cache.takes(f.size_bytes));
         let partitions = state.config().target_partitions().max(1);
         let mut blocks: Vec<RecordBatch> = Vec::new();
         if small.len() >= BLOCK_MIN_FILES {
@@ -384,8 +391,11 @@ impl datafusion::catalog::TableProvider for ScopedTable {
             memory.try_grow(parts[blocks.len()..].iter().flatten().map(RecordBatch::get_array_memory_size).sum())?;
             self.reads.hold(memory);
             let batch_size = state.config().batch_size().max(1);
-            let parts: Vec<Vec<RecordBatch>> = parts.iter().map(|p| p.iter().flat_map(|b| slices(b, batch_size)).collect()).collect();
-            inputs.push(DataSourceExec::from_data_source(MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit)));
+            let parts: Vec<Vec<RecordBatch>> =
+                parts.iter().map(|p| p.iter().flat_map(|b| slices(b, batch_size)).collect()).collect();
+            inputs.push(DataSourceExec::from_data_source(
+                MemorySourceConfig::try_new(&parts, schema, None)?.with_limit(limit),
+            ));
         }
         if inputs.is_empty() {
             let schema = match projection {

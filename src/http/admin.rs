@@ -52,7 +52,10 @@ pub(super) async fn list_datasets(State(state): State<AppState>) -> ApiResult<ax
 #[utoipa::path(get, path = "/v1/datasets/{name}", tag = "catalog",
     params(("name" = String, Path)),
     responses((status = 200, body = DatasetView), BadRequest, NotFound))]
-pub(super) async fn get_dataset(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<axum::Json<DatasetView>> {
+pub(super) async fn get_dataset(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::Json<DatasetView>> {
     let name: DatasetName = name.parse().map_err(|_| ApiError::not_found("dataset"))?;
     Ok(axum::Json(state.catalog.dataset(&name).await?))
 }
@@ -88,7 +91,8 @@ pub(super) async fn create_dataset(
     let event_time_field = match new.kind {
         DatasetKind::Metadata => new.event_time_field,
         DatasetKind::Transactional => {
-            let name: FieldName = new.event_time_field.unwrap_or_else(|| DEFAULT_EVENT_TIME_FIELD.parse().expect("valid name"));
+            let name: FieldName =
+                new.event_time_field.unwrap_or_else(|| DEFAULT_EVENT_TIME_FIELD.parse().expect("valid name"));
             if fields.iter().all(|f| f.name != name) && name.as_str() == DEFAULT_EVENT_TIME_FIELD {
                 fields.push(Field {
                     name: name.clone(),
@@ -147,7 +151,10 @@ pub(super) struct CreatedMember {
 /// The operator lists members.
 #[utoipa::path(get, path = "/v1/members", tag = "catalog", security(("bearer" = [])),
     responses((status = 200, body = Vec<Member>), Refused))]
-pub(super) async fn list_members(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Member>>> {
+pub(super) async fn list_members(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::Json<Vec<Member>>> {
     principal.operator()?;
     Ok(axum::Json(state.catalog.members().await?))
 }
@@ -203,7 +210,10 @@ pub(super) struct CreatedSubscriber {
 /// The operator lists subscribers.
 #[utoipa::path(get, path = "/v1/subscribers", tag = "catalog", security(("bearer" = [])),
     responses((status = 200, body = Vec<Subscriber>), Refused))]
-pub(super) async fn list_subscribers(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Subscriber>>> {
+pub(super) async fn list_subscribers(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::Json<Vec<Subscriber>>> {
     principal.operator()?;
     Ok(axum::Json(state.catalog.subscribers().await?))
 }

@@ -7,7 +7,9 @@ use catalog::{Connection, ConnectionId, ConnectionTerms, ErrorKind, Nid, Subscri
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused, Unprocessable};
+use super::error::{
+    ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused, Unprocessable,
+};
 use crate::AppState;
 
 /// Loads a connection the caller may act on: the operator any, a subscriber its own. For a
@@ -37,7 +39,10 @@ pub(super) struct OnBehalf {
 /// The operator's view of all connections, or a subscriber's own.
 #[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
     responses((status = 200, body = Vec<Connection>), Refused))]
-pub(super) async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<axum::Json<Vec<Connection>>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::Json<Vec<Connection>>> {
     let scope = match principal {
         Principal::Operator => None,
         Principal::Subscriber(s) => Some(s),
@@ -60,7 +65,9 @@ pub(super) async fn create(
     let subscriber = match (principal, on_behalf.subscriber) {
         (Principal::Subscriber(s), None) => s,
         (Principal::Operator, Some(s)) => state.catalog.subscriber(s).await?.id,
-        (Principal::Operator, None) => return Err(ApiError::unprocessable("the operator names ?subscriber=ID", Vec::new())),
+        (Principal::Operator, None) => {
+            return Err(ApiError::unprocessable("the operator names ?subscriber=ID", Vec::new()));
+        }
         _ => return Err(ApiError::forbidden()),
     };
     Ok((StatusCode::CREATED, axum::Json(state.catalog.create_connection(subscriber, terms).await?)))
@@ -144,7 +151,9 @@ pub(super) async fn approve(
     } else {
         serde_json::from_slice::<Option<ApproveBody>>(&body)
             .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::unprocessable("the body is {\"version\": N}", Vec::new()),
+                serde_json::error::Category::Data => {
+                    ApiError::unprocessable("the body is {\"version\": N}", Vec::new())
+                }
                 _ => ApiError::bad_request("the body must be JSON"),
             })?
             .and_then(|b| b.version)

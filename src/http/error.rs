@@ -74,7 +74,8 @@ fn problem_response(status: StatusCode) -> utoipa::openapi::Response {
         .description(status.canonical_reason().unwrap_or("Error"))
         .content("application/problem+json", content);
     if status == StatusCode::UNAUTHORIZED {
-        let header = HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(Type::String)).description(Some("`Bearer`"));
+        let header =
+            HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(Type::String)).description(Some("`Bearer`"));
         response = response.header("WWW-Authenticate", header.build());
     }
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
@@ -99,7 +100,9 @@ impl utoipa::Modify for ProblemResponses {
 }
 
 /// References to the problem+json responses of `statuses`.
-fn problem_refs(statuses: &[StatusCode]) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+fn problem_refs(
+    statuses: &[StatusCode],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
     use utoipa::openapi::{Ref, RefOr};
     debug_assert!(statuses.iter().all(|s| DOCUMENTED.contains(s)), "every referenced status is registered");
     statuses.iter().map(|s| (s.as_str().to_owned(), RefOr::Ref(Ref::from_response_name(component_name(*s))))).collect()
@@ -207,11 +210,17 @@ impl From<ingest::IngestError> for ApiError {
         match e {
             E::Invalid { problems } => Self::unprocessable(
                 "some fields were refused; nothing was stored",
-                problems.into_iter().map(|p| FieldProblem { row: None, field: Some(p.field), reason: p.reason }).collect(),
+                problems
+                    .into_iter()
+                    .map(|p| FieldProblem { row: None, field: Some(p.field), reason: p.reason })
+                    .collect(),
             ),
             E::Rows { rows, forbidden } => {
                 let status = if forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNPROCESSABLE_ENTITY };
-                let errors = rows.into_iter().map(|r| FieldProblem { row: Some(r.row), field: r.field, reason: r.reason }).collect();
+                let errors = rows
+                    .into_iter()
+                    .map(|r| FieldProblem { row: Some(r.row), field: r.field, reason: r.reason })
+                    .collect();
                 let detail = "rows were refused (the first 100 are listed); nothing was stored".to_owned();
                 ApiError { status, detail, errors, retry_after: None }
             }
@@ -228,7 +237,10 @@ impl From<ingest::IngestError> for ApiError {
                 K::TooLarge => Self::new(StatusCode::PAYLOAD_TOO_LARGE, other.to_string()),
                 K::Unavailable => {
                     tracing::error!(error = %other, "write path unavailable");
-                    ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later") }
+                    ApiError {
+                        retry_after: Some(1),
+                        ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
+                    }
                 }
                 _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
             },
@@ -242,9 +254,13 @@ impl From<query::QueryError> for ApiError {
         match e {
             E::Forbidden => Self::forbidden(),
             E::NotAllowed(_) | E::Invalid(_) => Self::bad_request(e.to_string()),
-            E::MemoryLimit(_) | E::Timeout(_) | E::TooLarge(_) | E::Limit(_) => Self::unprocessable(e.to_string(), Vec::new()),
+            E::MemoryLimit(_) | E::Timeout(_) | E::TooLarge(_) | E::Limit(_) => {
+                Self::unprocessable(e.to_string(), Vec::new())
+            }
             E::Busy => ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()) },
-            E::Overloaded => ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) },
+            E::Overloaded => {
+                ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) }
+            }
             E::Internal(ref detail) => {
                 // The detail may name paths and members: the log only.
                 tracing::error!(error = %detail, "query failed");

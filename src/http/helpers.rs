@@ -31,7 +31,10 @@ fn summary(d: &Dataset) -> DatasetSummary {
     DatasetSummary {
         dataset_machine_name: d.name.to_string(),
         dataset_name: d.title.clone(),
-        status: serde_json::to_value(d.environment).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        status: serde_json::to_value(d.environment)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         kind: d.kind,
     }
 }

@@ -39,7 +39,10 @@ pub(super) enum IngestRow {}
 impl utoipa::PartialSchema for IngestRow {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
-        let uid = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).description(Some("the member the row belongs to"));
+        let uid = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .description(Some("the member the row belongs to"));
         let instance = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).description(Some("default 0"));
         ObjectBuilder::new()
             .property("member_uid", uid)
@@ -58,7 +61,10 @@ pub(super) enum ArrowStream {}
 impl utoipa::PartialSchema for ArrowStream {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))).into()
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
     }
 }
 
@@ -66,7 +72,11 @@ impl utoipa::ToSchema for ArrowStream {}
 
 /// The writing connection: `Bearer <nid>:<connection key>`, or a subscriber token naming
 /// one of its connections. Only approved (sandbox) or live connections write.
-async fn writing_connection(state: &AppState, headers: &HeaderMap, named: Option<ConnectionId>) -> ApiResult<Arc<Connection>> {
+async fn writing_connection(
+    state: &AppState,
+    headers: &HeaderMap,
+    named: Option<ConnectionId>,
+) -> ApiResult<Arc<Connection>> {
     let token = bearer_of(headers).ok_or_else(ApiError::unauthenticated)?;
     if let Some((nid, key)) = token.split_once(':') {
         let nid = nid.parse().map_err(|_| ApiError::unauthenticated())?;
@@ -113,7 +123,12 @@ async fn read_body(body: axum::body::Body, limit: usize, memory: &mut InFlight) 
 /// Everything a write is refused for before its body is read: credentials, the agreement,
 /// pressure (a full buffer, or too many body bytes already in flight: a body counts by its
 /// declared length, or as it arrives when it declares none), the dataset, and the headers.
-async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, headers: &HeaderMap) -> ApiResult<Admitted> {
+async fn admit(
+    state: &AppState,
+    dataset: &str,
+    named: Option<ConnectionId>,
+    headers: &HeaderMap,
+) -> ApiResult<Admitted> {
     // Everything below is decided as of now: a revocation committed before this point holds.
     state.auth_cache.refresh(&state.catalog).await?;
     let connection = writing_connection(state, headers, named).await?;
@@ -138,7 +153,8 @@ async fn admit(state: &AppState, dataset: &str, named: Option<ConnectionId>, hea
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let request_key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
-    let request_key = request_key.transpose().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    let request_key =
+        request_key.transpose().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
     let format = Format::from_content_type(&content_type).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -35,7 +35,10 @@ impl Default for ConnectionLimits {
 
 /// Makes an accepted socket what a connection needs: no Nagle delay, writes under a time
 /// limit.
-pub fn prepare(stream: TcpStream, limits: &ConnectionLimits) -> std::io::Result<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<TcpStream>>>> {
+pub fn prepare(
+    stream: TcpStream,
+    limits: &ConnectionLimits,
+) -> std::io::Result<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<TcpStream>>>> {
     stream.set_nodelay(true)?;
     let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
     stream.set_write_timeout(Some(limits.write_idle));
@@ -43,10 +46,19 @@ pub fn prepare(stream: TcpStream, limits: &ConnectionLimits) -> std::io::Result<
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
-pub async fn serve(listener: TcpListener, router: axum::Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(limits.header_timeout)).keep_alive_timeout(limits.write_idle);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.write_idle);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -89,10 +89,8 @@ pub(super) async fn agreements(
         .await?
         .into_iter()
         .map(|(agreement, connection)| {
-            let newer_version = connection.approved().filter(|r| r.version > agreement.version).map(|r| PendingVersion {
-                version: r.version,
-                changes: diff(&agreement.terms, &r.terms),
-                terms: r.terms.clone(),
+            let newer_version = connection.approved().filter(|r| r.version > agreement.version).map(|r| {
+                PendingVersion { version: r.version, changes: diff(&agreement.terms, &r.terms), terms: r.terms.clone() }
             });
             AgreementView { agreement, subscriber_id: connection.subscriber_id, newer_version }
         })
@@ -120,7 +118,11 @@ pub(super) async fn approve(
 ) -> ApiResult<axum::Json<Approval>> {
     principal.member(uid)?;
     let (agreement, key) = state.catalog.approve_agreement(uid, connection).await?;
-    Ok(axum::Json(Approval { con_id: agreement.con_id.to_string(), key: key.expose().to_owned(), version: agreement.version }))
+    Ok(axum::Json(Approval {
+        con_id: agreement.con_id.to_string(),
+        key: key.expose().to_owned(),
+        version: agreement.version,
+    }))
 }
 
 /// The member revokes the agreement: every request that starts afterwards is refused.

@@ -4,7 +4,10 @@
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use catalog::{AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName, ErrorKind, MemberId};
+use catalog::{
+    AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName,
+    ErrorKind, MemberId,
+};
 use ingest::validate;
 use serde::Deserialize;
 use serde_json::Value;
@@ -94,7 +97,8 @@ impl MydexParams {
     /// The datasets of a read: `dataset=` with several joined by `+` (which a query string
     /// decodes to a space).
     pub(super) fn datasets(&self) -> ApiResult<Vec<&str>> {
-        let names: Vec<&str> = self.dataset.as_deref().unwrap_or("").split(['+', ' ']).filter(|s| !s.is_empty()).collect();
+        let names: Vec<&str> =
+            self.dataset.as_deref().unwrap_or("").split(['+', ' ']).filter(|s| !s.is_empty()).collect();
         if names.is_empty() {
             return Err(ApiError::bad_request("dataset= is required"));
         }
@@ -105,7 +109,12 @@ impl MydexParams {
     pub(super) fn instance(&self) -> ApiResult<Option<i64>> {
         match self.instance.as_deref() {
             None | Some("") => Ok(None),
-            Some(i) => Ok(Some(i.parse::<i64>().ok().filter(|i| *i >= 0).ok_or_else(|| ApiError::bad_request("instance must be 0 or more"))?)),
+            Some(i) => Ok(Some(
+                i.parse::<i64>()
+                    .ok()
+                    .filter(|i| *i >= 0)
+                    .ok_or_else(|| ApiError::bad_request("instance must be 0 or more"))?,
+            )),
         }
     }
 
@@ -150,22 +159,40 @@ pub(super) struct Call {
 }
 
 /// Checks a call on `/api/pds/.../{uid}.json|.xml`: the path names the member and format.
-pub(super) async fn authorize_file(state: &AppState, subscriber: MydexSubscriber, file: &str, params: &MydexParams) -> ApiResult<Call> {
+pub(super) async fn authorize_file(
+    state: &AppState,
+    subscriber: MydexSubscriber,
+    file: &str,
+    params: &MydexParams,
+) -> ApiResult<Call> {
     let (uid, format) = parse_file(file)?;
     authorize(state, subscriber, uid, format, params).await
 }
 
 /// Checks a call for member `uid`: 401 for any wrong credential, whatever was wrong.
-pub(super) async fn authorize(state: &AppState, subscriber: MydexSubscriber, uid: MemberId, format: Format, params: &MydexParams) -> ApiResult<Call> {
+pub(super) async fn authorize(
+    state: &AppState,
+    subscriber: MydexSubscriber,
+    uid: MemberId,
+    format: Format,
+    params: &MydexParams,
+) -> ApiResult<Call> {
     let con_id = con_id_for(uid, params.con_id.as_deref())?;
     let key = params.key.as_deref().ok_or_else(ApiError::unauthenticated)?;
-    let scope = AgreementScope::clone(&*state.auth_cache.agreement_scope(&state.catalog, subscriber.0, con_id, key).await?);
+    let scope =
+        AgreementScope::clone(&*state.auth_cache.agreement_scope(&state.catalog, subscriber.0, con_id, key).await?);
     let env = scope.environment.into();
     Ok(Call { scope, format, env })
 }
 
 impl Call {
-    pub(super) fn log(&self, dataset: &str, action: AccessAction, rows: i64, decision: AccessDecision) -> AccessLogEntry {
+    pub(super) fn log(
+        &self,
+        dataset: &str,
+        action: AccessAction,
+        rows: i64,
+        decision: AccessDecision,
+    ) -> AccessLogEntry {
         AccessLogEntry {
             at: now_ms(),
             member: Some(self.scope.agreement.member),
@@ -198,7 +225,13 @@ impl Call {
 
     /// Resolves a requested dataset name to a dataset of `kind` the agreement covers.
     /// Unknown and ungranted datasets get the same 403; the refusal is logged.
-    pub(super) async fn dataset(&self, state: &AppState, requested: &str, action: AccessAction, kind: DatasetKind) -> ApiResult<Dataset> {
+    pub(super) async fn dataset(
+        &self,
+        state: &AppState,
+        requested: &str,
+        action: AccessAction,
+        kind: DatasetKind,
+    ) -> ApiResult<Dataset> {
         let refuse = || async { Err::<Dataset, _>(self.refuse(state, requested, action).await) };
         let Ok(name) = DatasetName::parse_mydex(requested) else { return refuse().await };
         if self.scope.grant(&name).is_none() {
@@ -214,7 +247,11 @@ impl Call {
         }
         if dataset.kind != kind {
             let door = if dataset.kind == DatasetKind::Metadata { "/api/pds/pds" } else { "/api/pds/transaction" };
-            return Err(ApiError::bad_request(format!("{} is a {} dataset: use {door}", dataset.name, kind_name(dataset.kind))));
+            return Err(ApiError::bad_request(format!(
+                "{} is a {} dataset: use {door}",
+                dataset.name,
+                kind_name(dataset.kind)
+            )));
         }
         Ok(dataset)
     }
@@ -235,4 +272,3 @@ pub(super) async fn body_bytes(state: &AppState, request: Request) -> ApiResult<
     let limit = state.settings.max_body_bytes;
     axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| super::body::refusal(&e, limit))
 }
-

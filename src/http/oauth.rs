@@ -26,7 +26,10 @@ pub(super) struct TokenRequest {
 }
 
 fn grant_type_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String).enum_values(Some(["client_credentials"])).build()
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["client_credentials"]))
+        .build()
 }
 
 fn scope_schema() -> utoipa::openapi::Object {
@@ -87,7 +90,11 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         (status = 401, description = "invalid_client", body = OAuthError,
             headers(("WWW-Authenticate" = String, description = "`Basic realm=\"trove\"`"))),
     ))]
-pub(super) async fn token(State(state): State<AppState>, headers: HeaderMap, form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>) -> Response {
+pub(super) async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let Ok(Form(form)) = form else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
     };
@@ -114,7 +121,9 @@ pub(super) async fn token(State(state): State<AppState>, headers: HeaderMap, for
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Err(e) if e.kind() == catalog::ErrorKind::Unauthenticated => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+        Err(e) if e.kind() == catalog::ErrorKind::Unauthenticated => {
+            oauth_error(StatusCode::UNAUTHORIZED, "invalid_client")
+        }
         Err(e) => super::error::ApiError::from(e).into_response(),
     }
 }

@@ -71,7 +71,8 @@ pub(super) async fn read(
 /// The body of a metadata write: `{"ds_x": {"<field>": "value", ...}}`, or for an update
 /// the fields flat with `dataset=` naming the dataset.
 pub(super) fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<(String, Map<String, Value>)> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
     let Value::Object(mut map) = value else {
         return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new()));
     };
@@ -130,7 +131,8 @@ pub(super) async fn create(
     let member = call.scope.agreement.member;
     let instance = state.catalog.create_metadata_instance(member, &dataset.name, call.env, values).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
-    let body = json!({"success": 1, "dataset": dataset.name, "instance": instance.index(), "id": instance.id.to_string()});
+    let body =
+        json!({"success": 1, "dataset": dataset.name, "instance": instance.index(), "id": instance.id.to_string()});
     Ok(answer(call.format, body))
 }
 

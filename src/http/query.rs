@@ -137,7 +137,10 @@ pub(super) async fn query(
     let planned = match state.query.plan_sql(&scope, &body.sql).await {
         Ok(p) => p,
         Err(e) => {
-            if matches!(e, query::QueryError::NotAllowed(_) | query::QueryError::Invalid(_) | query::QueryError::Forbidden) {
+            if matches!(
+                e,
+                query::QueryError::NotAllowed(_) | query::QueryError::Invalid(_) | query::QueryError::Forbidden
+            ) {
                 metrics::counter!("trove_query_refusals_total", "door" => "sql").increment(1);
                 state.ingester.log_access(vec![entry(None, None, "", 0, AccessDecision::Refused)]).await?;
             }
@@ -148,14 +151,18 @@ pub(super) async fn query(
         .reads()
         .rows()
         .into_iter()
-        .map(|((dataset, member), rows)| entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed))
+        .map(|((dataset, member), rows)| {
+            entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed)
+        })
         .collect();
     state.ingester.log_access(log).await?;
     metrics::histogram!("trove_query_plan_duration_seconds").record(started.elapsed().as_secs_f64());
     // From here the read is allowed and logged: a failure is the query's, not a refusal,
     // and says so (the access log holds the read, not a refusal).
     let ran = |e: query::QueryError| match e {
-        query::QueryError::Invalid(m) => ApiError::from(query::QueryError::Invalid(format!("the query failed while running: {m}"))),
+        query::QueryError::Invalid(m) => {
+            ApiError::from(query::QueryError::Invalid(format!("the query failed while running: {m}")))
+        }
         other => other.into(),
     };
     let mut stream = planned.execute().map_err(ran)?;
@@ -181,14 +188,23 @@ pub(super) async fn query(
             Some(Ok(b)) => enc.batch(&b).map_err(|e| failure(query::QueryError::Internal(e.to_string()))),
             Some(Err(e)) => Err(failure(engine.error(e))),
             None => {
-                metrics::histogram!("trove_query_duration_seconds", "door" => "sql").record(started.elapsed().as_secs_f64());
-                let end = encoder.take().expect("checked above").finish().map_err(|e| failure(query::QueryError::Internal(e.to_string())));
+                metrics::histogram!("trove_query_duration_seconds", "door" => "sql")
+                    .record(started.elapsed().as_secs_f64());
+                let end = encoder
+                    .take()
+                    .expect("checked above")
+                    .finish()
+                    .map_err(|e| failure(query::QueryError::Internal(e.to_string())));
                 return Some((end.map(Bytes::from), (stream, None, sent, permit, engine)));
             }
         };
         let chunk = chunk.and_then(|c| {
             sent += c.len();
-            if sent > max_bytes { Err(failure(query::QueryError::TooLarge(format!("{max_bytes} bytes")))) } else { Ok(Bytes::from(c)) }
+            if sent > max_bytes {
+                Err(failure(query::QueryError::TooLarge(format!("{max_bytes} bytes"))))
+            } else {
+                Ok(Bytes::from(c))
+            }
         });
         // After an error the answer ends (the body is aborted).
         let encoder = if chunk.is_err() { None } else { encoder };
@@ -249,14 +265,20 @@ impl Encoder {
             Format::Csv => Encoder::Csv { schema: schema.clone(), header: true },
             Format::Arrow => {
                 let buf = SharedBuf::default();
-                Encoder::Arrow { writer: datafusion::arrow::ipc::writer::StreamWriter::try_new(buf.clone(), schema)?, buf }
+                Encoder::Arrow {
+                    writer: datafusion::arrow::ipc::writer::StreamWriter::try_new(buf.clone(), schema)?,
+                    buf,
+                }
             }
             Format::Parquet => {
                 let buf = SharedBuf::default();
                 let props = datafusion::parquet::file::properties::WriterProperties::builder()
                     .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
                     .build();
-                Encoder::Parquet { writer: datafusion::parquet::arrow::ArrowWriter::try_new(buf.clone(), schema.clone(), Some(props))?, buf }
+                Encoder::Parquet {
+                    writer: datafusion::parquet::arrow::ArrowWriter::try_new(buf.clone(), schema.clone(), Some(props))?,
+                    buf,
+                }
             }
         })
     }

@@ -13,15 +13,22 @@ use ingest::{RowUpdate, Rows, WriteRequest};
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable};
-use super::mydex::{AddParams, Call, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes};
+use super::error::{
+    ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable,
+};
+use super::mydex::{
+    AddParams, Call, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes,
+};
 use super::pds::write_body;
 use crate::AppState;
 
 /// The rows of a body: `{"ds_x": {...}}` (one row) or `{"ds_x": [{...}, ...]}`.
 fn rows_of(body: &[u8]) -> ApiResult<(String, Vec<Map<String, Value>>)> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
-    let Value::Object(map) = value else { return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new())) };
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new()));
+    };
     if map.len() != 1 {
         return Err(ApiError::unprocessable("write one dataset: {\"ds_x\": {...}} or {\"ds_x\": [{...}]}", Vec::new()));
     }
@@ -89,7 +96,11 @@ pub(super) async fn add(
         Ok(written) => written.ids,
         Err(e) => return Err(refused_write(&state, &call, &dataset.name, e).await),
     };
-    call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed)).await?;
+    call.record(
+        &state,
+        call.log(dataset.name.as_str(), AccessAction::Write, ids.len() as i64, AccessDecision::Allowed),
+    )
+    .await?;
     let last = ids.last().copied().unwrap_or(0);
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     Ok(answer(call.format, json!({"success": 1, "ids": ids, "last_insert_id": last})))
@@ -99,7 +110,8 @@ pub(super) async fn add(
 /// waits for the entry).
 async fn refused_write(state: &AppState, call: &Call, dataset: &DatasetName, e: ingest::IngestError) -> ApiError {
     if e.kind() == ingest::ErrorKind::Forbidden
-        && let Err(logging) = call.record(state, call.log(dataset.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await
+        && let Err(logging) =
+            call.record(state, call.log(dataset.as_str(), AccessAction::Write, 0, AccessDecision::Refused)).await
     {
         return logging;
     }
@@ -180,8 +192,12 @@ pub(super) async fn read(
     let mut applied = vec![false; filters.len()];
     for name in &names {
         let dataset = Arc::new(call.dataset(&state, name, AccessAction::Read, DatasetKind::Transactional).await?);
-        let refuse = || async { Err::<Response, ApiError>(call.refuse(&state, dataset.name.as_str(), AccessAction::Read).await) };
-        let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)) else { return refuse().await };
+        let refuse = || async {
+            Err::<Response, ApiError>(call.refuse(&state, dataset.name.as_str(), AccessAction::Read).await)
+        };
+        let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)) else {
+            return refuse().await;
+        };
         let mut exprs = Vec::with_capacity(filters.len() + 1);
         for (i, f) in filters.iter().enumerate() {
             match f.expr(&table) {
@@ -200,7 +216,11 @@ pub(super) async fn read(
         tables.push((dataset, table, exprs));
     }
     if let Some(i) = applied.iter().position(|a| !a) {
-        return Err(ApiError::bad_request(format!("filters[{}]: no such field in {}", filters[i].field, names.join("+"))));
+        return Err(ApiError::bad_request(format!(
+            "filters[{}]: no such field in {}",
+            filters[i].field,
+            names.join("+")
+        )));
     }
     let mut answers = Map::new();
     let mut budget = state.query.config().max_bytes;
@@ -212,7 +232,11 @@ pub(super) async fn read(
         answers.insert(dataset.name.to_string(), Value::Object(rows));
     }
     metrics::histogram!("trove_query_duration_seconds", "door" => "mydex").record(started.elapsed().as_secs_f64());
-    let body = if answers.len() == 1 { answers.into_iter().next().map(|(_, v)| v).unwrap_or_default() } else { Value::Object(answers) };
+    let body = if answers.len() == 1 {
+        answers.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+    } else {
+        Value::Object(answers)
+    };
     Ok(answer(call.format, body))
 }
 
@@ -223,7 +247,9 @@ pub(super) async fn read(
 fn rows_json(batches: &[RecordBatch], budget: &mut usize) -> ApiResult<Map<String, Value>> {
     let limit = *budget;
     let mut spend = |bytes: usize| -> ApiResult<()> {
-        *budget = budget.checked_sub(bytes).ok_or_else(|| ApiError::from(query::QueryError::TooLarge(format!("{limit} bytes"))))?;
+        *budget = budget
+            .checked_sub(bytes)
+            .ok_or_else(|| ApiError::from(query::QueryError::TooLarge(format!("{limit} bytes"))))?;
         Ok(())
     };
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};

@@ -57,9 +57,10 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
         .map_err(|e| Error::Load(e.to_string()))?;
     let api = Api { client: client.clone(), base: base.clone() };
     let dataset_name = rows::dataset_of(config.workload);
-    let dataset: catalog::Dataset =
-        serde_json::from_value(api.call(reqwest::Method::GET, &format!("/v1/datasets/{dataset_name}"), &admin, None).await?)
-            .map_err(|e| Error::Load(format!("GET /v1/datasets/{dataset_name}: {e}")))?;
+    let dataset: catalog::Dataset = serde_json::from_value(
+        api.call(reqwest::Method::GET, &format!("/v1/datasets/{dataset_name}"), &admin, None).await?,
+    )
+    .map_err(|e| Error::Load(format!("GET /v1/datasets/{dataset_name}: {e}")))?;
     let members = config.members as usize;
     let setup = Arc::new(setup::setup(&api, &admin, dataset_name, members, config.setup_file.as_deref()).await?);
     let server = config.server_pid.map(ServerProcess).or_else(|| {
@@ -83,13 +84,23 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
         crate::config::BodyFormat::Ndjson => "application/x-ndjson",
         crate::config::BodyFormat::Arrow => "application/vnd.apache.arrow.stream",
     };
-    let sender = Sender { client: client.clone(), url: ingest_url, bearer: setup.ingest_bearer.clone(), content_type, bodies };
+    let sender =
+        Sender { client: client.clone(), url: ingest_url, bearer: setup.ingest_bearer.clone(), content_type, bodies };
     let steady = matches!(config.workload, Workload::Mixed | Workload::Soak);
     let mut rate = config.rate;
     if steady && rate == 0 {
-        let probe = sender.drive(&Plan { limit: None, duration: Some(PROBE), rate: 0, bursty: false, connections: config.connections }, None).await;
+        let probe = sender
+            .drive(
+                &Plan { limit: None, duration: Some(PROBE), rate: 0, bursty: false, connections: config.connections },
+                None,
+            )
+            .await;
         rate = ((probe.rows as f64 / probe.seconds) * config.fraction).max(1.0) as u64;
-        eprintln!("probe: {:.0} rows/s at most; offering {rate} rows/s ({} of it)", probe.rows as f64 / probe.seconds, config.fraction);
+        eprintln!(
+            "probe: {:.0} rows/s at most; offering {rate} rows/s ({} of it)",
+            probe.rows as f64 / probe.seconds,
+            config.fraction
+        );
     }
     let limit = match (&config.input, config.rows) {
         (Some(_), _) => Some(sender.bodies.len() as u64),
@@ -175,7 +186,8 @@ fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) 
     let rows = match &config.input {
         Some(path) => {
             let text = std::fs::read_to_string(path)?;
-            rows::read_ndjson(&text, dataset, uids.len()).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            rows::read_ndjson(&text, dataset, uids.len())
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
         }
         None => {
             let now = now_secs();
@@ -343,7 +355,9 @@ impl Sender {
                         }
                     }
                     // Nothing of a refused batch was stored: sending it again cannot duplicate.
-                    Ok(resp) if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+                    Ok(resp)
+                        if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
+                    {
                         c.refused.fetch_add(1, Ordering::Relaxed);
                         refused = true;
                         let pause = retry_after(&resp);
@@ -466,8 +480,11 @@ impl Watch {
 /// odd ones the Mydex door for the same, one request at a time each.
 #[derive(Debug)]
 struct Readers {
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<(Latencies, u64, u64)>)>,
+    tasks: Vec<(&'static str, ReaderTask)>,
 }
+
+/// A reader's latencies, answers and rows.
+type ReaderTask = tokio::task::JoinHandle<(Latencies, u64, u64)>;
 
 impl Readers {
     fn start(api: Api, setup: Arc<Setup>, count: u32, stop: Arc<AtomicBool>) -> Readers {
@@ -490,7 +507,10 @@ impl Readers {
             entry.1 += failed;
             entry.2 += refused;
         }
-        doors.into_iter().map(|(door, (mut l, failed, refused))| (door, ReadReport { ms: l.summary(), failed, refused })).collect()
+        doors
+            .into_iter()
+            .map(|(door, (mut l, failed, refused))| (door, ReadReport { ms: l.summary(), failed, refused }))
+            .collect()
     }
 }
 
@@ -510,7 +530,10 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
         let started = Instant::now();
         let req = if door == "sql" {
             let sql = format!("SELECT * FROM {ds} WHERE member_uid = {} AND {ENERGY_TIME} >= {since}", member.uid);
-            api.client.post(format!("{}/v1/query", api.base)).bearer_auth(&token).json(&serde_json::json!({ "sql": sql }))
+            api.client
+                .post(format!("{}/v1/query", api.base))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "sql": sql }))
         } else {
             let query = format!(
                 "con_id={}&key={}&source_type=connection&dataset={ds}&filters%5B{ENERGY_TIME}%5D%5Boperator%5D=%3E%3D&filters%5B{ENERGY_TIME}%5D%5Bvalue%5D={since}",
@@ -536,7 +559,10 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
                 failed += 1;
                 let status = resp.status();
                 if failed <= 3 {
-                    eprintln!("reader {door}: {status}: {}", resp.text().await.unwrap_or_default().chars().take(300).collect::<String>());
+                    eprintln!(
+                        "reader {door}: {status}: {}",
+                        resp.text().await.unwrap_or_default().chars().take(300).collect::<String>()
+                    );
                 }
             }
             Err(e) => {

@@ -120,7 +120,13 @@ impl Report {
         );
         println!(
             "  {:.0} rows/s, {:.1} MB/s, {:.0} bytes/row; ack p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            self.rows_per_sec, self.mb_per_sec, self.bytes_per_row, self.ack_ms.p50, self.ack_ms.p99, self.ack_ms.p999, self.ack_ms.max
+            self.rows_per_sec,
+            self.mb_per_sec,
+            self.bytes_per_row,
+            self.ack_ms.p50,
+            self.ack_ms.p99,
+            self.ack_ms.p999,
+            self.ack_ms.max
         );
         println!("  refused {}, retried {}, failed {}", self.refused, self.retried, self.failed);
         for e in &self.errors {
@@ -211,7 +217,14 @@ pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
 /// Resident set size of process `pid` in bytes, from `/proc` (Linux).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -241,7 +254,8 @@ mod tests {
 
     #[test]
     fn gauges_are_read_from_prometheus_text() {
-        let text = "# TYPE trove_ingest_buffer_bytes gauge\ntrove_ingest_buffer_bytes 1234\ntrove_ingest_buffer_bytes_x 9\n";
+        let text =
+            "# TYPE trove_ingest_buffer_bytes gauge\ntrove_ingest_buffer_bytes 1234\ntrove_ingest_buffer_bytes_x 9\n";
         assert_eq!(metric(text, "trove_ingest_buffer_bytes"), Some(1234.0));
         assert_eq!(metric(text, "trove_ingest_files"), None);
     }

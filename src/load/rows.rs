@@ -52,24 +52,64 @@ pub(crate) fn dataset_of(workload: Workload) -> &'static str {
 fn columns(dataset: &Dataset, names: &[&str]) -> Vec<(String, FieldType)> {
     names
         .iter()
-        .map(|n| (n.to_string(), dataset.field(n).unwrap_or_else(|| panic!("{} has no field {n}", dataset.name)).data_type))
+        .map(|n| {
+            (n.to_string(), dataset.field(n).unwrap_or_else(|| panic!("{} has no field {n}", dataset.name)).data_type)
+        })
         .collect()
 }
 
 const HOSTS: [&str; 12] = [
-    "news.example.co.uk", "shop.example.com", "video.example.net", "mail.example.org", "maps.example.com",
-    "bank.example.co.uk", "energy.example.co.uk", "travel.example.com", "recipes.example.org", "sport.example.net",
-    "wiki.example.org", "forum.example.com",
+    "news.example.co.uk",
+    "shop.example.com",
+    "video.example.net",
+    "mail.example.org",
+    "maps.example.com",
+    "bank.example.co.uk",
+    "energy.example.co.uk",
+    "travel.example.com",
+    "recipes.example.org",
+    "sport.example.net",
+    "wiki.example.org",
+    "forum.example.com",
 ];
 const WORDS: [&str; 24] = [
-    "energy", "tariff", "review", "weekend", "recipe", "football", "results", "cheap", "flights", "weather",
-    "forecast", "garden", "bike", "repair", "guide", "best", "price", "compare", "local", "news", "school", "holiday",
-    "insurance", "mortgage",
+    "energy",
+    "tariff",
+    "review",
+    "weekend",
+    "recipe",
+    "football",
+    "results",
+    "cheap",
+    "flights",
+    "weather",
+    "forecast",
+    "garden",
+    "bike",
+    "repair",
+    "guide",
+    "best",
+    "price",
+    "compare",
+    "local",
+    "news",
+    "school",
+    "holiday",
+    "insurance",
+    "mortgage",
 ];
-const DEVICES: [&str; 5] = ["Firefox 140 / Linux", "Safari 19 / iPhone", "Chrome 150 / Android", "Edge 150 / Windows", "Chrome 150 / macOS"];
+const DEVICES: [&str; 5] =
+    ["Firefox 140 / Linux", "Safari 19 / iPhone", "Chrome 150 / Android", "Edge 150 / Windows", "Chrome 150 / macOS"];
 const TRANSITIONS: [&str; 5] = ["link", "typed", "bookmark", "reload", "form_submit"];
 const PAYEES: [&str; 8] = [
-    "TESCO STORES", "SAINSBURYS", "TFL TRAVEL CH", "AMAZON MKTPLACE", "OCTOPUS ENERGY", "COUNCIL TAX", "NETFLIX.COM", "PRET A MANGER",
+    "TESCO STORES",
+    "SAINSBURYS",
+    "TFL TRAVEL CH",
+    "AMAZON MKTPLACE",
+    "OCTOPUS ENERGY",
+    "COUNCIL TAX",
+    "NETFLIX.COM",
+    "PRET A MANGER",
 ];
 
 /// `count` generated rows of `workload` over `members` members, the newest event times
@@ -81,16 +121,19 @@ pub(crate) fn generate(workload: Workload, dataset: &Dataset, members: usize, co
         Workload::Energy | Workload::Mixed | Workload::Soak => {
             // PEERS.md's rows: row i for member 1 + i % M, a reading every 15 minutes.
             let start = now - per_member * 900;
-            let columns = columns(dataset, &[
-                "field_energy_homeid",
-                "field_energy_reading_timestamp",
-                "field_energy_reading_value",
-                "field_energy_source_index_id",
-                "field_energy_source_name",
-                "field_energy_source_type",
-                "created_timestamp",
-                "updated_timestamp",
-            ]);
+            let columns = columns(
+                dataset,
+                &[
+                    "field_energy_homeid",
+                    "field_energy_reading_timestamp",
+                    "field_energy_reading_value",
+                    "field_energy_source_index_id",
+                    "field_energy_source_name",
+                    "field_energy_source_type",
+                    "created_timestamp",
+                    "updated_timestamp",
+                ],
+            );
             let rows = (0..count)
                 .map(|i| {
                     let m = i % members;
@@ -112,26 +155,31 @@ pub(crate) fn generate(workload: Workload, dataset: &Dataset, members: usize, co
         }
         Workload::Browsing => {
             let start = now - per_member * 60;
-            let columns = columns(dataset, &[
-                "browsing_url",
-                "browsing_title",
-                "browsing_visit_timestamp",
-                "browsing_visit_duration",
-                "browsing_visit_count",
-                "browsing_referrer_url",
-                "browsing_transition_type",
-                "browsing_device",
-            ]);
+            let columns = columns(
+                dataset,
+                &[
+                    "browsing_url",
+                    "browsing_title",
+                    "browsing_visit_timestamp",
+                    "browsing_visit_duration",
+                    "browsing_visit_count",
+                    "browsing_referrer_url",
+                    "browsing_transition_type",
+                    "browsing_device",
+                ],
+            );
             let url = |rng: &mut StdRng| {
                 let host = HOSTS[rng.random_range(0..HOSTS.len())];
-                let path: Vec<&str> = (0..rng.random_range(2..6)).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
+                let path: Vec<&str> =
+                    (0..rng.random_range(2..6)).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
                 format!("https://{host}/{}?id={:016x}&utm_source=newsletter", path.join("/"), rng.random::<u64>())
             };
             let rows = (0..count)
                 .map(|i| {
                     let m = i % members;
                     let t = start + (i / members) as i64 * 60;
-                    let title: Vec<&str> = (0..rng.random_range(4..10)).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
+                    let title: Vec<&str> =
+                        (0..rng.random_range(4..10)).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
                     let cells = vec![
                         Cell::Text(url(&mut rng)),
                         Cell::Text(title.join(" ")),
@@ -150,14 +198,17 @@ pub(crate) fn generate(workload: Workload, dataset: &Dataset, members: usize, co
         Workload::Bank => {
             // A statement download: each member's transactions arrive in runs of 1 to 40.
             let start = now - per_member * 3_600;
-            let columns = columns(dataset, &[
-                "ba_transaction_date",
-                "ba_transaction_description",
-                "ba_transaction_type",
-                "ba_transaction_value",
-                "ba_transaction_value_currency_code",
-                "created_timestamp",
-            ]);
+            let columns = columns(
+                dataset,
+                &[
+                    "ba_transaction_date",
+                    "ba_transaction_description",
+                    "ba_transaction_type",
+                    "ba_transaction_value",
+                    "ba_transaction_value_currency_code",
+                    "created_timestamp",
+                ],
+            );
             let mut seen = vec![0i64; members];
             let (mut m, mut run) = (0usize, 0usize);
             let rows = (0..count)
@@ -173,8 +224,19 @@ pub(crate) fn generate(workload: Workload, dataset: &Dataset, members: usize, co
                     let cents = rng.random_range(50..25_000i64);
                     let cells = vec![
                         Cell::Text(day_string(t)),
-                        Cell::Text(format!("{} {}", PAYEES[rng.random_range(0..PAYEES.len())], rng.random_range(1000..9999))),
-                        Cell::Text(if credit { "CREDIT" } else { ["DEBIT", "DIRECT DEBIT", "CARD PAYMENT"][rng.random_range(0..3)] }.into()),
+                        Cell::Text(format!(
+                            "{} {}",
+                            PAYEES[rng.random_range(0..PAYEES.len())],
+                            rng.random_range(1000..9999)
+                        )),
+                        Cell::Text(
+                            if credit {
+                                "CREDIT"
+                            } else {
+                                ["DEBIT", "DIRECT DEBIT", "CARD PAYMENT"][rng.random_range(0..3)]
+                            }
+                            .into(),
+                        ),
                         Cell::Cents(if credit { cents * 20 } else { -cents }),
                         Cell::Text("GBP".into()),
                         Cell::Int(t),
@@ -210,7 +272,9 @@ pub(crate) fn read_ndjson(text: &str, dataset: &Dataset, members: usize) -> Resu
         let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
             return Err(format!("line {}: not a JSON object", n + 1));
         };
-        let Some(uid) = map.get("member_uid").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok())).filter(|&u| u > 0) else {
+        let Some(uid) =
+            map.get("member_uid").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok())).filter(|&u| u > 0)
+        else {
             return Err(format!("line {}: no positive member_uid", n + 1));
         };
         let mut cells = vec![Cell::Null; columns.len()];
@@ -218,13 +282,16 @@ pub(crate) fn read_ndjson(text: &str, dataset: &Dataset, members: usize) -> Resu
             let i = match columns.iter().position(|(c, _)| c == name) {
                 Some(i) => i,
                 None => {
-                    let field = dataset.field(name).ok_or_else(|| format!("line {}: {} has no field {name}", n + 1, dataset.name))?;
+                    let field = dataset
+                        .field(name)
+                        .ok_or_else(|| format!("line {}: {} has no field {name}", n + 1, dataset.name))?;
                     columns.push((name.clone(), field.data_type));
                     cells.push(Cell::Null);
                     columns.len() - 1
                 }
             };
-            cells[i] = cell(columns[i].1, value).ok_or_else(|| format!("line {}: {name} is not a {:?}", n + 1, columns[i].1))?;
+            cells[i] = cell(columns[i].1, value)
+                .ok_or_else(|| format!("line {}: {name} is not a {:?}", n + 1, columns[i].1))?;
         }
         rows.push((((uid - 1) as usize) % members, cells));
     }
@@ -273,7 +340,9 @@ fn ndjson(columns: &[(String, FieldType)], chunk: &[(usize, Vec<Cell>)], member_
                 Cell::Int(v) => write!(out, "{v}"),
                 Cell::Float(v) => write!(out, "{v}"),
                 // Mydex clients send money as strings; the server takes both.
-                Cell::Cents(v) => write!(out, "\"{}{}.{:02}\"", if *v < 0 { "-" } else { "" }, v.abs() / 100, v.abs() % 100),
+                Cell::Cents(v) => {
+                    write!(out, "\"{}{}.{:02}\"", if *v < 0 { "-" } else { "" }, v.abs() / 100, v.abs() % 100)
+                }
                 Cell::Text(s) => serde_json::to_writer(&mut out, s).map_err(std::io::Error::other),
                 Cell::Null => write!(out, "null"),
             }
@@ -286,7 +355,9 @@ fn ndjson(columns: &[(String, FieldType)], chunk: &[(usize, Vec<Cell>)], member_
 
 fn arrow_ipc(columns: &[(String, FieldType)], chunk: &[(usize, Vec<Cell>)], member_uids: &[i64]) -> Vec<u8> {
     let mut fields = vec![Field::new("member_uid", ingest::schema::arrow_type(FieldType::Integer), false)];
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(chunk.iter().map(|(m, _)| Some(member_uids[*m])).collect::<datafusion::arrow::array::Int64Array>())];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(
+        chunk.iter().map(|(m, _)| Some(member_uids[*m])).collect::<datafusion::arrow::array::Int64Array>(),
+    )];
     for (i, (name, t)) in columns.iter().enumerate() {
         fields.push(Field::new(name, ingest::schema::arrow_type(*t), true));
         let cells = chunk.iter().map(|(_, cells)| &cells[i]);

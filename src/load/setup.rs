@@ -40,7 +40,13 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub(crate) async fn call(&self, method: Method, path: &str, bearer: &str, body: Option<Value>) -> Result<Value, Error> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Error> {
         let mut req = self.client.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(bearer);
         if let Some(body) = body {
             req = req.json(&body);
@@ -78,11 +84,18 @@ fn field<'a>(v: &'a Value, name: &str, call: &str) -> Result<&'a Value, Error> {
 
 /// Reuses `file` when it holds a setup for `dataset` with at least `members` members,
 /// otherwise sets up anew (and writes `file`).
-pub(crate) async fn setup(api: &Api, admin: &str, dataset: &str, members: usize, file: Option<&Path>) -> Result<Setup, Error> {
+pub(crate) async fn setup(
+    api: &Api,
+    admin: &str,
+    dataset: &str,
+    members: usize,
+    file: Option<&Path>,
+) -> Result<Setup, Error> {
     if let Some(file) = file
         && let Ok(text) = std::fs::read_to_string(file)
     {
-        let mut saved: Setup = serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: {e}", file.display())))?;
+        let mut saved: Setup =
+            serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: {e}", file.display())))?;
         if saved.dataset == dataset && saved.members.len() >= members {
             saved.members.truncate(members);
             eprintln!("setup: reusing {} ({members} members)", file.display());
@@ -93,8 +106,16 @@ pub(crate) async fn setup(api: &Api, admin: &str, dataset: &str, members: usize,
     let run = format!("load-{}-{:08x}", dataset, rand::random::<u32>());
     let created = api.call(Method::POST, "/v1/subscribers", admin, Some(json!({"name": run}))).await?;
     let client_id = field(&created, "client_id", "POST /v1/subscribers")?.as_str().unwrap_or_default().to_owned();
-    let client_secret = field(&created, "client_secret", "POST /v1/subscribers")?.as_str().unwrap_or_default().to_owned();
-    let mut setup = Setup { dataset: dataset.into(), client_id, client_secret, connection_id: 0, ingest_bearer: String::new(), members: vec![] };
+    let client_secret =
+        field(&created, "client_secret", "POST /v1/subscribers")?.as_str().unwrap_or_default().to_owned();
+    let mut setup = Setup {
+        dataset: dataset.into(),
+        client_id,
+        client_secret,
+        connection_id: 0,
+        ingest_bearer: String::new(),
+        members: vec![],
+    };
     let token = api.token(&setup).await?;
     let terms = json!({
         "name": run,
@@ -128,10 +149,14 @@ pub(crate) async fn setup(api: &Api, admin: &str, dataset: &str, members: usize,
         .map(|i| {
             let (api, run) = (api.clone(), &run);
             async move {
-                let m = api.call(Method::POST, "/v1/members", admin, Some(json!({"mydexid": format!("{run}-{i}")}))).await?;
+                let m = api
+                    .call(Method::POST, "/v1/members", admin, Some(json!({"mydexid": format!("{run}-{i}")})))
+                    .await?;
                 let uid = field(&m, "uid", "POST /v1/members")?.as_i64().unwrap_or_default();
                 let secret = field(&m, "secret", "POST /v1/members")?.as_str().unwrap_or_default().to_owned();
-                let a = api.call(Method::POST, &format!("/v1/members/{uid}/agreements/{id}/approve"), &secret, None).await?;
+                let a = api
+                    .call(Method::POST, &format!("/v1/members/{uid}/agreements/{id}/approve"), &secret, None)
+                    .await?;
                 let con_id = field(&a, "con_id", "approve")?.as_str().unwrap_or_default().to_owned();
                 let key = field(&a, "key", "approve")?.as_str().unwrap_or_default().to_owned();
                 if (i + 1) % 10_000 == 0 {
@@ -143,7 +168,10 @@ pub(crate) async fn setup(api: &Api, admin: &str, dataset: &str, members: usize,
         .buffered(16)
         .try_collect()
         .await?;
-    eprintln!("setup: subscriber, live connection {id} and {members} members with agreements in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "setup: subscriber, live connection {id} and {members} members with agreements in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if let Some(file) = file {
         // It holds credentials: readable by this user only, like the server's admin-token file.
         use std::io::Write;

@@ -83,18 +83,36 @@ pub fn ingest() -> Vec<Attack> {
         i("900,000 rows of two bytes into 28 columns", "ds_referrals", "text/csv", csv(900_000), &[429]),
         Attack {
             name: "more rows than one body may hold",
-            kind: AttackKind::Ingest { writer: "energy-co", dataset: "ds_energy_consumption", content_type: "text/csv", body: csv(1_100_000) },
+            kind: AttackKind::Ingest {
+                writer: "energy-co",
+                dataset: "ds_energy_consumption",
+                content_type: "text/csv",
+                body: csv(1_100_000),
+            },
             expect: &[413],
         },
-        i("rows that set no field", "ds_referrals", "application/x-ndjson", b"{\"member_uid\": 1}\n{\"member_uid\": 2}\n".to_vec(), &[422]),
-        i("Arrow IPC dictionary deltas", "ds_referrals", "application/vnd.apache.arrow.stream", dictionary_deltas(), &[400]),
+        i(
+            "rows that set no field",
+            "ds_referrals",
+            "application/x-ndjson",
+            b"{\"member_uid\": 1}\n{\"member_uid\": 2}\n".to_vec(),
+            &[422],
+        ),
+        i(
+            "Arrow IPC dictionary deltas",
+            "ds_referrals",
+            "application/vnd.apache.arrow.stream",
+            dictionary_deltas(),
+            &[400],
+        ),
         Attack {
             name: "a row for a member without an agreement",
             kind: AttackKind::Ingest {
                 writer: "energy-co",
                 dataset: "ds_energy_consumption",
                 content_type: "application/x-ndjson",
-                body: format!("{}\n", json!({"member_uid": 10, "field_energy_reading_timestamp": now_secs()})).into_bytes(),
+                body: format!("{}\n", json!({"member_uid": 10, "field_energy_reading_timestamp": now_secs()}))
+                    .into_bytes(),
             },
             expect: &[403],
         },
@@ -108,13 +126,17 @@ fn dictionary_deltas() -> Vec<u8> {
     use datafusion::arrow::ipc::writer::{DictionaryHandling, IpcWriteOptions, StreamWriter};
     use std::sync::Arc;
     let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    let schema = Arc::new(Schema::new(vec![Field::new("member_uid", DataType::Int64, false), Field::new("contact_name", dict, true)]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("member_uid", DataType::Int64, false),
+        Field::new("contact_name", dict, true),
+    ]));
     let mut out = Vec::new();
     let options = IpcWriteOptions::default().with_dictionary_handling(DictionaryHandling::Delta);
     let mut w = StreamWriter::try_new_with_options(&mut out, &schema, options).expect("IPC writer");
     for i in 0..100 {
         let names: DictionaryArray<Int32Type> = [format!("reason {i}")].iter().map(String::as_str).collect();
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(names)]).expect("batch");
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(names)])
+            .expect("batch");
         w.write(&batch).expect("write");
     }
     w.finish().expect("finish");
@@ -131,14 +153,29 @@ pub fn client() -> reqwest::Client {
 /// Sends `attack` to the server at `base` with the demo fixture's credentials `creds` (as
 /// `trove demo --json` prints them) and `token`, energy-co's subscriber token: the status,
 /// the content type and the body.
-pub async fn send(client: &reqwest::Client, base: &str, creds: &Value, token: &str, attack: &Attack) -> (u16, String, String) {
+pub async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    creds: &Value,
+    token: &str,
+    attack: &Attack,
+) -> (u16, String, String) {
     let request = match &attack.kind {
         AttackKind::Sql(sql) => client.post(format!("{base}/v1/query")).bearer_auth(token).json(&json!({ "sql": sql })),
         AttackKind::Ingest { writer, dataset, content_type, body } => {
-            let subscriber = creds["subscribers"].as_array().expect("subscribers").iter().find(|s| s["name"] == *writer).expect("demo writer");
+            let subscriber = creds["subscribers"]
+                .as_array()
+                .expect("subscribers")
+                .iter()
+                .find(|s| s["name"] == *writer)
+                .expect("demo writer");
             let connection = &subscriber["connection"];
             let bearer = format!("{}:{}", connection["nid"], connection["key"].as_str().expect("key"));
-            client.post(format!("{base}/v1/ingest/{dataset}")).bearer_auth(bearer).header("content-type", *content_type).body(body.clone())
+            client
+                .post(format!("{base}/v1/ingest/{dataset}"))
+                .bearer_auth(bearer)
+                .header("content-type", *content_type)
+                .body(body.clone())
         }
     };
     match request.send().await {

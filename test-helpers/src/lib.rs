@@ -28,7 +28,9 @@ pub fn stores() -> Vec<Store> {
         Ok(_) => vec![Store::Sqlite, Store::Postgres],
         Err(_) => {
             assert!(std::env::var("CI").is_err(), "CI must run the PostgreSQL suite: set TROVE_TEST_POSTGRES_URL");
-            eprintln!("*** SKIPPED: PostgreSQL end-to-end runs (set TROVE_TEST_POSTGRES_URL, or run scripts/test.sh) ***");
+            eprintln!(
+                "*** SKIPPED: PostgreSQL end-to-end runs (set TROVE_TEST_POSTGRES_URL, or run scripts/test.sh) ***"
+            );
             vec![Store::Sqlite]
         }
     }
@@ -72,7 +74,9 @@ pub fn s3_env(prefix: &str) -> (String, Vec<(&'static str, String)>) {
 /// An object store of the given kind; S3 stores get a prefix of their own.
 pub fn object_store(kind: Objects, local_dir: &std::path::Path) -> Arc<dyn ObjectStore> {
     match kind {
-        Objects::Local => trove::object_store(&trove::config::ObjectStoreLocation::Local(local_dir.to_owned())).expect("local store"),
+        Objects::Local => {
+            trove::object_store(&trove::config::ObjectStoreLocation::Local(local_dir.to_owned())).expect("local store")
+        }
         Objects::S3 => s3_store(&format!("test-{}", &Secret::generate().expose()[..12])),
     }
 }
@@ -191,7 +195,8 @@ impl TestServer {
             max_ingest_bytes: 32 << 20,
             body: config.body,
         };
-        let app = trove::app(catalog.clone(), ingester.clone(), objects.clone(), config.query.clone(), settings).expect("app");
+        let app = trove::app(catalog.clone(), ingester.clone(), objects.clone(), config.query.clone(), settings)
+            .expect("app");
         let connections = config.connections;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
@@ -267,13 +272,25 @@ impl TestServer {
 
     /// Sends a request with an optional bearer token and JSON body; returns the status and
     /// the body parsed as JSON (`Value::Null` when empty or not JSON).
-    pub async fn call(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let (status, text) = self.call_text(method, path, bearer, body).await;
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// As [`TestServer::call`], with the body as text.
-    pub async fn call_text(&self, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, String) {
+    pub async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
         let mut req = self.client.request(method, self.url(path));
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
@@ -348,7 +365,10 @@ pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
     match std::process::Command::new("python3").args(["-c", script]).args(args).output() {
         Ok(out) if out.status.success() => Some(String::from_utf8(out.stdout).expect("utf-8 output")),
         other => {
-            assert!(std::env::var("CI").is_err(), "CI must run the independent readers (pip install pyarrow): {other:?}");
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must run the independent readers (pip install pyarrow): {other:?}"
+            );
             eprintln!("*** SKIPPED: an independent-reader check (pip install pyarrow) ***");
             None
         }
@@ -373,7 +393,9 @@ impl TestConnection {
 impl TestServer {
     /// A new subscriber's OAuth2 bearer token, created by the operator.
     pub async fn new_subscriber(&self, name: &str) -> String {
-        let (status, created) = self.call(Method::POST, "/v1/subscribers", Some(self.admin()), Some(serde_json::json!({"name": name}))).await;
+        let (status, created) = self
+            .call(Method::POST, "/v1/subscribers", Some(self.admin()), Some(serde_json::json!({"name": name})))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let resp = self
             .client
@@ -400,7 +422,11 @@ impl TestServer {
             assert_eq!(self.call(Method::POST, &at("promote-request"), Some(token), None).await.0, StatusCode::OK);
             assert_eq!(self.call(Method::POST, &at("promote"), Some(self.admin()), None).await.0, StatusCode::OK);
         }
-        TestConnection { id, nid: approved["nid"].as_i64().expect("nid"), key: approved["key"].as_str().expect("key").to_owned() }
+        TestConnection {
+            id,
+            nid: approved["nid"].as_i64().expect("nid"),
+            key: approved["key"].as_str().expect("key").to_owned(),
+        }
     }
 
     /// Member `uid` approves connection `id`: returns the `con_id=..&key=..` of the approval.
@@ -413,7 +439,13 @@ impl TestServer {
 
     /// `POST /v1/query{query}` as `token`, answered in `accept`: the status, the headers and
     /// the body as bytes.
-    pub async fn sql_as(&self, token: &str, query: &str, sql: &str, accept: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    pub async fn sql_as(
+        &self,
+        token: &str,
+        query: &str,
+        sql: &str,
+        accept: &str,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
         let resp = self
             .client
             .post(self.url(&format!("/v1/query{query}")))

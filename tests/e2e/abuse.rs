@@ -25,18 +25,30 @@ const ADDRESS_SPACE: u64 = 6 << 30;
 
 /// Budgets lowered so the attacks reach them quickly, and short timeouts.
 const FLAGS: &[&str] = &[
-    "--query-memory", "536870912",
-    "--query-memory-per-query", "134217728",
-    "--query-timeout", "10s",
-    "--query-idle-timeout", "5s",
-    "--query-max-bytes", "33554432",
-    "--query-concurrency-total", "8",
-    "--query-file-cache-bytes", "67108864",
-    "--body-idle-timeout", "1s",
-    "--body-timeout", "5s",
-    "--header-timeout", "2s",
-    "--ingest-inflight-bytes", "134217728",
-    "--buffer-bytes", "134217728",
+    "--query-memory",
+    "536870912",
+    "--query-memory-per-query",
+    "134217728",
+    "--query-timeout",
+    "10s",
+    "--query-idle-timeout",
+    "5s",
+    "--query-max-bytes",
+    "33554432",
+    "--query-concurrency-total",
+    "8",
+    "--query-file-cache-bytes",
+    "67108864",
+    "--body-idle-timeout",
+    "1s",
+    "--body-timeout",
+    "5s",
+    "--header-timeout",
+    "2s",
+    "--ingest-inflight-bytes",
+    "134217728",
+    "--buffer-bytes",
+    "134217728",
 ];
 
 struct Server {
@@ -50,7 +62,12 @@ impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let out = Command::new(TROVE).args(["demo", "--json", "--data-dir"]).arg(&data).env_remove("TROVE_ADMIN_TOKEN").output().unwrap();
+        let out = Command::new(TROVE)
+            .args(["demo", "--json", "--data-dir"])
+            .arg(&data)
+            .env_remove("TROVE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
         let port = free_port();
@@ -138,15 +155,45 @@ async fn patiently(canary: &Canary, request: impl Fn() -> reqwest::RequestBuilde
 
 /// insight-ltd reads (SQL and the Mydex door) and energy-co delivers a reading for member 1,
 /// over and over, until `stop`.
-async fn well_behaved(client: reqwest::Client, base: String, insight: String, mydex: String, bearer: String, canary: Arc<Canary>, stop: Arc<AtomicBool>) {
+async fn well_behaved(
+    client: reqwest::Client,
+    base: String,
+    insight: String,
+    mydex: String,
+    bearer: String,
+    canary: Arc<Canary>,
+    stop: Arc<AtomicBool>,
+) {
     let mut i = 0i64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let sql = || client.post(format!("{base}/v1/query")).bearer_auth(&insight).json(&json!({"sql": "SELECT count(*) AS n FROM ds_energy_consumption"}));
-        let read = || client.get(format!("{base}/api/pds/transaction/1.json?{mydex}&dataset=ds_energy_consumption")).bearer_auth(&insight);
-        let row = format!("{}\n", json!({"member_uid": 1, "field_energy_reading_timestamp": now_secs() - 3600 + i % 3600, "field_energy_reading_value": 1.5}));
-        let write = || client.post(format!("{base}/v1/ingest/ds_energy_consumption")).bearer_auth(&bearer).header("content-type", "application/x-ndjson").body(row.clone());
-        for (what, resp) in [("SQL", patiently(&canary, sql).await), ("Mydex read", patiently(&canary, read).await), ("ingest", patiently(&canary, write).await)] {
+        let sql = || {
+            client
+                .post(format!("{base}/v1/query"))
+                .bearer_auth(&insight)
+                .json(&json!({"sql": "SELECT count(*) AS n FROM ds_energy_consumption"}))
+        };
+        let read = || {
+            client
+                .get(format!("{base}/api/pds/transaction/1.json?{mydex}&dataset=ds_energy_consumption"))
+                .bearer_auth(&insight)
+        };
+        let row = format!(
+            "{}\n",
+            json!({"member_uid": 1, "field_energy_reading_timestamp": now_secs() - 3600 + i % 3600, "field_energy_reading_value": 1.5})
+        );
+        let write = || {
+            client
+                .post(format!("{base}/v1/ingest/ds_energy_consumption"))
+                .bearer_auth(&bearer)
+                .header("content-type", "application/x-ndjson")
+                .body(row.clone())
+        };
+        for (what, resp) in [
+            ("SQL", patiently(&canary, sql).await),
+            ("Mydex read", patiently(&canary, read).await),
+            ("ingest", patiently(&canary, write).await),
+        ] {
             match resp {
                 Some(r) if r.status() == 200 => {
                     canary.answered.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +202,9 @@ async fn well_behaved(client: reqwest::Client, base: String, insight: String, my
                     }
                 }
                 Some(r) => canary.failures.lock().unwrap().push(format!("{what}: {}", r.status())),
-                None => canary.failures.lock().unwrap().push(format!("{what}: no answer, or still refused after ten tries")),
+                None => {
+                    canary.failures.lock().unwrap().push(format!("{what}: no answer, or still refused after ten tries"))
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -228,7 +277,11 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
         assert!(server.alive(), "{}: the server died ({status} {body})", attack.name);
         assert!(attack.expect.contains(&status), "{}: {status} {body}", attack.name);
         assert_eq!(kind, "application/problem+json", "{}: {body}", attack.name);
-        assert!(!body.contains("aaaaaaaa") && !body.contains("xxxxxxxx"), "{}: a refusal echoes a value: {body}", attack.name);
+        assert!(
+            !body.contains("aaaaaaaa") && !body.contains("xxxxxxxx"),
+            "{}: a refusal echoes a value: {body}",
+            attack.name
+        );
         refused += 1;
         lines.push(format!("{} -> {status} in {:.0?}", attack.name, started.elapsed()));
     }
@@ -241,7 +294,8 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     );
     let mut slow = raw(server.port, head.as_bytes(), None).await;
     let started = Instant::now();
-    let answer = until_closed(&mut slow, Duration::from_secs(10)).await.expect("the server ends a body that stopped arriving");
+    let answer =
+        until_closed(&mut slow, Duration::from_secs(10)).await.expect("the server ends a body that stopped arriving");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("application/problem+json"), "{answer}");
     lines.push(format!("a body that stopped arriving -> 408 after {:.1?}", started.elapsed()));
@@ -250,12 +304,17 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     // Headers that never end: the connection is closed.
     let mut trickle = raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n", None).await;
     let started = Instant::now();
-    assert!(until_closed(&mut trickle, Duration::from_secs(10)).await.is_some(), "headers that never end hold a connection");
+    assert!(
+        until_closed(&mut trickle, Duration::from_secs(10)).await.is_some(),
+        "headers that never end hold a connection"
+    );
     lines.push(format!("headers that never end -> closed after {:.1?}", started.elapsed()));
 
     // Readers that stop reading: energy-co's four query slots held by answers nobody reads,
     // so its next query is 429, until the stalled writes time out and free them.
-    let sql = json!({"sql": "SELECT value, value * 2 AS b, value * 3 AS c, value * 4 AS d FROM generate_series(1, 1000000)"}).to_string();
+    let sql =
+        json!({"sql": "SELECT value, value * 2 AS b, value * 3 AS c, value * 4 AS d FROM generate_series(1, 1000000)"})
+            .to_string();
     let request = format!(
         "POST /v1/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {energy}\r\nAccept: text/csv\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{sql}",
         sql.len()
@@ -268,7 +327,10 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
     // hold one of energy-co's query slots.
     for s in &mut stalled {
         let mut status = [0u8; 12];
-        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut status)).await.expect("an answer begins").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut status))
+            .await
+            .expect("an answer begins")
+            .unwrap();
         assert_eq!(&status, b"HTTP/1.1 200", "a stalled reader's query was admitted");
     }
     let started = Instant::now();
@@ -311,7 +373,16 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
         let token = token.to_owned();
         let sql = format!("SELECT count(*) AS n FROM {table}");
         async move {
-            let v: Value = client.post(format!("{base}/v1/query")).bearer_auth(token).json(&json!({"sql": sql})).send().await.unwrap().json().await.unwrap();
+            let v: Value = client
+                .post(format!("{base}/v1/query"))
+                .bearer_auth(token)
+                .json(&json!({"sql": sql}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v[0]["n"].as_i64().unwrap() as usize
         }
     };

@@ -34,7 +34,11 @@ async fn oauth2_client_credentials() {
         let form = s
             .client
             .post(s.url("/oauth2/token"))
-            .form(&[("grant_type", "client_credentials"), ("client_id", &sub.client_id), ("client_secret", &sub.client_secret)])
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &sub.client_id),
+                ("client_secret", &sub.client_secret),
+            ])
             .send()
             .await
             .unwrap();
@@ -65,10 +69,19 @@ async fn principals_get_401_or_403_as_the_contract_says() {
         assert_eq!(other.0, StatusCode::FORBIDDEN);
         assert_eq!(other, missing, "refusals for an existing and a missing member are byte-identical");
         // The operator reads no member data and cannot consent for a member.
-        assert_eq!(s.call(Method::GET, "/v1/members/1/access-log", Some(s.admin()), None).await.0, StatusCode::FORBIDDEN);
-        assert_eq!(s.call(Method::POST, "/v1/members/1/agreements/1/approve", Some(s.admin()), None).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            s.call(Method::GET, "/v1/members/1/access-log", Some(s.admin()), None).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            s.call(Method::POST, "/v1/members/1/agreements/1/approve", Some(s.admin()), None).await.0,
+            StatusCode::FORBIDDEN
+        );
         // A subscriber cannot approve an agreement for a member either.
-        assert_eq!(s.call(Method::POST, "/v1/members/1/agreements/1/approve", Some(&token), None).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            s.call(Method::POST, "/v1/members/1/agreements/1/approve", Some(&token), None).await.0,
+            StatusCode::FORBIDDEN
+        );
 
         // A subscriber sees only its own connections; another's and a missing one look alike.
         let own = s.creds.subscribers[0].connection.id;
@@ -101,12 +114,19 @@ async fn mydex_calls_check_subscriber_and_member_credentials() {
 
         assert_eq!(read(path(1, &q, "ds_personal_details"), Some(token.clone())).await.0, StatusCode::OK);
         // api_key instead of a bearer token.
-        assert_eq!(read(format!("{}&api_key={api_key}", path(1, &q, "ds_personal_details")), None).await.0, StatusCode::OK);
+        assert_eq!(
+            read(format!("{}&api_key={api_key}", path(1, &q, "ds_personal_details")), None).await.0,
+            StatusCode::OK
+        );
         // No subscriber credential, a wrong one, or another subscriber presenting energy-co's member key: 401.
         let unauthorized = read(path(1, &q, "ds_personal_details"), None).await;
         assert_eq!(unauthorized.0, StatusCode::UNAUTHORIZED);
         assert_eq!(read(path(1, &q, "ds_personal_details"), Some("junk".into())).await, unauthorized);
-        assert_eq!(read(path(1, &q, "ds_personal_details"), Some(insight.clone())).await, unauthorized, "forged con_id");
+        assert_eq!(
+            read(path(1, &q, "ds_personal_details"), Some(insight.clone())).await,
+            unauthorized,
+            "forged con_id"
+        );
         // A con_id for another uid than the path's, a wrong key, no key: the same 401.
         assert_eq!(read(path(2, &q, "ds_personal_details"), Some(token.clone())).await, unauthorized);
         let wrong_key = q.replace("key=", "key=0");
@@ -114,7 +134,8 @@ async fn mydex_calls_check_subscriber_and_member_credentials() {
         let no_key: String = q.split('&').filter(|p| !p.starts_with("key=")).collect::<Vec<_>>().join("&");
         assert_eq!(read(path(1, &no_key, "ds_personal_details"), Some(token.clone())).await, unauthorized);
         // A member without an agreement with this connection (member 10) and a member that does not exist: 401.
-        let forged = |uid: i64| format!("con_id={uid}-{}&key=00&source_type=connection", s.creds.subscribers[0].connection.nid);
+        let forged =
+            |uid: i64| format!("con_id={uid}-{}&key=00&source_type=connection", s.creds.subscribers[0].connection.nid);
         let none = read(path(10, &forged(10), "ds_personal_details"), Some(token.clone())).await;
         let ghost = read(path(99999, &forged(99999), "ds_personal_details"), Some(token.clone())).await;
         assert_eq!(none, unauthorized);

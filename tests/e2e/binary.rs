@@ -58,7 +58,10 @@ async fn demo_then_serve_then_sigterm() {
     assert_eq!(members.as_array().unwrap().len(), 4);
     // A Mydex call with keys in the query string: keys must never reach the log.
     let key = creds["members"][0]["keys"]["1"]["key"].as_str().unwrap().to_owned();
-    let _ = client.get(format!("http://127.0.0.1:{port}/api/pds/pds/1.json?con_id=1-1&key={key}&dataset=ds_home")).send().await;
+    let _ = client
+        .get(format!("http://127.0.0.1:{port}/api/pds/pds/1.json?con_id=1-1&key={key}&dataset=ds_home"))
+        .send()
+        .await;
 
     let status = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(status.success());

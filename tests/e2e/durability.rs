@@ -232,12 +232,18 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let target = target(objects, &data);
-        let out = Command::new(TROVE).args(["demo", "--json", "--data-dir"]).arg(&data).env_remove("TROVE_ADMIN_TOKEN").output().unwrap();
+        let out = Command::new(TROVE)
+            .args(["demo", "--json", "--data-dir"])
+            .arg(&data)
+            .env_remove("TROVE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
         let conn = &creds["subscribers"][0]["connection"];
         let auth = format!("{}:{}", conn["nid"], conn["key"].as_str().unwrap());
-        let base_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 30 * 86_400;
+        let base_time =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 30 * 86_400;
         Run {
             dir,
             data,
@@ -301,7 +307,12 @@ impl Run {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
-                    assert_eq!(status, 200, "a retry with the same key and body is answered: {}", resp.text().await.unwrap_or_default());
+                    assert_eq!(
+                        status,
+                        200,
+                        "a retry with the same key and body is answered: {}",
+                        resp.text().await.unwrap_or_default()
+                    );
                     break;
                 }
                 acked.lock().unwrap().extend(markers);
@@ -332,9 +343,18 @@ impl Run {
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub(crate) async fn send_once(&self, server: &Server, rows: i64) -> reqwest::Response {
         let body: String = (0..rows)
-            .map(|m| format!("{{\"member_uid\": {}, \"field_energy_reading_timestamp\": {}}}\n", 1 + m % 9, self.base_time + m))
+            .map(|m| {
+                format!(
+                    "{{\"member_uid\": {}, \"field_energy_reading_timestamp\": {}}}\n",
+                    1 + m % 9,
+                    self.base_time + m
+                )
+            })
             .collect();
-        post(&self.client, server.port, &self.auth, &format!("once-{}", uuid_ish()), body).send().await.expect("an answer")
+        post(&self.client, server.port, &self.auth, &format!("once-{}", uuid_ish()), body)
+            .send()
+            .await
+            .expect("an answer")
     }
 
     /// Starts `n` closed-loop writers of `batch`-row batches against `server`.
@@ -402,14 +422,24 @@ impl Run {
         let mut child = server.child;
         assert!(child.wait().unwrap().success(), "a clean stop flushes and exits 0");
 
-        let catalog = catalog::Catalog::connect(&catalog::Catalog::sqlite_url(&self.data.join("catalog.db"))).await.unwrap();
+        let catalog =
+            catalog::Catalog::connect(&catalog::Catalog::sqlite_url(&self.data.join("catalog.db"))).await.unwrap();
         let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
         let mut ids_by_member: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         let files = catalog.all_parquet_files().await.unwrap();
         for f in &files {
-            let file = self.target.store.get(&object_store::path::Path::from(f.path.as_str())).await.expect("every recorded file exists");
+            let file = self
+                .target
+                .store
+                .get(&object_store::path::Path::from(f.path.as_str()))
+                .await
+                .expect("every recorded file exists");
             let bytes = file.bytes().await.unwrap();
-            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).expect("every recorded file is readable").build().unwrap() {
+            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .expect("every recorded file is readable")
+                .build()
+                .unwrap()
+            {
                 let batch = batch.unwrap();
                 let markers = batch.column_by_name("field_energy_homeid").unwrap().as_primitive::<Int64Type>();
                 let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();

@@ -34,7 +34,11 @@ async fn failing_io_steps_never_acknowledge_a_lost_row() {
             let started = Instant::now();
             // A failing point logs its name; a panicking one stops the process.
             let reached = loop {
-                let hit = if action == "panic" { server.exited() } else { server.log_contains(&format!("failpoint {point}")) };
+                let hit = if action == "panic" {
+                    server.exited()
+                } else {
+                    server.log_contains(&format!("failpoint {point}"))
+                };
                 if hit || started.elapsed() > Duration::from_secs(30) {
                     break hit;
                 }
@@ -76,7 +80,8 @@ async fn an_internal_fault_is_a_500_not_a_retry() {
     let mut run = Run::new(Objects::Local);
     let mut server = run.up(&[("FAILPOINTS", "sequencer-encode=return")]).await;
     let resp = run.send_once(&server, 10).await;
-    let (status, retry, kind) = (resp.status(), resp.headers().contains_key("retry-after"), resp.headers()["content-type"].clone());
+    let (status, retry, kind) =
+        (resp.status(), resp.headers().contains_key("retry-after"), resp.headers()["content-type"].clone());
     assert_eq!((status.as_u16(), retry), (500, false));
     assert_eq!(kind, "application/problem+json");
     assert!(server.log_contains("failpoint sequencer-encode"), "the fault is logged");

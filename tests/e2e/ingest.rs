@@ -7,13 +7,12 @@ use std::sync::Arc;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::{ObjectStore, ObjectStoreExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use object_store::{ObjectStore, ObjectStoreExt};
-use test_helpers::{now_secs, Objects, Store, TestConfig, TestServer, object_stores, stores};
+use test_helpers::{Objects, Store, TestConfig, TestServer, now_secs, object_stores, stores};
 
 const ENERGY: &str = "ds_energy_consumption";
-
 
 /// `n` energy readings for members `1..=members`, one every 15 minutes.
 fn readings(n: usize, members: i64, start: i64) -> Vec<Value> {
@@ -61,7 +60,10 @@ fn by_member(batches: &[RecordBatch]) -> BTreeMap<i64, Vec<(i64, f64)>> {
 
 #[tokio::test]
 async fn every_format_lands_in_parquet_exactly_once() {
-    let runs = stores().into_iter().map(|s| (s, Objects::Local)).chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
+    let runs = stores()
+        .into_iter()
+        .map(|s| (s, Objects::Local))
+        .chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
     for (store, objects) in runs {
         let s = TestServer::start(TestConfig { objects, ..TestConfig::new(store) }).await;
         let start = now_secs() - 10 * 86_400;
@@ -70,9 +72,14 @@ async fn every_format_lands_in_parquet_exactly_once() {
         assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 100})));
         let (status, _) = s.ingest(ENERGY, "application/json", serde_json::to_vec(&rows[100..200]).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
-        let mut csv = String::from("member_uid,field_energy_reading_timestamp,field_energy_reading_value,field_energy_source_type\n");
+        let mut csv = String::from(
+            "member_uid,field_energy_reading_timestamp,field_energy_reading_value,field_energy_source_type\n",
+        );
         for r in &rows[200..300] {
-            csv += &format!("{},{},{},{}\n", r["member_uid"], r["field_energy_reading_timestamp"], r["field_energy_reading_value"], "CAD");
+            csv += &format!(
+                "{},{},{},{}\n",
+                r["member_uid"], r["field_energy_reading_timestamp"], r["field_energy_reading_value"], "CAD"
+            );
         }
         let (status, _) = s.ingest(ENERGY, "text/csv", csv.into_bytes()).await;
         assert_eq!(status, StatusCode::OK);
@@ -88,21 +95,31 @@ async fn every_format_lands_in_parquet_exactly_once() {
         let stored = by_member(&batches);
         let mut want: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
         for r in rows.iter().chain(&more) {
-            want.entry(r["member_uid"].as_i64().unwrap()).or_default().push(r["field_energy_reading_value"].as_f64().unwrap());
+            want.entry(r["member_uid"].as_i64().unwrap())
+                .or_default()
+                .push(r["field_energy_reading_value"].as_f64().unwrap());
         }
         assert_eq!(stored.len(), 9);
         for (member, values) in &want {
             let got = &stored[member];
             let ids: Vec<i64> = got.iter().map(|(id, _)| *id).collect();
             assert_eq!(ids, (1..=values.len() as i64).collect::<Vec<_>>(), "member {member}: ids 1..n, each row once");
-            assert_eq!(got.iter().map(|(_, v)| *v).collect::<Vec<_>>(), *values, "member {member}: values in arrival order");
+            assert_eq!(
+                got.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+                *values,
+                "member {member}: values in arrival order"
+            );
         }
         // Files live under <environment>/<dataset>/<member>/ and the manifest knows them.
         let files = catalog.all_parquet_files().await.unwrap();
         assert!(files.iter().all(|f| f.path.starts_with(&format!("production/{ENERGY}/{}/", f.member))));
         assert_eq!(files.iter().map(|f| f.rows).sum::<i64>(), 490);
         if objects_kind_is_local(&_dir) {
-            independent_reader_agrees(&_dir.path().join("objects"), 490, rows.iter().chain(&more).map(|r| r["field_energy_reading_value"].as_f64().unwrap()).sum());
+            independent_reader_agrees(
+                &_dir.path().join("objects"),
+                490,
+                rows.iter().chain(&more).map(|r| r["field_energy_reading_value"].as_f64().unwrap()).sum(),
+            );
         }
     }
 }
@@ -131,7 +148,9 @@ fn arrow_ipc(rows: &[Value]) -> Vec<u8> {
         vec![
             Arc::new(Int64Array::from(col("member_uid"))),
             Arc::new(Int64Array::from(col("field_energy_reading_timestamp"))),
-            Arc::new(Float64Array::from(rows.iter().map(|r| r["field_energy_reading_value"].as_f64().unwrap()).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r["field_energy_reading_value"].as_f64().unwrap()).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap();
@@ -180,27 +199,54 @@ async fn refused_batches_store_nothing_and_say_which_rows() {
     no_time.as_object_mut().unwrap().remove("field_energy_reading_timestamp");
     let mut with_id = ok(1);
     with_id["id"] = json!(5);
-    let resp = s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&[ok(1), bad_type, unknown, with_id])).send().await.unwrap();
+    let resp = s
+        .ingest_request(ENERGY, "application/x-ndjson", ndjson(&[ok(1), bad_type, unknown, with_id]))
+        .send()
+        .await
+        .unwrap();
     let (status, text) = (resp.status(), resp.text().await.unwrap());
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(!text.contains("canary"), "refusals never echo values: {text}");
     let body: Value = serde_json::from_str(&text).unwrap();
-    let errs: Vec<(i64, &str)> =
-        body["errors"].as_array().unwrap().iter().map(|e| (e["row"].as_i64().unwrap(), e["field"].as_str().unwrap())).collect();
+    let errs: Vec<(i64, &str)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_i64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
     assert_eq!(errs, [(2, "field_energy_reading_value"), (3, "surprise"), (4, "id")]);
-    for (rows, field) in [(vec![ok(1), future], "field_energy_reading_timestamp"), (vec![no_time], "field_energy_reading_timestamp")] {
+    for (rows, field) in
+        [(vec![ok(1), future], "field_energy_reading_timestamp"), (vec![no_time], "field_energy_reading_timestamp")]
+    {
         let (status, body) = send(rows).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(body["errors"][0]["field"], field);
     }
-    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", b"{\"member_uid\": 1,".to_vec()).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.ingest(ENERGY, "application/x-ndjson", b"{\"member_uid\": 1,".to_vec()).await.0,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(s.ingest(ENERGY, "application/xml", b"<x/>".to_vec()).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(s.ingest("ds_no_such", "application/x-ndjson", ndjson(&[ok(1)])).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(s.ingest("ds_referrals", "application/x-ndjson", ndjson(&[ok(1)])).await.0, StatusCode::FORBIDDEN, "not in the agreement");
-    assert_eq!(s.ingest("ds_personal_details", "application/x-ndjson", ndjson(&[ok(1)])).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.ingest("ds_referrals", "application/x-ndjson", ndjson(&[ok(1)])).await.0,
+        StatusCode::FORBIDDEN,
+        "not in the agreement"
+    );
+    assert_eq!(
+        s.ingest("ds_personal_details", "application/x-ndjson", ndjson(&[ok(1)])).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // Wrong credentials: 401; insight-ltd reads energy but may not write it: 403.
-    let resp = s.client.post(s.url(&format!("/v1/ingest/{ENERGY}"))).bearer_auth("1:wrong").body(ndjson(&[ok(1)])).send().await.unwrap();
+    let resp = s
+        .client
+        .post(s.url(&format!("/v1/ingest/{ENERGY}")))
+        .bearer_auth("1:wrong")
+        .body(ndjson(&[ok(1)]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let insight = &s.creds.subscribers[1].connection;
     let resp = s
@@ -314,13 +360,22 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
 #[tokio::test]
 async fn idempotency_keys_answer_retries_once() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let send = |key: &'static str, body: Vec<u8>| s.ingest_request(ENERGY, "application/x-ndjson", body).header("idempotency-key", key).send();
+    let send = |key: &'static str, body: Vec<u8>| {
+        s.ingest_request(ENERGY, "application/x-ndjson", body).header("idempotency-key", key).send()
+    };
     let first = ndjson(&readings(30, 3, now_secs() - 86_400));
     let r = send("k1", first.clone()).await.unwrap();
     assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})));
     let r = send("k1", first.clone()).await.unwrap();
-    assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"accepted": 30})), "the first answer again");
-    assert_eq!(send("k1", ndjson(&readings(5, 3, now_secs() - 86_400))).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        (r.status(), r.json::<Value>().await.unwrap()),
+        (StatusCode::OK, json!({"accepted": 30})),
+        "the first answer again"
+    );
+    assert_eq!(
+        send("k1", ndjson(&readings(5, 3, now_secs() - 86_400))).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     // Flushed and its WAL segment gone, the key is still remembered (in the catalog).
     s.flush().await;
     s.flush().await;
@@ -332,7 +387,10 @@ async fn idempotency_keys_answer_retries_once() {
 
 #[tokio::test]
 async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
-    let runs = stores().into_iter().map(|s| (s, Objects::Local)).chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
+    let runs = stores()
+        .into_iter()
+        .map(|s| (s, Objects::Local))
+        .chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
     for (store, objects) in runs {
         let s = TestServer::start(TestConfig { objects, ..TestConfig::new(store) }).await;
         // One member-month of 15-minute readings for 3 members (cold: merged by month), and
@@ -342,10 +400,15 @@ async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
         let mut total = 0;
         for day in 0..30 {
             let rows = readings(96 * 3, 3, month_start + day * 86_400 - 1800);
-            let rows: Vec<Value> = rows.iter().cloned().enumerate().map(|(i, mut r)| {
-                r["field_energy_reading_timestamp"] = json!(month_start + day * 86_400 + 900 * (i as i64 / 3));
-                r
-            }).collect();
+            let rows: Vec<Value> = rows
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, mut r)| {
+                    r["field_energy_reading_timestamp"] = json!(month_start + day * 86_400 + 900 * (i as i64 / 3));
+                    r
+                })
+                .collect();
             assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
             total += rows.len();
             s.flush().await;
@@ -381,7 +444,11 @@ async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
         let after = by_member(&stored_rows(&s.catalog, &s.objects).await);
         assert_eq!(before, after, "the same rows, ids and values");
         let per_member = |m: i64| files.iter().filter(|f| f.member.get() == m).count();
-        assert_eq!((per_member(1), per_member(2), per_member(3)), (3, 1, 1), "a month file each, and one per recent day");
+        assert_eq!(
+            (per_member(1), per_member(2), per_member(3)),
+            (3, 1, 1),
+            "a month file each, and one per recent day"
+        );
         // Replaced objects are gone (grace 0 here); the merged ones are sorted by event time.
         let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(s.objects.list(None)).await.unwrap();
         assert_eq!(listed.len(), files.len());
@@ -472,15 +539,17 @@ async fn a_revocation_stops_the_next_write_despite_caches() {
         assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2), row(3)])).await.0, StatusCode::OK);
     }
     let conn = s.creds.subscribers[0].connection.id;
-    let (status, _) =
-        s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None).await;
+    let (status, _) = s
+        .call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(3), row(2)])).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errors"][0]["row"], 2);
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(3)])).await.0, StatusCode::OK);
     // Approving again lets writes in again.
-    s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/approve"), Some(s.member_secret(2)), None).await;
+    s.call(reqwest::Method::POST, &format!("/v1/members/2/agreements/{conn}/approve"), Some(s.member_secret(2)), None)
+        .await;
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(2)])).await.0, StatusCode::OK);
 }
 
@@ -494,7 +563,8 @@ async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
         let rows = json!({ENERGY: [
             {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0, "field_energy_source_type": "CAD"},
             {"field_energy_reading_timestamp": t + 900, "field_energy_reading_value": 2.0, "field_energy_source_type": "CAD"}]});
-        let (status, body) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=4&{q}"), Some(&token), Some(rows)).await;
+        let (status, body) =
+            s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=4&{q}"), Some(&token), Some(rows)).await;
         assert_eq!((status, body["ids"].clone()), (StatusCode::OK, json!(["1", "2"])));
         let put = |id: i64, body: Value, extra: &str| {
             let (s, token, q) = (&s, token.clone(), q.clone());
@@ -507,23 +577,41 @@ async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
         s.flush().await;
         let (status, _) = put(2, json!({ENERGY: {"field_energy_source_name": "Kettle"}}), "").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(put(99, json!({"field_energy_reading_value": 1}), &format!("&dataset={ENERGY}")).await.0, StatusCode::NOT_FOUND);
-        assert_eq!(put(1, json!({"no_such": 1}), &format!("&dataset={ENERGY}")).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            put(99, json!({"field_energy_reading_value": 1}), &format!("&dataset={ENERGY}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            put(1, json!({"no_such": 1}), &format!("&dataset={ENERGY}")).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         // Another member's row id through this member's credentials is not found here.
         let q5 = s.member_query(5, "energy-co");
         let (status, _) = s
-            .call(reqwest::Method::PUT, &format!("/api/pds/transaction/5.json?{q5}&id=1&dataset={ENERGY}"), Some(&token), Some(json!({"field_energy_reading_value": 3})))
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/pds/transaction/5.json?{q5}&id=1&dataset={ENERGY}"),
+                Some(&token),
+                Some(json!({"field_energy_reading_value": 3})),
+            )
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
         let (catalog, objects, _dir) = s.stop().await;
         let batches = stored_rows(&catalog, &objects).await;
-        // Newest version per id of member 4.
-        let mut newest: BTreeMap<i64, (i64, f64, Option<String>, Option<String>, i64)> = BTreeMap::new();
+        // Newest version per id of member 4: version, value, source name and type, timestamp.
+        type Row = (i64, f64, Option<String>, Option<String>, i64);
+        let mut newest: BTreeMap<i64, Row> = BTreeMap::new();
         let mut versions = 0;
         for b in &batches {
             let col = |n: &str| b.column_by_name(n).unwrap().clone();
-            let (m, id, v, val, ts) = (col("member_uid"), col("id"), col("_version"), col("field_energy_reading_value"), col("field_energy_reading_timestamp"));
+            let (m, id, v, val, ts) = (
+                col("member_uid"),
+                col("id"),
+                col("_version"),
+                col("field_energy_reading_value"),
+                col("field_energy_reading_timestamp"),
+            );
             let (name, kind) = (col("field_energy_source_name"), col("field_energy_source_type"));
             for i in 0..b.num_rows() {
                 if m.as_primitive::<Int64Type>().value(i) != 4 {
@@ -535,7 +623,13 @@ async fn a_put_stores_a_new_version_of_the_row_and_keeps_unnamed_fields() {
                     use datafusion::arrow::array::Array;
                     a.is_valid(i).then(|| a.as_string::<i32>().value(i).to_owned())
                 };
-                let row = (version, val.as_primitive::<Float64Type>().value(i), text(&name), text(&kind), ts.as_primitive::<Int64Type>().value(i));
+                let row = (
+                    version,
+                    val.as_primitive::<Float64Type>().value(i),
+                    text(&name),
+                    text(&kind),
+                    ts.as_primitive::<Int64Type>().value(i),
+                );
                 let id = id.as_primitive::<Int64Type>().value(i);
                 if newest.get(&id).is_none_or(|old| old.0 < version) {
                     newest.insert(id, row);
@@ -560,7 +654,11 @@ async fn bodies_in_flight_are_bounded_and_the_excess_gets_429() {
     // A slow client holds the whole in-flight budget: its body is still arriving.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
-    let slow = s.ingest_request(ENERGY, "application/x-ndjson", Vec::new()).header("content-length", "65000").body(body).send();
+    let slow = s
+        .ingest_request(ENERGY, "application/x-ndjson", Vec::new())
+        .header("content-length", "65000")
+        .body(body)
+        .send();
     let slow = tokio::spawn(slow);
     tx.send(Ok(br#"{"member_uid": 1"#.to_vec())).await.unwrap();
     // Time for the slow request to reach its handler (a loaded CI machine is slow).
@@ -595,12 +693,18 @@ async fn a_live_connection_cannot_write_a_dataset_still_in_the_sandbox() {
     let (_, current) = s.call(reqwest::Method::GET, &format!("/v1/connections/{conn}"), Some(&token), None).await;
     let mut terms = current["revisions"][0]["terms"].clone();
     terms["datasets"]["ds_solar_generation"] = json!({"read": ["*"], "write": ["*"]});
-    assert_eq!(s.call(reqwest::Method::PUT, &format!("/v1/connections/{conn}"), Some(&token), Some(terms)).await.0, StatusCode::OK);
+    assert_eq!(
+        s.call(reqwest::Method::PUT, &format!("/v1/connections/{conn}"), Some(&token), Some(terms)).await.0,
+        StatusCode::OK
+    );
     s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/submit"), Some(&token), None).await;
     s.call(reqwest::Method::POST, &format!("/v1/connections/{conn}/approve"), Some(s.admin()), None).await;
     let q = s.agree(1, conn).await;
     let row = json!({"member_uid": 1, "solar_watts": 120.5});
-    assert_eq!(s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row.clone()])).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(std::slice::from_ref(&row))).await.0,
+        StatusCode::FORBIDDEN
+    );
     // A read before the promotion: the dataset is not offered to the live connection.
     let (status, _) = s.sql(&token, "SELECT count(*) AS n FROM ds_solar_generation").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -608,10 +712,21 @@ async fn a_live_connection_cannot_write_a_dataset_still_in_the_sandbox() {
     // doors at once (not after a restart).
     s.call(reqwest::Method::POST, "/v1/datasets/ds_solar_generation/promote", Some(s.admin()), None).await;
     let (status, body) = s.ingest("ds_solar_generation", "application/x-ndjson", ndjson(&[row])).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 1})), "created_timestamp is filled with the arrival time");
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"accepted": 1})),
+        "created_timestamp is filled with the arrival time"
+    );
     let (status, body) = s.sql(&token, "SELECT count(*) AS n FROM ds_solar_generation").await;
     assert_eq!((status, body), (StatusCode::OK, json!([{"n": 1}])));
-    let (status, body) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q}&dataset=ds_solar_generation"), Some(&token), None).await;
+    let (status, body) = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/pds/transaction/1.json?{q}&dataset=ds_solar_generation"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!((status, body["1"]["solar_watts"].clone()), (StatusCode::OK, json!("120.5")));
 }
 
@@ -627,9 +742,16 @@ async fn writes_need_a_write_grant_and_a_field() {
         let energy = s.subscriber_token("energy-co").await;
         let q1 = s.member_query(1, "energy-co");
         let row = json!({ENERGY: {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0}});
-        assert_eq!(s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(row)).await.0, StatusCode::OK);
+        assert_eq!(
+            s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(row))
+                .await
+                .0,
+            StatusCode::OK
+        );
         let empty = json!({ENERGY: [{}, {}]});
-        let (status, body) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(empty)).await;
+        let (status, body) = s
+            .call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q1}"), Some(&energy), Some(empty))
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         // insight-ltd reads energy readings and writes nothing: member 1 approved that.
         let insight = s.subscriber_token("insight-ltd").await;
@@ -637,13 +759,30 @@ async fn writes_need_a_write_grant_and_a_field() {
         let path = format!("/api/pds/transaction/1.json?{qi}&dataset={ENERGY}&id=1");
         let (status, _) = s.call(reqwest::Method::PUT, &path, Some(&insight), Some(json!({"instance": 99}))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "a read-only grant cannot move a row");
-        let (status, _) = s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{qi}"), Some(&insight), Some(json!({ENERGY: {}}))).await;
+        let (status, _) = s
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/pds/transaction?uid=1&{qi}"),
+                Some(&insight),
+                Some(json!({ENERGY: {}})),
+            )
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        let (_, rows) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q1}&dataset={ENERGY}"), Some(&energy), None).await;
+        let (_, rows) = s
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/pds/transaction/1.json?{q1}&dataset={ENERGY}"),
+                Some(&energy),
+                None,
+            )
+            .await;
         assert_eq!((rows.as_object().unwrap().len(), rows["1"]["instance"].clone()), (1, json!("0")), "{rows}");
         // With a grant that writes, `instance` moves the row.
         let path = format!("/api/pds/transaction/1.json?{q1}&dataset={ENERGY}&id=1");
-        assert_eq!(s.call(reqwest::Method::PUT, &path, Some(&energy), Some(json!({"instance": 3}))).await.0, StatusCode::OK);
+        assert_eq!(
+            s.call(reqwest::Method::PUT, &path, Some(&energy), Some(json!({"instance": 3}))).await.0,
+            StatusCode::OK
+        );
 
         // A connection whose first revision reads only: member 2 stays on it, member 3
         // approves the second, which writes.
@@ -653,14 +792,30 @@ async fn writes_need_a_write_grant_and_a_field() {
         let conn = s.new_connection(&sub, terms.clone(), true).await;
         s.agree(2, conn.id).await;
         terms["datasets"][ENERGY]["write"] = json!(["*"]);
-        assert_eq!(s.call(reqwest::Method::PUT, &format!("/v1/connections/{}", conn.id), Some(&sub), Some(terms)).await.0, StatusCode::OK);
+        assert_eq!(
+            s.call(reqwest::Method::PUT, &format!("/v1/connections/{}", conn.id), Some(&sub), Some(terms)).await.0,
+            StatusCode::OK
+        );
         s.call(reqwest::Method::POST, &format!("/v1/connections/{}/submit", conn.id), Some(&sub), None).await;
-        assert_eq!(s.call(reqwest::Method::POST, &format!("/v1/connections/{}/approve", conn.id), Some(s.admin()), None).await.0, StatusCode::OK);
+        assert_eq!(
+            s.call(reqwest::Method::POST, &format!("/v1/connections/{}/approve", conn.id), Some(s.admin()), None)
+                .await
+                .0,
+            StatusCode::OK
+        );
         s.agree(3, conn.id).await;
         let ingest = |body: Vec<Value>| {
             let (s, bearer) = (&s, conn.bearer());
             async move {
-                let resp = s.client.post(s.url(&format!("/v1/ingest/{ENERGY}"))).bearer_auth(bearer).header("content-type", "application/x-ndjson").body(ndjson(&body)).send().await.unwrap();
+                let resp = s
+                    .client
+                    .post(s.url(&format!("/v1/ingest/{ENERGY}")))
+                    .bearer_auth(bearer)
+                    .header("content-type", "application/x-ndjson")
+                    .body(ndjson(&body))
+                    .send()
+                    .await
+                    .unwrap();
                 (resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null))
             }
         };
@@ -671,8 +826,13 @@ async fn writes_need_a_write_grant_and_a_field() {
         assert_eq!(body["errors"][0]["row"], 1);
         let (status, _) = ingest(vec![json!({"member_uid": 3, "field_energy_reading_timestamp": t})]).await;
         assert_eq!(status, StatusCode::OK);
-        let (status, rows) = s.sql(&sub, &format!("SELECT member_uid, count(*) AS n FROM {ENERGY} GROUP BY member_uid")).await;
-        assert_eq!((status, rows), (StatusCode::OK, json!([{"member_uid": 3, "n": 1}])), "nothing the grants did not allow");
+        let (status, rows) =
+            s.sql(&sub, &format!("SELECT member_uid, count(*) AS n FROM {ENERGY} GROUP BY member_uid")).await;
+        assert_eq!(
+            (status, rows),
+            (StatusCode::OK, json!([{"member_uid": 3, "n": 1}])),
+            "nothing the grants did not allow"
+        );
     }
 }
 
@@ -686,7 +846,10 @@ async fn concurrent_puts_of_one_row_keep_every_field() {
         let q = s.member_query(1, "energy-co");
         let t = now_secs() - 3600;
         let row = json!({ENERGY: {"field_energy_reading_timestamp": t, "field_energy_reading_value": 1.0}});
-        assert_eq!(s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q}"), Some(&token), Some(row)).await.0, StatusCode::OK);
+        assert_eq!(
+            s.call(reqwest::Method::POST, &format!("/api/pds/transaction?uid=1&{q}"), Some(&token), Some(row)).await.0,
+            StatusCode::OK
+        );
         let (_, dataset) = s.call(reqwest::Method::GET, &format!("/v1/datasets/{ENERGY}"), Some(s.admin()), None).await;
         let mut want: BTreeMap<String, String> = BTreeMap::new();
         for (k, field) in dataset["fields"].as_array().unwrap().iter().enumerate() {
@@ -709,7 +872,14 @@ async fn concurrent_puts_of_one_row_keep_every_field() {
             });
             let statuses = futures::future::join_all(puts).await;
             assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-            let (_, rows) = s.call(reqwest::Method::GET, &format!("/api/pds/transaction/1.json?{q}&dataset={ENERGY}"), Some(&token), None).await;
+            let (_, rows) = s
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/pds/transaction/1.json?{q}&dataset={ENERGY}"),
+                    Some(&token),
+                    None,
+                )
+                .await;
             for (field, value) in &want {
                 assert_eq!(rows["1"][field], json!(value), "round {round}: {field} was lost: {rows}");
             }

@@ -8,7 +8,7 @@
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use test_helpers::{now_secs, Store, TestServer, stores};
+use test_helpers::{Store, TestServer, now_secs, stores};
 
 const E: &str = "ds_energy_consumption";
 const B: &str = "ds_bank_account_transactions";
@@ -25,7 +25,6 @@ const GENERATED_PER_READER: usize = 2_500;
 fn canary(env: char, member: i64, d: usize, f: usize) -> String {
     format!("ZQ{env}{member:02}{d}{f}QZ")
 }
-
 
 /// `rows` rows per member of dataset `d`, every text field a canary.
 fn planted(env: char, d: usize, rows: i64) -> Vec<u8> {
@@ -86,12 +85,23 @@ struct Tally {
     mydex_refused: usize,
 }
 
-fn check_leaks(reader: &Reader, forbidden: &[String], what: &str, status: StatusCode, headers: &reqwest::header::HeaderMap, body: &[u8]) {
+fn check_leaks(
+    reader: &Reader,
+    forbidden: &[String],
+    what: &str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) {
     assert!(!status.is_server_error(), "{}: {what} got {status}: {}", reader.name, String::from_utf8_lossy(body));
     let body = String::from_utf8_lossy(body);
     let headers = format!("{headers:?}");
     for c in forbidden {
-        assert!(!body.contains(c.as_str()) && !headers.contains(c.as_str()), "{}: {what} leaked {c}: {body}", reader.name);
+        assert!(
+            !body.contains(c.as_str()) && !headers.contains(c.as_str()),
+            "{}: {what} leaked {c}: {body}",
+            reader.name
+        );
     }
 }
 
@@ -172,14 +182,33 @@ fn generated(n: usize, seed: u64) -> Vec<String> {
         ((state >> 33) as usize) % m
     };
     let tables = [
-        E, B, E, B, "ds_browsing_history", "ds_referrals", "ds_passport", "ds_personal_details",
-        "\"ds_energy_consumption\"", "DS_ENERGY_CONSUMPTION", "public.ds_energy_consumption",
-        "datafusion.public.ds_energy_consumption", "trove.public.ds_bank_account_transactions",
+        E,
+        B,
+        E,
+        B,
+        "ds_browsing_history",
+        "ds_referrals",
+        "ds_passport",
+        "ds_personal_details",
+        "\"ds_energy_consumption\"",
+        "DS_ENERGY_CONSUMPTION",
+        "public.ds_energy_consumption",
+        "datafusion.public.ds_energy_consumption",
+        "trove.public.ds_bank_account_transactions",
         "information_schema.columns",
     ];
     let columns = [
-        "*", "member_uid", "id", "instance", "_version", "field_energy_source_name", "field_energy_source_type",
-        "field_energy_source_index_id", "ba_transaction_description", "ba_transaction_type", "field_energy_reading_value",
+        "*",
+        "member_uid",
+        "id",
+        "instance",
+        "_version",
+        "field_energy_source_name",
+        "field_energy_source_type",
+        "field_energy_source_index_id",
+        "ba_transaction_description",
+        "ba_transaction_type",
+        "field_energy_reading_value",
     ];
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -213,7 +242,11 @@ fn generated(n: usize, seed: u64) -> Vec<String> {
             _ => format!(" WHERE _version > 0 OR member_uid = {m1}"),
         };
         let aggregate = expr.starts_with("max(") || expr.starts_with("string_agg(") || expr.starts_with("count(");
-        let select = if aggregate { format!("SELECT member_uid, {expr} FROM {t}{filter} GROUP BY member_uid") } else { format!("SELECT {expr} FROM {t}{filter}") };
+        let select = if aggregate {
+            format!("SELECT member_uid, {expr} FROM {t}{filter} GROUP BY member_uid")
+        } else {
+            format!("SELECT {expr} FROM {t}{filter}")
+        };
         let sql = match next(10) {
             0..=2 => select,
             3 => format!("{select} UNION ALL SELECT {c} FROM {t2}"),
@@ -277,15 +310,23 @@ async fn run(store: Store) {
     // insight-ltd: member 3 approves and revokes; a new revision grants the appliance name,
     // which member 4 approves while member 1 stays on the first revision.
     s.agree(3, insight_conn).await;
-    let (status, _) = s.call(Method::POST, &format!("/v1/members/3/agreements/{insight_conn}/revoke"), Some(s.member_secret(3)), None).await;
+    let (status, _) = s
+        .call(Method::POST, &format!("/v1/members/3/agreements/{insight_conn}/revoke"), Some(s.member_secret(3)), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let insight = s.subscriber_token("insight-ltd").await;
     let (_, current) = s.call(Method::GET, &format!("/v1/connections/{insight_conn}"), Some(&insight), None).await;
     let mut v2 = current["revisions"][0]["terms"].clone();
     v2["datasets"][E]["read"] = json!(["*"]);
-    assert_eq!(s.call(Method::PUT, &format!("/v1/connections/{insight_conn}"), Some(&insight), Some(v2)).await.0, StatusCode::OK);
+    assert_eq!(
+        s.call(Method::PUT, &format!("/v1/connections/{insight_conn}"), Some(&insight), Some(v2)).await.0,
+        StatusCode::OK
+    );
     s.call(Method::POST, &format!("/v1/connections/{insight_conn}/submit"), Some(&insight), None).await;
-    assert_eq!(s.call(Method::POST, &format!("/v1/connections/{insight_conn}/approve"), Some(&admin), None).await.0, StatusCode::OK);
+    assert_eq!(
+        s.call(Method::POST, &format!("/v1/connections/{insight_conn}/approve"), Some(&admin), None).await.0,
+        StatusCode::OK
+    );
     let insight_member4 = s.agree(4, insight_conn).await;
 
     // A sandbox reader of energy readings, for members 1 and 2.
@@ -346,7 +387,8 @@ async fn run(store: Store) {
         // The baseline: every canary the reader may see is there (the test can fail).
         let mut seen = String::new();
         for (dataset, _) in DATASETS {
-            let (status, _, body) = s.sql_as(&reader.token, "", &format!("SELECT * FROM {dataset}"), "application/json").await;
+            let (status, _, body) =
+                s.sql_as(&reader.token, "", &format!("SELECT * FROM {dataset}"), "application/json").await;
             check_leaks(reader, &forbidden, "baseline", status, &Default::default(), &body);
             tally.sql_refused += usize::from(status == StatusCode::BAD_REQUEST);
             seen.push_str(&String::from_utf8_lossy(&body));
@@ -356,7 +398,12 @@ async fn run(store: Store) {
                 for (d, (_, fields)) in DATASETS.iter().enumerate() {
                     for f in 0..fields.len() {
                         if (reader.visible)(env, member, d, f) {
-                            assert!(seen.contains(&canary(env, member, d, f)), "{} misses {}", reader.name, canary(env, member, d, f));
+                            assert!(
+                                seen.contains(&canary(env, member, d, f)),
+                                "{} misses {}",
+                                reader.name,
+                                canary(env, member, d, f)
+                            );
                         }
                     }
                 }
@@ -375,7 +422,9 @@ async fn run(store: Store) {
         let attempts = generated(GENERATED_PER_READER, reader.connection as u64);
         let answers: Vec<_> = futures::stream::iter(attempts.iter().enumerate())
             .map(|(i, sql)| {
-                let accept = ["application/json", "text/csv", "application/x-ndjson", "application/vnd.apache.arrow.stream"][i % 4];
+                let accept =
+                    ["application/json", "text/csv", "application/x-ndjson", "application/vnd.apache.arrow.stream"]
+                        [i % 4];
                 let (s, token) = (&s, reader.token.as_str());
                 async move { (sql, s.sql_as(token, "", sql, accept).await) }
             })
@@ -389,13 +438,17 @@ async fn run(store: Store) {
             tally.generated += 1;
             // A query that planned, read and then failed (a cast of a canary, say) is an
             // allowed read in the access log, not a refusal.
-            if status == StatusCode::BAD_REQUEST && !String::from_utf8_lossy(&body).contains("the query failed while running") {
+            if status == StatusCode::BAD_REQUEST
+                && !String::from_utf8_lossy(&body).contains("the query failed while running")
+            {
                 tally.sql_refused += 1;
             }
         }
         // A connection that is not the reader's own is refused outright.
         let other = readers.iter().find(|r| r.connection != reader.connection).unwrap().connection;
-        let (status, headers, body) = s.sql_as(&reader.token, &format!("?connection={other}"), &format!("SELECT * FROM {E}"), "application/json").await;
+        let (status, headers, body) = s
+            .sql_as(&reader.token, &format!("?connection={other}"), &format!("SELECT * FROM {E}"), "application/json")
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         check_leaks(reader, &forbidden, "forged connection", status, &headers, &body);
 
@@ -409,17 +462,24 @@ async fn run(store: Store) {
                 (status, headers, resp.bytes().await.unwrap().to_vec())
             }
         };
-        let nid_of_q = q.split("con_id=").nth(1).unwrap().split('&').next().unwrap().split('-').nth(1).unwrap().to_owned();
+        let nid_of_q =
+            q.split("con_id=").nth(1).unwrap().split('&').next().unwrap().split('-').nth(1).unwrap().to_owned();
         let key_of_q = q.split("key=").nth(1).unwrap().split('&').next().unwrap().to_owned();
         let attempts = [
             format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}"),
             format!("/api/pds/transaction/{uid}.xml?{q}&dataset={E}%2B{B}"),
             format!("/api/pds/transaction/{uid}.json?{q}&dataset={B}"),
             format!("/api/pds/transaction/{uid}.json?{q}&dataset=field_{E}"),
-            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_name%5D%5Bvalue%5D=x"),
+            format!(
+                "/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_name%5D%5Bvalue%5D=x"
+            ),
             format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bmember_uid%5D%5Bvalue%5D=10"),
-            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_type%5D%5Bvalue%5D=%27%20OR%201%3D1%20--"),
-            format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D=0"),
+            format!(
+                "/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bfield_energy_source_type%5D%5Bvalue%5D=%27%20OR%201%3D1%20--"
+            ),
+            format!(
+                "/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3E&filters%5Bid%5D%5Bvalue%5D=0"
+            ),
             format!("/api/pds/transaction/{uid}.json?{q}&dataset={E}&filters%5B_version%5D%5Bvalue%5D=1"),
             format!("/api/pds/transaction/10.json?{q}&dataset={E}"),
             format!("/api/pds/transaction/10.json?con_id=10-{nid_of_q}&key={key_of_q}&dataset={E}"),
@@ -441,7 +501,9 @@ async fn run(store: Store) {
         let id = catalog::ConnectionId::new(reader.connection).unwrap();
         let log = s.catalog.connection_access_log(id, 1_000_000).await.unwrap();
         let refused = |with_member: bool| {
-            log.iter().filter(|e| e.decision == catalog::AccessDecision::Refused && e.member.is_some() == with_member).count()
+            log.iter()
+                .filter(|e| e.decision == catalog::AccessDecision::Refused && e.member.is_some() == with_member)
+                .count()
         };
         assert_eq!(refused(false), tally.sql_refused, "{}: SQL refusals logged", reader.name);
         assert_eq!(refused(true), tally.mydex_refused, "{}: Mydex refusals logged", reader.name);
@@ -455,13 +517,21 @@ async fn run(store: Store) {
     // A revocation takes effect on the next request.
     let energy = &readers[0];
     let conn = energy.connection;
-    let (status, _) = s.call(Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None).await;
+    let (status, _) =
+        s.call(Method::POST, &format!("/v1/members/2/agreements/{conn}/revoke"), Some(s.member_secret(2)), None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, body) = s.sql_as(&energy.token, "", &format!("SELECT * FROM {E}"), "application/json").await;
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains(&canary('P', 1, 0, 0)) && !body.contains(&canary('P', 2, 0, 0)), "member 2 is gone at once");
-    let (status, v) = s.call(Method::GET, &format!("/api/pds/transaction/2.json?{}&dataset={E}", s.member_query(2, "energy-co")), Some(&energy.token), None).await;
+    let (status, v) = s
+        .call(
+            Method::GET,
+            &format!("/api/pds/transaction/2.json?{}&dataset={E}", s.member_query(2, "energy-co")),
+            Some(&energy.token),
+            None,
+        )
+        .await;
     assert_eq!((status, v.to_string().contains("ZQ")), (StatusCode::UNAUTHORIZED, false));
 }
 
@@ -503,7 +573,8 @@ async fn revocation_under_load(store: Store) {
     let mut workers = Vec::new();
     for door in [Door::Sql, Door::MydexRead, Door::MydexWrite, Door::Ingest] {
         for _ in 0..2 {
-            let (s, token, q2, conn, outcomes, stop) = (s.clone(), token.clone(), q2.clone(), conn.clone(), outcomes.clone(), stop.clone());
+            let (s, token, q2, conn, outcomes, stop) =
+                (s.clone(), token.clone(), q2.clone(), conn.clone(), outcomes.clone(), stop.clone());
             workers.push(tokio::spawn(async move {
                 let mut i = 1000;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -565,7 +636,10 @@ async fn revocation_under_load(store: Store) {
     }
     for door in [Door::Sql, Door::MydexRead, Door::MydexWrite, Door::Ingest] {
         let (before, after, _) = tally.get(&door).copied().unwrap_or_default();
-        assert!(before > 0 && after > 0, "{door:?}: requests on both sides of the revocation ({before} allowed before, {after} after)");
+        assert!(
+            before > 0 && after > 0,
+            "{door:?}: requests on both sides of the revocation ({before} allowed before, {after} after)"
+        );
     }
     // What is stored of member 2: the rows before, and those of allowed writes only.
     let written: usize = tally.values().map(|t| t.2).sum();
@@ -576,7 +650,9 @@ async fn revocation_under_load(store: Store) {
         .await
         .unwrap()
         .iter()
-        .filter(|f| f.member.get() == 2 && f.dataset.as_str() == E && f.environment == catalog::DataEnvironment::Production)
+        .filter(|f| {
+            f.member.get() == 2 && f.dataset.as_str() == E && f.environment == catalog::DataEnvironment::Production
+        })
         .map(|f| f.rows)
         .sum();
     assert_eq!(stored as usize, before_rows + written, "only allowed writes are stored");

@@ -16,7 +16,8 @@ async fn connection_lifecycle_and_refused_transitions() {
         let other = s.subscriber_token("energy-co").await;
         let admin = s.admin().to_owned();
 
-        let (status, c) = s.call(Method::POST, "/v1/connections", Some(&sub), Some(terms("Home visits", &["ds_home"]))).await;
+        let (status, c) =
+            s.call(Method::POST, "/v1/connections", Some(&sub), Some(terms("Home visits", &["ds_home"]))).await;
         assert_eq!((status, c["status"].as_str()), (StatusCode::CREATED, Some("draft")), "{c}");
         let id = c["id"].as_i64().unwrap();
         let at = |action: &str| format!("/v1/connections/{id}/{action}");
@@ -33,18 +34,22 @@ async fn connection_lifecycle_and_refused_transitions() {
         let reviewed = c["revisions"][0]["version"].as_i64().unwrap();
         // Editing a requested connection returns it to draft, under a new version: the
         // operator's approval of the version it reviewed is then refused.
-        let (status, c) = s.call(Method::PUT, &format!("/v1/connections/{id}"), Some(&sub), Some(terms("Home visits 2", &["ds_home"]))).await;
+        let (status, c) = s
+            .call(Method::PUT, &format!("/v1/connections/{id}"), Some(&sub), Some(terms("Home visits 2", &["ds_home"])))
+            .await;
         assert_eq!((status, c["status"].as_str()), (StatusCode::OK, Some("draft")));
         let edited = c["revisions"][0]["version"].as_i64().unwrap();
         assert_ne!(edited, reviewed);
         post(&s, &at("submit"), &sub).await;
-        let (status, body) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": reviewed}))).await;
+        let (status, body) =
+            s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": reviewed}))).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         let (status, _) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": "two"}))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         // A subscriber cannot approve its own connection.
         assert_eq!(post(&s, &at("approve"), &sub).await.0, StatusCode::FORBIDDEN);
-        let (status, approved) = s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": edited}))).await;
+        let (status, approved) =
+            s.call(Method::POST, &at("approve"), Some(&admin), Some(json!({"version": edited}))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(approved["connection"]["status"], "approved");
         assert_eq!(approved["connection"]["environment"], "sandbox");
@@ -71,10 +76,16 @@ async fn connection_lifecycle_and_refused_transitions() {
         // Bad terms are 422: unknown field, unknown dataset, unknown JSON key.
         let mut bad = terms("x", &["ds_home"]);
         bad["datasets"]["ds_home"]["read"] = json!(["no_such_field"]);
-        assert_eq!(s.call(Method::POST, "/v1/connections", Some(&sub), Some(bad)).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            s.call(Method::POST, "/v1/connections", Some(&sub), Some(bad)).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         let mut extra = terms("x", &["ds_home"]);
         extra["surprise"] = json!(1);
-        assert_eq!(s.call(Method::POST, "/v1/connections", Some(&sub), Some(extra)).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            s.call(Method::POST, "/v1/connections", Some(&sub), Some(extra)).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
     }
 }
 
@@ -116,12 +127,17 @@ async fn new_revisions_wait_for_the_member_and_revocation_is_immediate() {
         assert_eq!(a["newer_version"]["changes"]["datasets_added"], json!(["ds_passport"]));
         let (status, approval) = post(&s, &format!("/v1/members/1/agreements/{conn}/approve"), &member).await;
         assert_eq!((status, approval["version"].as_i64()), (StatusCode::OK, Some(2)));
-        let new_q = format!("con_id={}&key={}&source_type=connection", approval["con_id"].as_str().unwrap(), approval["key"].as_str().unwrap());
+        let new_q = format!(
+            "con_id={}&key={}&source_type=connection",
+            approval["con_id"].as_str().unwrap(),
+            approval["key"].as_str().unwrap()
+        );
         assert_eq!(read(new_q.clone(), "ds_passport").await, StatusCode::OK);
         assert_eq!(read(q, "ds_personal_details").await, StatusCode::UNAUTHORIZED, "the earlier key was replaced");
         // Member 2 is still on version 1.
         let q2 = s.member_query(2, "energy-co");
-        let (status, _) = s.call(Method::GET, &format!("/api/pds/pds/2.json?{q2}&dataset=ds_passport"), Some(&token), None).await;
+        let (status, _) =
+            s.call(Method::GET, &format!("/api/pds/pds/2.json?{q2}&dataset=ds_passport"), Some(&token), None).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
 
         // Revocation stops every call that starts afterwards: reads and writes.
@@ -129,8 +145,12 @@ async fn new_revisions_wait_for_the_member_and_revocation_is_immediate() {
         assert_eq!((status, revoked["status"].as_str()), (StatusCode::OK, Some("revoked")));
         assert_eq!(read(new_q.clone(), "ds_personal_details").await, StatusCode::UNAUTHORIZED);
         let write = json!({"ds_personal_details": {"field_personal_fname": "Eve"}});
-        let (status, _) = s.call(Method::POST, &format!("/api/pds/pds/1.json?{new_q}"), Some(&token), Some(write)).await;
+        let (status, _) =
+            s.call(Method::POST, &format!("/api/pds/pds/1.json?{new_q}"), Some(&token), Some(write)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(post(&s, &format!("/v1/members/1/agreements/{conn}/revoke"), &member).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            post(&s, &format!("/v1/members/1/agreements/{conn}/revoke"), &member).await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

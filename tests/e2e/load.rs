@@ -52,7 +52,11 @@ fn load(server: &Server, data: &Path, args: &[&str]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "trove load {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(stdout.lines().last().map(|l| serde_json::from_str::<Value>(l).unwrap()), Some(report.clone()), "stdout ends with the report");
+    assert_eq!(
+        stdout.lines().last().map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        Some(report.clone()),
+        "stdout ends with the report"
+    );
     report
 }
 
@@ -91,17 +95,33 @@ async fn load_generator_smoke() {
     let setup_arg = setup.to_str().unwrap();
 
     // Energy readings as NDJSON, a fixed number of rows: all of them stored, none twice.
-    let r = load(&server, &data, &["--members", "20", "--batch", "250", "--connections", "2", "--rows", "5000", "--setup-file", setup_arg]);
-    assert_eq!((r["rows"].as_u64(), r["failed"].as_u64(), r["requests"].as_u64()), (Some(5000), Some(0), Some(20)), "{r}");
+    let r = load(
+        &server,
+        &data,
+        &["--members", "20", "--batch", "250", "--connections", "2", "--rows", "5000", "--setup-file", setup_arg],
+    );
+    assert_eq!(
+        (r["rows"].as_u64(), r["failed"].as_u64(), r["requests"].as_u64()),
+        (Some(5000), Some(0), Some(20)),
+        "{r}"
+    );
     assert!(r["ack_ms"]["p50"].as_f64().unwrap() > 0.0 && r["rows_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["server"]["pid"].as_u64(), Some(server.child.id() as u64), "the server found by its port: {r}");
     assert!(r["server"]["rss_max_bytes"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(count_rows(server.port, &setup, "ds_energy_consumption").await, 5000);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&setup).unwrap().permissions().mode() & 0o777, 0o600, "the setup file holds credentials");
+    assert_eq!(
+        std::fs::metadata(&setup).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the setup file holds credentials"
+    );
 
     // The same members again, as Arrow IPC, for a duration at a rate.
-    let r = load(&server, &data, &["--members", "20", "--format", "arrow", "--rate", "4000", "--duration", "2s", "--setup-file", setup_arg]);
+    let r = load(
+        &server,
+        &data,
+        &["--members", "20", "--format", "arrow", "--rate", "4000", "--duration", "2s", "--setup-file", setup_arg],
+    );
     assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     let arrow_rows = r["rows"].as_i64().unwrap();
     assert!((4000..=9000).contains(&arrow_rows), "about 2 s at 4,000 rows/s: {r}");
@@ -114,7 +134,24 @@ async fn load_generator_smoke() {
     }
 
     // Mixed: ingest at a set rate while both read doors are read.
-    let r = load(&server, &data, &["--workload", "mixed", "--members", "20", "--rate", "2000", "--duration", "3s", "--readers", "2", "--setup-file", setup_arg]);
+    let r = load(
+        &server,
+        &data,
+        &[
+            "--workload",
+            "mixed",
+            "--members",
+            "20",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--readers",
+            "2",
+            "--setup-file",
+            setup_arg,
+        ],
+    );
     assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     for door in ["sql", "mydex"] {
         let reads = &r["reads"][door];
@@ -122,10 +159,30 @@ async fn load_generator_smoke() {
     }
 
     // Soak samples the server's gauges.
-    let r = load(&server, &data, &["--workload", "soak", "--members", "20", "--rate", "2000", "--duration", "3s", "--sample-every", "1s", "--setup-file", setup_arg]);
+    let r = load(
+        &server,
+        &data,
+        &[
+            "--workload",
+            "soak",
+            "--members",
+            "20",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--sample-every",
+            "1s",
+            "--setup-file",
+            setup_arg,
+        ],
+    );
     let samples = r["samples"].as_array().unwrap();
     assert!(samples.len() >= 2, "{r}");
-    assert!(samples.iter().all(|s| s["server_rss_bytes"].as_u64().unwrap() > 0 && s["files"].as_f64().is_some()), "{r}");
+    assert!(
+        samples.iter().all(|s| s["server_rss_bytes"].as_u64().unwrap() > 0 && s["files"].as_f64().is_some()),
+        "{r}"
+    );
 
     // A server that refuses the operator token fails the run with a clear exit status.
     let out = Command::new(TROVE)

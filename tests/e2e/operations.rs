@@ -14,15 +14,36 @@ async fn health_metrics_and_openapi_cover_every_route() {
     assert_eq!(status, StatusCode::OK);
     let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     for route in [
-        "/health", "/metrics", "/openapi.json", "/oauth2/token",
-        "/developer-helpers/datasets", "/developer-helpers/datasetsbytype/{type}", "/developer-helpers/types/{dataset}",
-        "/v1/datasets", "/v1/datasets/{name}", "/v1/datasets/{name}/promote",
-        "/v1/members", "/v1/members/{uid}", "/v1/subscribers", "/v1/subscribers/{id}",
-        "/v1/connections", "/v1/connections/{id}", "/v1/connections/{id}/submit", "/v1/connections/{id}/approve",
-        "/v1/connections/{id}/promote-request", "/v1/connections/{id}/promote", "/v1/connections/{id}/clone",
-        "/v1/members/{uid}/agreements", "/v1/members/{uid}/agreements/{connection_id}/approve",
-        "/v1/members/{uid}/agreements/{connection_id}/revoke", "/v1/members/{uid}/access-log", "/api/pds/pds/{file}",
-        "/v1/ingest/{dataset}", "/api/pds/transaction", "/api/pds/transaction/{file}", "/v1/query",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+        "/oauth2/token",
+        "/developer-helpers/datasets",
+        "/developer-helpers/datasetsbytype/{type}",
+        "/developer-helpers/types/{dataset}",
+        "/v1/datasets",
+        "/v1/datasets/{name}",
+        "/v1/datasets/{name}/promote",
+        "/v1/members",
+        "/v1/members/{uid}",
+        "/v1/subscribers",
+        "/v1/subscribers/{id}",
+        "/v1/connections",
+        "/v1/connections/{id}",
+        "/v1/connections/{id}/submit",
+        "/v1/connections/{id}/approve",
+        "/v1/connections/{id}/promote-request",
+        "/v1/connections/{id}/promote",
+        "/v1/connections/{id}/clone",
+        "/v1/members/{uid}/agreements",
+        "/v1/members/{uid}/agreements/{connection_id}/approve",
+        "/v1/members/{uid}/agreements/{connection_id}/revoke",
+        "/v1/members/{uid}/access-log",
+        "/api/pds/pds/{file}",
+        "/v1/ingest/{dataset}",
+        "/api/pds/transaction",
+        "/api/pds/transaction/{file}",
+        "/v1/query",
     ] {
         assert!(paths.contains(&route), "{route} missing from /openapi.json");
     }
@@ -48,7 +69,10 @@ async fn the_61_datasets_with_kinds_and_typed_schemas() {
     let (_, meta) = s.call(Method::GET, "/developer-helpers/datasetsbytype/metadata", None, None).await;
     let (_, tx) = s.call(Method::GET, "/developer-helpers/datasetsbytype/transactional", None, None).await;
     assert_eq!(meta.as_array().unwrap().len() + tx.as_array().unwrap().len(), 61);
-    assert_eq!(s.call(Method::GET, "/developer-helpers/datasetsbytype/other", None, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.call(Method::GET, "/developer-helpers/datasetsbytype/other", None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     let (_, types) = s.call(Method::GET, "/developer-helpers/types/field_ds_energy_consumption", None, None).await;
     assert_eq!(types["field_energy_reading_value"]["data_type"], "float");
@@ -84,7 +108,8 @@ async fn operator_adds_a_dataset_in_the_sandbox_and_promotes_it() {
     let token = s.subscriber_token("energy-co").await;
     let other = json!({"name": "ds_other", "title": "Other", "kind": "metadata", "fields": []});
     assert_eq!(s.call(Method::POST, "/v1/datasets", Some(&token), Some(other)).await.0, StatusCode::FORBIDDEN);
-    let (status, promoted) = s.call(Method::POST, "/v1/datasets/ds_solar_generation/promote", Some(s.admin()), None).await;
+    let (status, promoted) =
+        s.call(Method::POST, "/v1/datasets/ds_solar_generation/promote", Some(s.admin()), None).await;
     assert_eq!((status, promoted["environment"].as_str()), (StatusCode::OK, Some("production")));
 
     // Without an event-time field, created_timestamp is added.
@@ -97,13 +122,22 @@ async fn operator_adds_a_dataset_in_the_sandbox_and_promotes_it() {
 #[tokio::test]
 async fn unknown_fields_and_oversize_bodies_are_refused() {
     let s = TestServer::spawn(Store::Sqlite).await;
-    let (status, body) = s.call(Method::POST, "/v1/members", Some(s.admin()), Some(json!({"mydexid": "zed", "role": "admin"}))).await;
+    let (status, body) =
+        s.call(Method::POST, "/v1/members", Some(s.admin()), Some(json!({"mydexid": "zed", "role": "admin"}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["status"], 422);
     let huge = json!({"mydexid": "x".repeat(70 * 1024)});
     let (status, body) = s.call(Method::POST, "/v1/members", Some(s.admin()), Some(huge)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    let resp = s.client.post(s.url("/v1/members")).bearer_auth(s.admin()).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let resp = s
+        .client
+        .post(s.url("/v1/members"))
+        .bearer_auth(s.admin())
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
 }

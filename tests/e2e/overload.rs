@@ -22,14 +22,9 @@ fn rss(pid: u32) -> u64 {
 async fn twice_the_sustainable_rate_is_refused_cleanly() {
     let mut run = Run::new(Objects::Local);
     run.pause_each_second = false;
-    run.flags = [
-        "--buffer-bytes",
-        &BUFFER_BYTES.to_string(),
-        "--ingest-inflight-bytes",
-        &INFLIGHT_BYTES.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    run.flags = ["--buffer-bytes", &BUFFER_BYTES.to_string(), "--ingest-inflight-bytes", &INFLIGHT_BYTES.to_string()]
+        .map(String::from)
+        .to_vec();
     let server = run.up(&[]).await;
 
     // What it sustains: enough closed-loop writers to keep it busy, each waiting for its answer.
@@ -58,7 +53,8 @@ async fn twice_the_sustainable_rate_is_refused_cleanly() {
     let seconds = 8;
     let tally = run.offer(&server, 2 * sustained, 500, Duration::from_secs(seconds)).await;
     sampler.abort();
-    let (peak, files) = (peak.load(std::sync::atomic::Ordering::Relaxed), files.load(std::sync::atomic::Ordering::Relaxed));
+    let (peak, files) =
+        (peak.load(std::sync::atomic::Ordering::Relaxed), files.load(std::sync::atomic::Ordering::Relaxed));
     // With 9 MiB of configured buffers, growth past 512 MiB means memory follows the load
     // offered rather than the limits (the figure itself is in the summary line).
     let budget = base + (512 << 20);

@@ -23,30 +23,52 @@ async fn metadata_instances_round_trip_through_json_and_xml() {
 
         // Update instance id 1 (instance_0), flat body with dataset=.
         let (status, updated) = s
-            .call(Method::PUT, &at("json", "&id=1&dataset=ds_personal_details"), Some(&token), Some(json!({"field_personal_fname": "Ada L"})))
+            .call(
+                Method::PUT,
+                &at("json", "&id=1&dataset=ds_personal_details"),
+                Some(&token),
+                Some(json!({"field_personal_fname": "Ada L"})),
+            )
             .await;
         assert_eq!((status, updated), (StatusCode::OK, json!({"success": 1})));
-        let (status, _) = s.call(Method::PUT, &at("json", "&id=7&dataset=ds_personal_details"), Some(&token), Some(json!({"field_personal_fname": "x"}))).await;
+        let (status, _) = s
+            .call(
+                Method::PUT,
+                &at("json", "&id=7&dataset=ds_personal_details"),
+                Some(&token),
+                Some(json!({"field_personal_fname": "x"})),
+            )
+            .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
         let (status, all) = s.call(Method::GET, &at("json", "&dataset=ds_personal_details"), Some(&token), None).await;
         assert_eq!(status, StatusCode::OK);
         let ds = &all["ds_personal_details"];
         assert_eq!(ds["instance_0"]["field_personal_fname"]["value"], "Ada L");
-        assert_eq!(ds["instance_0"]["field_personal_title"]["value"], "Dr", "fields not named by the update keep their values");
+        assert_eq!(
+            ds["instance_0"]["field_personal_title"]["value"], "Dr",
+            "fields not named by the update keep their values"
+        );
         assert_eq!(ds["instance_1"]["field_personal_fname"]["value"], "Grace <Hopper> & co");
-        assert_eq!(ds["instance_0"]["field_personal_fname"]["access"], json!({"r": {"a": 1, "s": "A"}, "w": {"a": 1, "s": "A"}}));
-        let (_, one) = s.call(Method::GET, &at("json", "&dataset=ds_personal_details&instance=1"), Some(&token), None).await;
+        assert_eq!(
+            ds["instance_0"]["field_personal_fname"]["access"],
+            json!({"r": {"a": 1, "s": "A"}, "w": {"a": 1, "s": "A"}})
+        );
+        let (_, one) =
+            s.call(Method::GET, &at("json", "&dataset=ds_personal_details&instance=1"), Some(&token), None).await;
         assert_eq!(one["ds_personal_details"].as_object().unwrap().keys().collect::<Vec<_>>(), ["instance_1"]);
 
         // XML mirrors the JSON structure under <response>.
-        let (status, xml) = s.call_text(Method::GET, &at("xml", "&dataset=ds_personal_details"), Some(&token), None).await;
+        let (status, xml) =
+            s.call_text(Method::GET, &at("xml", "&dataset=ds_personal_details"), Some(&token), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(xml_to_json(&xml), all);
         assert!(xml.contains("<value>Grace &lt;Hopper&gt; &amp; co</value>"));
 
         // Several datasets joined with `+`.
-        let (status, both) = s.call(Method::GET, &at("json", "&dataset=ds_personal_details+ds_personal_details"), Some(&token), None).await;
+        let (status, both) = s
+            .call(Method::GET, &at("json", "&dataset=ds_personal_details+ds_personal_details"), Some(&token), None)
+            .await;
         assert_eq!((status, both.as_object().unwrap().len()), (StatusCode::OK, 1));
 
         // Bad values are 422 naming fields, never echoing values; nothing is stored.
@@ -56,7 +78,10 @@ async fn metadata_instances_round_trip_through_json_and_xml() {
         assert!(!text.contains("canary-value"), "{text}");
         assert!(text.contains("no_such") && text.contains("field_personal_fname"));
         let reserved = json!({"ds_personal_details": {"id": "3"}});
-        assert_eq!(s.call(Method::POST, &at("json", ""), Some(&token), Some(reserved)).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            s.call(Method::POST, &at("json", ""), Some(&token), Some(reserved)).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         let (_, after) = s.call(Method::GET, &at("json", "&dataset=ds_personal_details"), Some(&token), None).await;
         assert_eq!(after["ds_personal_details"].as_object().unwrap().len(), 2);
         // Transactional datasets are not metadata.
@@ -66,8 +91,13 @@ async fn metadata_instances_round_trip_through_json_and_xml() {
         // Every access is in the member's log, with agreement version and purpose; refusals too.
         let (_, log) = s.call(Method::GET, "/v1/members/3/access-log", Some(s.member_secret(3)), None).await;
         let log = log.as_array().unwrap();
-        assert!(log.iter().any(|e| e["action"] == "write" && e["decision"] == "allowed" && e["agreement_version"] == 1));
-        assert!(log.iter().any(|e| e["action"] == "read" && e["rows"] == 2 && e["purpose"].as_str().unwrap().contains("energy")));
+        assert!(
+            log.iter().any(|e| e["action"] == "write" && e["decision"] == "allowed" && e["agreement_version"] == 1)
+        );
+        assert!(
+            log.iter()
+                .any(|e| e["action"] == "read" && e["rows"] == 2 && e["purpose"].as_str().unwrap().contains("energy"))
+        );
         assert!(log.iter().any(|e| e["decision"] == "refused" || e["dataset"] == "ds_personal_details"));
         let text = serde_json::to_string(log).unwrap();
         assert!(!text.contains("Ada") && !text.contains("Grace"), "the access log holds no values");
@@ -88,17 +118,28 @@ async fn fields_and_environments_are_scoped() {
         s.call(Method::POST, &format!("/v1/connections/{id}/submit"), Some(&care), None).await;
         let (_, approved) = s.call(Method::POST, &format!("/v1/connections/{id}/approve"), Some(s.admin()), None).await;
         assert_eq!(approved["connection"]["environment"], "sandbox");
-        let (_, approval) = s.call(Method::POST, &format!("/v1/members/4/agreements/{id}/approve"), Some(s.member_secret(4)), None).await;
-        let sandbox_q = format!("con_id={}&key={}", approval["con_id"].as_str().unwrap(), approval["key"].as_str().unwrap());
+        let (_, approval) = s
+            .call(Method::POST, &format!("/v1/members/4/agreements/{id}/approve"), Some(s.member_secret(4)), None)
+            .await;
+        let sandbox_q =
+            format!("con_id={}&key={}", approval["con_id"].as_str().unwrap(), approval["key"].as_str().unwrap());
 
         let write = |fname: &str| json!({"ds_personal_details": {"field_personal_fname": fname, "field_personal_mobile_phone": "07000 000000"}});
-        let (status, _) = s.call(Method::POST, &format!("/api/pds/pds/4.json?{sandbox_q}"), Some(&care), Some(write("Sandy"))).await;
+        let (status, _) =
+            s.call(Method::POST, &format!("/api/pds/pds/4.json?{sandbox_q}"), Some(&care), Some(write("Sandy"))).await;
         assert_eq!(status, StatusCode::OK);
         let live_q = s.member_query(4, "energy-co");
         s.call(Method::POST, &format!("/api/pds/pds/4.json?{live_q}"), Some(&energy), Some(write("Prod"))).await;
 
         // The sandbox connection reads only sandbox data and only its two fields.
-        let (_, sandbox) = s.call(Method::GET, &format!("/api/pds/pds/4.json?{sandbox_q}&dataset=ds_personal_details"), Some(&care), None).await;
+        let (_, sandbox) = s
+            .call(
+                Method::GET,
+                &format!("/api/pds/pds/4.json?{sandbox_q}&dataset=ds_personal_details"),
+                Some(&care),
+                None,
+            )
+            .await;
         let instances = sandbox["ds_personal_details"].as_object().unwrap();
         assert_eq!(instances.len(), 1);
         let mut fields: Vec<&String> = instances["instance_0"].as_object().unwrap().keys().collect();
@@ -106,7 +147,14 @@ async fn fields_and_environments_are_scoped() {
         assert_eq!(fields, ["field_personal_fname", "field_personal_title"]);
         assert_eq!(instances["instance_0"]["field_personal_fname"]["value"], "Sandy");
         // The live connection sees only production data.
-        let (_, live) = s.call(Method::GET, &format!("/api/pds/pds/4.json?{live_q}&dataset=ds_personal_details"), Some(&energy), None).await;
+        let (_, live) = s
+            .call(
+                Method::GET,
+                &format!("/api/pds/pds/4.json?{live_q}&dataset=ds_personal_details"),
+                Some(&energy),
+                None,
+            )
+            .await;
         let live = live["ds_personal_details"].as_object().unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live["instance_0"]["field_personal_fname"]["value"], "Prod");
@@ -119,11 +167,21 @@ async fn fields_and_environments_are_scoped() {
         let id = c["id"].as_i64().unwrap();
         s.call(Method::POST, &format!("/v1/connections/{id}/submit"), Some(&care), None).await;
         s.call(Method::POST, &format!("/v1/connections/{id}/approve"), Some(s.admin()), None).await;
-        let (_, approval) = s.call(Method::POST, &format!("/v1/members/4/agreements/{id}/approve"), Some(s.member_secret(4)), None).await;
+        let (_, approval) = s
+            .call(Method::POST, &format!("/v1/members/4/agreements/{id}/approve"), Some(s.member_secret(4)), None)
+            .await;
         let ro_q = format!("con_id={}&key={}", approval["con_id"].as_str().unwrap(), approval["key"].as_str().unwrap());
-        let (status, _) = s.call(Method::POST, &format!("/api/pds/pds/4.json?{ro_q}"), Some(&care), Some(write("Nope"))).await;
+        let (status, _) =
+            s.call(Method::POST, &format!("/api/pds/pds/4.json?{ro_q}"), Some(&care), Some(write("Nope"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        let (_, after) = s.call(Method::GET, &format!("/api/pds/pds/4.json?{sandbox_q}&dataset=ds_personal_details"), Some(&care), None).await;
+        let (_, after) = s
+            .call(
+                Method::GET,
+                &format!("/api/pds/pds/4.json?{sandbox_q}&dataset=ds_personal_details"),
+                Some(&care),
+                None,
+            )
+            .await;
         assert_eq!(after["ds_personal_details"].as_object().unwrap().len(), 1);
     }
 }
@@ -132,10 +190,13 @@ async fn fields_and_environments_are_scoped() {
 fn xml_to_json(xml: &str) -> Value {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
-    let mut stack: Vec<(String, serde_json::Map<String, Value>, String)> = vec![("root".into(), Default::default(), String::new())];
+    let mut stack: Vec<(String, serde_json::Map<String, Value>, String)> =
+        vec![("root".into(), Default::default(), String::new())];
     loop {
         match reader.read_event().expect("well-formed XML") {
-            Event::Start(e) => stack.push((String::from_utf8(e.name().as_ref().to_vec()).unwrap(), Default::default(), String::new())),
+            Event::Start(e) => {
+                stack.push((String::from_utf8(e.name().as_ref().to_vec()).unwrap(), Default::default(), String::new()))
+            }
             Event::Text(t) => stack.last_mut().unwrap().2.push_str(&t.xml_content().unwrap()),
             Event::GeneralRef(r) => {
                 let text = match r.as_ref() {

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use test_helpers::{now_secs, Store, TestConfig, TestServer, stores};
+use test_helpers::{Store, TestConfig, TestServer, now_secs, stores};
 
 const E: &str = "ds_energy_consumption";
-
 
 /// Delivers `n` readings for member `member` as energy-co, valued `value`.
 async fn deliver(s: &TestServer, member: i64, n: usize, value: f64) {
@@ -26,7 +25,9 @@ async fn deliver(s: &TestServer, member: i64, n: usize, value: f64) {
 
 /// Member 1's ids as SQL sees them, and the sum of their values.
 async fn member_one(s: &TestServer, token: &str) -> (Vec<i64>, f64) {
-    let (status, rows) = s.sql(token, &format!("SELECT id, field_energy_reading_value AS v FROM {E} WHERE member_uid = 1 ORDER BY id")).await;
+    let (status, rows) = s
+        .sql(token, &format!("SELECT id, field_energy_reading_value AS v FROM {E} WHERE member_uid = 1 ORDER BY id"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{rows}");
     let rows = rows.as_array().unwrap();
     (rows.iter().map(|r| r["id"].as_i64().unwrap()).collect(), rows.iter().map(|r| r["v"].as_f64().unwrap()).sum())
@@ -55,10 +56,13 @@ async fn acknowledged_rows_are_read_at_once_and_exactly_once() {
         // An update is a new version: every read sees only the newest, once.
         let q = s.member_query(1, "energy-co");
         let put = format!("/api/pds/transaction/1.json?{q}&id=2&dataset={E}");
-        let (status, answer) = s.call(Method::PUT, &put, Some(&token), Some(json!({"field_energy_reading_value": 101.0}))).await;
+        let (status, answer) =
+            s.call(Method::PUT, &put, Some(&token), Some(json!({"field_energy_reading_value": 101.0}))).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(member_one(&s, &token).await, (ids(12), 112.0), "the update, buffered");
-        let get = format!("/api/pds/transaction/1.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3C%3D&filters%5Bid%5D%5Bvalue%5D=2");
+        let get = format!(
+            "/api/pds/transaction/1.json?{q}&dataset={E}&filters%5Bid%5D%5Boperator%5D=%3C%3D&filters%5Bid%5D%5Bvalue%5D=2"
+        );
         let (status, rows) = s.call(Method::GET, &get, Some(&token), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(rows["2"]["field_energy_reading_value"], "101.0", "the Mydex door sees the newest version");
@@ -107,7 +111,9 @@ async fn every_answer_format_round_trips() {
     deliver(&s, 1, 40, 2.5).await;
     s.flush().await;
     deliver(&s, 2, 60, 0.5).await;
-    let sql = format!("SELECT member_uid, id, field_energy_reading_value, field_energy_source_name FROM {E} ORDER BY member_uid, id");
+    let sql = format!(
+        "SELECT member_uid, id, field_energy_reading_value, field_energy_source_name FROM {E} ORDER BY member_uid, id"
+    );
     let body = |accept: &'static str| {
         let (s, token, sql) = (&s, token.clone(), sql.clone());
         async move {
@@ -119,7 +125,10 @@ async fn every_answer_format_round_trips() {
     };
     let json: Value = serde_json::from_slice(&body("application/json").await).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 100);
-    assert_eq!(json[0], json!({"member_uid": 1, "id": 1, "field_energy_reading_value": 2.5, "field_energy_source_name": null}));
+    assert_eq!(
+        json[0],
+        json!({"member_uid": 1, "id": 1, "field_energy_reading_value": 2.5, "field_energy_source_name": null})
+    );
     let ndjson = String::from_utf8(body("application/x-ndjson").await).unwrap();
     let lines: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(Value::Array(lines), json);
@@ -141,7 +150,8 @@ async fn every_answer_format_round_trips() {
         assert_eq!(out, "100 130.0 int64\n100 130.0 int64\n");
     }
     // An empty answer is still a well-formed one.
-    let (status, _, empty) = s.sql_as(&token, "", &format!("SELECT id FROM {E} WHERE member_uid = 99"), "text/csv").await;
+    let (status, _, empty) =
+        s.sql_as(&token, "", &format!("SELECT id FROM {E} WHERE member_uid = 99"), "text/csv").await;
     assert_eq!((status, String::from_utf8(empty).unwrap().as_str()), (StatusCode::OK, "id\n"));
     let (status, empty) = s.sql(&token, &format!("SELECT id FROM {E} WHERE member_uid = 99")).await;
     assert_eq!((status, empty), (StatusCode::OK, json!([])));
@@ -280,17 +290,30 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         let rows: Vec<serde_json::Map<String, Value>> = (0..5)
             .map(|i| {
                 let t = now_secs() - 3600 + batch * 600 + i;
-                json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0}).as_object().unwrap().clone()
+                json!({"member_uid": 2, "field_energy_reading_timestamp": t, "field_energy_reading_value": 2.0})
+                    .as_object()
+                    .unwrap()
+                    .clone()
             })
             .collect();
-        let batch = ingest::decode::decode_objects(&schema, &rows, &mut ingest::decode::Budget { max_rows: usize::MAX, memory: &mut |_| true }).unwrap();
+        let batch = ingest::decode::decode_objects(
+            &schema,
+            &rows,
+            &mut ingest::decode::Budget { max_rows: usize::MAX, memory: &mut |_| true },
+        )
+        .unwrap();
         node2.write(schema.clone(), catalog::DataEnvironment::Production, connection, batch).await.unwrap();
         assert_eq!(node2.flush_round(true).await, 0);
     }
     let counts = || {
         let (s, token) = (&s, token.clone());
         async move {
-            let (status, rows) = s.sql(&token, &format!("SELECT member_uid, count(*) AS n FROM {E} GROUP BY member_uid ORDER BY member_uid")).await;
+            let (status, rows) = s
+                .sql(
+                    &token,
+                    &format!("SELECT member_uid, count(*) AS n FROM {E} GROUP BY member_uid ORDER BY member_uid"),
+                )
+                .await;
             assert_eq!(status, StatusCode::OK);
             rows
         }
@@ -312,7 +335,11 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         assert_eq!(counts().await, expected, "during and after the other node's compaction");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let indexed = s.ingester.buffer().snapshot(catalog::DataEnvironment::Production, &dataset.name, [catalog::MemberId::new(2).unwrap()]);
+    let indexed = s.ingester.buffer().snapshot(
+        catalog::DataEnvironment::Production,
+        &dataset.name,
+        [catalog::MemberId::new(2).unwrap()],
+    );
     assert_eq!(indexed[0].1.files.len(), 1, "the replaced files left the index");
     node2.shutdown().await.unwrap();
 }

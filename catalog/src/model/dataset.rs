@@ -61,7 +61,11 @@ impl FieldType {
     pub fn resolve(name: &str, documented: &str, example: &str) -> FieldType {
         let doc = documented.trim().to_ascii_lowercase();
         let example = example.trim();
-        if name.ends_with("_timestamp") || name.contains("_timestamp_") || name.ends_with("_time") || doc.contains("timestamp") {
+        if name.ends_with("_timestamp")
+            || name.contains("_timestamp_")
+            || name.ends_with("_time")
+            || doc.contains("timestamp")
+        {
             return FieldType::Timestamp;
         }
         let is_int = example.parse::<i64>().is_ok();
@@ -73,10 +77,18 @@ impl FieldType {
                 _ => FieldType::Text,
             },
             "number" | "numeric" | "floating point" | "float" | "double" => {
-                if example.is_empty() || is_num { FieldType::Float } else { FieldType::Text }
+                if example.is_empty() || is_num {
+                    FieldType::Float
+                } else {
+                    FieldType::Text
+                }
             }
             "currency" => {
-                if example.is_empty() || is_num { FieldType::Decimal } else { FieldType::Text }
+                if example.is_empty() || is_num {
+                    FieldType::Decimal
+                } else {
+                    FieldType::Text
+                }
             }
             "blob" | "json" => FieldType::Json,
             "boolean" | "bool" => FieldType::Boolean,

@@ -124,7 +124,15 @@ impl AccessLogEntry {
     /// version and rows (one request's read of one dataset across members).
     pub fn same_event(&self, other: &AccessLogEntry) -> bool {
         (self.at, self.subscriber_id, self.connection_id, &self.purpose, &self.dataset, self.action, self.decision)
-            == (other.at, other.subscriber_id, other.connection_id, &other.purpose, &other.dataset, other.action, other.decision)
+            == (
+                other.at,
+                other.subscriber_id,
+                other.connection_id,
+                &other.purpose,
+                &other.dataset,
+                other.action,
+                other.decision,
+            )
     }
 }
 

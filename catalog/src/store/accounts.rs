@@ -71,7 +71,8 @@ impl Catalog {
     }
 
     pub async fn members(&self) -> Result<Vec<Member>> {
-        let rows = sqlx::query("SELECT uid, mydexid, created_at FROM members ORDER BY uid").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT uid, mydexid, created_at FROM members ORDER BY uid").fetch_all(&self.pool).await?;
         rows.iter().map(member_from_row).collect()
     }
 
@@ -124,8 +125,9 @@ impl Catalog {
     }
 
     pub async fn subscribers(&self) -> Result<Vec<Subscriber>> {
-        let rows =
-            sqlx::query("SELECT id, name, client_id, created_at FROM subscribers ORDER BY id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, name, client_id, created_at FROM subscribers ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(subscriber_from_row).collect()
     }
 
@@ -166,12 +168,14 @@ impl Catalog {
     /// As [`Catalog::authenticate_subscriber_token`], with when the token expires (epoch ms).
     pub async fn subscriber_token(&self, token: &str) -> Result<(SubscriberId, i64)> {
         let hash = SecretHash::of(token);
-        let row = sqlx::query("SELECT token_hash, subscriber_id, expires_at FROM access_tokens WHERE token_hash = $1 AND expires_at > $2")
-            .bind(&hash.0)
-            .bind(now_ms())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(CatalogError::Unauthenticated)?;
+        let row = sqlx::query(
+            "SELECT token_hash, subscriber_id, expires_at FROM access_tokens WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(&hash.0)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(CatalogError::Unauthenticated)?;
         if !hash.matches(&row.try_get::<String, _>("token_hash")?) {
             return Err(CatalogError::Unauthenticated);
         }

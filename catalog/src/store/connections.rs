@@ -8,8 +8,8 @@ use sqlx::any::AnyRow;
 use super::{Catalog, Result, get_json, now_ms, to_json};
 use crate::error::CatalogError;
 use crate::model::{
-    Agreement, AgreementScope, AgreementStatus, ConId, Connection, ConnectionEnvironment, ConnectionId, ConnectionStatus,
-    ConnectionTerms, Dataset, LAWFUL_BASES, MemberId, Nid, Revision, RevisionState, SubscriberId,
+    Agreement, AgreementScope, AgreementStatus, ConId, Connection, ConnectionEnvironment, ConnectionId,
+    ConnectionStatus, ConnectionTerms, Dataset, LAWFUL_BASES, MemberId, Nid, Revision, RevisionState, SubscriberId,
 };
 use crate::secret::{Secret, SecretHash};
 
@@ -38,10 +38,8 @@ pub fn normalize_terms(mut terms: ConnectionTerms, datasets: &[Dataset]) -> Resu
         return Err(invalid("at least one dataset is required"));
     }
     for (name, grant) in terms.datasets.iter_mut() {
-        let dataset = datasets
-            .iter()
-            .find(|d| &d.name == name)
-            .ok_or_else(|| invalid(format!("unknown dataset {name}")))?;
+        let dataset =
+            datasets.iter().find(|d| &d.name == name).ok_or_else(|| invalid(format!("unknown dataset {name}")))?;
         let all: BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         for (dir, fields) in [("read", &mut grant.read), ("write", &mut grant.write)] {
             if fields.remove("*") {
@@ -101,11 +99,12 @@ impl Catalog {
 
     /// The connection with every revision: the one-page view.
     pub async fn connection(&self, id: ConnectionId) -> Result<Connection> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1")))
-            .bind(id.get())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(CatalogError::NotFound { what: "connection" })?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1")))
+                .bind(id.get())
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(CatalogError::NotFound { what: "connection" })?;
         self.connection_from_row(&row).await
     }
 
@@ -212,7 +211,13 @@ impl Catalog {
         self.connection(id).await
     }
 
-    async fn step_latest(&self, id: ConnectionId, from: RevisionState, to: RevisionState, refusal: &str) -> Result<i64> {
+    async fn step_latest(
+        &self,
+        id: ConnectionId,
+        from: RevisionState,
+        to: RevisionState,
+        refusal: &str,
+    ) -> Result<i64> {
         let current = self.connection(id).await?;
         let latest = current.latest().version;
         let done = sqlx::query(
@@ -236,13 +241,19 @@ impl Catalog {
     /// approval the connection is deployed on the sandbox with a new `nid` and connection key
     /// (returned once); later approvals keep both. With `expected`, the revision waiting must
     /// still be that version (the one the operator reviewed): an edit since is a conflict.
-    pub async fn approve_connection(&self, id: ConnectionId, expected: Option<i64>) -> Result<(Connection, Option<Secret>)> {
+    pub async fn approve_connection(
+        &self,
+        id: ConnectionId,
+        expected: Option<i64>,
+    ) -> Result<(Connection, Option<Secret>)> {
         let current = self.connection(id).await?;
         let version = current.latest().version;
         if let Some(expected) = expected
             && expected != version
         {
-            return Err(CatalogError::conflict(format!("the revision waiting for approval is version {version}, not {expected}")));
+            return Err(CatalogError::conflict(format!(
+                "the revision waiting for approval is version {version}, not {expected}"
+            )));
         }
         let mut tx = self.begin().await?;
         let done = sqlx::query(
@@ -352,9 +363,8 @@ impl Catalog {
     pub async fn approve_agreement(&self, member: MemberId, id: ConnectionId) -> Result<(Agreement, Secret)> {
         self.member(member).await?;
         let connection = self.connection(id).await?;
-        let version = connection
-            .approved_version
-            .ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
+        let version =
+            connection.approved_version.ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
         let key = Secret::generate();
         let now = now_ms();
         let mut tx = self.begin().await?;
@@ -422,7 +432,9 @@ impl Catalog {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let connection = self.connection(ConnectionId::new(row.try_get("connection_id")?).map_err(CatalogError::corrupt)?).await?;
+            let connection = self
+                .connection(ConnectionId::new(row.try_get("connection_id")?).map_err(CatalogError::corrupt)?)
+                .await?;
             out.push((agreement_from_row(member, &connection, row)?, connection));
         }
         Ok(out)
@@ -430,12 +442,15 @@ impl Catalog {
 
     /// Members with an active agreement with connection `id`, and the revision each approved.
     pub async fn active_agreements(&self, id: ConnectionId) -> Result<Vec<(MemberId, i64)>> {
-        let rows = sqlx::query("SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'")
-            .bind(id.get())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'")
+                .bind(id.get())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok((MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?, r.try_get("version")?)))
+            .map(|r| {
+                Ok((MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?, r.try_get("version")?))
+            })
             .collect()
     }
 
@@ -457,7 +472,8 @@ impl Catalog {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(CatalogError::Unauthenticated)?;
-        if !presented.matches(&row.try_get::<String, _>("key_hash")?) || row.try_get::<String, _>("status")? != "active" {
+        if !presented.matches(&row.try_get::<String, _>("key_hash")?) || row.try_get::<String, _>("status")? != "active"
+        {
             return Err(CatalogError::Unauthenticated);
         }
         let connection = self.connection(ConnectionId::new(row.try_get("id")?).map_err(CatalogError::corrupt)?).await?;

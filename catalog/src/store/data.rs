@@ -81,10 +81,11 @@ impl Catalog {
     /// The operator promotes a sandbox dataset to production.
     pub async fn promote_dataset(&self, name: &DatasetName) -> Result<Dataset> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE datasets SET environment = 'production' WHERE name = $1 AND environment = 'sandbox'")
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE datasets SET environment = 'production' WHERE name = $1 AND environment = 'sandbox'")
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
         Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         let dataset = self.dataset(name).await?;
@@ -246,10 +247,18 @@ impl Catalog {
                 let block = seq / EVENTS_PER_BLOCK;
                 let new: Vec<i64> = {
                     let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
-                    event.members.iter().map(|m| m.0).filter(|&m| !known.has(m, block) && !adding.has(m, block)).collect()
+                    event
+                        .members
+                        .iter()
+                        .map(|m| m.0)
+                        .filter(|&m| !known.has(m, block) && !adding.has(m, block))
+                        .collect()
                 };
                 let insert = "access_member_blocks (member_uid, block)";
-                self.insert_rows(&mut tx, insert, 2, " ON CONFLICT DO NOTHING", &new, |q, &member| q.bind(member).bind(block)).await?;
+                self.insert_rows(&mut tx, insert, 2, " ON CONFLICT DO NOTHING", &new, |q, &member| {
+                    q.bind(member).bind(block)
+                })
+                .await?;
                 adding.add(block, new);
             }
         }
@@ -422,7 +431,9 @@ fn next_event(entries: &[AccessLogEntry]) -> (Event<'_>, &[AccessLogEntry]) {
     let mut end = 1;
     for e in &entries[1..] {
         match e.member {
-            Some(m) if first.same_event(e) && seen.insert(m.get()) => members.push((m.get(), e.agreement_version, e.rows)),
+            Some(m) if first.same_event(e) && seen.insert(m.get()) => {
+                members.push((m.get(), e.agreement_version, e.rows))
+            }
             _ => break,
         }
         end += 1;

@@ -34,8 +34,7 @@ fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
     })
 }
 
-const FILE_COLUMNS: &str =
-    "environment, dataset, member_uid, path, row_count, size_bytes, min_event_time, max_event_time, min_id, max_id, max_version";
+const FILE_COLUMNS: &str = "environment, dataset, member_uid, path, row_count, size_bytes, min_event_time, max_event_time, min_id, max_id, max_version";
 
 impl Catalog {
     /// Records files whose puts succeeded and removes `replaced` ones, in one transaction:
@@ -86,15 +85,20 @@ impl Catalog {
     pub async fn manifest_changes(&self, since: i64) -> Result<ManifestChanges> {
         // Read the counter first: every change at or below it is committed and is returned
         // now or by the next call.
-        let latest: i64 = sqlx::query("SELECT value FROM counters WHERE name = 'manifest'").fetch_one(&self.pool).await?.try_get(0)?;
+        let latest: i64 = sqlx::query("SELECT value FROM counters WHERE name = 'manifest'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
         if latest == since {
             return Ok(ManifestChanges { latest, added: Vec::new(), removed: Vec::new() });
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM parquet_files WHERE seq > $1 AND seq <= $2")))
-            .bind(since)
-            .bind(latest)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {FILE_COLUMNS} FROM parquet_files WHERE seq > $1 AND seq <= $2"
+        )))
+        .bind(since)
+        .bind(latest)
+        .fetch_all(&self.pool)
+        .await?;
         let added = rows.iter().map(file_from_row).collect::<Result<_>>()?;
         let removed = sqlx::query("SELECT path FROM parquet_file_removals WHERE seq > $1 AND seq <= $2")
             .bind(since)
@@ -110,7 +114,10 @@ impl Catalog {
     /// Forgets tombstones of files replaced before `before` (epoch ms). A node that has not
     /// followed the feed for a while reloads the whole manifest instead (see the ingester).
     pub async fn purge_manifest_tombstones(&self, before: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM parquet_file_removals WHERE removed_at < $1").bind(before).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM parquet_file_removals WHERE removed_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -121,7 +128,12 @@ impl Catalog {
 
     /// Partitions with at least `min_files` files smaller than `small_bytes`, with how many
     /// they have: compaction's work.
-    pub async fn compaction_candidates(&self, small_bytes: i64, min_files: i64, limit: i64) -> Result<Vec<((DataEnvironment, DatasetName, MemberId), i64)>> {
+    pub async fn compaction_candidates(
+        &self,
+        small_bytes: i64,
+        min_files: i64,
+        limit: i64,
+    ) -> Result<Vec<((DataEnvironment, DatasetName, MemberId), i64)>> {
         let rows = sqlx::query(
             "SELECT environment, dataset, member_uid, COUNT(*) AS files FROM parquet_files WHERE size_bytes < $1 \
              GROUP BY environment, dataset, member_uid HAVING COUNT(*) >= $2 LIMIT $3",
@@ -135,7 +147,12 @@ impl Catalog {
     }
 
     /// One member's files of a dataset, oldest events first.
-    pub async fn parquet_files(&self, env: DataEnvironment, dataset: &DatasetName, member: MemberId) -> Result<Vec<ParquetFile>> {
+    pub async fn parquet_files(
+        &self,
+        env: DataEnvironment,
+        dataset: &DatasetName,
+        member: MemberId,
+    ) -> Result<Vec<ParquetFile>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {FILE_COLUMNS} FROM parquet_files WHERE environment = $1 AND dataset = $2 AND member_uid = $3 \
              ORDER BY min_event_time, min_id"
@@ -150,9 +167,10 @@ impl Catalog {
 
     /// Every recorded file (for start-up and tests).
     pub async fn all_parquet_files(&self) -> Result<Vec<ParquetFile>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM parquet_files ORDER BY file_id")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM parquet_files ORDER BY file_id")))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(file_from_row).collect()
     }
 

@@ -142,7 +142,8 @@ impl Catalog {
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
@@ -230,7 +231,9 @@ mod tests {
     async fn conformance_postgres() {
         let Ok(url) = std::env::var("TROVE_TEST_POSTGRES_URL") else {
             assert!(std::env::var("CI").is_err(), "CI must run the PostgreSQL suite: set TROVE_TEST_POSTGRES_URL");
-            eprintln!("\n*** SKIPPED: catalog conformance on PostgreSQL (set TROVE_TEST_POSTGRES_URL, or run scripts/test.sh) ***\n");
+            eprintln!(
+                "\n*** SKIPPED: catalog conformance on PostgreSQL (set TROVE_TEST_POSTGRES_URL, or run scripts/test.sh) ***\n"
+            );
             return;
         };
         let catalog = Catalog::connect(&conformance::fresh_postgres_database(&url).await).await.unwrap();

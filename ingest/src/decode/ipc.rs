@@ -11,7 +11,11 @@ use crate::schema::{DECIMAL_PRECISION, DatasetSchema};
 
 /// An Arrow IPC stream whose schema uses the dataset's names and types; columns it leaves
 /// out are null, extra or mistyped ones are refused.
-pub(super) fn decode_ipc(schema: &DatasetSchema, body: &[u8], budget: &mut Budget<'_>) -> Result<RecordBatch, DecodeError> {
+pub(super) fn decode_ipc(
+    schema: &DatasetSchema,
+    body: &[u8],
+    budget: &mut Budget<'_>,
+) -> Result<RecordBatch, DecodeError> {
     let (given, batches) = read_ipc(body).map_err(|reason| DecodeError::Malformed(reason.into()))?;
     let mut errors = Vec::new();
     let mut mapping = Vec::with_capacity(given.fields().len());
@@ -23,7 +27,11 @@ pub(super) fn decode_ipc(schema: &DatasetSchema, body: &[u8], budget: &mut Budge
                 field: Some(f.name().clone()),
                 reason: format!("expected {}", schema.input.field(i).data_type()),
             }),
-            Err(_) => errors.push(RowError { row: 0, field: Some(f.name().clone()), reason: "not a field of this dataset".into() }),
+            Err(_) => errors.push(RowError {
+                row: 0,
+                field: Some(f.name().clone()),
+                reason: "not a field of this dataset".into(),
+            }),
         }
     }
     if !errors.is_empty() {
@@ -46,7 +54,8 @@ pub(super) fn decode_ipc(schema: &DatasetSchema, body: &[u8], budget: &mut Budge
     if !(budget.memory)(2 * read + rows * row_bytes) {
         return Err(DecodeError::OverBudget);
     }
-    let batch = datafusion::arrow::compute::concat_batches(&given, &batches).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let batch = datafusion::arrow::compute::concat_batches(&given, &batches)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let rows = batch.num_rows();
     let mut arrays: Vec<ArrayRef> =
         schema.input.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), rows)).collect();
@@ -69,7 +78,10 @@ pub(super) fn decode_ipc(schema: &DatasetSchema, body: &[u8], budget: &mut Budge
                     if v.len() > field.max_bytes as usize {
                         Some((r, "value too long"))
                     } else if field.data_type == FieldType::Json
-                        && !matches!(serde_json::from_str::<serde_json::Value>(v), Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_)))
+                        && !matches!(
+                            serde_json::from_str::<serde_json::Value>(v),
+                            Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))
+                        )
                     {
                         Some((r, "expected a JSON object or array"))
                     } else {

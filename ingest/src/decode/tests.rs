@@ -64,7 +64,9 @@ fn refusals_name_rows_and_fields_never_values() {
     );
     assert!(!format!("{errors:?}").contains("canary"));
     assert!(matches!(decode(&s, Format::Ndjson, b"{\"member_uid\": 1,"), Err(DecodeError::Malformed(_))));
-    assert!(matches!(decode(&s, Format::Ndjson, b"{\"member_uid\": \"canary\"\"x\"}"), Err(DecodeError::Malformed(m)) if !m.contains("canary")));
+    assert!(
+        matches!(decode(&s, Format::Ndjson, b"{\"member_uid\": \"canary\"\"x\"}"), Err(DecodeError::Malformed(m)) if !m.contains("canary"))
+    );
     let csv = b"member_uid,nope\n1,2\n";
     assert_eq!(rows(decode(&s, Format::Csv, csv).unwrap_err()), [(1, Some("nope".into()))]);
 }
@@ -108,7 +110,8 @@ fn malformed_arrow_ipc_is_refused_without_panics_or_claimed_allocations() {
     let batch = RecordBatch::try_new(ipc_schema.clone(), vec![Arc::new(Int64Array::from(vec![7; 100]))]).unwrap();
     let stream = |options: IpcWriteOptions| {
         let mut buf = Vec::new();
-        let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new_with_options(&mut buf, &ipc_schema, options).unwrap();
+        let mut w =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new_with_options(&mut buf, &ipc_schema, options).unwrap();
         w.write(&batch).unwrap();
         w.write(&batch).unwrap();
         w.finish().unwrap();
@@ -144,7 +147,14 @@ fn arrow_ipc_values_pass_the_checks_of_the_other_formats() {
         .with_precision_and_scale(18, 2)
         .unwrap();
     let got = rows(decode(&s, Format::ArrowIpc, &stream(value, Arc::new(cents))).unwrap_err());
-    assert_eq!(got, [(2, Some("ba_transaction_value".into())), (3, Some("ba_transaction_value".into())), (4, Some("ba_transaction_value".into()))]);
+    assert_eq!(
+        got,
+        [
+            (2, Some("ba_transaction_value".into())),
+            (3, Some("ba_transaction_value".into())),
+            (4, Some("ba_transaction_value".into()))
+        ]
+    );
     let floats = datafusion::arrow::array::Float64Array::from(vec![1.5, f64::NAN, f64::INFINITY]);
     let got = rows(decode(&e, Format::ArrowIpc, &stream(reading, Arc::new(floats))).unwrap_err());
     assert_eq!(got, [(2, Some("field_energy_reading_value".into())), (3, Some("field_energy_reading_value".into()))]);
@@ -161,15 +171,26 @@ fn decoded_columns_ask_for_memory_as_they_grow_and_rows_are_capped() {
     csv.push_str(&"1\n".repeat(rows));
     let ndjson = "{\"member_uid\": 1}\n".repeat(rows);
     let array = format!("[{}]", vec!["{\"member_uid\": 1}"; rows].join(","));
-    for (format, body) in [(Format::Csv, csv.as_bytes()), (Format::Ndjson, ndjson.as_bytes()), (Format::JsonArray, array.as_bytes())] {
+    for (format, body) in
+        [(Format::Csv, csv.as_bytes()), (Format::Ndjson, ndjson.as_bytes()), (Format::JsonArray, array.as_bytes())]
+    {
         let mut asked = Vec::new();
-        let mut budget = Budget { max_rows: usize::MAX, memory: &mut |bytes| { asked.push(bytes); bytes < 300_000 } };
+        let mut budget = Budget {
+            max_rows: usize::MAX,
+            memory: &mut |bytes| {
+                asked.push(bytes);
+                bytes < 300_000
+            },
+        };
         assert!(matches!(decode_within(&s, format, body, &mut budget), Err(DecodeError::OverBudget)), "{format:?}");
         // Every column of every row counts, though the body holds 2-17 bytes a row.
         assert!(asked.len() >= 2 && asked[0] >= 1024 * s.input.fields().len(), "{format:?}: {asked:?}");
         assert!(asked.windows(2).all(|w| w[0] < w[1]), "asked as the columns grow");
         let mut capped = Budget { max_rows: 5_000, memory: &mut |_| true };
-        assert!(matches!(decode_within(&s, format, body, &mut capped), Err(DecodeError::TooManyRows(5_000))), "{format:?}");
+        assert!(
+            matches!(decode_within(&s, format, body, &mut capped), Err(DecodeError::TooManyRows(5_000))),
+            "{format:?}"
+        );
         let mut enough = Budget { max_rows: rows, memory: &mut |_| true };
         assert_eq!(decode_within(&s, format, body, &mut enough).unwrap().num_rows(), rows);
     }
@@ -184,13 +205,16 @@ fn arrow_ipc_dictionaries_are_refused_before_reading() {
     use datafusion::arrow::ipc::writer::{DictionaryHandling, IpcWriteOptions, StreamWriter};
     let s = schema("ds_energy_consumption");
     let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    let ipc_schema = Arc::new(Schema::new(vec![s.input.field(0).clone(), Field::new("field_energy_source_name", dict, true)]));
+    let ipc_schema =
+        Arc::new(Schema::new(vec![s.input.field(0).clone(), Field::new("field_energy_source_name", dict, true)]));
     let mut buf = Vec::new();
     let options = IpcWriteOptions::default().with_dictionary_handling(DictionaryHandling::Delta);
     let mut w = StreamWriter::try_new_with_options(&mut buf, &ipc_schema, options).unwrap();
     for i in 0..3 {
-        let values: DictionaryArray<Int32Type> = vec![format!("name {i}")].iter().map(String::as_str).collect();
-        let batch = RecordBatch::try_new(ipc_schema.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(values)]).unwrap();
+        let values: DictionaryArray<Int32Type> = [format!("name {i}")].iter().map(String::as_str).collect();
+        let batch =
+            RecordBatch::try_new(ipc_schema.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(values)])
+                .unwrap();
         w.write(&batch).unwrap();
     }
     w.finish().unwrap();

@@ -86,15 +86,15 @@ impl Ingester {
         let flushes: Vec<FlushBatch> = keys.iter().filter_map(|k| self.buffer.begin_flush(k)).collect();
         let written: Vec<(FlushBatch, Result<ParquetFile, IngestError>)> = futures::stream::iter(flushes)
             .map(|flush| async move {
-                let result =
-                    crate::persist::write_file(
-                        &self.store,
-                        &flush.key,
-                        &flush.schema,
-                        flush.batches.clone(),
-                        crate::persist::Codec::Flush,
-                        self.config.put_attempts,
-                    ).await;
+                let result = crate::persist::write_file(
+                    &self.store,
+                    &flush.key,
+                    &flush.schema,
+                    flush.batches.clone(),
+                    crate::persist::Codec::Flush,
+                    self.config.put_attempts,
+                )
+                .await;
                 (flush, result)
             })
             .buffer_unordered(8)
@@ -167,9 +167,10 @@ impl Ingester {
         // Everything acknowledged is in Parquet: close the segment so the next round can
         // drop it (and move its access-log entries and keys to the catalog).
         if self.buffer.min_segment().is_none()
-            && let Some(tx) = self.sequencer.lock().as_ref() {
-                let _ = tx.send(Command::Rotate);
-            }
+            && let Some(tx) = self.sequencer.lock().as_ref()
+        {
+            let _ = tx.send(Command::Rotate);
+        }
         failed
     }
 }

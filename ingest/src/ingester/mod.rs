@@ -35,9 +35,9 @@ use crate::wal::{Durability, Segments};
 use crate::writelog::WriteLog;
 use sequencer::{Command, LogOp};
 
-pub use write::{GrantOf, IdempotencyKey, InFlight, RowUpdate, Rows, WriteRequest, Written};
 #[cfg(fuzzing)]
 pub(crate) use record::decode_wal_record;
+pub use write::{GrantOf, IdempotencyKey, InFlight, RowUpdate, Rows, WriteRequest, Written};
 
 /// Settings of the write path.
 #[derive(Debug, Clone)]
@@ -100,7 +100,11 @@ pub struct Ingester {
 impl Ingester {
     /// Opens the write path: replays the WAL into the buffer (skipping rows the manifest
     /// already holds), then starts the sequencer and the flusher.
-    pub async fn open(config: IngestConfig, catalog: Catalog, store: Arc<dyn ObjectStore>) -> Result<Arc<Ingester>, IngestError> {
+    pub async fn open(
+        config: IngestConfig,
+        catalog: Catalog,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<Ingester>, IngestError> {
         let replayed = replay::replay(&config.wal_dir, &catalog).await?;
         let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
@@ -164,7 +168,9 @@ impl Ingester {
         }
         if self.storage_failing.load(Ordering::Relaxed) {
             metrics::counter!("trove_ingest_refusals_total", "reason" => "storage_down").increment(1);
-            return Err(IngestError::Unavailable("object storage is failing; rows are safe in the WAL, retry later".into()));
+            return Err(IngestError::Unavailable(
+                "object storage is failing; rows are safe in the WAL, retry later".into(),
+            ));
         }
         metrics::counter!("trove_ingest_refusals_total", "reason" => "buffer_full").increment(1);
         Err(IngestError::Overloaded { retry_after_secs: 1 })
@@ -196,11 +202,16 @@ impl Ingester {
     }
 
     /// Hands `command` to the sequencer and waits for its answer on `done`.
-    async fn sequenced<T>(&self, command: Command, done: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+    async fn sequenced<T>(
+        &self,
+        command: Command,
+        done: oneshot::Receiver<Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
         let stopped = || IngestError::Unavailable("the WAL writer stopped".into());
         {
             let sender = self.sequencer.lock();
-            let sender = sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
+            let sender =
+                sender.as_ref().ok_or_else(|| IngestError::Unavailable("the server is shutting down".into()))?;
             sender.send(command).map_err(|_| stopped())?;
         }
         done.await.map_err(|_| stopped())?

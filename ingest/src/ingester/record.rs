@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
 
-
 /// What a WAL record says besides its rows.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct RecordHeader {
@@ -98,7 +97,8 @@ pub(super) fn decode_reads(payload: &[u8]) -> Result<Option<Vec<catalog::AccessL
 
 pub(super) fn decode_record(payload: &[u8]) -> Result<(RecordHeader, Vec<RecordBatch>), IngestError> {
     let corrupt = |what: &str| IngestError::Internal(format!("WAL record: {what}"));
-    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(|| corrupt("short"))?.try_into().expect("4 bytes")) as usize;
+    let len =
+        u32::from_le_bytes(payload.get(..4).ok_or_else(|| corrupt("short"))?.try_into().expect("4 bytes")) as usize;
     let head = payload.get(4..4 + len).ok_or_else(|| corrupt("short header"))?;
     let header: RecordHeader = serde_json::from_slice(head).map_err(|_| corrupt("bad header"))?;
     let (_, batches) = crate::decode::read_ipc(&payload[4 + len..]).map_err(corrupt)?;
@@ -139,10 +139,10 @@ pub(super) fn run_lengths(batch: &RecordBatch) -> Vec<(i64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use crate::wal::{self, Durability, Segments};
-    use datafusion::arrow::array::Int64Array;
     use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConnectionId, SubscriberId};
+    use datafusion::arrow::array::Int64Array;
+    use std::sync::Arc;
 
     /// An allowed read of `rows` of member `member`'s energy readings by connection 3.
     fn read_entry(at: i64, member: i64, rows: i64) -> AccessLogEntry {
@@ -168,7 +168,10 @@ mod tests {
     fn a_torn_or_corrupt_wal_tail_loses_only_the_records_after_it() {
         use datafusion::arrow::array::StringArray;
         use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        let schema = Arc::new(Schema::new(vec![Field::new("member_uid", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("member_uid", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
         let mut seed = 0x2545f4914f6cdd1du64;
         let mut rand = move |n: u64| {
             seed ^= seed << 13;
@@ -210,10 +213,13 @@ mod tests {
         drop(segments);
         let full = std::fs::read(written.path().join(&name)).unwrap();
         // Where each record ends: an 8-byte header, then its payload.
-        let ends: Vec<usize> = payloads.iter().scan(0, |end, p| {
-            *end += 8 + p.len();
-            Some(*end)
-        }).collect();
+        let ends: Vec<usize> = payloads
+            .iter()
+            .scan(0, |end, p| {
+                *end += 8 + p.len();
+                Some(*end)
+            })
+            .collect();
         assert_eq!(*ends.last().unwrap(), full.len());
 
         let trials = 1500;
@@ -242,7 +248,11 @@ mod tests {
                 }
             }
             let kept = if whole == 0 { 0 } else { ends[whole - 1] };
-            assert_eq!(std::fs::metadata(dir.path().join(&name)).unwrap().len() as usize, kept, "trial {trial}: the damaged tail is cut");
+            assert_eq!(
+                std::fs::metadata(dir.path().join(&name)).unwrap().len() as usize,
+                kept,
+                "trial {trial}: the damaged tail is cut"
+            );
             // Appends go on after the cut: a second replay has the same records and the new one.
             Segments::open(dir.path(), 1 << 30, Durability::Fsync).unwrap().write_group(&[b"after"]).unwrap();
             let again = wal::replay(dir.path()).unwrap();
@@ -268,11 +278,12 @@ mod tests {
             at: 1,
             logged: false,
         };
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-            "a",
-            datafusion::arrow::datatypes::DataType::Int64,
-            false,
-        )]));
+        let schema =
+            Arc::new(datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+                "a",
+                datafusion::arrow::datatypes::DataType::Int64,
+                false,
+            )]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
         let rows = encode_record(&header, &batch).unwrap();
         assert_eq!(decode_reads(&rows).unwrap(), None, "a rows record is not taken for a reads record");
@@ -290,4 +301,3 @@ mod tests {
         assert!(matches!(decode_record(&payload), Err(IngestError::Internal(_))));
     }
 }
-

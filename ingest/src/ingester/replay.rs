@@ -15,8 +15,8 @@ use super::record::{decode_reads, decode_record, member_runs, run_lengths};
 use super::sequencer::Counters;
 use crate::IngestError;
 use crate::buffer::Buffer;
-use crate::partition::PartitionKey;
 use crate::idempotency::Keys;
+use crate::partition::PartitionKey;
 use crate::schema::DatasetSchema;
 use crate::wal;
 use crate::writelog::WriteLog;
@@ -50,8 +50,9 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
     }
     let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
     let dir = wal_dir.to_owned();
-    let records =
-        tokio::task::spawn_blocking(move || wal::replay(&dir)).await.map_err(|e| IngestError::Internal(e.to_string()))??;
+    let records = tokio::task::spawn_blocking(move || wal::replay(&dir))
+        .await
+        .map_err(|e| IngestError::Internal(e.to_string()))??;
     let mut replayed = 0usize;
     let keys = Arc::new(Keys::default());
     let write_log = Arc::new(WriteLog::default());
@@ -95,12 +96,20 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
                 *counter = (*counter).max(most);
                 // Rows whose version is in a recorded file were flushed before the crash
                 // (a partition flushes its rows in the order they were sequenced).
-                let keep: BooleanArray = versions.slice(start, len).iter().map(|v| Some(v.unwrap_or(0) > done)).collect();
+                let keep: BooleanArray =
+                    versions.slice(start, len).iter().map(|v| Some(v.unwrap_or(0) > done)).collect();
                 let fresh = filter_record_batch(&slice, &keep)?;
                 if fresh.num_rows() > 0 {
                     replayed += fresh.num_rows();
                     let bytes = record_bytes * fresh.num_rows() / batch.num_rows();
-                    buffer.insert_runs(header.env, &schema, &fresh, &[(key.member, 0, fresh.num_rows())], *segment, bytes);
+                    buffer.insert_runs(
+                        header.env,
+                        &schema,
+                        &fresh,
+                        &[(key.member, 0, fresh.num_rows())],
+                        *segment,
+                        bytes,
+                    );
                 }
             }
         }

@@ -70,8 +70,9 @@ pub(super) fn start(
     current: Arc<AtomicU64>,
 ) -> std::io::Result<(std::sync::mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<Command>();
+    let sequencer = Sequencer { segments, buffer, keys, write_log, counters, last_version, current };
     let thread = std::thread::Builder::new().name("trove-wal".into()).spawn(move || {
-        let run = std::panic::AssertUnwindSafe(|| sequence(rx, segments, &buffer, &keys, &write_log, counters, last_version, &current));
+        let run = std::panic::AssertUnwindSafe(|| sequencer.run(rx));
         if std::panic::catch_unwind(run).is_err() {
             stop_on_panic("the WAL writer");
         }
@@ -113,7 +114,8 @@ impl Ingester {
             reply,
         };
         let ids = self.sequenced(Command::Write(Box::new(op)), done).await?;
-        metrics::counter!("trove_ingest_rows_total", "dataset" => op_dataset.to_string(), "result" => "accepted").increment(rows as u64);
+        metrics::counter!("trove_ingest_rows_total", "dataset" => op_dataset.to_string(), "result" => "accepted")
+            .increment(rows as u64);
         Ok(ids)
     }
 }
@@ -132,104 +134,124 @@ fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
     Ok(take_record_batch(&batch, &UInt32Array::from(order))?)
 }
 
-/// The sequencer: takes every queued write, gives rows ids, appends the group to the WAL
-/// with one sync, then makes the rows visible in id order and answers each request.
-fn sequence(
-    rx: std::sync::mpsc::Receiver<Command>,
-    mut segments: Segments,
-    buffer: &Buffer,
-    keys: &Keys,
-    write_log: &WriteLog,
-    mut counters: Counters,
-    mut last_version: i64,
-    current: &AtomicU64,
-) {
-    const GROUP_BYTES: usize = 32 << 20;
-    while let Ok(first) = rx.recv() {
-        let mut group: Vec<Box<WriteOp>> = Vec::new();
-        let mut logs: Vec<Box<LogOp>> = Vec::new();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Write(op) => {
-                    bytes += op.batch.get_array_memory_size();
-                    group.push(op);
-                }
-                Command::Log(op) => {
-                    bytes += op.payload.len();
-                    logs.push(op);
-                }
-                // Rotation happens at an idle moment (a group of its own); within a group it
-                // waits, and the flusher asks again.
-                Command::Rotate if group.is_empty() && logs.is_empty() => {
-                    match segments.rotate_if_used() {
-                        Ok(()) => current.store(segments.current(), Ordering::Release),
-                        Err(e) => tracing::warn!(error = %e, "could not close the WAL segment"),
+/// The sequencer thread's state: the WAL it appends to and what it hands rows to.
+struct Sequencer {
+    segments: Segments,
+    buffer: Arc<Buffer>,
+    keys: Arc<Keys>,
+    write_log: Arc<WriteLog>,
+    counters: Counters,
+    /// The last version given: versions only increase, across restarts.
+    last_version: i64,
+    /// The segment being written, for the flusher.
+    current: Arc<AtomicU64>,
+}
+
+impl Sequencer {
+    /// Takes every queued write, gives rows ids, appends the group to the WAL with one sync,
+    /// then makes the rows visible in id order and answers each request.
+    fn run(self, rx: std::sync::mpsc::Receiver<Command>) {
+        let Sequencer { mut segments, buffer, keys, write_log, mut counters, mut last_version, current } = self;
+        let (buffer, keys, write_log, current) = (&*buffer, &*keys, &*write_log, &*current);
+        const GROUP_BYTES: usize = 32 << 20;
+        while let Ok(first) = rx.recv() {
+            let mut group: Vec<Box<WriteOp>> = Vec::new();
+            let mut logs: Vec<Box<LogOp>> = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(op) => {
+                        bytes += op.batch.get_array_memory_size();
+                        group.push(op);
                     }
-                    break;
+                    Command::Log(op) => {
+                        bytes += op.payload.len();
+                        logs.push(op);
+                    }
+                    // Rotation happens at an idle moment (a group of its own); within a group it
+                    // waits, and the flusher asks again.
+                    Command::Rotate if group.is_empty() && logs.is_empty() => {
+                        match segments.rotate_if_used() {
+                            Ok(()) => current.store(segments.current(), Ordering::Release),
+                            Err(e) => tracing::warn!(error = %e, "could not close the WAL segment"),
+                        }
+                        break;
+                    }
+                    Command::Rotate => {}
                 }
-                Command::Rotate => {}
+                if bytes < GROUP_BYTES {
+                    next = rx.try_recv().ok();
+                }
             }
-            if bytes < GROUP_BYTES {
-                next = rx.try_recv().ok();
+            if group.is_empty() && logs.is_empty() {
+                continue;
             }
-        }
-        if group.is_empty() && logs.is_empty() {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let mut prepared = Vec::with_capacity(group.len());
-        for op in group {
-            // Versions increase with every batch sequenced, across restarts (wall-clock
-            // microseconds, never below the last one seen).
-            last_version = (last_version + 1).max(now_ms() * 1000);
-            let sequenced = (|| -> Result<(Vec<u8>, RecordBatch), IngestError> {
-                fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal("failpoint sequencer-encode".into())));
-                let stored = assign_ids(&op, &mut counters, last_version)?;
-                Ok((encode_record(&op.header, &stored)?, stored))
-            })();
-            match sequenced {
-                Ok((payload, stored)) => prepared.push((op, stored, payload)),
+            let started = std::time::Instant::now();
+            let mut prepared = Vec::with_capacity(group.len());
+            for op in group {
+                // Versions increase with every batch sequenced, across restarts (wall-clock
+                // microseconds, never below the last one seen).
+                last_version = (last_version + 1).max(now_ms() * 1000);
+                let sequenced = (|| -> Result<(Vec<u8>, RecordBatch), IngestError> {
+                    fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal(
+                        "failpoint sequencer-encode".into()
+                    )));
+                    let stored = assign_ids(&op, &mut counters, last_version)?;
+                    Ok((encode_record(&op.header, &stored)?, stored))
+                })();
+                match sequenced {
+                    Ok((payload, stored)) => prepared.push((op, stored, payload)),
+                    Err(e) => {
+                        // A fault, not pressure: the writer must not be told to retry.
+                        tracing::error!(error = %e, "a write could not be sequenced");
+                        let _ = op.reply.send(Err(IngestError::Internal(e.to_string())));
+                    }
+                }
+            }
+            let payloads: Vec<&[u8]> = prepared
+                .iter()
+                .map(|(_, _, p)| p.as_slice())
+                .chain(logs.iter().map(|l| l.payload.as_slice()))
+                .collect();
+            match segments.write_group(&payloads) {
+                Ok(segment) => {
+                    metrics::histogram!("trove_ingest_wal_append_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
+                    for (op, stored, _) in prepared {
+                        if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
+                            keys.in_segment(segment, w);
+                        }
+                        if !op.header.logged {
+                            write_log.record(
+                                segment,
+                                op.header.connection,
+                                &op.header.dataset,
+                                op.header.at,
+                                &run_lengths(&stored),
+                            );
+                        }
+                        buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
+                        let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
+                        let _ = op.reply.send(Ok(ids));
+                    }
+                    for op in logs {
+                        write_log.reads(segment, op.entries);
+                        let _ = op.reply.send(Ok(()));
+                    }
+                    current.store(segments.current(), Ordering::Release);
+                }
                 Err(e) => {
-                    // A fault, not pressure: the writer must not be told to retry.
-                    tracing::error!(error = %e, "a write could not be sequenced");
-                    let _ = op.reply.send(Err(IngestError::Internal(e.to_string())));
-                }
-            }
-        }
-        let payloads: Vec<&[u8]> =
-            prepared.iter().map(|(_, _, p)| p.as_slice()).chain(logs.iter().map(|l| l.payload.as_slice())).collect();
-        match segments.write_group(&payloads) {
-            Ok(segment) => {
-                metrics::histogram!("trove_ingest_wal_append_duration_seconds").record(started.elapsed().as_secs_f64());
-                metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
-                for (op, stored, _) in prepared {
-                    if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
-                        keys.in_segment(segment, w);
+                    tracing::error!(error = %e, "WAL append failed");
+                    // The disk refused the append (full, failing): storage, which may come back.
+                    let failed = || IngestError::Unavailable(format!("the write-ahead log failed: {e}"));
+                    for (op, _, _) in prepared {
+                        let _ = op.reply.send(Err(failed()));
                     }
-                    if !op.header.logged {
-                        write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &run_lengths(&stored));
+                    for op in logs {
+                        let _ = op.reply.send(Err(failed()));
                     }
-                    buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
-                    let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
-                    let _ = op.reply.send(Ok(ids));
-                }
-                for op in logs {
-                    write_log.reads(segment, op.entries);
-                    let _ = op.reply.send(Ok(()));
-                }
-                current.store(segments.current(), Ordering::Release);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "WAL append failed");
-                // The disk refused the append (full, failing): storage, which may come back.
-                let failed = || IngestError::Unavailable(format!("the write-ahead log failed: {e}"));
-                for (op, _, _) in prepared {
-                    let _ = op.reply.send(Err(failed()));
-                }
-                for op in logs {
-                    let _ = op.reply.send(Err(failed()));
                 }
             }
         }
@@ -263,7 +285,9 @@ fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<Rec
 /// Inserts a stored (id-carrying, member-sorted) batch into the buffer, each member's rows
 /// into its partition.
 fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
-    let runs: Vec<(MemberId, usize, usize)> =
-        member_runs(batch).into_iter().filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len))).collect();
+    let runs: Vec<(MemberId, usize, usize)> = member_runs(batch)
+        .into_iter()
+        .filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len)))
+        .collect();
     buffer.insert_runs(header.env, schema, batch, &runs, segment, batch.get_array_memory_size());
 }

@@ -15,9 +15,9 @@ use serde_json::{Map, Value};
 
 use super::{Ingester, now_ms};
 use crate::IngestError;
-use crate::partition::PartitionKey;
 use crate::decode::{self, Budget, Format};
 use crate::idempotency::{Claim, Decision};
+use crate::partition::PartitionKey;
 use crate::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID, ROW_VERSION};
 use crate::validate;
 
@@ -116,7 +116,9 @@ impl Ingester {
             (Rows::Body { bytes, .. }, Some(key)) => {
                 let hash = crate::idempotency::body_hash(&dataset.name, &key.content_type, bytes);
                 match self.keys.begin(&self.catalog, connection.get(), &key.key, &hash, now_ms()).await? {
-                    Decision::Replay { accepted } => return Ok(Written { accepted: accepted as usize, ids: Vec::new() }),
+                    Decision::Replay { accepted } => {
+                        return Ok(Written { accepted: accepted as usize, ids: Vec::new() });
+                    }
                     Decision::Proceed(claim) => Some(claim),
                 }
             }
@@ -193,7 +195,8 @@ impl Ingester {
     /// The newest version of row `id` of a partition (stored columns, one row), from the
     /// buffer or else the files that may hold it.
     pub async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
-        let snapshot = self.buffer.snapshot(key.env, &key.dataset, [key.member]).pop().map(|(_, s)| s).unwrap_or_default();
+        let snapshot =
+            self.buffer.snapshot(key.env, &key.dataset, [key.member]).pop().map(|(_, s)| s).unwrap_or_default();
         let mut candidates = snapshot.rows;
         for f in snapshot.files.iter() {
             if f.min_id <= id && id <= f.max_id {
@@ -224,7 +227,12 @@ fn complete(claim: Option<Claim>, accepted: usize) {
 
 /// `given` (one row of input columns) applied to `current` (a stored row): a null keeps the
 /// stored value, `member_uid` never changes, `instance` (never null) changes only when set.
-fn merge_row(schema: &DatasetSchema, current: &RecordBatch, given: &RecordBatch, sets_instance: bool) -> Result<RecordBatch, IngestError> {
+fn merge_row(
+    schema: &DatasetSchema,
+    current: &RecordBatch,
+    given: &RecordBatch,
+    sets_instance: bool,
+) -> Result<RecordBatch, IngestError> {
     let columns = schema
         .input
         .fields()
