@@ -18,86 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch,
-    StringBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use datafusion::arrow::array::RecordBatch;
 
+use crate::columns::ColumnBuilder;
 use crate::partition::PartitionKey;
-use crate::schema::{DECIMAL_PRECISION, DECIMAL_SCALE, DatasetSchema};
-
-/// A column being filled.
-#[derive(Debug)]
-enum Column {
-    Int(Int64Builder),
-    Float(Float64Builder),
-    Decimal(Decimal128Builder),
-    Text(StringBuilder),
-    Bool(BooleanBuilder),
-}
-
-impl Column {
-    fn new(t: &DataType) -> Column {
-        match t {
-            DataType::Int64 => Column::Int(Int64Builder::new()),
-            DataType::Float64 => Column::Float(Float64Builder::new()),
-            DataType::Decimal128(..) => Column::Decimal(Decimal128Builder::new()),
-            DataType::Boolean => Column::Bool(BooleanBuilder::new()),
-            _ => Column::Text(StringBuilder::new()),
-        }
-    }
-
-    /// Copies rows `start..start + len` of `a`, a column of the same type.
-    fn extend(&mut self, a: &ArrayRef, start: usize, len: usize) {
-        let range = start..start + len;
-        let nulls = a.null_count() > 0;
-        match self {
-            Column::Int(b) => extend_primitive(b, a.as_primitive::<Int64Type>(), range, nulls),
-            Column::Float(b) => extend_primitive(b, a.as_primitive::<Float64Type>(), range, nulls),
-            Column::Decimal(b) => extend_primitive(b, a.as_primitive::<Decimal128Type>(), range, nulls),
-            Column::Text(b) => {
-                let a = a.as_string::<i32>();
-                for i in range {
-                    b.append_option(a.is_valid(i).then(|| a.value(i)));
-                }
-            }
-            Column::Bool(b) => {
-                let a = a.as_boolean();
-                for i in range {
-                    b.append_option(a.is_valid(i).then(|| a.value(i)));
-                }
-            }
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Column::Int(b) => Arc::new(b.finish()),
-            Column::Float(b) => Arc::new(b.finish()),
-            Column::Decimal(b) => Arc::new(
-                b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"),
-            ),
-            Column::Text(b) => Arc::new(b.finish()),
-            Column::Bool(b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-fn extend_primitive<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
-    b: &mut datafusion::arrow::array::PrimitiveBuilder<T>,
-    a: &datafusion::arrow::array::PrimitiveArray<T>,
-    range: std::ops::Range<usize>,
-    nulls: bool,
-) {
-    if nulls {
-        for i in range {
-            b.append_option(a.is_valid(i).then(|| a.value(i)));
-        }
-    } else {
-        b.append_slice(&a.values()[range]);
-    }
-}
+use crate::schema::DatasetSchema;
 
 /// Rows frozen into a batch (by a flush that is running or failed).
 #[derive(Debug)]
@@ -110,7 +35,7 @@ struct Frozen {
 #[derive(Debug)]
 struct Partition {
     schema: Arc<DatasetSchema>,
-    columns: Vec<Column>,
+    columns: Vec<ColumnBuilder>,
     /// Rows in `columns`, their bytes and the WAL segments holding them.
     rows: usize,
     bytes: usize,
@@ -276,7 +201,7 @@ impl Buffer {
         for &(member, start, len) in runs {
             let p = table.partitions.entry(member).or_insert_with(|| Partition {
                 schema: schema.clone(),
-                columns: schema.stored.fields().iter().map(|f| Column::new(f.data_type())).collect(),
+                columns: schema.stored.fields().iter().map(|f| ColumnBuilder::new(f.data_type())).collect(),
                 rows: 0,
                 bytes: 0,
                 segments: BTreeMap::new(),
@@ -517,7 +442,7 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{AsArray, Int64Array};
     use datafusion::arrow::datatypes::Int64Type;
 
     #[test]

@@ -9,14 +9,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use catalog::{FieldType, RESERVED_FIELDS};
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch,
-    StringBuilder,
-};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::schema::{DECIMAL_PRECISION, DECIMAL_SCALE, DatasetSchema, INSTANCE, MEMBER_UID};
+use crate::columns::ColumnBuilder;
+use crate::schema::{DatasetSchema, INSTANCE, MEMBER_UID};
 
 /// Most row problems reported in one answer.
 pub const MAX_ROW_ERRORS: usize = 100;
@@ -155,57 +152,44 @@ struct RowsBuilder<'a, 'b> {
     stop: Option<DecodeError>,
 }
 
-enum Column {
-    Int(Int64Builder),
-    Float(Float64Builder),
-    Decimal(Decimal128Builder),
-    Text { b: StringBuilder, max: usize, json: bool },
-    Bool(BooleanBuilder),
+/// A column being decoded.
+struct Column {
+    b: ColumnBuilder,
+    /// Text only: the longest value (bytes), and whether it must hold a JSON object or array.
+    max: usize,
+    json: bool,
 }
 
 impl Column {
     fn append_null(&mut self) {
-        match self {
-            Column::Int(b) => b.append_null(),
-            Column::Float(b) => b.append_null(),
-            Column::Decimal(b) => b.append_null(),
-            Column::Text { b, .. } => b.append_null(),
-            Column::Bool(b) => b.append_null(),
-        }
+        self.b.append_null();
     }
 
     fn finish(&mut self) -> ArrayRef {
-        match self {
-            Column::Int(b) => Arc::new(b.finish()),
-            Column::Float(b) => Arc::new(b.finish()),
-            Column::Decimal(b) => Arc::new(
-                b.finish().with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE).expect("valid decimal type"),
-            ),
-            Column::Text { b, .. } => Arc::new(b.finish()),
-            Column::Bool(b) => Arc::new(b.finish()),
-        }
+        self.b.finish()
     }
 
     /// Bytes one value takes in this column's builder, text aside (its offset, or its
     /// value), plus a byte of validity (generous: a bit is needed).
     fn row_bytes(&self) -> usize {
-        1 + match self {
-            Column::Int(_) | Column::Float(_) => 8,
-            Column::Decimal(_) => 16,
-            Column::Text { .. } => 4,
-            Column::Bool(_) => 1,
+        1 + match self.b {
+            ColumnBuilder::Int(_) | ColumnBuilder::Float(_) => 8,
+            ColumnBuilder::Decimal(_) => 16,
+            ColumnBuilder::Text(_) => 4,
+            ColumnBuilder::Bool(_) => 1,
         }
     }
 
     /// Appends one cell, converting as CONTRACT.md says: the text bytes it added, or the
     /// reason it was refused.
     fn append(&mut self, cell: Cell<'_>) -> Result<usize, &'static str> {
-        match (self, cell) {
+        let (max, json) = (self.max, self.json);
+        match (&mut self.b, cell) {
             (c, Cell::Null) => {
                 c.append_null();
                 Ok(0)
             }
-            (Column::Int(b), cell) => {
+            (ColumnBuilder::Int(b), cell) => {
                 let v = match cell {
                     Cell::I(i) => Some(i),
                     Cell::U(u) => i64::try_from(u).ok(),
@@ -215,7 +199,7 @@ impl Column {
                 b.append_value(v.ok_or("expected a 64-bit integer")?);
                 Ok(0)
             }
-            (Column::Float(b), cell) => {
+            (ColumnBuilder::Float(b), cell) => {
                 let v = match cell {
                     Cell::I(i) => Some(i as f64),
                     Cell::U(u) => Some(u as f64),
@@ -226,7 +210,7 @@ impl Column {
                 b.append_value(v.filter(|f| f.is_finite()).ok_or("expected a number")?);
                 Ok(0)
             }
-            (Column::Decimal(b), cell) => {
+            (ColumnBuilder::Decimal(b), cell) => {
                 let text: Cow<'_, str> = match cell {
                     Cell::I(i) => i.to_string().into(),
                     Cell::U(u) => u.to_string().into(),
@@ -237,7 +221,7 @@ impl Column {
                 b.append_value(parse_cents(text.trim()).ok_or("expected a decimal with at most 2 places")? as i128);
                 Ok(0)
             }
-            (Column::Bool(b), cell) => {
+            (ColumnBuilder::Bool(b), cell) => {
                 let v = match cell {
                     Cell::B(v) => Some(v),
                     Cell::I(0) | Cell::U(0) => Some(false),
@@ -252,8 +236,8 @@ impl Column {
                 b.append_value(v.ok_or("expected a boolean")?);
                 Ok(0)
             }
-            (Column::Text { b, max, json }, cell) => {
-                let text: Cow<'_, str> = match (cell, *json) {
+            (ColumnBuilder::Text(b), cell) => {
+                let text: Cow<'_, str> = match (cell, json) {
                     (Cell::Nested(v), true) => v.to_string().into(),
                     (Cell::S(s), true) => match serde_json::from_str::<serde_json::Value>(&s) {
                         Ok(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => v.to_string().into(),
@@ -267,7 +251,7 @@ impl Column {
                     (Cell::B(v), false) => v.to_string().into(),
                     (_, false) => return Err("expected text"),
                 };
-                if text.len() > *max {
+                if text.len() > max {
                     return Err("value too long");
                 }
                 let added = text.len();
@@ -303,17 +287,8 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
             .map(|(i, f)| {
                 let field = schema.field(i);
                 let max = field.map_or(usize::MAX, |f| f.max_bytes as usize);
-                match f.data_type() {
-                    DataType::Int64 => Column::Int(Int64Builder::new()),
-                    DataType::Float64 => Column::Float(Float64Builder::new()),
-                    DataType::Decimal128(..) => Column::Decimal(Decimal128Builder::new()),
-                    DataType::Boolean => Column::Bool(BooleanBuilder::new()),
-                    _ => Column::Text {
-                        b: StringBuilder::new(),
-                        max,
-                        json: field.is_some_and(|f| f.data_type == FieldType::Json),
-                    },
-                }
+                let json = field.is_some_and(|f| f.data_type == FieldType::Json);
+                Column { b: ColumnBuilder::new(f.data_type()), max, json }
             })
             .collect::<Vec<_>>();
         let index = schema.input.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();

@@ -42,6 +42,7 @@
 
 mod background;
 pub mod buffer;
+mod columns;
 pub mod compact;
 pub mod decode;
 mod error;

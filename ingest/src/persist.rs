@@ -18,7 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::partition::{PartitionKey, file_path};
-use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION};
+use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column};
 
 /// How a file is compressed. parquet-rs makes a ZSTD context per column of every file,
 /// which costs about 0.4 ms a file whatever its size: most of a flush round, which writes a
@@ -57,7 +57,7 @@ pub fn encode(
     let batch = newest_versions(concat_batches(&schema.stored, batches)?)?;
     let sort = [
         SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
-        SortColumn { values: batch.column(2).clone(), options: None },
+        SortColumn { values: Arc::new(int_column(&batch, ROW_ID)?.clone()), options: None },
     ];
     let indices = lexsort_to_indices(&sort, None)?;
     let sorted = take_record_batch(&batch, &indices)?;

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use catalog::{Dataset, FieldType};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+
+use crate::IngestError;
 
 /// Decimal fields are stored as Decimal128(18, 2).
 pub const DECIMAL_PRECISION: u8 = 18;
@@ -18,6 +21,15 @@ pub const ROW_ID: &str = "id";
 /// the same id, and readers keep the highest. Field names start with a letter, so this
 /// cannot collide with one.
 pub const ROW_VERSION: &str = "_version";
+
+/// The `i64` column `name` of a batch of this crate's columns (`member_uid`, `id`,
+/// `_version`, an event time): read by name, so no code depends on where a column sits.
+pub fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int64Array, IngestError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| IngestError::Internal(format!("a batch without an integer {name} column")))
+}
 
 /// The Arrow type of a field type (CONTRACT.md: Int64, Float64, Utf8, plus Decimal and
 /// Boolean).

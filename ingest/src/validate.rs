@@ -8,12 +8,12 @@ use catalog::{
     AgreementScope, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, Field, FieldType, MemberId,
     RESERVED_FIELDS,
 };
-use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use serde_json::Value;
 
 use crate::decode::{MAX_ROW_ERRORS, RowError};
-use crate::schema::DatasetSchema;
+use crate::schema::{DatasetSchema, INSTANCE, MEMBER_UID, int_column};
 
 pub use crate::error::{FieldProblem, IngestError};
 
@@ -201,7 +201,14 @@ pub fn check_new_rows<'g>(
 /// Refuses rows that set no field of the dataset (only `member_uid` and `instance`, or
 /// nulls): they would store nothing but what the server fills in.
 fn refuse_empty_rows(batch: &RecordBatch) -> Result<(), IngestError> {
-    let data = &batch.columns()[2..];
+    let schema = batch.schema();
+    let data: Vec<&ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| f.name() != MEMBER_UID && f.name() != INSTANCE)
+        .map(|(_, c)| c)
+        .collect();
     // Most batches have a column every row sets.
     if data.iter().any(|c| c.null_count() == 0) {
         return Ok(());
@@ -223,7 +230,7 @@ pub fn authorize_rows<'g>(
     batch: &RecordBatch,
     grant_of: impl Fn(MemberId) -> Option<&'g DatasetGrant>,
 ) -> Result<(), IngestError> {
-    let members = batch.column(0).as_primitive::<Int64Type>();
+    let members = int_column(batch, MEMBER_UID)?;
     let columns = batch.columns();
     // Members share a few grants (one per approved revision): decide each grant's columns
     // once, not a set lookup per row and field.
@@ -246,7 +253,10 @@ pub fn authorize_rows<'g>(
             Some(i) => i,
             None => {
                 let writable = (0..columns.len())
-                    .map(|c| c < 2 || grant.write.contains(schema.input.field(c).name().as_str()))
+                    .map(|c| {
+                        let name = schema.input.field(c).name();
+                        name == MEMBER_UID || name == INSTANCE || grant.write.contains(name.as_str())
+                    })
                     .collect();
                 decided.push((grant, writable));
                 decided.len() - 1

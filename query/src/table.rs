@@ -36,6 +36,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 use ingest::buffer::{Buffer, Snapshot};
+use ingest::schema::ROW_ID;
 use object_store::ObjectStore;
 
 use crate::prune::Bounds;
@@ -257,7 +258,8 @@ fn may_repeat_ids(files: &[Arc<ParquetFile>], rows: &[RecordBatch]) -> bool {
     let mut last = i64::MIN;
     let mut buffered: Option<(i64, i64)> = None;
     for b in rows {
-        for &id in b.column(2).as_primitive::<Int64Type>().values() {
+        let Some(ids) = b.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>()) else { return true };
+        for &id in ids.values() {
             if id <= last {
                 return true;
             }

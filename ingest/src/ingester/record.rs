@@ -3,12 +3,12 @@
 //! replay; a record that does not decode is corrupt, never trusted.
 
 use catalog::{DataEnvironment, DatasetName, IdempotentWrite, MemberId};
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
+use crate::schema::{MEMBER_UID, int_column};
 
 /// What a WAL record says besides its rows.
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,8 +118,8 @@ pub(crate) fn decode_wal_record(payload: &[u8]) -> Result<usize, IngestError> {
 }
 
 /// Runs of equal member uids in a member-sorted batch: `(member, start, len)`.
-pub(super) fn member_runs(batch: &RecordBatch) -> Vec<(i64, usize, usize)> {
-    let members = batch.column(0).as_primitive::<Int64Type>().values();
+pub(super) fn member_runs(batch: &RecordBatch) -> Result<Vec<(i64, usize, usize)>, IngestError> {
+    let members = int_column(batch, MEMBER_UID)?.values();
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=members.len() {
@@ -128,12 +128,12 @@ pub(super) fn member_runs(batch: &RecordBatch) -> Vec<(i64, usize, usize)> {
             start = i;
         }
     }
-    runs
+    Ok(runs)
 }
 
 /// `(member, rows)` of a member-sorted batch.
-pub(super) fn run_lengths(batch: &RecordBatch) -> Vec<(i64, usize)> {
-    member_runs(batch).into_iter().map(|(m, _, n)| (m, n)).collect()
+pub(super) fn run_lengths(batch: &RecordBatch) -> Result<Vec<(i64, usize)>, IngestError> {
+    Ok(member_runs(batch)?.into_iter().map(|(m, _, n)| (m, n)).collect())
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use catalog::{Catalog, DatasetName, MemberId};
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, max};
-use datafusion::arrow::datatypes::Int64Type;
 
 use super::record::{decode_reads, decode_record, member_runs, run_lengths};
 use super::sequencer::Counters;
@@ -17,7 +16,7 @@ use crate::IngestError;
 use crate::buffer::Buffer;
 use crate::idempotency::Keys;
 use crate::partition::PartitionKey;
-use crate::schema::DatasetSchema;
+use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column};
 use crate::wal;
 use crate::writelog::WriteLog;
 
@@ -64,7 +63,7 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
         let (header, batches) = decode_record(payload)?;
         if !header.logged {
             for b in &batches {
-                write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b));
+                write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b)?);
             }
         }
         if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
@@ -82,10 +81,10 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
             // A member's slice shares the record's buffers: count its share of them, as a
             // live write does, not the whole record once per member.
             let record_bytes = batch.get_array_memory_size();
-            let ids = batch.column(2).as_primitive::<Int64Type>();
-            let versions = batch.column(3).as_primitive::<Int64Type>();
+            let ids = int_column(&batch, ROW_ID)?;
+            let versions = int_column(&batch, ROW_VERSION)?;
             last_version = last_version.max(max(versions).unwrap_or(0));
-            for (member, start, len) in member_runs(&batch) {
+            for (member, start, len) in member_runs(&batch)? {
                 let Ok(member) = MemberId::new(member) else { continue };
                 let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
                 let table = (header.env, header.dataset.clone());

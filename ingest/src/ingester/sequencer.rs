@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use catalog::{DataEnvironment, DatasetName, MemberId};
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
-use datafusion::arrow::datatypes::Int64Type;
 use tokio::sync::oneshot;
 
-use super::record::{RecordHeader, encode_record, member_runs, run_lengths};
+use super::record::{RecordHeader, encode_record, member_runs};
 use super::{Ingester, now_ms, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::{Buffer, MemberMap};
 use crate::idempotency::{Claim, Keys};
-use crate::schema::DatasetSchema;
+use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column};
 use crate::wal::Segments;
 use crate::writelog::WriteLog;
 
@@ -125,7 +124,7 @@ pub(super) type Counters = HashMap<(DataEnvironment, DatasetName), MemberMap<i64
 
 /// Sorts rows by member (stable: a member's rows keep their order, so their ids follow it).
 fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
-    let members = batch.column(0).as_primitive::<Int64Type>().values();
+    let members = int_column(&batch, MEMBER_UID)?.values();
     if members.windows(2).all(|w| w[0] <= w[1]) {
         return Ok(batch);
     }
@@ -193,12 +192,12 @@ impl Sequencer {
                 // Versions increase with every batch sequenced, across restarts (wall-clock
                 // microseconds, never below the last one seen).
                 last_version = (last_version + 1).max(now_ms() * 1000);
-                let sequenced = (|| -> Result<(Vec<u8>, RecordBatch), IngestError> {
+                let sequenced = (|| -> Result<(Vec<u8>, Stored), IngestError> {
                     fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal(
                         "failpoint sequencer-encode".into()
                     )));
                     let stored = assign_ids(&op, &mut counters, last_version)?;
-                    Ok((encode_record(&op.header, &stored)?, stored))
+                    Ok((encode_record(&op.header, &stored.batch)?, stored))
                 })();
                 match sequenced {
                     Ok((payload, stored)) => prepared.push((op, stored, payload)),
@@ -220,21 +219,15 @@ impl Sequencer {
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("trove_ingest_wal_group_size").record(prepared.len() as f64);
                     for (op, stored, _) in prepared {
-                        if let Some(w) = op.header.idempotent_write(stored.num_rows()) {
+                        if let Some(w) = op.header.idempotent_write(stored.batch.num_rows()) {
                             keys.in_segment(segment, w);
                         }
                         if !op.header.logged {
-                            write_log.record(
-                                segment,
-                                op.header.connection,
-                                &op.header.dataset,
-                                op.header.at,
-                                &run_lengths(&stored),
-                            );
+                            let lengths: Vec<(i64, usize)> = stored.runs.iter().map(|(m, _, n)| (*m, *n)).collect();
+                            write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &lengths);
                         }
                         buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
-                        let ids = stored.column(2).as_primitive::<Int64Type>().values().to_vec();
-                        let _ = op.reply.send(Ok(ids));
+                        let _ = op.reply.send(Ok(stored.ids));
                     }
                     for op in logs {
                         write_log.reads(segment, op.entries);
@@ -258,16 +251,25 @@ impl Sequencer {
     }
 }
 
-/// The stored batch: the input columns with row ids and the batch's version inserted after
-/// `instance`. New ids continue each (environment, dataset, member) counter; failed
-/// appends leave gaps, never reuse.
-fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<RecordBatch, IngestError> {
+/// A write's rows as stored: the input columns with row ids and the batch's version
+/// inserted after `instance`, the ids, and the runs of each member's rows.
+struct Stored {
+    batch: RecordBatch,
+    ids: Vec<i64>,
+    /// `(member, start, len)`, in order.
+    runs: Vec<(i64, usize, usize)>,
+}
+
+/// Gives a write's rows their ids and version. New ids continue each (environment,
+/// dataset, member) counter; failed appends leave gaps, never reuse.
+fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<Stored, IngestError> {
+    let runs = member_runs(&op.batch)?;
     let ids = match &op.ids {
         Some(ids) => ids.clone(),
         None => {
             let mut ids = Vec::with_capacity(op.batch.num_rows());
             let table = counters.entry((op.header.env, op.header.dataset.clone())).or_default();
-            for (member, _, len) in member_runs(&op.batch) {
+            for &(member, _, len) in &runs {
                 let member = MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
                 let next = table.entry(member).or_insert(0);
                 ids.extend((*next + 1)..=(*next + len as i64));
@@ -277,17 +279,17 @@ fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<Rec
         }
     };
     let mut columns: Vec<ArrayRef> = op.batch.columns().to_vec();
-    columns.insert(2, Arc::new(Int64Array::from(ids)));
-    columns.insert(3, Arc::new(Int64Array::from(vec![version; op.batch.num_rows()])));
-    Ok(RecordBatch::try_new(op.schema.stored.clone(), columns)?)
+    let schema = &op.schema.stored;
+    columns.insert(schema.index_of(ROW_ID)?, Arc::new(Int64Array::from(ids.clone())));
+    columns.insert(schema.index_of(ROW_VERSION)?, Arc::new(Int64Array::from(vec![version; op.batch.num_rows()])));
+    Ok(Stored { batch: RecordBatch::try_new(schema.clone(), columns)?, ids, runs })
 }
 
-/// Inserts a stored (id-carrying, member-sorted) batch into the buffer, each member's rows
-/// into its partition.
-fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, batch: &RecordBatch, segment: u64) {
-    let runs: Vec<(MemberId, usize, usize)> = member_runs(batch)
-        .into_iter()
-        .filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len)))
-        .collect();
+/// Inserts a stored (member-sorted) write into the buffer, each member's rows into its
+/// partition.
+fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, stored: &Stored, segment: u64) {
+    let runs: Vec<(MemberId, usize, usize)> =
+        stored.runs.iter().filter_map(|&(m, start, len)| Some((MemberId::new(m).ok()?, start, len))).collect();
+    let batch = &stored.batch;
     buffer.insert_runs(header.env, schema, batch, &runs, segment, batch.get_array_memory_size());
 }
