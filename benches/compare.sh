@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trove next to what users would pick instead (../shared/PEERS.md), on this machine, in one run:
 # one data set of energy readings, then, one after the other on the same cores,
-#   - trove ingesting it over HTTP (`trove load --input`, durable acks),
+#   - trove ingesting it over HTTP (`trove-load --input`, durable acks),
 #   - PostgreSQL (Debian's, started here on loopback by scripts/start-postgres.sh) taking the
 #     same rows by COPY into a logged table with the same columns, a commit per 1,000-row batch,
 #     4 writers, with the btree (member_uid, ts) and without,
@@ -134,8 +134,8 @@ fi
 pg_url=$(scripts/start-postgres.sh)
 echo "PostgreSQL at $pg_url"
 
-step "build the release binary (cargo build --release --bin trove)"
-cargo build --release --bin trove
+step "build the release binaries (cargo build --release -p trove -p trove-load)"
+cargo build --release -p trove -p trove-load
 if [ "$reads" = 1 ]; then
   echo "and the reads bench (cargo bench --bench reads --no-run)"
   if ! cargo bench --bench reads --no-run; then
@@ -144,14 +144,15 @@ if [ "$reads" = 1 ]; then
   fi
 fi
 trove=$root/target/release/trove
+load=$root/target/release/trove-load
 
 step "generate $rows rows for $members members (NDJSON and CSV in $work)"
 python3 benches/compare/gen.py "$work" "$rows" "$members"
 
-step "trove: serve on 127.0.0.1:$port, ingest over HTTP (trove load, $connections connections, $batch-row bodies)"
-if ! "$trove" load --help > /dev/null 2>&1; then
-  echo "trove load is not in this build: trove's ingest is not measured"
-  note "trove_skipped=trove load is not in this build"
+step "trove: serve on 127.0.0.1:$port, ingest over HTTP (trove-load, $connections connections, $batch-row bodies)"
+if ! "$load" --help > /dev/null 2>&1; then
+  echo "trove-load is not in this build: trove's ingest is not measured"
+  note "trove_skipped=trove-load is not in this build"
 else
   if python3 -c "import socket,sys; s=socket.socket(); s.connect(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
     echo "something already listens on 127.0.0.1:$port (use --port)" >&2; exit 1
@@ -172,12 +173,12 @@ else
   done
   extra=()
   # The server's pid, for its RSS and CPU, if this build's load generator takes it.
-  "$trove" load --help 2>/dev/null | grep -q -- --server-pid && extra+=(--server-pid "$trove_pid")
-  if ! "$trove" load --url "http://127.0.0.1:$port" --admin-token "$token" --input "$work/data.ndjson" \
+  "$load" --help 2>/dev/null | grep -q -- --server-pid && extra+=(--server-pid "$trove_pid")
+  if ! "$load" --url "http://127.0.0.1:$port" --admin-token "$token" --input "$work/data.ndjson" \
     --members "$members" --batch "$batch" --connections "$connections" --report "$work/trove-ingest.json" "${extra[@]}"; then
-    echo "trove load failed: trove's ingest is not in the table (server log: $work/trove-serve.log)"
+    echo "trove-load failed: trove's ingest is not in the table (server log: $work/trove-serve.log)"
     rm -f "$work/trove-ingest.json"
-    note "trove_skipped=trove load failed"
+    note "trove_skipped=trove-load failed"
   fi
   kill "$trove_pid"
   wait "$trove_pid" 2>/dev/null || true

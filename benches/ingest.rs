@@ -1,6 +1,7 @@
-//! Micro and component benches of the ingest path (criterion), on the 15-minute energy
-//! readings of `ds_energy_consumption`: row `i` of a batch is reading `i / M` of member
-//! `1 + i % M`, with the seven fields `benches/wrk` posts. The main size is a batch of 1,000
+//! Micro and component benches of the ingest path (criterion), on the energy readings the
+//! load generator sends (`trove_load::rows`, `trove-load --workload energy`): row `i` of a
+//! batch is reading `i / M` of member `1 + i % M`, one every 15 minutes, with the eight
+//! fields of `ds_energy_consumption` it sets. The main size is a batch of 1,000
 //! rows for M = 100 members (10 readings each); decoding NDJSON and the ceiling also run
 //! 10,000 rows (100 readings each).
 //!
@@ -9,8 +10,8 @@
 //!   times.
 //! - `ceiling/ndjson_decode_and_parquet_encode`: an NDJSON body decoded and encoded as one
 //!   Parquet file, nothing else (no validation, WAL, buffer, object store or HTTP): the most
-//!   one core could ingest, so the end-to-end figure of `benches/wrk` can be given as a
-//!   fraction of it.
+//!   one core could ingest, so the end-to-end figures of `trove-load` (the same rows) and
+//!   `benches/wrk` can be given as a fraction of it.
 //! - `wal/<fsync|process>`: one group commit (1 or 8 records of 1,000 rows) to a WAL segment
 //!   in a temp dir: written, and in the `fsync` mode `fdatasync`ed before it returns.
 //! - `buffer/route_by_member`: a member-sorted batch copied into its 100 members' column
@@ -41,7 +42,6 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +59,7 @@ use ingest::schema::DatasetSchema;
 use ingest::wal::{self, Durability, Segments};
 use ingest::{persist, validate};
 use test_helpers::{Store, TestConfig, TestServer, now_secs};
+use trove_load::{BodyFormat, Workload};
 
 // As the server binary: glibc's allocator refaults large Arrow buffers (benches/README.md).
 #[global_allocator]
@@ -70,17 +71,6 @@ const MEMBERS: usize = 100;
 const DAY: i64 = 86_400;
 /// The first reading of every member (2025-11-24): in the past, as event-time checks want.
 const START: i64 = 1_763_942_400;
-
-/// The columns every body sends, in order (the others are null).
-const COLUMNS: [&str; 7] = [
-    "member_uid",
-    "field_energy_homeid",
-    "field_energy_reading_timestamp",
-    "field_energy_reading_value",
-    "field_energy_source_index_id",
-    "field_energy_source_name",
-    "field_energy_source_type",
-];
 
 const FORMATS: [(Format, &str); 4] = [
     (Format::Ndjson, "ndjson"),
@@ -95,47 +85,39 @@ fn energy_schema() -> Arc<DatasetSchema> {
     Arc::new(DatasetSchema::new(Arc::new(dataset)))
 }
 
-/// Reading `i` of a batch for `members` members starting at `start`: (member, time, value).
-fn reading(i: usize, members: usize, start: i64) -> (i64, i64, f64) {
-    let member = 1 + (i % members) as i64;
-    let time = start + (i / members) as i64 * 900;
-    (member, time, ((member * 7 + i as i64) % 1000) as f64 / 8.0)
+/// The load generator's energy readings as one body: row `i` is reading `i / M` of member
+/// `1 + i % M`, the first at `start`, one every 15 minutes.
+fn readings(schema: &DatasetSchema, format: BodyFormat, rows: usize, members: usize, start: i64) -> Vec<u8> {
+    // The generator's newest reading is a quarter-hour before its `now`.
+    let now = start + rows.div_ceil(members) as i64 * 900;
+    let generated = trove_load::rows::generate(Workload::Energy, &schema.dataset, members, rows, now);
+    let uids: Vec<i64> = (1..=members as i64).collect();
+    trove_load::rows::bodies(&generated, &uids, rows, format).swap_remove(0).bytes.to_vec()
 }
 
-/// The readings as JSON objects, one a line.
-fn ndjson(rows: usize, members: usize, start: i64) -> String {
-    let mut out = String::with_capacity(rows * 250);
-    for i in 0..rows {
-        let (m, t, v) = reading(i, members, start);
-        writeln!(
-            out,
-            r#"{{"member_uid": {m}, "field_energy_homeid": {m}, "field_energy_reading_timestamp": {t}, "field_energy_reading_value": {v}, "field_energy_source_index_id": "1", "field_energy_source_name": "Kettle", "field_energy_source_type": "CAD"}}"#
-        )
-        .expect("writing to a string");
-    }
-    out
+fn ndjson(schema: &DatasetSchema, rows: usize, members: usize, start: i64) -> Vec<u8> {
+    readings(schema, BodyFormat::Ndjson, rows, members, start)
 }
 
 /// The readings as a body of `format`.
 fn body(schema: &DatasetSchema, format: Format, rows: usize, members: usize) -> Vec<u8> {
-    let lines = ndjson(rows, members, START);
+    let lines = ndjson(schema, rows, members, START);
     match format {
-        Format::Ndjson => lines.into_bytes(),
-        Format::JsonArray => format!("[{}]", lines.trim_end().replace('\n', ",\n")).into_bytes(),
+        Format::Ndjson => lines,
+        Format::JsonArray => {
+            let lines = String::from_utf8(lines).expect("NDJSON is UTF-8");
+            format!("[{}]", lines.trim_end().replace('\n', ",\n")).into_bytes()
+        }
+        // Only the columns sent (the others are all null), as a client's CSV writer would.
         Format::Csv => {
-            let mut out = COLUMNS.join(",") + "\n";
-            for i in 0..rows {
-                let (m, t, v) = reading(i, members, START);
-                writeln!(out, "{m},{m},{t},{v},1,Kettle,CAD").expect("writing to a string");
-            }
-            out.into_bytes()
+            let batch = decode(schema, Format::Ndjson, &lines).expect("NDJSON decodes");
+            let sent: Vec<usize> =
+                (0..batch.num_columns()).filter(|&i| batch.column(i).null_count() < batch.num_rows()).collect();
+            let mut writer = datafusion::arrow::csv::Writer::new(Vec::new());
+            writer.write(&batch.project(&sent).expect("columns of the batch")).expect("CSV write");
+            writer.into_inner()
         }
-        // Only the columns sent, as a client's Arrow writer would (as `benches/wrk` does).
-        Format::ArrowIpc => {
-            let batch = decode(schema, Format::Ndjson, lines.as_bytes()).expect("NDJSON decodes");
-            let sent: Vec<usize> = COLUMNS.iter().map(|c| schema.input.index_of(c).expect("an input column")).collect();
-            ipc(&batch.project(&sent).expect("columns of the batch"))
-        }
+        Format::ArrowIpc => readings(schema, BodyFormat::Arrow, rows, members, START),
     }
 }
 
@@ -179,7 +161,7 @@ fn with_ids(schema: &DatasetSchema, batch: &RecordBatch) -> RecordBatch {
 
 /// A stored batch sorted by member (stably), as the sequencer hands it to the WAL and buffer.
 fn stored_by_member(schema: &DatasetSchema, rows: usize, members: usize) -> RecordBatch {
-    let batch = decode(schema, Format::Ndjson, ndjson(rows, members, START).as_bytes()).expect("NDJSON decodes");
+    let batch = decode(schema, Format::Ndjson, &ndjson(schema, rows, members, START)).expect("NDJSON decodes");
     let uids = batch.column(0).as_primitive::<Int64Type>().values();
     let mut order: Vec<u32> = (0..uids.len() as u32).collect();
     order.sort_by_key(|&i| uids[i as usize]);
@@ -208,7 +190,7 @@ fn bench_decode(c: &mut Criterion) {
     for (format, name, rows) in sizes {
         let body = body(&schema, format, rows, MEMBERS);
         // Every format must give the very batch NDJSON gives.
-        let want = decode_and_validate(&schema, &grant, Format::Ndjson, ndjson(rows, MEMBERS, START).as_bytes(), now);
+        let want = decode_and_validate(&schema, &grant, Format::Ndjson, &ndjson(&schema, rows, MEMBERS, START), now);
         assert_eq!(want.num_rows(), rows);
         assert_eq!(decode_and_validate(&schema, &grant, format, &body, now), want, "{name}");
         g.throughput(Throughput::ElementsAndBytes { elements: rows as u64, bytes: body.len() as u64 });
@@ -227,7 +209,7 @@ fn bench_ceiling(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("ceiling");
     for rows in [ROWS, 10 * ROWS] {
-        let body = ndjson(rows, MEMBERS, START).into_bytes();
+        let body = ndjson(&schema, rows, MEMBERS, START);
         let (parquet, sorted) = decode_and_encode(&body);
         assert_eq!(sorted.num_rows(), rows);
         assert!(parquet.starts_with(b"PAR1") && parquet.ends_with(b"PAR1"), "a Parquet file");
@@ -370,7 +352,7 @@ async fn deliver_day(s: &TestServer, schema: &Arc<DatasetSchema>, day: i64) -> i
     let rows = COMPACTED * 96 / FILES;
     for part in 0..FILES as i64 {
         let start = day * DAY + part * (96 / FILES as i64) * 900;
-        let batch = decode(schema, Format::Ndjson, ndjson(rows, COMPACTED, start).as_bytes()).expect("NDJSON decodes");
+        let batch = decode(schema, Format::Ndjson, &ndjson(schema, rows, COMPACTED, start)).expect("NDJSON decodes");
         s.ingester.write(schema.clone(), env, connection, batch).await.expect("write");
         s.flush().await;
     }

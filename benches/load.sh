@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load generator's standard runs against a fresh release server: the server on core 1,
-# `trove load` on core 0 (on a 2-core machine: "one server core"), durable acks (fsync per
+# `trove-load` on core 0 (on a 2-core machine: "one server core"), durable acks (fsync per
 # group commit), default flags otherwise. Prints one Markdown table and keeps every JSON
 # report in the work directory.
 #
@@ -13,8 +13,9 @@ secs=${1:-20}; shift $(( $# < 1 ? $# : 1 ))
 work=${TROVE_LOAD_WORK:-/tmp/trove-load}
 port=${TROVE_LOAD_PORT:-18091}
 rm -rf "$work" && mkdir -p "$work"
-cargo build --release --bin trove
+cargo build --release -p trove -p trove-load
 trove=target/release/trove
+load=target/release/trove-load
 server=(taskset -c 1); client=(taskset -c 0)
 [ "$(nproc)" -ge 2 ] || { server=(); client=(); }
 
@@ -24,10 +25,10 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
 
-run() {  # name, then `trove load` flags
+run() {  # name, then `trove-load` flags
   local name=$1; shift
-  echo "== $name: trove load $*" >&2
-  "${client[@]}" "$trove" load --url "http://127.0.0.1:$port" --report "$work/$name.json" "$@" > "$work/$name.out"
+  echo "== $name: trove-load $*" >&2
+  "${client[@]}" "$load" --url "http://127.0.0.1:$port" --report "$work/$name.json" "$@" > "$work/$name.out"
   head -n -1 "$work/$name.out" >&2
 }
 

@@ -16,13 +16,11 @@
 //! - [`config`]: the one `clap` struct, every flag also a `TROVE_*` variable.
 //! - [`http`]: routes, authentication, and the one mapping of errors to statuses.
 //! - [`demo`]: the demo fixture of CONTRACT.md, also the base of the end-to-end tests.
-//! - [`load`]: `trove load`, the load generator: a client of a running server.
 //! - [`telemetry`]: logs and Prometheus metrics.
 
 pub mod config;
 pub mod demo;
 pub mod http;
-pub mod load;
 pub mod telemetry;
 
 use std::future::Future;
@@ -53,8 +51,6 @@ pub enum Error {
     Ingest(#[from] ingest::IngestError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("load: {0}")]
-    Load(String),
 }
 
 impl Error {

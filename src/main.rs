@@ -24,9 +24,8 @@ fn main() -> ExitCode {
         .expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(config) => trove::serve(config, trove::shutdown_signal()).await,
+            Command::Serve(config) => trove::serve(*config, trove::shutdown_signal()).await,
             Command::Demo(config) => trove::demo::run(config).await,
-            Command::Load(config) => trove::load::run(config).await,
         }
     });
     match result {

@@ -2,7 +2,7 @@
 
     python3 report.py WORK_DIR OUT.md
 
-Reads from WORK_DIR: data.json (gen.py), trove-ingest.json (`trove load --report`),
+Reads from WORK_DIR: data.json (gen.py), trove-ingest.json (`trove-load --report`),
 pg-ingest.json (pg_ingest.py), parquet-pyarrow.json and parquet-duckdb.json (parquet_write.py),
 reads.json (`TROVE_BENCH_REPORT` of `cargo bench --bench reads`), run.json and steps.tsv
 (compare.sh). Whatever is missing is shown as not run. Every ratio is written so that above 1
@@ -127,7 +127,7 @@ def main():
         srv = trove.get("server") or {}
         ack = trove.get("ack_ms") or {}
         L.append(
-            f"- **trove** (`trove load --input`, {run.get('connections', '?')} connections, {run.get('batch', '?')}-row NDJSON "
+            f"- **trove** (`trove-load --input`, {run.get('connections', '?')} connections, {run.get('batch', '?')}-row NDJSON "
             f"bodies over HTTP, durability `{dur}`: acknowledged after the write-ahead log's "
             f"{'fdatasync (group commit)' if dur == 'fsync' else 'write to the OS'}; rows reach Parquet afterwards, in the "
             f"background): {num(trove.get('rows'))} rows in {num(trove.get('seconds'), 1)} s = {num(t_rps)} rows/s, "

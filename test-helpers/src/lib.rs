@@ -345,6 +345,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
 }
 
+/// Resident set size of process `pid` in bytes (`VmRSS`), or `None` once it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    Some(process.status().ok()?.vmrss? * 1024)
+}
+
 /// Waits until a server on `port` answers `/health` (at most 30 s): how long it took.
 pub async fn wait_healthy(client: &reqwest::Client, port: u16) -> Duration {
     let started = std::time::Instant::now();

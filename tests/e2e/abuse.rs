@@ -253,7 +253,7 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(trove::load::rss_bytes(pid).unwrap_or(0), Ordering::Relaxed);
+                peak.fetch_max(test_helpers::rss_bytes(pid).unwrap_or(0), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

@@ -126,7 +126,7 @@ async fn every_format_lands_in_parquet_exactly_once() {
 
 /// This process's resident set (the server runs in it).
 fn rss_bytes() -> u64 {
-    trove::load::rss_bytes(std::process::id()).expect("VmRSS in /proc/self/status")
+    test_helpers::rss_bytes(std::process::id()).expect("VmRSS in /proc/self/status")
 }
 
 /// Whether the run wrote to the local directory (pyarrow reads it there).

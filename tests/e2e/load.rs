@@ -1,12 +1,15 @@
-//! The load generator against the real server binary, small enough for CI: `trove load` sets
-//! up its own subscriber, connection, members and agreements through the API, sends, and
-//! reports; the rows it reports as stored must be there, read back through the SQL door.
+//! The load generator (`trove-load`, run in this process through its library) against the
+//! real server binary, small enough for CI: it sets up its own subscriber, connection,
+//! members and agreements through the API, sends, and reports; the rows it reports as stored
+//! must be there, read back through the SQL door.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use clap::Parser;
 use serde_json::Value;
 use test_helpers::{free_port, wait_healthy};
+use trove_load::LoadConfig;
 
 use crate::TROVE;
 
@@ -37,27 +40,29 @@ async fn serve(data: &Path) -> Server {
     Server { child, port }
 }
 
-/// Runs `trove load` with `args`: its JSON report, after checking it exited 0.
-fn load(server: &Server, data: &Path, args: &[&str]) -> Value {
+/// The load generator's command line: `args` after the program name.
+fn config(args: &[&str]) -> LoadConfig {
+    let mut config = LoadConfig::try_parse_from(std::iter::once("trove-load").chain(args.iter().copied())).unwrap();
+    // Unless given, the operator token is found through --data-dir, as on the server's
+    // machine, never in this process's TROVE_ADMIN_TOKEN.
+    if !args.contains(&"--admin-token") {
+        config.admin_token = None;
+    }
+    config
+}
+
+/// Runs the load generator with `args`: its JSON report, after checking it succeeded and
+/// returned the report it wrote.
+async fn load(server: &Server, data: &Path, args: &[&str]) -> Value {
     let report = data.parent().unwrap().join("report.json");
-    let out = Command::new(TROVE)
-        .args(["load", "--url", &format!("http://127.0.0.1:{}", server.port), "--data-dir"])
-        .arg(data)
-        .arg("--report")
-        .arg(&report)
-        .args(args)
-        .env_remove("TROVE_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "trove load {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(
-        stdout.lines().last().map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        Some(report.clone()),
-        "stdout ends with the report"
-    );
-    report
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let common = ["--url", &url, "--data-dir", data.to_str().unwrap(), "--report", report.to_str().unwrap()];
+    let returned = trove_load::run(config(&[&common[..], args].concat()))
+        .await
+        .unwrap_or_else(|e| panic!("trove-load {args:?} failed: {e}"));
+    let written = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(serde_json::to_string(&returned).unwrap(), written, "the report returned is the one written");
+    serde_json::from_str(&written).unwrap()
 }
 
 async fn count_rows(port: u16, setup: &Path, dataset: &str) -> i64 {
@@ -86,7 +91,8 @@ async fn count_rows(port: u16, setup: &Path, dataset: &str) -> i64 {
     rows[0]["n"].as_i64().unwrap()
 }
 
-#[tokio::test]
+// Worker threads, as in the binary: the senders, readers and progress line run side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_smoke() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -99,7 +105,8 @@ async fn load_generator_smoke() {
         &server,
         &data,
         &["--members", "20", "--batch", "250", "--connections", "2", "--rows", "5000", "--setup-file", setup_arg],
-    );
+    )
+    .await;
     assert_eq!(
         (r["rows"].as_u64(), r["failed"].as_u64(), r["requests"].as_u64()),
         (Some(5000), Some(0), Some(20)),
@@ -121,7 +128,8 @@ async fn load_generator_smoke() {
         &server,
         &data,
         &["--members", "20", "--format", "arrow", "--rate", "4000", "--duration", "2s", "--setup-file", setup_arg],
-    );
+    )
+    .await;
     assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     let arrow_rows = r["rows"].as_i64().unwrap();
     assert!((4000..=9000).contains(&arrow_rows), "about 2 s at 4,000 rows/s: {r}");
@@ -129,7 +137,8 @@ async fn load_generator_smoke() {
 
     // Bank transactions (decimals) and browsing history (long strings), each set up anew.
     for workload in ["bank", "browsing"] {
-        let r = load(&server, &data, &["--workload", workload, "--members", "10", "--batch", "100", "--rows", "1000"]);
+        let r = load(&server, &data, &["--workload", workload, "--members", "10", "--batch", "100", "--rows", "1000"])
+            .await;
         assert_eq!((r["rows"].as_u64(), r["failed"].as_u64()), (Some(1000), Some(0)), "{workload}: {r}");
     }
 
@@ -151,7 +160,8 @@ async fn load_generator_smoke() {
             "--setup-file",
             setup_arg,
         ],
-    );
+    )
+    .await;
     assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     for door in ["sql", "mydex"] {
         let reads = &r["reads"][door];
@@ -176,7 +186,8 @@ async fn load_generator_smoke() {
             "--setup-file",
             setup_arg,
         ],
-    );
+    )
+    .await;
     let samples = r["samples"].as_array().unwrap();
     assert!(samples.len() >= 2, "{r}");
     assert!(
@@ -185,10 +196,8 @@ async fn load_generator_smoke() {
     );
 
     // A server that refuses the operator token fails the run with a clear exit status.
-    let out = Command::new(TROVE)
-        .args(["load", "--url", &format!("http://127.0.0.1:{}", server.port), "--admin-token", "wrong", "--rows", "10"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let err = trove_load::run(config(&["--url", &url, "--admin-token", "wrong", "--rows", "10"])).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("401"), "{err}");
 }

@@ -15,7 +15,7 @@ const INFLIGHT_BYTES: u64 = 1 << 20;
 
 /// Resident memory of `pid` (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    trove::load::rss_bytes(pid).unwrap_or(0)
+    test_helpers::rss_bytes(pid).unwrap_or(0)
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The rows each workload sends and their request bodies (NDJSON or Arrow IPC, typed by the
-//! dataset's schema as the server publishes it at `GET /v1/datasets/{name}`).
+//! dataset's schema as the server publishes it at `GET /v1/datasets/{name}`). The ingest
+//! benches (`benches/ingest.rs`) time the server's stages on these same energy rows.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::config::{BodyFormat, Workload};
+use crate::{BodyFormat, Workload};
 
 /// One value of a row, in the type its field has.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,16 +29,16 @@ pub(crate) enum Cell {
 
 /// Rows of one dataset: the member of each row, and its cells in `columns` order.
 #[derive(Debug)]
-pub(crate) struct Rows {
-    pub columns: Vec<(String, FieldType)>,
-    pub rows: Vec<(usize, Vec<Cell>)>,
+pub struct Rows {
+    pub(crate) columns: Vec<(String, FieldType)>,
+    pub(crate) rows: Vec<(usize, Vec<Cell>)>,
 }
 
-/// A request body and how many rows and bytes it carries.
+/// A request body and how many rows it carries.
 #[derive(Debug, Clone)]
-pub(crate) struct Body {
+pub struct Body {
     pub bytes: Bytes,
-    pub rows: usize,
+    pub(crate) rows: usize,
 }
 
 /// The dataset a workload writes.
@@ -114,7 +115,7 @@ const PAYEES: [&str; 8] = [
 
 /// `count` generated rows of `workload` over `members` members, the newest event times
 /// close to `now` and none in the future. Deterministic for a given `now`.
-pub(crate) fn generate(workload: Workload, dataset: &Dataset, members: usize, count: usize, now: i64) -> Rows {
+pub fn generate(workload: Workload, dataset: &Dataset, members: usize, count: usize, now: i64) -> Rows {
     let mut rng = StdRng::seed_from_u64(0x7207e);
     let per_member = count.div_ceil(members) as i64;
     match workload {
@@ -316,7 +317,7 @@ fn cell(t: FieldType, v: &Value) -> Option<Cell> {
 }
 
 /// Request bodies of `batch` rows each, `member_uids[i]` standing for member index i.
-pub(crate) fn bodies(rows: &Rows, member_uids: &[i64], batch: usize, format: BodyFormat) -> Vec<Body> {
+pub fn bodies(rows: &Rows, member_uids: &[i64], batch: usize, format: BodyFormat) -> Vec<Body> {
     rows.rows
         .chunks(batch)
         .map(|chunk| {

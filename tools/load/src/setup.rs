@@ -51,11 +51,11 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(|e| Error::Load(format!("{method} {path}: {e}")))?;
+        let resp = req.send().await.map_err(|e| Error::Api(format!("{method} {path}: {e}")))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(Error::Load(format!("{method} {path}: {status} {text}")));
+            return Err(Error::Api(format!("{method} {path}: {status} {text}")));
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
@@ -69,17 +69,17 @@ impl Api {
             .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
             .send()
             .await
-            .map_err(|e| Error::Load(format!("token: {e}")))?;
+            .map_err(|e| Error::Api(format!("token: {e}")))?;
         if resp.status() != StatusCode::OK {
-            return Err(Error::Load(format!("token: {}", resp.status())));
+            return Err(Error::Api(format!("token: {}", resp.status())));
         }
-        let v: Value = resp.json().await.map_err(|e| Error::Load(format!("token: {e}")))?;
-        v["access_token"].as_str().map(str::to_owned).ok_or_else(|| Error::Load("token: no access_token".into()))
+        let v: Value = resp.json().await.map_err(|e| Error::Api(format!("token: {e}")))?;
+        v["access_token"].as_str().map(str::to_owned).ok_or_else(|| Error::Api("token: no access_token".into()))
     }
 }
 
 fn field<'a>(v: &'a Value, name: &str, call: &str) -> Result<&'a Value, Error> {
-    v.get(name).filter(|f| !f.is_null()).ok_or_else(|| Error::Load(format!("{call}: the answer has no {name}")))
+    v.get(name).filter(|f| !f.is_null()).ok_or_else(|| Error::Api(format!("{call}: the answer has no {name}")))
 }
 
 /// Reuses `file` when it holds a setup for `dataset` with at least `members` members,
@@ -95,7 +95,7 @@ pub(crate) async fn setup(
         && let Ok(text) = std::fs::read_to_string(file)
     {
         let mut saved: Setup =
-            serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: {e}", file.display())))?;
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
         if saved.dataset == dataset && saved.members.len() >= members {
             saved.members.truncate(members);
             eprintln!("setup: reusing {} ({members} members)", file.display());

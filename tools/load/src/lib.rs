@@ -1,17 +1,31 @@
-//! `trove load`: the load generator. A client of a running server, over real HTTP with
-//! keep-alive connections, as a utility or a device maker would deliver:
+//! # trove-load
 //!
-//! 1. set up through the API ([`setup`]): a subscriber, a live connection granting the
-//!    workload's dataset, the members and their agreements (or reuse `--setup-file`);
-//! 2. build the request bodies before the clock starts ([`rows`]), so the client's own
+//! trove's load generator: a client of a running trove server, over real HTTP with
+//! keep-alive connections, as a utility or a device maker would deliver. It sets up its own
+//! subscriber, live connection and members through the API, sends a workload, and reports
+//! rates and latencies (and the server's RSS and CPU when the server runs on this machine).
+//!
+//! It carries no server code: of the server's crates it uses only the catalog's dataset types
+//! and ingest's Arrow type of each field, so its bodies are typed as the server decodes them.
+//! The server (the `trove` package) carries none of its code or dependencies.
+//!
+//! A run:
+//!
+//! 1. sets up through the API (`setup`): a subscriber, a live connection granting the
+//!    workload's dataset, the members and their agreements (or reuses `--setup-file`);
+//! 2. builds the request bodies before the clock starts ([`rows`]), so the client's own
 //!    encoding does not compete with the server for the cores while it is measured;
-//! 3. send them over `--connections` connections, as fast as answered or at `--rate`
+//! 3. sends them over `--connections` connections, as fast as answered or at `--rate`
 //!    (latency then counts from when a batch was due), retrying 429/503 after `Retry-After`;
-//! 4. print a progress line, then a summary and a JSON report ([`report`]) with the server's
-//!    RSS and CPU when it runs on this machine.
+//! 4. prints a progress line, then a summary and a JSON [`Report`] (`report`).
+//!
+//! Modules: `config`, the command line ([`LoadConfig`]); `setup`, the API calls that set a
+//! run up; [`rows`], the workloads' rows and request bodies; `report`, the measurements and
+//! the report. This file sends, reads and watches.
 
+mod config;
 mod report;
-mod rows;
+pub mod rows;
 mod setup;
 
 use std::collections::BTreeMap;
@@ -23,12 +37,37 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use reqwest::{Client, StatusCode};
 
-use crate::Error;
-use crate::config::{LoadConfig, Workload};
-pub use report::rss_bytes;
-use report::{Latencies, ReadReport, Report, Sample, ServerProcess, ServerReport, metric};
+pub use config::{BodyFormat, LoadConfig, Workload};
+pub use report::Report;
+use report::{Latencies, ReadReport, Sample, ServerProcess, ServerReport, metric};
 use rows::Body;
 use setup::{Api, Setup};
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A usage problem: no operator token, an unusable input or setup file.
+    #[error("{0}")]
+    Config(String),
+    /// A call to the server that failed or was refused.
+    #[error("{0}")]
+    Api(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The run completed, but not everything was stored or read (or nothing was sent).
+    #[error("{batches} batches and {reads} reads failed")]
+    Failed { batches: u64, reads: u64 },
+}
+
+impl Error {
+    /// Exit status: 2 for usage problems, 1 otherwise (as the server's).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
 
 /// The event-time field of each workload's dataset, for the reads of `mixed`.
 const ENERGY_TIME: &str = "field_energy_reading_timestamp";
@@ -39,9 +78,9 @@ const PROBE: Duration = Duration::from_secs(5);
 /// `bank` with `--rate` releases each window's batches at once.
 const BURST_WINDOW: f64 = 2.0;
 
-/// Runs the load and prints the report; an error when the run could not be set up or a
-/// batch was not stored.
-pub async fn run(config: LoadConfig) -> Result<(), Error> {
+/// Runs the load, prints the report and writes it to `--report`: the report, or an error when
+/// the run could not be set up or a batch was not stored.
+pub async fn run(config: LoadConfig) -> Result<Report, Error> {
     let admin = match &config.admin_token {
         Some(t) => t.clone(),
         None => std::fs::read_to_string(config.data_dir.join("admin-token"))
@@ -54,13 +93,13 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(120))
         .build()
-        .map_err(|e| Error::Load(e.to_string()))?;
+        .map_err(|e| Error::Api(format!("HTTP client: {e}")))?;
     let api = Api { client: client.clone(), base: base.clone() };
     let dataset_name = rows::dataset_of(config.workload);
     let dataset: catalog::Dataset = serde_json::from_value(
         api.call(reqwest::Method::GET, &format!("/v1/datasets/{dataset_name}"), &admin, None).await?,
     )
-    .map_err(|e| Error::Load(format!("GET /v1/datasets/{dataset_name}: {e}")))?;
+    .map_err(|e| Error::Api(format!("GET /v1/datasets/{dataset_name}: {e}")))?;
     let members = config.members as usize;
     let setup = Arc::new(setup::setup(&api, &admin, dataset_name, members, config.setup_file.as_deref()).await?);
     let server = config.server_pid.map(ServerProcess).or_else(|| {
@@ -81,8 +120,8 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
 
     let ingest_url = format!("{base}/v1/ingest/{dataset_name}");
     let content_type = match config.format {
-        crate::config::BodyFormat::Ndjson => "application/x-ndjson",
-        crate::config::BodyFormat::Arrow => "application/vnd.apache.arrow.stream",
+        BodyFormat::Ndjson => "application/x-ndjson",
+        BodyFormat::Arrow => "application/vnd.apache.arrow.stream",
     };
     let sender =
         Sender { client: client.clone(), url: ingest_url, bearer: setup.ingest_bearer.clone(), content_type, bodies };
@@ -136,7 +175,6 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
             cores_busy: cpu / result.seconds,
         })
     });
-    let mut ack = result.latencies;
     let report = Report {
         workload: config.workload,
         format: config.format,
@@ -152,7 +190,7 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
         rows_per_sec: result.rows as f64 / result.seconds,
         mb_per_sec: result.bytes as f64 / 1e6 / result.seconds,
         bytes_per_row: if result.rows > 0 { result.bytes as f64 / result.rows as f64 } else { 0.0 },
-        ack_ms: ack.summary(),
+        ack_ms: result.latencies.summary(),
         refused: result.refused,
         retried: result.retried,
         failed: result.failed,
@@ -169,9 +207,9 @@ pub async fn run(config: LoadConfig) -> Result<(), Error> {
     }
     let read_failures: u64 = report.reads.iter().flatten().map(|(_, r)| r.failed).sum();
     if report.failed > 0 || read_failures > 0 || report.rows == 0 {
-        return Err(Error::Load(format!("{} batches and {read_failures} reads failed", report.failed)));
+        return Err(Error::Failed { batches: report.failed, reads: read_failures });
     }
-    Ok(())
+    Ok(report)
 }
 
 fn now_secs() -> i64 {
@@ -509,7 +547,7 @@ impl Readers {
         }
         doors
             .into_iter()
-            .map(|(door, (mut l, failed, refused))| (door, ReadReport { ms: l.summary(), failed, refused }))
+            .map(|(door, (l, failed, refused))| (door, ReadReport { ms: l.summary(), failed, refused }))
             .collect()
     }
 }

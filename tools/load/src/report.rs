@@ -3,38 +3,49 @@
 
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+use procfs::net::TcpState;
+use procfs::process::{FDTarget, Process};
 use serde::Serialize;
 
-/// Latency samples in microseconds; exact percentiles (a run keeps at most a few million).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Latencies(Vec<u32>);
+/// Latencies in microseconds, to 3 significant figures (0.1 %): a run records millions.
+#[derive(Debug, Clone)]
+pub(crate) struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        // Auto-resizing: it grows to the longest latency recorded.
+        Latencies(Histogram::new(3).expect("3 significant figures"))
+    }
+}
 
 impl Latencies {
     pub(crate) fn record(&mut self, d: Duration) {
-        self.0.push(d.as_micros().min(u32::MAX as u128) as u32);
+        let micros = d.as_micros().min(u32::MAX as u128) as u64;
+        self.0.record(micros).expect("an auto-resizing histogram takes any u32");
     }
 
     pub(crate) fn merge(&mut self, other: Latencies) {
-        self.0.extend(other.0);
+        self.0.add(other.0).expect("auto-resizing histograms add");
     }
 
-    pub(crate) fn summary(&mut self) -> Percentiles {
-        self.0.sort_unstable();
-        let at = |q: f64| {
-            if self.0.is_empty() {
-                return 0.0;
-            }
-            let i = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len()) - 1;
-            self.0[i] as f64 / 1000.0
-        };
-        Percentiles { count: self.0.len(), p50: at(0.50), p99: at(0.99), p999: at(0.999), max: at(1.0) }
+    pub(crate) fn summary(&self) -> Percentiles {
+        let h = &self.0;
+        let ms = |micros: u64| if h.is_empty() { 0.0 } else { micros as f64 / 1000.0 };
+        Percentiles {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
     }
 }
 
 /// Milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct Percentiles {
-    pub count: usize,
+    pub count: u64,
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
@@ -73,35 +84,35 @@ pub(crate) struct ServerReport {
 
 /// The JSON report (`--report`, and the last line of stdout).
 #[derive(Debug, Serialize)]
-pub(crate) struct Report {
-    pub workload: crate::config::Workload,
-    pub format: crate::config::BodyFormat,
-    pub dataset: String,
-    pub members: usize,
-    pub batch: usize,
-    pub connections: u32,
+pub struct Report {
+    pub(crate) workload: crate::Workload,
+    pub(crate) format: crate::BodyFormat,
+    pub(crate) dataset: String,
+    pub(crate) members: usize,
+    pub(crate) batch: usize,
+    pub(crate) connections: u32,
     /// Offered rows per second; 0 is as fast as the server answers.
-    pub rate: u64,
-    pub seconds: f64,
-    pub rows: u64,
-    pub bytes: u64,
-    pub requests: u64,
-    pub rows_per_sec: f64,
-    pub mb_per_sec: f64,
-    pub bytes_per_row: f64,
+    pub(crate) rate: u64,
+    pub(crate) seconds: f64,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) requests: u64,
+    pub(crate) rows_per_sec: f64,
+    pub(crate) mb_per_sec: f64,
+    pub(crate) bytes_per_row: f64,
     /// From when each batch was due (its send time in max mode) to its 200, retries included.
-    pub ack_ms: Percentiles,
+    pub(crate) ack_ms: Percentiles,
     /// 429 and 503 answers.
-    pub refused: u64,
+    pub(crate) refused: u64,
     /// Batches that were sent again after a refusal (and then stored once).
-    pub retried: u64,
+    pub(crate) retried: u64,
     /// Batches that were not stored: any other answer, a transport error, or still refused
     /// when the run ended.
-    pub failed: u64,
-    pub errors: Vec<String>,
-    pub server: Option<ServerReport>,
-    pub reads: Option<std::collections::BTreeMap<&'static str, ReadReport>>,
-    pub samples: Vec<Sample>,
+    pub(crate) failed: u64,
+    pub(crate) errors: Vec<String>,
+    pub(crate) server: Option<ServerReport>,
+    pub(crate) reads: Option<std::collections::BTreeMap<&'static str, ReadReport>>,
+    pub(crate) samples: Vec<Sample>,
 }
 
 impl Report {
@@ -155,57 +166,40 @@ impl Report {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServerProcess(pub u32);
 
-/// `sysconf(_SC_CLK_TCK)` is 100 on every Linux this runs on.
-const CLOCK_TICKS: f64 = 100.0;
-
 impl ServerProcess {
-    /// The process listening on `port` of this machine, found through `/proc/net/tcp*`
-    /// and the processes' socket descriptors (only ours are readable without root).
+    /// The process listening on `port` of this machine: the socket's inode from the TCP
+    /// tables, then the process holding it (only ours are readable without root).
     pub(crate) fn listening_on(port: u16) -> Option<ServerProcess> {
-        let mut inodes = Vec::new();
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else { continue };
-            for line in text.lines().skip(1) {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                // local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; inode is column 10.
-                if cols.len() > 9
-                    && cols[3] == "0A"
-                    && cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
-                {
-                    inodes.push(format!("socket:[{}]", cols[9]));
-                }
-            }
-        }
+        let inodes: Vec<u64> = [procfs::net::tcp(), procfs::net::tcp6()]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.state == TcpState::Listen && e.local_address.port() == port)
+            .map(|e| e.inode)
+            .collect();
         if inodes.is_empty() {
             return None;
         }
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
-            for fd in fds.flatten() {
-                if let Ok(target) = std::fs::read_link(fd.path())
-                    && inodes.iter().any(|i| target.as_os_str() == i.as_str())
-                {
-                    return Some(ServerProcess(pid));
-                }
-            }
-        }
-        None
+        procfs::process::all_processes().ok()?.flatten().find_map(|p| {
+            let holds =
+                p.fd().ok()?.flatten().any(|fd| matches!(fd.target, FDTarget::Socket(i) if inodes.contains(&i)));
+            holds.then_some(ServerProcess(p.pid as u32))
+        })
+    }
+
+    fn process(&self) -> Option<Process> {
+        Process::new(i32::try_from(self.0).ok()?).ok()
     }
 
     /// Resident set size in bytes.
     pub(crate) fn rss(&self) -> Option<u64> {
-        rss_bytes(self.0)
+        Some(self.process()?.status().ok()?.vmrss? * 1024)
     }
 
     /// User plus system CPU time.
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).ok()?;
-        // The command name may hold spaces: fields are counted after its closing parenthesis.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let cols: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = cols.get(11)?.parse::<u64>().ok()? + cols.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / CLOCK_TICKS)
+        let stat = self.process()?.stat().ok()?;
+        Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
     }
 }
 
@@ -214,32 +208,25 @@ pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Resident set size of process `pid` in bytes, from `/proc` (Linux).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_exact() {
-        let mut l = Latencies::default();
-        for ms in 1..=1000 {
-            l.record(Duration::from_millis(ms));
+    fn percentiles_are_within_a_thousandth() {
+        let (mut low, mut high) = (Latencies::default(), Latencies::default());
+        for ms in 1..=500 {
+            low.record(Duration::from_millis(ms));
+            high.record(Duration::from_millis(ms + 500));
         }
-        let p = l.summary();
-        assert_eq!((p.count, p.p50, p.p99, p.p999, p.max), (1000, 500.0, 990.0, 999.0, 1000.0));
+        low.merge(high);
+        let p = low.summary();
+        assert_eq!(p.count, 1000);
+        for (got, want) in [(p.p50, 500.0), (p.p99, 990.0), (p.p999, 999.0), (p.max, 1000.0)] {
+            assert!(got >= want && got <= want * 1.001, "{got} ms for {want} ms");
+        }
+        let none = Latencies::default().summary();
+        assert_eq!((none.count, none.p50, none.max), (0, 0.0, 0.0));
     }
 
     #[test]
