@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# trove next to what users would pick instead (../shared/PEERS.md), on this machine, in one run:
+# trove next to what users would pick instead (benches/README.md, "What users would pick instead"), on this machine, in one run:
 # one data set of energy readings, then, one after the other on the same cores,
 #   - trove ingesting it over HTTP (`trove-load --input`, durable acks),
 #   - PostgreSQL (Debian's, started here on loopback by scripts/start-postgres.sh) taking the

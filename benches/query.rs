@@ -159,7 +159,7 @@ fn bench_query(c: &mut Criterion) {
     g.finish();
 
     // What the access log costs a read across many members: the catalog stores one entry per
-    // member read (CONTRACT.md), moved there from the WAL once a second.
+    // member read (docs/api.md, "Storage layout"), moved there from the WAL once a second.
     let mut log = c.benchmark_group("access_log");
     let (subscriber, connection) = (scope.connection.subscriber_id, scope.connection.id);
     for members in [1i64, 10_000] {

@@ -3,7 +3,7 @@
 //! `cargo bench --bench reads` (add `-- --quick` for a short run;
 //! `TROVE_QUERY_FILE_CACHE_BYTES=0` turns the decoded-file cache off). It starts the real router
 //! on a real port with the demo fixture of 10,000 members, delivers the data sets of
-//! `../shared/PEERS.md` over HTTP (1,000 members x 30 days and 10,000 members x 1 day of
+//! `benches/README.md` ("The data sets") over HTTP (1,000 members x 30 days and 10,000 members x 1 day of
 //! 15-minute energy readings), flushes day by day and compacts, then times, as energy-co
 //! with its subscriber token, one client, keep-alive:
 //! - Q1: one member, one day (96 rows), `POST /v1/query`, JSON answer;

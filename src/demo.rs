@@ -1,4 +1,4 @@
-//! `trove demo`: the demo fixture of CONTRACT.md, seeded into a new data directory, and its
+//! `trove demo`: the demo fixture of docs/api.md, seeded into a new data directory, and its
 //! credentials printed for a person (text) or a program (`--json`). The end-to-end tests
 //! start from the same fixture through [`seed`].
 

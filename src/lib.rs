@@ -15,7 +15,7 @@
 //!
 //! - [`config`]: the one `clap` struct, every flag also a `TROVE_*` variable.
 //! - [`http`]: routes, authentication, and the one mapping of errors to statuses.
-//! - [`demo`]: the demo fixture of CONTRACT.md, also the base of the end-to-end tests.
+//! - [`demo`]: the demo fixture of docs/api.md, also the base of the end-to-end tests.
 //! - [`telemetry`]: logs and Prometheus metrics.
 
 pub mod config;

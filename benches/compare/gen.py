@@ -1,4 +1,4 @@
-"""Writes the comparison's one data set: energy readings as PEERS.md defines them.
+"""Writes the comparison's one data set: energy readings as benches/README.md ("The data sets") defines them.
 
     python3 gen.py WORK_DIR ROWS MEMBERS
 

@@ -1,5 +1,5 @@
 """pyarrow or DuckDB writing the comparison's rows as Parquet partitioned by (member, day), as
-PEERS.md's rows for them: what a user without trove would run to get per-member files.
+the rows of benches/README.md for them: what a user without trove would run to get per-member files.
 
     python3 parquet_write.py pyarrow|duckdb WORK_DIR OUT.json
 

@@ -1,4 +1,4 @@
-"""PostgreSQL taking the comparison's rows as PEERS.md's first rows do: COPY of 1,000-row
+"""PostgreSQL taking the comparison's rows as the peers' figures in benches/README.md do: COPY of 1,000-row
 batches into a logged table with the dataset's columns, a commit per batch (durable: fsync and
 synchronous_commit on, checked), several writers at once.
 

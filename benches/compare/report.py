@@ -105,7 +105,7 @@ def main():
     L.append(f"# trove next to its peers, {run.get('date', '?')}\n")
     L.append(
         f"Commit {run.get('commit', '?')}; {machine()}. One data set of {data.get('rows', 0):,} energy readings for "
-        f"{data.get('members', '?')} members (PEERS.md: row i is member 1 + i % M, a reading every 15 minutes, "
+        f"{data.get('members', '?')} members (benches/README.md: row i is member 1 + i % M, a reading every 15 minutes, "
         f"`member_uid` and the 8 fields of `ds_energy_consumption`), {data.get('bytes_per_row', 0):.0f} bytes per row as "
         f"NDJSON; trove, PostgreSQL and the Parquet writers each take all of it, one after the other, on the same cores. "
         f"Batches of {run.get('batch', '?')} rows. Load average before the run: {run.get('load_before', '?')}"

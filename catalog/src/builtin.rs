@@ -203,7 +203,7 @@ fn render_docs() -> String {
          Generated from `catalog/datasets/*.json` by `catalog/src/builtin.rs` \
          (`TROVE_BLESS=1 cargo test -p trove-catalog docs` rewrites it). The public Mydex \
          catalogue lists fields for 13 datasets; trove defines the others \
-         (`catalog/datasets/trove-fields.json`). Types are resolved as CONTRACT.md says. \
+         (`catalog/datasets/trove-fields.json`). Types are resolved as [api.md](api.md) (\"Rows and values\") says. \
          Transactional rows also carry the reserved `member_uid`, `instance`, `id` and `ds_id`.\n\n",
     );
     for d in datasets() {

@@ -180,7 +180,7 @@ impl Column {
         }
     }
 
-    /// Appends one cell, converting as CONTRACT.md says: the text bytes it added, or the
+    /// Appends one cell, converting as docs/api.md ("Rows and values") says: the text bytes it added, or the
     /// reason it was refused.
     fn append(&mut self, cell: Cell<'_>) -> Result<usize, &'static str> {
         let (max, json) = (self.max, self.json);

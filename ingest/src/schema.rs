@@ -31,7 +31,7 @@ pub fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int64Arr
         .ok_or_else(|| IngestError::Internal(format!("a batch without an integer {name} column")))
 }
 
-/// The Arrow type of a field type (CONTRACT.md: Int64, Float64, Utf8, plus Decimal and
+/// The Arrow type of a field type (docs/api.md: Int64, Float64, Utf8, plus Decimal and
 /// Boolean).
 pub fn arrow_type(t: FieldType) -> DataType {
     match t {

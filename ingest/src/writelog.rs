@@ -1,5 +1,5 @@
 //! The access log of bulk writes, aggregated per (connection, member, dataset, minute) as
-//! CONTRACT.md allows, and of reads, one entry per request and member. The WAL record of a
+//! docs/api.md ("Storage layout") allows, and of reads, one entry per request and member. The WAL record of a
 //! write, or of a read's entries, is their durable entry; they move to the catalog's access
 //! log just before their WAL segment is deleted.
 

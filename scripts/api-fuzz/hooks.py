@@ -1,7 +1,7 @@
 """schemathesis hooks for scripts/api-fuzz.sh: a credential per role and the bodies
 schemathesis cannot serialize by itself.
 
-Every trove route takes the credential of one role (CONTRACT.md "Credentials"): the
+Every trove route takes the credential of one role (docs/api.md, "Credentials"): the
 operator's admin token, a subscriber's OAuth2 bearer token (plus a member's `con_id` and
 `key` on `/api/pds/*`), a connection's `nid:key` on `/v1/ingest`, a member's secret on
 `/v1/members/{uid}/...`, HTTP Basic client credentials on `/oauth2/token`. With one header

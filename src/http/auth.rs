@@ -1,4 +1,4 @@
-//! Who is calling: the bearer credential resolved to a principal (CONTRACT.md "Credentials").
+//! Who is calling: the bearer credential resolved to a principal (docs/api.md, "Credentials").
 //! A wrong, expired, revoked or missing credential is 401; a valid credential asking for
 //! something it may not do is 403. Neither says whether anything exists.
 
@@ -100,7 +100,7 @@ pub(super) fn con_id_for(uid: MemberId, con_id: Option<&str>) -> Result<ConId, A
     Ok(con_id)
 }
 
-/// Which of `subscriber`'s approved connections a call acts through (CONTRACT.md): the one
+/// Which of `subscriber`'s approved connections a call acts through (docs/api.md, "The native API"): the one
 /// `con_id` names, else `?connection=`, else its only approved one. One it does not own, or
 /// one not approved, is 403; an unnamed choice among several (or none) is 400.
 pub(super) async fn subscriber_connection(

@@ -126,7 +126,7 @@ macro_rules! problems {
 problems! {
     /// 400: a malformed path or query parameter ([`ApiPath`], [`ApiQuery`]) or request.
     BadRequest = [BAD_REQUEST];
-    /// 401 and 403: a route that takes a credential (CONTRACT.md: a wrong one is 401, a valid
+    /// 401 and 403: a route that takes a credential (docs/api.md: a wrong one is 401, a valid
     /// one asking outside what it may do is 403).
     Refused = [UNAUTHORIZED, FORBIDDEN];
     /// 404.

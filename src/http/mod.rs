@@ -41,7 +41,7 @@ use error::{ApiError, ProblemResponses};
 struct ApiDoc;
 
 /// `bearer`: the operator's token, a subscriber's OAuth2 token, a member's secret or a
-/// connection's `nid:key`, by route (CONTRACT.md "Credentials"); `basic`: a subscriber's
+/// connection's `nid:key`, by route (docs/api.md, "Credentials"); `basic`: a subscriber's
 /// OAuth2 client id and secret at `/oauth2/token`.
 struct SecuritySchemes;
 

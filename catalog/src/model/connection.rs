@@ -118,7 +118,7 @@ impl ConnectionEnvironment {
     }
 }
 
-/// The connection's lifecycle state as CONTRACT.md names it.
+/// The connection's lifecycle state as docs/api.md names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionStatus {

@@ -55,7 +55,7 @@ impl FieldType {
         }
     }
 
-    /// Resolves the catalogue's documented type, following CONTRACT.md: the example wins
+    /// Resolves the catalogue's documented type, following docs/api.md ("Rows and values"): the example wins
     /// where it contradicts the documented type, and `*_timestamp` / `*_time` names are
     /// epoch seconds whatever the type says (so are `*_timestamp_start` / `_end` pairs).
     pub fn resolve(name: &str, documented: &str, example: &str) -> FieldType {
@@ -120,7 +120,7 @@ fn default_max_bytes() -> u32 {
     MAX_TEXT_BYTES
 }
 
-/// Names every transactional row has, whatever its dataset lists (CONTRACT.md).
+/// Names every transactional row has, whatever its dataset lists (docs/api.md, "Rows and values").
 pub const RESERVED_FIELDS: [&str; 4] = ["member_uid", "instance", "id", "ds_id"];
 
 /// A dataset of the catalogue.

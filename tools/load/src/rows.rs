@@ -120,7 +120,7 @@ pub fn generate(workload: Workload, dataset: &Dataset, members: usize, count: us
     let per_member = count.div_ceil(members) as i64;
     match workload {
         Workload::Energy | Workload::Mixed | Workload::Soak => {
-            // PEERS.md's rows: row i for member 1 + i % M, a reading every 15 minutes.
+            // The rows of benches/README.md ("The data sets"): row i for member 1 + i % M, a reading every 15 minutes.
             let start = now - per_member * 900;
             let columns = columns(
                 dataset,
