@@ -82,7 +82,7 @@ const FORMATS: [(Format, &str); 4] = [
 fn energy_schema() -> Arc<DatasetSchema> {
     let dataset =
         catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == DATASET).expect("a built-in dataset");
-    Arc::new(DatasetSchema::new(Arc::new(dataset)))
+    Arc::new(DatasetSchema::new(Arc::new(dataset)).expect("a transactional dataset"))
 }
 
 /// The load generator's energy readings as one body: row `i` is reading `i / M` of member
@@ -367,7 +367,7 @@ fn bench_compaction(c: &mut Criterion) {
     let s = runtime.block_on(TestServer::start(config));
     let schema = runtime.block_on(async {
         let dataset = s.catalog.dataset(&DATASET.parse().expect("a dataset name")).await.expect("the dataset");
-        s.ingester.schema(&Arc::new(dataset))
+        s.ingester.schema(&Arc::new(dataset)).expect("a transactional dataset")
     });
     // Each round merges a new day: recent (merged by day, not month), so earlier merged files
     // stay apart and every round does the same work.

@@ -74,7 +74,7 @@ async fn energy_co_scope(s: &TestServer) -> ReadScope {
     for name in connection.approved().expect("an approved connection").terms.datasets.keys() {
         let dataset = Arc::new(s.catalog.dataset(name).await.expect("a dataset"));
         if dataset.kind == DatasetKind::Transactional {
-            datasets.push(s.ingester.schema(&dataset));
+            datasets.push(s.ingester.schema(&dataset).expect("a transactional dataset"));
         }
     }
     ReadScope { connection, members: Arc::new(members), datasets }
@@ -96,7 +96,7 @@ fn bench_query(c: &mut Criterion) {
     let first = now_secs() / DAY - DAYS;
     let scope = runtime.block_on(async {
         let dataset = Arc::new(s.catalog.dataset(&E.parse().expect("a dataset name")).await.expect("the dataset"));
-        let schema = s.ingester.schema(&dataset);
+        let schema = s.ingester.schema(&dataset).expect("a transactional dataset");
         let connection = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
         let env: DataEnvironment = s.creds.subscribers[0].connection.environment.into();
         for day in first..first + DAYS {

@@ -74,15 +74,15 @@ impl StorageConfig {
     pub fn object_store(&self) -> Result<ObjectStoreLocation, String> {
         match self.object_store.as_deref() {
             None => Ok(ObjectStoreLocation::Local(self.data_dir.join("objects"))),
-            Some(s) if s.starts_with("s3://") => {
-                let rest = &s["s3://".len()..];
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err("--object-store s3://BUCKET[/PREFIX] needs a bucket".into());
+            Some(s) if s.contains("://") => {
+                let refused = || "--object-store must be a directory path or s3://BUCKET[/PREFIX]".to_owned();
+                let url = url::Url::parse(s).map_err(|_| refused())?;
+                // S3 is the one remote store built in (object_store's `aws` feature).
+                if url.scheme() != "s3" || url.host_str().is_none_or(str::is_empty) {
+                    return Err(refused());
                 }
-                Ok(ObjectStoreLocation::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() })
+                Ok(ObjectStoreLocation::Url(url))
             }
-            Some(s) if s.contains("://") => Err("--object-store must be a directory path or s3://bucket/prefix".into()),
             Some(path) => Ok(ObjectStoreLocation::Local(path.into())),
         }
     }
@@ -92,7 +92,8 @@ impl StorageConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectStoreLocation {
     Local(PathBuf),
-    S3 { bucket: String, prefix: String },
+    /// `s3://bucket/prefix`, opened by [`crate::open_url`].
+    Url(url::Url),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -281,10 +282,7 @@ mod tests {
     fn object_store_urls() {
         let mut s = StorageConfig { data_dir: "d".into(), catalog: None, object_store: None, admin_token: None };
         s.object_store = Some("s3://bucket/a/b/".into());
-        assert_eq!(
-            s.object_store().unwrap(),
-            ObjectStoreLocation::S3 { bucket: "bucket".into(), prefix: "a/b".into() }
-        );
+        assert_eq!(s.object_store().unwrap(), ObjectStoreLocation::Url("s3://bucket/a/b/".parse().unwrap()));
         s.object_store = Some("gs://x".into());
         assert!(s.object_store().is_err());
         s.object_store = Some("s3://".into());

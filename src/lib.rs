@@ -32,7 +32,6 @@ use catalog::{Catalog, Secret};
 use ingest::wal::Durability;
 use ingest::{IngestConfig, Ingester};
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 
@@ -94,14 +93,24 @@ pub fn object_store(location: &ObjectStoreLocation) -> Result<Arc<dyn ObjectStor
             let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::Config(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        ObjectStoreLocation::S3 { bucket, prefix } => {
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
-            if prefix.is_empty() { Ok(Arc::new(s3)) } else { Ok(Arc::new(PrefixStore::new(s3, prefix.as_str()))) }
+        ObjectStoreLocation::Url(url) => {
+            let aws = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+            open_url(url, aws.map(|(k, v)| (k.to_ascii_lowercase(), v)))
         }
     }
+}
+
+/// The store at `url` (`s3://bucket/prefix`), built by object_store's own URL parsing with
+/// `options` (`aws_endpoint`, `aws_region`, ...), under the URL's path as a prefix. Its client
+/// retries failed requests itself (object_store's default `RetryConfig`); a flush that still
+/// fails keeps its rows and is retried whole by the next flush round.
+pub fn open_url(
+    url: &url::Url,
+    options: impl IntoIterator<Item = (String, String)>,
+) -> Result<Arc<dyn ObjectStore>, Error> {
+    let (store, prefix) = object_store::parse_url_opts(url, options).map_err(|e| Error::Config(e.to_string()))?;
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
+    if prefix.as_ref().is_empty() { Ok(store) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
 }
 
 /// The write path's settings from the command line.
@@ -118,7 +127,6 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         flush_age: args.flush_age,
         flush_bytes: args.flush_bytes,
         flush_tick: Duration::from_millis(200),
-        put_attempts: 5,
         compaction: ingest::compact::CompactionConfig { min_files: args.compact_min_files, ..Default::default() },
         compact_interval: args.compact_interval,
         inflight_bytes: args.ingest_inflight_bytes,

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::{
     AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid,
@@ -59,8 +61,8 @@ impl std::fmt::Debug for FillHook {
 }
 
 impl AuthCache {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Brings the cache to the catalog's current generation. Call once when a request
@@ -81,7 +83,7 @@ impl AuthCache {
         let value = read.await?;
         #[cfg(test)]
         {
-            let hook = self.fill_hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let hook = self.fill_hook.lock().take();
             if let Some(FillHook(hook)) = hook {
                 hook().await;
             }
@@ -249,7 +251,7 @@ mod tests {
                 let _ = go_rx.await;
             })
         }));
-        *cache.fill_hook.lock().unwrap() = Some(hook);
+        *cache.fill_hook.lock() = Some(hook);
         (reached, go)
     }
 

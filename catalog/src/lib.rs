@@ -34,6 +34,7 @@ mod error;
 pub mod model;
 mod secret;
 mod store;
+pub mod time;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod conformance;

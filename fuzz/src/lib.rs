@@ -39,7 +39,7 @@ fn schemas() -> &'static [Arc<DatasetSchema>] {
             .iter()
             .map(|name| {
                 let dataset = builtin.iter().find(|d| d.name.as_str() == *name).expect("a built-in dataset").clone();
-                Arc::new(DatasetSchema::new(Arc::new(dataset)))
+                Arc::new(DatasetSchema::new(Arc::new(dataset)).expect("a transactional dataset"))
             })
             .collect()
     })
@@ -232,7 +232,6 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
         flush_age: Duration::from_secs(86_400),
         flush_bytes: 8 << 20,
         flush_tick: Duration::from_secs(86_400),
-        put_attempts: 1,
         compaction: ingest::compact::CompactionConfig::default(),
         compact_interval: Duration::from_secs(86_400),
         inflight_bytes: 64 << 20,
@@ -244,7 +243,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     for name in connection.approved().expect("approved").terms.datasets.keys() {
         let dataset = Arc::new(catalog.dataset(name).await.expect("a dataset"));
         if dataset.kind == DatasetKind::Transactional {
-            datasets.push(ingester.schema(&dataset));
+            datasets.push(ingester.schema(&dataset).expect("a transactional dataset"));
         }
     }
 

@@ -14,7 +14,9 @@
 //! for a 0.5 GB buffer). Builders grow amortized O(1) per row and account what they hold.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
@@ -176,10 +178,10 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // loses rows (every update is an append or a removal), so keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Copies each member's run of rows of a stored, member-sorted batch into that
@@ -448,7 +450,7 @@ mod tests {
     #[test]
     fn the_oldest_needed_segment_follows_flushes() {
         let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
-        let schema = Arc::new(DatasetSchema::new(Arc::new(d)));
+        let schema = Arc::new(DatasetSchema::new(Arc::new(d)).unwrap());
         let batch = |n: i64| {
             let cols = schema
                 .stored

@@ -5,7 +5,9 @@
 //! old objects are deleted after a grace period for reads already planned.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use catalog::{Catalog, ErrorKind, ParquetFile};
@@ -47,6 +49,9 @@ impl Default for CompactionConfig {
     }
 }
 
+/// The columns of a dataset (the ingester's cached [`DatasetSchema`]s).
+pub type SchemaOf<'a> = dyn Fn(&Arc<catalog::Dataset>) -> Result<Arc<DatasetSchema>, IngestError> + Sync + 'a;
+
 /// The compactor; deletions wait in `doomed` until their grace period is over.
 #[derive(Debug)]
 pub struct Compactor {
@@ -76,13 +81,13 @@ impl Compactor {
         catalog: &Catalog,
         store: &Arc<dyn ObjectStore>,
         buffer: &Buffer,
-        schema_of: &(dyn Fn(&Arc<catalog::Dataset>) -> Arc<DatasetSchema> + Sync),
+        schema_of: &SchemaOf<'_>,
         now_secs: i64,
     ) -> Result<usize, IngestError> {
         let mut replaced = 0;
         let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 100_000).await?;
         let work: Vec<(PartitionKey, i64)> = {
-            let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+            let settled = self.settled.lock();
             candidates
                 .into_iter()
                 .map(|((env, dataset, member), files)| (PartitionKey { env, dataset, member }, files))
@@ -91,7 +96,7 @@ impl Compactor {
         };
         metrics::gauge!("trove_ingest_compaction_backlog_partitions").set(work.len() as f64);
         for (key, count) in work.into_iter().take(32) {
-            let schema = schema_of(&Arc::new(catalog.dataset(&key.dataset).await?));
+            let schema = schema_of(&Arc::new(catalog.dataset(&key.dataset).await?))?;
             let (env, member) = (key.env, key.member);
             let files = catalog.parquet_files(env, &key.dataset, member).await?;
             let mut buckets: BTreeMap<(bool, i64), Vec<ParquetFile>> = BTreeMap::new();
@@ -100,7 +105,7 @@ impl Compactor {
             }
             let groups: Vec<Vec<ParquetFile>> = buckets.into_values().filter(|g| g.len() >= 2).collect();
             if groups.is_empty() {
-                self.settled.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), count);
+                self.settled.lock().insert(key.clone(), count);
             }
             for group in groups {
                 match self.merge(catalog, store, buffer, &key, &schema, &group).await {
@@ -132,7 +137,7 @@ impl Compactor {
             batches.extend(persist::read_file_in_background(store, &f.path).await?);
         }
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
-        let file = persist::write_file(store, key, schema, batches, persist::Codec::Compacted, 5).await?;
+        let file = persist::write_file(store, key, schema, batches, persist::Codec::Compacted).await?;
         buffer.claim(old.iter().cloned().chain([file.path.clone()]));
         if let Err(e) = persist::commit(store, catalog, std::slice::from_ref(&file), &old).await {
             buffer.release(old.iter().chain([&file.path]));
@@ -140,13 +145,13 @@ impl Compactor {
         }
         buffer.swap_files(&[file], &old);
         let at = Instant::now();
-        self.doomed.lock().unwrap_or_else(|p| p.into_inner()).extend(old.into_iter().map(|p| (at, p)));
+        self.doomed.lock().extend(old.into_iter().map(|p| (at, p)));
         Ok(())
     }
 
     async fn delete_doomed(&self, store: &Arc<dyn ObjectStore>) {
         let due: Vec<String> = {
-            let mut doomed = self.doomed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut doomed = self.doomed.lock();
             let grace = self.config.delete_grace;
             let (due, keep): (Vec<_>, Vec<_>) = doomed.drain(..).partition(|(at, _)| at.elapsed() >= grace);
             *doomed = keep;

@@ -4,7 +4,9 @@
 //! When a WAL segment is deleted its keys move to the catalog first.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use catalog::{Catalog, IdempotentWrite};
 
@@ -90,8 +92,8 @@ impl Drop for Claim {
 }
 
 impl Keys {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, String), Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(i64, String), Entry>> {
+        self.entries.lock()
     }
 
     /// Checks a key: 409 while the first write is in flight, 422 for another body.
@@ -135,14 +137,14 @@ impl Keys {
     /// A write's record is in `segment` (called by the sequencer and by replay).
     pub fn in_segment(&self, segment: u64, write: IdempotentWrite) {
         self.lock().insert((write.connection, write.key.clone()), Entry::Done(write.clone()));
-        self.by_segment.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().push(write);
+        self.by_segment.lock().entry(segment).or_default().push(write);
     }
 
     /// Moves the keys of segments below `keep_from` to the catalog, before those segments
     /// are deleted, and forgets expired ones.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64, now: i64) -> Result<(), IngestError> {
         let moving: Vec<(u64, Vec<IdempotentWrite>)> = {
-            let by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+            let by_segment = self.by_segment.lock();
             by_segment.range(..keep_from).map(|(s, w)| (*s, w.clone())).collect()
         };
         if moving.is_empty() {
@@ -154,7 +156,7 @@ impl Keys {
         )));
         catalog.remember_idempotent_writes(&writes).await?;
         {
-            let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_segment = self.by_segment.lock();
             for (segment, _) in &moving {
                 by_segment.remove(segment);
             }

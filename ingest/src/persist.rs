@@ -4,7 +4,6 @@
 //! succeeded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use catalog::{Catalog, ParquetFile};
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -76,7 +75,6 @@ pub async fn write_file(
     schema: &Arc<DatasetSchema>,
     batches: Vec<RecordBatch>,
     codec: Codec,
-    attempts: u32,
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = crate::background::run(move || encode(&schema2, &batches, codec)).await??;
@@ -88,7 +86,7 @@ pub async fn write_file(
         max_i64(sorted.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>());
     let path = file_path(key, min_t, min_id, max_id);
     let size = bytes.len() as i64;
-    put_with_retry(store, &path, bytes, attempts).await?;
+    put_new(store, &path, bytes).await?;
     Ok(ParquetFile {
         environment: key.env,
         dataset: key.dataset.clone(),
@@ -176,30 +174,13 @@ fn max_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
     datafusion::arrow::compute::max(a).unwrap_or(0)
 }
 
-/// `PutMode::Create` with exponential backoff. `AlreadyExists` after a retry means an
-/// earlier attempt landed (the name is unique to this flush), which is success.
-pub async fn put_with_retry(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-    bytes: Vec<u8>,
-    attempts: u32,
-) -> Result<(), crate::IngestError> {
+/// Puts a new object: never over an existing one (`PutMode::Create`; file names are unique,
+/// so an existing object means a bug, not a retry). The store's client retries transient
+/// failures itself (object_store's `RetryConfig`); a put that still fails fails its flush,
+/// whose rows stay buffered for the next round.
+pub async fn put_new(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>) -> Result<(), crate::IngestError> {
     fail::fail_point!("parquet-put", |_| Err(crate::IngestError::Unavailable("failpoint parquet-put".into())));
-    let payload = PutPayload::from(bytes);
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=attempts.max(1) {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match store.put_opts(path, payload.clone(), opts).await {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => return Ok(()),
-            Err(e) if attempt == attempts.max(1) => return Err(e.into()),
-            Err(e) => {
-                metrics::counter!("trove_ingest_object_store_retries_total").increment(1);
-                tracing::warn!(attempt, error = %e, "object store put failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    unreachable!("the last attempt returns")
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    store.put_opts(path, PutPayload::from(bytes), opts).await?;
+    Ok(())
 }

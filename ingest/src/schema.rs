@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use catalog::{Dataset, FieldType};
+use catalog::{Dataset, DatasetKind, FieldType};
 use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 
@@ -57,10 +57,14 @@ pub struct DatasetSchema {
 }
 
 impl DatasetSchema {
-    /// # Panics
-    /// If the dataset is not transactional (it has no event-time field).
-    pub fn new(dataset: Arc<Dataset>) -> Self {
-        let event = dataset.event_time_field.clone().expect("transactional datasets have an event time");
+    /// The columns of a transactional dataset; a metadata dataset has no rows (its values
+    /// live in the catalog), so asking for its columns is a fault of the caller.
+    pub fn new(dataset: Arc<Dataset>) -> Result<Self, IngestError> {
+        let not_rows = || IngestError::Internal(format!("{} is not a transactional dataset", dataset.name));
+        let event = match (dataset.kind, &dataset.event_time_field) {
+            (DatasetKind::Transactional, Some(event)) => event.clone(),
+            _ => return Err(not_rows()),
+        };
         let data: Vec<Field> =
             dataset.data_fields().map(|f| Field::new(f.name.as_str(), arrow_type(f.data_type), true)).collect();
         let reserved = [Field::new(MEMBER_UID, DataType::Int64, false), Field::new(INSTANCE, DataType::Int64, false)];
@@ -68,15 +72,17 @@ impl DatasetSchema {
         let mut stored = input.clone();
         stored.insert(2, Field::new(ROW_ID, DataType::Int64, false));
         stored.insert(3, Field::new(ROW_VERSION, DataType::Int64, false));
-        let position = |fields: &[Field]| fields.iter().position(|f| f.name() == event.as_str()).expect("event field");
-        let (event_time_input, event_time_stored) = (position(&input), position(&stored));
-        DatasetSchema {
+        let position = |fields: &[Field]| fields.iter().position(|f| f.name() == event.as_str());
+        let (Some(event_time_input), Some(event_time_stored)) = (position(&input), position(&stored)) else {
+            return Err(not_rows());
+        };
+        Ok(DatasetSchema {
             dataset,
             input: Arc::new(Schema::new(input)),
             stored: Arc::new(Schema::new(stored)),
             event_time_input,
             event_time_stored,
-        }
+        })
     }
 
     /// The data field behind input column `i` (none for the reserved columns).

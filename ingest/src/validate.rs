@@ -338,7 +338,7 @@ mod tests {
         let full = DatasetGrant { read: all.clone(), write: all.clone() };
         let mut narrow = full.clone();
         narrow.write.remove("field_energy_source_name");
-        let schema = DatasetSchema::new(Arc::new(dataset));
+        let schema = DatasetSchema::new(Arc::new(dataset)).unwrap();
         let body = [1, 2, 1, 3, 2]
             .iter()
             .map(|m| format!(r#"{{"member_uid": {m}, "field_energy_reading_timestamp": 1764000000, "field_energy_source_name": "Kettle"}}"#))
@@ -369,7 +369,7 @@ mod tests {
             catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         let read_only = DatasetGrant { read: all, write: Default::default() };
-        let schema = DatasetSchema::new(Arc::new(dataset));
+        let schema = DatasetSchema::new(Arc::new(dataset)).unwrap();
         for body in [r#"{"member_uid": 1}"#, r#"{"member_uid": 1, "instance": 99}"#] {
             let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
             let refused = authorize_rows(&schema, &batch, |_| Some(&read_only));
@@ -385,7 +385,7 @@ mod tests {
             catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_browsing_history").unwrap();
         let all: std::collections::BTreeSet<String> = dataset.data_fields().map(|f| f.name.to_string()).collect();
         let full = DatasetGrant { read: all.clone(), write: all };
-        let schema = DatasetSchema::new(Arc::new(dataset));
+        let schema = DatasetSchema::new(Arc::new(dataset)).unwrap();
         let body = "{\"member_uid\": 1}\n{\"member_uid\": 1, \"browsing_url\": \"https://example.org\"}\n{\"member_uid\": 1, \"instance\": 2, \"browsing_url\": null}\n";
         let batch = crate::decode::decode(&schema, crate::decode::Format::Ndjson, body.as_bytes()).unwrap();
         let Err(IngestError::Rows { rows, forbidden: false }) =
@@ -412,5 +412,9 @@ mod tests {
         let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["f", "nope", "id"]);
         assert!(problems.iter().all(|p| !p.reason.contains("secret-value")));
+        assert!(
+            matches!(DatasetSchema::new(Arc::new(d)), Err(IngestError::Internal(_))),
+            "a metadata dataset has no columns of rows: an error, not a panic"
+        );
     }
 }

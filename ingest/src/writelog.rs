@@ -3,8 +3,8 @@
 //! write, or of a read's entries, is their durable entry; they move to the catalog's access
 //! log just before their WAL segment is deleted.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 
 use catalog::{AccessAction, AccessDecision, AccessLogEntry, Catalog, ConnectionId, DatasetName, MemberId};
 
@@ -26,7 +26,7 @@ pub struct WriteLog {
 impl WriteLog {
     /// Counts `rows` written for each member run of a record in `segment`.
     pub fn record(&self, segment: u64, connection: i64, dataset: &DatasetName, at_ms: i64, members: &[(i64, usize)]) {
-        let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_segment = self.by_segment.lock();
         let counts = by_segment
             .entry(segment)
             .or_default()
@@ -41,12 +41,12 @@ impl WriteLog {
 
     /// Read entries made durable in `segment`.
     pub fn reads(&self, segment: u64, entries: Vec<AccessLogEntry>) {
-        self.reads.lock().unwrap_or_else(|p| p.into_inner()).entry(segment).or_default().push(entries);
+        self.reads.lock().entry(segment).or_default().push(entries);
     }
 
     /// A member's read entries not yet in the catalog.
     pub fn pending_reads(&self, member: MemberId) -> Vec<AccessLogEntry> {
-        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        let reads = self.reads.lock();
         reads.values().flatten().flatten().filter(|e| e.member == Some(member)).cloned().collect()
     }
 
@@ -55,7 +55,7 @@ impl WriteLog {
     /// did not commit stays, and so do the segments.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64) -> Result<(), IngestError> {
         let reads: BTreeMap<u64, Vec<Vec<AccessLogEntry>>> = {
-            let mut by_segment = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_segment = self.reads.lock();
             let keep = by_segment.split_off(&keep_from);
             std::mem::replace(&mut *by_segment, keep)
         };
@@ -65,14 +65,14 @@ impl WriteLog {
         while let Some((segment, entries)) = segments.next() {
             let runs: Vec<&[AccessLogEntry]> = entries.iter().map(Vec::as_slice).collect();
             if let Err(e) = catalog.record_access_runs(&runs).await {
-                let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+                let mut reads = self.reads.lock();
                 reads.insert(segment, entries);
                 reads.extend(segments);
                 return Err(e.into());
             }
         }
         let moving: BTreeMap<u64, HashMap<Key, MemberMap<i64>>> = {
-            let mut by_segment = self.by_segment.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_segment = self.by_segment.lock();
             let keep = by_segment.split_off(&keep_from);
             std::mem::replace(&mut *by_segment, keep)
         };
@@ -83,7 +83,7 @@ impl WriteLog {
         let entries = match result {
             Ok(entries) => entries,
             Err(e) => {
-                self.by_segment.lock().unwrap_or_else(|p| p.into_inner()).extend(moving);
+                self.by_segment.lock().extend(moving);
                 return Err(e);
             }
         };
@@ -94,7 +94,7 @@ impl WriteLog {
             Ok::<_, IngestError>(catalog.record_access(&entries).await?)
         };
         if let Err(e) = recorded.await {
-            self.by_segment.lock().unwrap_or_else(|p| p.into_inner()).extend(moving);
+            self.by_segment.lock().extend(moving);
             return Err(e);
         }
         Ok(())

@@ -10,8 +10,8 @@
 //! few large batches instead of 10,000 lookups and a copy of each. A block holds exactly the
 //! rows of the files it names, so it serves nothing a read of those files would not.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
 
@@ -62,8 +62,8 @@ impl FileCache {
         FileCache { limit, state: Mutex::new(State::default()) }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Whether a file of this many bytes on disk is worth keeping (small ones are).

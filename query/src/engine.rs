@@ -14,8 +14,10 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -154,7 +156,7 @@ impl QueryEngine {
     /// sent: past the subscriber's cap 429 ([`QueryError::Busy`]), past the server's 503.
     pub fn admit(&self, subscriber: SubscriberId) -> Result<Admission, QueryError> {
         let semaphore = {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.running.lock();
             running
                 .entry(subscriber)
                 .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_subscriber.max(1))))
@@ -412,13 +414,13 @@ struct ScopedSchema {
 
 impl ScopedSchema {
     fn build(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
-        if let Some(t) = self.tables.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(t) = self.tables.lock().get(name) {
             return t.clone();
         }
         let schema = self.scope.datasets.iter().find(|d| d.dataset.name.as_str() == name)?;
         let table = TableScope::for_connection(&self.scope.connection, self.scope.members.clone(), schema.clone())
             .map(|t| Arc::new(ScopedTable::new(t, self.sources.clone(), self.reads.clone())) as Arc<dyn TableProvider>);
-        self.tables.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), table.clone());
+        self.tables.lock().insert(name.to_owned(), table.clone());
         table
     }
 }

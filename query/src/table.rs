@@ -13,7 +13,9 @@
 //! memory instead, keeping the newest version of each row and nulling ungranted columns.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use catalog::{DatasetName, MemberId, ParquetFile};
@@ -63,7 +65,7 @@ impl Reads {
 
     /// Keeps `memory` counted until the request ends.
     pub(crate) fn hold(&self, memory: MemoryReservation) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).push(memory);
+        self.held.lock().push(memory);
     }
 
     fn check_deadline(&self) -> DfResult<()> {
@@ -76,7 +78,7 @@ impl Reads {
     }
 
     fn record(&self, dataset: &DatasetName, rows: Vec<(MemberId, i64)>) {
-        let mut all = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.rows.lock();
         for (member, n) in rows {
             *all.entry((dataset.clone(), member)).or_default() += n;
         }
@@ -85,11 +87,11 @@ impl Reads {
     /// Rows each member's data contributed to the scans (after pruning by member, event time
     /// and id), by dataset and member.
     pub fn rows(&self) -> BTreeMap<(DatasetName, MemberId), i64> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.rows.lock().clone()
     }
 
     pub(crate) fn allows_file(&self, path: &str) -> bool {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).contains(path)
+        self.files.lock().contains(path)
     }
 }
 
@@ -359,7 +361,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         } else {
             stored.extend(self.small_files(&small).await?);
         }
-        self.reads.files.lock().unwrap_or_else(|p| p.into_inner()).extend(large.iter().map(|f| f.path.clone()));
+        self.reads.files.lock().extend(large.iter().map(|f| f.path.clone()));
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !large.is_empty() {
             let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);

@@ -10,7 +10,7 @@ use catalog::{
 };
 use ingest::validate;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::auth::{MydexSubscriber, con_id_for};
 use super::error::{ApiError, ApiResult};
@@ -194,7 +194,7 @@ impl Call {
         decision: AccessDecision,
     ) -> AccessLogEntry {
         AccessLogEntry {
-            at: now_ms(),
+            at: catalog::time::now_ms(),
             member: Some(self.scope.agreement.member),
             subscriber_id: self.scope.subscriber_id,
             connection_id: self.scope.agreement.connection_id,
@@ -257,14 +257,32 @@ impl Call {
     }
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn kind_name(kind: DatasetKind) -> &'static str {
     match kind {
         DatasetKind::Metadata => "metadata",
         DatasetKind::Transactional => "transactional",
+    }
+}
+
+/// The body of a metadata write: `{"ds_x": {"<field>": "value", ...}}`, or for an update
+/// the fields flat with `dataset=` naming the dataset.
+pub(super) fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<(String, Map<String, Value>)> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
+    let Value::Object(mut map) = value else {
+        return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new()));
+    };
+    let wrapped = map.len() == 1 && map.keys().next().is_some_and(|k| DatasetName::parse_mydex(k).is_ok());
+    if wrapped {
+        let (name, inner) = map.into_iter().next().expect("one entry");
+        return match inner {
+            Value::Object(fields) => Ok((name, fields)),
+            _ => Err(ApiError::unprocessable(format!("{name} must hold an object of fields"), Vec::new())),
+        };
+    }
+    match dataset_param {
+        Some(d) if !map.keys().any(|k| k.starts_with("ds_")) => Ok((d.to_owned(), std::mem::take(&mut map))),
+        _ => Err(ApiError::unprocessable("write one dataset: {\"ds_x\": {...}}", Vec::new())),
     }
 }
 

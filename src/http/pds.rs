@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use catalog::{AccessAction, AccessDecision, Dataset, DatasetKind, DatasetName, MetadataInstance};
+use catalog::{AccessAction, AccessDecision, Dataset, DatasetKind, MetadataInstance};
 use ingest::validate;
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, NotFound, Refused, TooLarge, Unprocessable};
-use super::mydex::{Call, CreateParams, MydexParams, ReadParams, UpdateParams, answer, authorize_file, body_bytes};
+use super::mydex::{
+    Call, CreateParams, MydexParams, ReadParams, UpdateParams, answer, authorize_file, body_bytes, write_body,
+};
 use crate::AppState;
 
 /// Values travel as strings, as in the public Mydex API.
@@ -68,46 +70,27 @@ pub(super) async fn read(
     Ok(answer(call.format, Value::Object(body)))
 }
 
-/// The body of a metadata write: `{"ds_x": {"<field>": "value", ...}}`, or for an update
-/// the fields flat with `dataset=` naming the dataset.
-pub(super) fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<(String, Map<String, Value>)> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| ApiError::bad_request("the body must be a JSON object"))?;
-    let Value::Object(mut map) = value else {
-        return Err(ApiError::unprocessable("the body must be a JSON object", Vec::new()));
-    };
-    let wrapped = map.len() == 1 && map.keys().next().is_some_and(|k| DatasetName::parse_mydex(k).is_ok());
-    if wrapped {
-        let (name, inner) = map.into_iter().next().expect("one entry");
-        return match inner {
-            Value::Object(fields) => Ok((name, fields)),
-            _ => Err(ApiError::unprocessable(format!("{name} must hold an object of fields"), Vec::new())),
-        };
-    }
-    match dataset_param {
-        Some(d) if !map.keys().any(|k| k.starts_with("ds_")) => Ok((d.to_owned(), std::mem::take(&mut map))),
-        _ => Err(ApiError::unprocessable("write one dataset: {\"ds_x\": {...}}", Vec::new())),
-    }
-}
-
-/// Checks values and the write grant, then stores through `store`. 422 for bad values
-/// (naming fields, never values), 403 for fields the agreement does not let this
-/// connection write.
-async fn write(
+/// A metadata write, checked: the subscriber and the member's key, the body (one dataset's
+/// fields), their values (422, naming fields, never values) and the agreement's write grant
+/// of every field (403, logged).
+async fn checked_write(
     state: &AppState,
-    call: &Call,
-    requested: &str,
-    fields: &Map<String, Value>,
-) -> ApiResult<(Dataset, BTreeMap<String, Value>)> {
-    let dataset = call.dataset(state, requested, AccessAction::Write, DatasetKind::Metadata).await?;
+    subscriber: MydexSubscriber,
+    file: &str,
+    params: &MydexParams,
+    request: Request,
+) -> ApiResult<(Call, Dataset, BTreeMap<String, Value>)> {
+    let call = authorize_file(state, subscriber, file, params).await?;
+    let (requested, fields) = write_body(&body_bytes(state, request).await?, params.dataset.as_deref())?;
+    let dataset = call.dataset(state, &requested, AccessAction::Write, DatasetKind::Metadata).await?;
     if fields.is_empty() {
         return Err(ApiError::unprocessable("no fields to write", Vec::new()));
     }
-    let values = validate::check_values(&dataset, fields).map_err(ApiError::from)?;
+    let values = validate::check_values(&dataset, &fields).map_err(ApiError::from)?;
     if validate::authorize_write(&call.scope, &dataset, values.keys().map(String::as_str)).is_err() {
         return Err(call.refuse(state, dataset.name.as_str(), AccessAction::Write).await);
     }
-    Ok((dataset, values))
+    Ok((call, dataset, values))
 }
 
 /// Create a metadata instance: `{"ds_x": {"<field>": "value", ...}}`.
@@ -125,9 +108,7 @@ pub(super) async fn create(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let call = authorize_file(&state, subscriber, &file, &params).await?;
-    let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
-    let (dataset, values) = write(&state, &call, &requested, &fields).await?;
+    let (call, dataset, values) = checked_write(&state, subscriber, &file, &params, request).await?;
     let member = call.scope.agreement.member;
     let instance = state.catalog.create_metadata_instance(member, &dataset.name, call.env, values).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
@@ -151,10 +132,8 @@ pub(super) async fn update(
     ApiQuery(params): ApiQuery<MydexParams>,
     request: Request,
 ) -> ApiResult<Response> {
-    let call = authorize_file(&state, subscriber, &file, &params).await?;
     let id = params.id("the instance id")?;
-    let (requested, fields) = write_body(&body_bytes(&state, request).await?, params.dataset.as_deref())?;
-    let (dataset, values) = write(&state, &call, &requested, &fields).await?;
+    let (call, dataset, values) = checked_write(&state, subscriber, &file, &params, request).await?;
     let member = call.scope.agreement.member;
     state.catalog.update_metadata_instance(member, &dataset.name, call.env, id, values).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;

@@ -7,7 +7,9 @@
 //! durable in the write-ahead log before the first byte (refusals go to the catalog at once).
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -21,7 +23,6 @@ use serde::Deserialize;
 
 use super::auth::{Principal, subscriber_connection};
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, Busy, JsonBody, NotAcceptable, Refused};
-use super::mydex::now_ms;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -116,13 +117,13 @@ pub(super) async fn query(
         for name in serving.terms.datasets.keys() {
             let dataset = state.auth_cache.dataset(&state.catalog, name).await?;
             if dataset.kind == DatasetKind::Transactional {
-                datasets.push(state.ingester.schema(&dataset));
+                datasets.push(state.ingester.schema(&dataset)?);
             }
         }
     }
     let purpose = connection.approved().map(|r| r.terms.purposes.join("; ")).unwrap_or_default();
     let entry = |member, version, dataset: &str, rows, decision| AccessLogEntry {
-        at: now_ms(),
+        at: catalog::time::now_ms(),
         member,
         subscriber_id: subscriber,
         connection_id: connection.id,
@@ -232,13 +233,13 @@ struct SharedBuf(Arc<Mutex<Vec<u8>>>);
 
 impl SharedBuf {
     fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.0.lock())
     }
 }
 
 impl Write for SharedBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

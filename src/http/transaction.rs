@@ -18,8 +18,8 @@ use super::error::{
 };
 use super::mydex::{
     AddParams, Call, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes,
+    write_body,
 };
-use super::pds::write_body;
 use crate::AppState;
 
 /// The rows of a body: `{"ds_x": {...}}` (one row) or `{"ds_x": [{...}, ...]}`.
@@ -195,7 +195,7 @@ pub(super) async fn read(
         let refuse = || async {
             Err::<Response, ApiError>(call.refuse(&state, dataset.name.as_str(), AccessAction::Read).await)
         };
-        let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)) else {
+        let Ok(table) = query::TableScope::for_agreement(&call.scope, state.ingester.schema(&dataset)?) else {
             return refuse().await;
         };
         let mut exprs = Vec::with_capacity(filters.len() + 1);

@@ -57,6 +57,32 @@ pub fn object_stores() -> Vec<Objects> {
     }
 }
 
+/// Every backend once, without running every pair: each catalog store with local objects,
+/// then each other object store with SQLite.
+pub fn backends() -> Vec<(Store, Objects)> {
+    let local = stores().into_iter().map(|s| (s, Objects::Local));
+    local.chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o))).collect()
+}
+
+/// A subscriber's bearer token from `POST {base}/oauth2/token` (client credentials).
+pub async fn client_token(client: &reqwest::Client, base: &str, client_id: &str, secret: &str) -> String {
+    let resp = client
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(client_id, Some(secret))
+        .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json::<Value>().await.expect("token json")["access_token"].as_str().expect("access_token").to_owned()
+}
+
+/// POSTs `body` as JSON with `bearer` and returns the JSON answer (panics unless it is one).
+pub async fn post_json(client: &reqwest::Client, url: &str, bearer: &str, body: &Value) -> Value {
+    let resp = client.post(url).bearer_auth(bearer).json(body).send().await.expect("a request");
+    resp.json().await.expect("a JSON answer")
+}
+
 /// The test S3 server's settings as `trove serve` reads them: `--object-store` and `AWS_*`.
 pub fn s3_env(prefix: &str) -> (String, Vec<(&'static str, String)>) {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} (run scripts/start-s3.sh)"));
@@ -83,18 +109,9 @@ pub fn object_store(kind: Objects, local_dir: &std::path::Path) -> Arc<dyn Objec
 
 /// The test S3 server's bucket under `prefix`.
 pub fn s3_store(prefix: &str) -> Arc<dyn ObjectStore> {
-    let (_, env) = s3_env("");
-    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).expect("S3 setting");
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(get("AWS_ENDPOINT"))
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_bucket_name(std::env::var("TROVE_TEST_S3_BUCKET").expect("bucket"))
-        .with_access_key_id(get("AWS_ACCESS_KEY_ID"))
-        .with_secret_access_key(get("AWS_SECRET_ACCESS_KEY"))
-        .build()
-        .expect("S3 store");
-    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+    let (url, env) = s3_env(prefix);
+    let options = env.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v));
+    trove::open_url(&url.parse().expect("an s3:// URL"), options).expect("S3 store")
 }
 
 /// A catalog URL for a fresh, empty store of the given kind in `dir`.
@@ -179,7 +196,6 @@ impl TestServer {
             flush_age: config.flush_age,
             flush_bytes: 8 << 20,
             flush_tick: Duration::from_millis(50),
-            put_attempts: 3,
             compaction: ingest::compact::CompactionConfig { delete_grace: Duration::ZERO, ..Default::default() },
             // Tests compact when they ask to.
             compact_interval: Duration::from_secs(3600),
@@ -310,16 +326,7 @@ impl TestServer {
     /// An OAuth2 bearer token for the demo subscriber `name`.
     pub async fn subscriber_token(&self, name: &str) -> String {
         let s = self.creds.subscribers.iter().find(|s| s.name == name).expect("demo subscriber");
-        let resp = self
-            .client
-            .post(self.url("/oauth2/token"))
-            .basic_auth(&s.client_id, Some(&s.client_secret))
-            .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
-            .send()
-            .await
-            .expect("token request");
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json::<Value>().await.expect("token json")["access_token"].as_str().expect("access_token").to_owned()
+        client_token(&self.client, &self.url(""), &s.client_id, &s.client_secret).await
     }
 
     /// `con_id=..&key=..&source_type=connection` for demo member `uid` and subscriber `name`.
@@ -336,9 +343,7 @@ impl TestServer {
 }
 
 /// Now, in epoch seconds (event times of test rows).
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
-}
+pub use catalog::time::now_secs;
 
 /// A free port on loopback, for a real binary to listen on.
 pub fn free_port() -> u16 {
@@ -403,15 +408,8 @@ impl TestServer {
             .call(Method::POST, "/v1/subscribers", Some(self.admin()), Some(serde_json::json!({"name": name})))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
-        let resp = self
-            .client
-            .post(self.url("/oauth2/token"))
-            .basic_auth(created["client_id"].as_str().unwrap(), created["client_secret"].as_str())
-            .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
-            .send()
-            .await
-            .expect("token request");
-        resp.json::<Value>().await.expect("token json")["access_token"].as_str().expect("access_token").to_owned()
+        let (id, secret) = (created["client_id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
+        client_token(&self.client, &self.url(""), id, secret).await
     }
 
     /// Creates, submits and approves a connection of the subscriber behind `token` (a

@@ -8,16 +8,16 @@
 //! first byte must be a 4xx/429/503 problem+json; the well-behaved client's requests must
 //! succeed (honouring `Retry-After`); and no row may be stored that a grant did not allow.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use test_helpers::{abuse, free_port, now_secs, wait_healthy};
+use test_helpers::{abuse, client_token, free_port, now_secs, post_json, wait_healthy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::TROVE;
+use crate::{TROVE, demo, serve_command};
 
 /// The address space the server may map: its budgets below come to about 1 GiB of data, its
 /// threads reserve 32 MiB of stack each; any one attack, unbounded, asks for far more.
@@ -62,24 +62,11 @@ impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let out = Command::new(TROVE)
-            .args(["demo", "--json", "--data-dir"])
-            .arg(&data)
-            .env_remove("TROVE_ADMIN_TOKEN")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let creds = demo(&data);
         let port = free_port();
-        let child = Command::new("prlimit")
-            .arg(format!("--as={ADDRESS_SPACE}"))
-            .arg(TROVE)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&data)
+        let limit = format!("--as={ADDRESS_SPACE}");
+        let child = serve_command(&["prlimit", &limit, TROVE], &data, port)
             .args(FLAGS)
-            .env_remove("TROVE_ADMIN_TOKEN")
-            .env("TROVE_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .expect("prlimit (util-linux) runs the server");
@@ -101,14 +88,8 @@ impl Server {
 
     async fn token(&self, name: &str) -> String {
         let s = self.subscriber(name);
-        let resp = reqwest::Client::new()
-            .post(format!("{}/oauth2/token", self.base()))
-            .basic_auth(s["client_id"].as_str().unwrap(), s["client_secret"].as_str())
-            .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
-            .send()
-            .await
-            .unwrap();
-        resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+        let (id, secret) = (s["client_id"].as_str().unwrap(), s["client_secret"].as_str().unwrap());
+        client_token(&reqwest::Client::new(), &self.base(), id, secret).await
     }
 
     /// `Bearer <nid>:<key>` of a demo subscriber's connection.
@@ -373,16 +354,7 @@ async fn abuse_is_refused_and_the_server_keeps_serving_others() {
         let token = token.to_owned();
         let sql = format!("SELECT count(*) AS n FROM {table}");
         async move {
-            let v: Value = client
-                .post(format!("{base}/v1/query"))
-                .bearer_auth(token)
-                .json(&json!({"sql": sql}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = post_json(&client, &format!("{base}/v1/query"), &token, &json!({"sql": sql})).await;
             v[0]["n"].as_i64().unwrap() as usize
         }
     };

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use test_helpers::{free_port, wait_healthy};
 
-use crate::TROVE;
+use crate::{TROVE, serve_command};
 
 #[tokio::test]
 async fn demo_then_serve_then_sigterm() {
@@ -34,12 +34,10 @@ async fn demo_then_serve_then_sigterm() {
     assert!(again.stdout.is_empty());
 
     let port = free_port();
-    let mut server = Command::new(TROVE)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(&data)
-        .env_remove("TROVE_ADMIN_TOKEN")
+    // Info logs, the level that would show request lines with their keys.
+    let mut server = serve_command(&[TROVE], &data, port)
+        .env("TROVE_LOG", "info")
         .env("TROVE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

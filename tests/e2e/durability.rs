@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,10 +21,9 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde_json::Value;
 use test_helpers::{Objects, free_port, wait_healthy};
 
-use crate::TROVE;
+use crate::{TROVE, demo, serve_command};
 
 /// Where a run keeps its Parquet files: the local directory, or a prefix on the test S3 server.
 struct Target {
@@ -232,14 +231,7 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let target = target(objects, &data);
-        let out = Command::new(TROVE)
-            .args(["demo", "--json", "--data-dir"])
-            .arg(&data)
-            .env_remove("TROVE_ADMIN_TOKEN")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let creds = demo(&data);
         let conn = &creds["subscribers"][0]["connection"];
         let auth = format!("{}:{}", conn["nid"], conn["key"].as_str().unwrap());
         let base_time =
@@ -271,17 +263,12 @@ impl Run {
         self.lives += 1;
         let port = free_port();
         let log = self.dir.path().join(format!("server-{}.log", self.lives));
-        let child = Command::new(TROVE)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&self.data)
+        let child = serve_command(&[TROVE], &self.data, port)
             .args(["--flush-age", "150ms", "--compact-interval", "300ms", "--compact-min-files", "2"])
             .args(&self.flags)
             .args(&self.target.args)
             .envs(self.target.env.iter().map(|(k, v)| (*k, v.as_str())))
             .envs(env.iter().copied())
-            .env_remove("TROVE_ADMIN_TOKEN")
-            .env("TROVE_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();

@@ -10,7 +10,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use test_helpers::{Objects, Store, TestConfig, TestServer, now_secs, object_stores, stores};
+use test_helpers::{Store, TestConfig, TestServer, backends, now_secs, stores};
 
 const ENERGY: &str = "ds_energy_consumption";
 
@@ -60,11 +60,7 @@ fn by_member(batches: &[RecordBatch]) -> BTreeMap<i64, Vec<(i64, f64)>> {
 
 #[tokio::test]
 async fn every_format_lands_in_parquet_exactly_once() {
-    let runs = stores()
-        .into_iter()
-        .map(|s| (s, Objects::Local))
-        .chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
-    for (store, objects) in runs {
+    for (store, objects) in backends() {
         let s = TestServer::start(TestConfig { objects, ..TestConfig::new(store) }).await;
         let start = now_secs() - 10 * 86_400;
         let rows = readings(400, 9, start);
@@ -387,11 +383,7 @@ async fn idempotency_keys_answer_retries_once() {
 
 #[tokio::test]
 async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
-    let runs = stores()
-        .into_iter()
-        .map(|s| (s, Objects::Local))
-        .chain(object_stores().into_iter().skip(1).map(|o| (Store::Sqlite, o)));
-    for (store, objects) in runs {
+    for (store, objects) in backends() {
         let s = TestServer::start(TestConfig { objects, ..TestConfig::new(store) }).await;
         // One member-month of 15-minute readings for 3 members (cold: merged by month), and
         // two recent days for member 1 (merged by day), each day flushed as its own file.

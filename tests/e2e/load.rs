@@ -4,14 +4,14 @@
 //! must be there, read back through the SQL door.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use clap::Parser;
 use serde_json::Value;
-use test_helpers::{free_port, wait_healthy};
+use test_helpers::{client_token, free_port, post_json, wait_healthy};
 use trove_load::LoadConfig;
 
-use crate::TROVE;
+use crate::{TROVE, serve_command};
 
 struct Server {
     child: Child,
@@ -27,15 +27,8 @@ impl Drop for Server {
 
 async fn serve(data: &Path) -> Server {
     let port = free_port();
-    let child = Command::new(TROVE)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--flush-age", "300ms", "--data-dir"])
-        .arg(data)
-        .env_remove("TROVE_ADMIN_TOKEN")
-        .env("TROVE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child =
+        serve_command(&[TROVE], data, port).args(["--flush-age", "300ms"]).stderr(Stdio::null()).spawn().unwrap();
     wait_healthy(&reqwest::Client::new(), port).await;
     Server { child, port }
 }
@@ -67,27 +60,11 @@ async fn load(server: &Server, data: &Path, args: &[&str]) -> Value {
 
 async fn count_rows(port: u16, setup: &Path, dataset: &str) -> i64 {
     let setup: Value = serde_json::from_slice(&std::fs::read(setup).unwrap()).unwrap();
-    let client = reqwest::Client::new();
-    let token: Value = client
-        .post(format!("http://127.0.0.1:{port}/oauth2/token"))
-        .basic_auth(setup["client_id"].as_str().unwrap(), setup["client_secret"].as_str())
-        .form(&[("grant_type", "client_credentials"), ("scope", "mydex:pdx")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows: Value = client
-        .post(format!("http://127.0.0.1:{port}/v1/query"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
-        .json(&serde_json::json!({"sql": format!("SELECT count(*) AS n FROM {dataset}")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (client, base) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}"));
+    let (id, secret) = (setup["client_id"].as_str().unwrap(), setup["client_secret"].as_str().unwrap());
+    let token = client_token(&client, &base, id, secret).await;
+    let sql = serde_json::json!({"sql": format!("SELECT count(*) AS n FROM {dataset}")});
+    let rows = post_json(&client, &format!("{base}/v1/query"), &token, &sql).await;
     rows[0]["n"].as_i64().unwrap()
 }
 

@@ -276,7 +276,6 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         flush_age: Duration::from_secs(3600),
         flush_bytes: 8 << 20,
         flush_tick: Duration::from_secs(3600),
-        put_attempts: 3,
         compaction: ingest::compact::CompactionConfig { min_files: 2, ..Default::default() },
         compact_interval: Duration::from_secs(3600),
         inflight_bytes: 64 << 20,
@@ -284,7 +283,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
     };
     let node2 = ingest::Ingester::open(config, s.catalog.clone(), s.objects.clone()).await.unwrap();
     let dataset = std::sync::Arc::new(s.catalog.dataset(&E.parse().unwrap()).await.unwrap());
-    let schema = node2.schema(&dataset);
+    let schema = node2.schema(&dataset).unwrap();
     let connection = catalog::ConnectionId::new(s.creds.subscribers[0].connection.id).unwrap();
     for batch in 0..2 {
         let rows: Vec<serde_json::Map<String, Value>> = (0..5)

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{ConId, ConnectionId, DatasetName, FieldName, MemberId, Nid, SubscriberId};
 
 /// What one revision of a connection asks for: who, why, and which fields in which direction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionTerms {
     pub name: String,
@@ -32,7 +33,8 @@ pub struct ConnectionTerms {
 }
 
 /// Fields of one dataset a connection may read (collection) and write (delivery).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DatasetGrant {
     #[serde(default)]
@@ -51,7 +53,8 @@ impl DatasetGrant {
 }
 
 /// The GDPR declaration of a connection: the lawful basis and what the subscriber declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GdprDeclaration {
     /// One of `consent`, `contract`, `legal_obligation`, `vital_interests`, `public_task`,
@@ -66,7 +69,8 @@ pub const LAWFUL_BASES: [&str; 6] =
     ["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"];
 
 /// State of one revision of a connection's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RevisionState {
     /// Being edited by the subscriber.
@@ -102,7 +106,8 @@ impl RevisionState {
 
 /// The environment a connection serves in: approved connections are deployed on the sandbox
 /// and see only sandbox data; live ones see only production data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionEnvironment {
     Sandbox,
@@ -119,7 +124,8 @@ impl ConnectionEnvironment {
 }
 
 /// The connection's lifecycle state as docs/api.md names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionStatus {
     Draft,
@@ -129,7 +135,8 @@ pub enum ConnectionStatus {
 }
 
 /// One revision of a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revision {
     pub version: i64,
     pub state: RevisionState,
@@ -139,7 +146,8 @@ pub struct Revision {
 }
 
 /// A dedicated connection with all its revisions (the "one page" view).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Connection {
     pub id: ConnectionId,
     pub subscriber_id: SubscriberId,
@@ -176,7 +184,8 @@ impl Connection {
 }
 
 /// Whether a member's consent is in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AgreementStatus {
     Active,
@@ -184,11 +193,12 @@ pub enum AgreementStatus {
 }
 
 /// A member's data sharing agreement with one connection, at the version they approved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agreement {
     pub member: MemberId,
     pub connection_id: ConnectionId,
-    #[schema(value_type = String, example = "1-2")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1-2"))]
     pub con_id: ConId,
     /// The connection revision the member approved; the terms in force.
     pub version: i64,

@@ -6,7 +6,8 @@ use super::{DatasetName, FieldName};
 
 /// Metadata datasets hold few, rarely changing values per member (in the catalog store);
 /// transactional ones are append-mostly row streams (Parquet in object storage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
     Metadata,
@@ -14,7 +15,8 @@ pub enum DatasetKind {
 }
 
 /// Where a dataset is offered: new datasets start in the sandbox and are promoted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetEnvironment {
     Sandbox,
@@ -23,7 +25,8 @@ pub enum DatasetEnvironment {
 
 /// A field's resolved storage type. On the wire values travel as strings (Mydex) or JSON
 /// values; these are the types they are checked against and stored as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     /// 64-bit signed integer.
@@ -101,7 +104,8 @@ impl FieldType {
 pub const MAX_TEXT_BYTES: u32 = 64 * 1024;
 
 /// One field of a dataset's schema.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Field {
     pub name: FieldName,
     pub title: String,
@@ -124,7 +128,8 @@ fn default_max_bytes() -> u32 {
 pub const RESERVED_FIELDS: [&str; 4] = ["member_uid", "instance", "id", "ds_id"];
 
 /// A dataset of the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dataset {
     pub name: DatasetName,
     pub title: String,

@@ -16,7 +16,8 @@ pub use dataset::{Dataset, DatasetEnvironment, DatasetKind, Field, FieldType, MA
 pub use ids::{ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
 
 /// A person who owns a personal data store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub uid: MemberId,
     pub mydexid: String,
@@ -24,7 +25,8 @@ pub struct Member {
 }
 
 /// An organisation delivering data into PDSs or collecting it from them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Subscriber {
     pub id: SubscriberId,
     pub name: String,
@@ -34,7 +36,8 @@ pub struct Subscriber {
 
 /// Which data a metadata instance or transactional row belongs to: sandbox connections see
 /// only sandbox data, live ones only production data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DataEnvironment {
     Sandbox,
@@ -70,7 +73,8 @@ impl From<ConnectionEnvironment> for DataEnvironment {
 
 /// One instance of a metadata dataset held by a member (e.g. one of two bank accounts).
 /// `id` starts at 1 per member and dataset; `instance_0` is id 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetadataInstance {
     pub id: i64,
     /// Values already checked against the dataset's field types.
@@ -87,7 +91,8 @@ impl MetadataInstance {
 }
 
 /// Whether an access was a read or a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AccessAction {
     Read,
@@ -95,7 +100,8 @@ pub enum AccessAction {
 }
 
 /// Whether an access was allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AccessDecision {
     Allowed,
@@ -104,7 +110,8 @@ pub enum AccessDecision {
 
 /// One entry of the access log: who touched what of a member, under which agreement. Never
 /// holds values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccessLogEntry {
     pub at: i64,
     /// None for a refusal that named no member (an SQL query refused before planning).
@@ -137,7 +144,8 @@ impl AccessLogEntry {
 }
 
 /// A Parquet file in object storage holding some of one member's rows of one dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParquetFile {
     pub environment: DataEnvironment,
     pub dataset: DatasetName,

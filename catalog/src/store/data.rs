@@ -246,7 +246,7 @@ impl Catalog {
                 .await?;
                 let block = seq / EVENTS_PER_BLOCK;
                 let new: Vec<i64> = {
-                    let known = self.known_blocks.lock().unwrap_or_else(|p| p.into_inner());
+                    let known = self.known_blocks.lock();
                     event
                         .members
                         .iter()
@@ -263,7 +263,7 @@ impl Catalog {
             }
         }
         tx.commit().await?;
-        self.known_blocks.lock().unwrap_or_else(|p| p.into_inner()).merge(adding);
+        self.known_blocks.lock().merge(adding);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use super::*;
 
 fn schema(name: &str) -> DatasetSchema {
     let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == name).unwrap();
-    DatasetSchema::new(Arc::new(d))
+    DatasetSchema::new(Arc::new(d)).unwrap()
 }
 
 fn rows(e: DecodeError) -> Vec<(usize, Option<String>)> {

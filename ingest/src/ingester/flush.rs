@@ -92,7 +92,6 @@ impl Ingester {
                     &flush.schema,
                     flush.batches.clone(),
                     crate::persist::Codec::Flush,
-                    self.config.put_attempts,
                 )
                 .await;
                 (flush, result)

@@ -56,8 +56,6 @@ pub struct IngestConfig {
     pub flush_bytes: usize,
     /// How often the flusher looks for due partitions.
     pub flush_tick: Duration,
-    /// Object-store put attempts per flush before the flush is retried later.
-    pub put_attempts: u32,
     pub compaction: crate::compact::CompactionConfig,
     /// How often compaction looks for partitions with many small files.
     pub compact_interval: Duration,
@@ -147,14 +145,14 @@ impl Ingester {
     /// The Arrow view of a transactional dataset, parsed once per version of the dataset:
     /// callers pass the catalog's current one (a promotion changes its environment, which
     /// both read doors check through the schema).
-    pub fn schema(&self, dataset: &Arc<catalog::Dataset>) -> Arc<DatasetSchema> {
+    pub fn schema(&self, dataset: &Arc<catalog::Dataset>) -> Result<Arc<DatasetSchema>, IngestError> {
         let mut schemas = self.schemas.lock();
         match schemas.get(&dataset.name) {
-            Some(s) if Arc::ptr_eq(&s.dataset, dataset) || *s.dataset == **dataset => s.clone(),
+            Some(s) if Arc::ptr_eq(&s.dataset, dataset) || *s.dataset == **dataset => Ok(s.clone()),
             _ => {
-                let s = Arc::new(DatasetSchema::new(dataset.clone()));
+                let s = Arc::new(DatasetSchema::new(dataset.clone())?);
                 schemas.insert(dataset.name.clone(), s.clone());
-                s
+                Ok(s)
             }
         }
     }
@@ -257,6 +255,4 @@ fn stop_on_panic(what: &str) -> ! {
     std::process::abort()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use catalog::time::now_ms;

@@ -72,7 +72,7 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
         let schema = match schemas.get(&header.dataset) {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?)));
+                let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?))?);
                 schemas.insert(header.dataset.clone(), s.clone());
                 s
             }

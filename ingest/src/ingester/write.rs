@@ -111,7 +111,7 @@ impl Ingester {
     /// agreement for every field it sets, a field set, its event time).
     pub async fn ingest(&self, request: WriteRequest<'_>) -> Result<Written, IngestError> {
         let WriteRequest { connection, env, dataset, rows, grant_of, idempotency, mut memory, logged } = request;
-        let schema = self.schema(&dataset);
+        let schema = self.schema(&dataset)?;
         let claim = match (&rows, idempotency) {
             (Rows::Body { bytes, .. }, Some(key)) => {
                 let hash = crate::idempotency::body_hash(&dataset.name, &key.content_type, bytes);
@@ -176,7 +176,7 @@ impl Ingester {
     /// seen here until it flushes them).
     pub async fn update_row(&self, update: RowUpdate<'_>) -> Result<(), IngestError> {
         let RowUpdate { dataset, env, member, id, connection, mut fields, grant } = update;
-        let schema = self.schema(&dataset);
+        let schema = self.schema(&dataset)?;
         let sets_instance = fields.contains_key(INSTANCE);
         fields.insert(MEMBER_UID.into(), Value::from(member.get()));
         let given = {

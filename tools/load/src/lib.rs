@@ -212,10 +212,6 @@ pub async fn run(config: LoadConfig) -> Result<Report, Error> {
     Ok(report)
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
-}
-
 /// The bodies of the run: the input file's rows, or enough generated rows for `--rows`, or
 /// for the `--pool-mib` budget.
 fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) -> Result<Vec<Body>, Error> {
@@ -228,7 +224,7 @@ fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) 
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
         }
         None => {
-            let now = now_secs();
+            let now = catalog::time::now_secs();
             // One batch tells the body size, and so how many fit the pool.
             let sample = rows::generate(config.workload, dataset, uids.len(), batch, now);
             let per_body = rows::bodies(&sample, &uids, batch, config.format)[0].bytes.len().max(1);
@@ -564,7 +560,7 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
     let ds = &setup.dataset;
     while !stop.load(Ordering::Relaxed) {
         let member = &setup.members[rand::rng().random_range(0..setup.members.len())];
-        let since = now_secs() - 86_400;
+        let since = catalog::time::now_secs() - 86_400;
         let started = Instant::now();
         let req = if door == "sql" {
             let sql = format!("SELECT * FROM {ds} WHERE member_uid = {} AND {ENERGY_TIME} >= {since}", member.uid);
