@@ -7,7 +7,8 @@
 //!                         │                     connections, agreements, keys, access log)
 //!                         ├─ /api/pds/pds ────► catalog metadata instances, scoped by query::Scope,
 //!                         │                     values checked by ingest::validate
-//!                         ├─ /v1/ingest ──────► ingest: validate → WAL → buffer → Parquet → object store
+//!                         ├─ /v1/ingest, /api/pds/transaction (POST, PUT)
+//!                         │      ──► ingest: Ingester::ingest / update_row → WAL → buffer → Parquet
 //!                         ├─ /api/pds/transaction (GET) ─┐
 //!                         └─ /v1/query ──────────────────┴► query: agreement-scoped DataFusion
 //!                                                reads over ingest's buffer and file index

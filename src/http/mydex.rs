@@ -36,12 +36,13 @@ const DATASETS_PATTERN: &str = "^(field_)?ds_[a-z0-9_]{1,125}(\\+(field_)?ds_[a-
 /// A positive integer id, as a query string carries it.
 const ID_PATTERN: &str = "^[1-9][0-9]{0,17}$";
 
-/// The Mydex parameters of a route: the credentials every call takes, then `required` and
-/// `optional` of the rest.
+/// The Mydex parameters of a route: the `{file}` in its path when `required` names it, the
+/// credentials every call takes, then `required` and `optional` of the rest.
 fn mydex_params(required: &[&str], optional: &[&str]) -> Vec<utoipa::openapi::path::Parameter> {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::{ObjectBuilder, Required, Type};
-    let all: [(&str, &str, Option<&str>); 8] = [
+    let all: [(&str, &str, Option<&str>); 9] = [
+        ("file", "`<uid>.json` or `<uid>.xml`.", Some(r"^[1-9][0-9]{0,17}\.(json|xml)$")),
         ("key", "The member connection key.", None),
         ("con_id", "The member's connection, `<uid>-<nid>`.", Some("^[1-9][0-9]{0,17}-[1-9][0-9]{0,17}$")),
         ("source_type", "`connection`.", None),
@@ -56,9 +57,10 @@ fn mydex_params(required: &[&str], optional: &[&str]) -> Vec<utoipa::openapi::pa
         .filter(|(name, ..)| always.contains(name) || required.contains(name) || optional.contains(name))
         .map(|(name, description, pattern)| {
             let needed = matches!(name, "key" | "con_id") || required.contains(&name);
+            let place = if name == "file" { ParameterIn::Path } else { ParameterIn::Query };
             ParameterBuilder::new()
                 .name(name)
-                .parameter_in(ParameterIn::Query)
+                .parameter_in(place)
                 .required(if needed { Required::True } else { Required::False })
                 .description(Some(description))
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String).pattern(pattern)))
@@ -84,11 +86,11 @@ macro_rules! mydex_params {
 
 mydex_params! {
     /// A read: the dataset(s), and which instance.
-    ReadParams = required ["dataset"], optional ["instance"];
+    ReadParams = required ["file", "dataset"], optional ["instance"];
     /// A metadata instance created: the body names the dataset.
-    CreateParams = required [], optional ["dataset"];
+    CreateParams = required ["file"], optional ["dataset"];
     /// An update of instance or row `id`: the body names the dataset, or `dataset=` does.
-    UpdateParams = required ["id"], optional ["dataset"];
+    UpdateParams = required ["file", "id"], optional ["dataset"];
     /// Rows added for member `uid`.
     AddParams = required ["uid"], optional [];
 }

@@ -38,7 +38,7 @@ fn instance_view(instance: &MetadataInstance, readable: &query::Readable<'_>) ->
 
 /// Read a member's metadata dataset(s): only the instances and fields the agreement allows.
 #[utoipa::path(get, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), ReadParams),
+    params(ReadParams),
     responses(
         (status = 200, description = "`{\"ds_x\": {\"instance_N\": {\"<field>\": {\"value\": \"...\", \"access\": {...}}}}}`",
             content((Object = "application/json"), ("application/xml"))),
@@ -95,7 +95,7 @@ async fn checked_write(
 
 /// Create a metadata instance: `{"ds_x": {"<field>": "value", ...}}`.
 #[utoipa::path(post, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), CreateParams),
+    params(CreateParams),
     request_body(content = Object, description = "`{\"ds_x\": {\"<field>\": \"value\"}}`"),
     responses(
         (status = 200, description = "`{\"success\": 1, \"dataset\": \"ds_x\", \"instance\": N, \"id\": \"<id>\"}`",
@@ -119,7 +119,7 @@ pub(super) async fn create(
 
 /// Update fields of instance `id` (`instance_0` is id 1); other fields keep their values.
 #[utoipa::path(put, path = "/api/pds/pds/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), UpdateParams),
+    params(UpdateParams),
     request_body(content = Object, description = "`{\"ds_x\": {\"<field>\": \"value\"}}` or the fields flat with `dataset=`"),
     responses(
         (status = 200, description = "`{\"success\": 1}`",

@@ -121,7 +121,7 @@ async fn refused_write(state: &AppState, call: &Call, dataset: &DatasetName, e: 
 /// Update row `id`: the fields the body names replace the row's, in a new version of the
 /// row; the others keep their values. Reads see only the newest version.
 #[utoipa::path(put, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), UpdateParams),
+    params(UpdateParams),
     request_body(content = Object, description = "the fields, flat (`dataset=` names the dataset) or `{\"ds_x\": {...}}`"),
     responses(
         (status = 200, description = "`{\"success\": 1}`",
@@ -168,7 +168,7 @@ pub(super) async fn update(
 /// ordered by id. `filters[<field>][operator]` and `[value]` narrow it (AND-ed);
 /// `filters[id][operator]=>` with the last id seen reads only newer rows.
 #[utoipa::path(get, path = "/api/pds/transaction/{file}", tag = "mydex", security(("bearer" = [])),
-    params(("file" = String, Path, pattern = r"^[1-9][0-9]{0,17}\.(json|xml)$", description = "`<uid>.json` or `<uid>.xml`"), ReadParams),
+    params(ReadParams),
     responses(
         (status = 200, description = "the rows, keyed by row id",
             content((Object = "application/json"), ("application/xml"))),
