@@ -106,15 +106,15 @@ impl Ingester {
         let replayed = replay::replay(&config.wal_dir, &catalog).await?;
         let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
-        let (tx, thread) = sequencer::start(
+        let (tx, thread) = sequencer::start(sequencer::Sequencer {
             segments,
-            replayed.buffer.clone(),
-            replayed.keys.clone(),
-            replayed.write_log.clone(),
-            replayed.counters,
-            replayed.last_version,
-            current_segment.clone(),
-        )?;
+            buffer: replayed.buffer.clone(),
+            keys: replayed.keys.clone(),
+            write_log: replayed.write_log.clone(),
+            counters: replayed.counters,
+            last_version: replayed.last_version,
+            current: current_segment.clone(),
+        })?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
             config: config.clone(),

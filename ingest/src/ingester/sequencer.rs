@@ -58,18 +58,11 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Starts the sequencer thread on `segments`, continuing the replayed counters.
+/// Starts the sequencer thread (continuing the replayed counters).
 pub(super) fn start(
-    segments: Segments,
-    buffer: Arc<Buffer>,
-    keys: Arc<Keys>,
-    write_log: Arc<WriteLog>,
-    counters: Counters,
-    last_version: i64,
-    current: Arc<AtomicU64>,
+    sequencer: Sequencer,
 ) -> std::io::Result<(std::sync::mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<Command>();
-    let sequencer = Sequencer { segments, buffer, keys, write_log, counters, last_version, current };
     let thread = std::thread::Builder::new().name("trove-wal".into()).spawn(move || {
         let run = std::panic::AssertUnwindSafe(|| sequencer.run(rx));
         if std::panic::catch_unwind(run).is_err() {
@@ -134,16 +127,16 @@ fn sort_by_member(batch: RecordBatch) -> Result<RecordBatch, IngestError> {
 }
 
 /// The sequencer thread's state: the WAL it appends to and what it hands rows to.
-struct Sequencer {
-    segments: Segments,
-    buffer: Arc<Buffer>,
-    keys: Arc<Keys>,
-    write_log: Arc<WriteLog>,
-    counters: Counters,
+pub(super) struct Sequencer {
+    pub(super) segments: Segments,
+    pub(super) buffer: Arc<Buffer>,
+    pub(super) keys: Arc<Keys>,
+    pub(super) write_log: Arc<WriteLog>,
+    pub(super) counters: Counters,
     /// The last version given: versions only increase, across restarts.
-    last_version: i64,
+    pub(super) last_version: i64,
     /// The segment being written, for the flusher.
-    current: Arc<AtomicU64>,
+    pub(super) current: Arc<AtomicU64>,
 }
 
 impl Sequencer {
