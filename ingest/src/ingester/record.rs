@@ -2,7 +2,7 @@
 //! stream) or a group of read access-log entries. Encoded by the sequencer, decoded by
 //! replay; a record that does not decode is corrupt, never trusted.
 
-use catalog::{DataEnvironment, DatasetName, IdempotentWrite, MemberId};
+use catalog::{ConnectionId, DataEnvironment, DatasetName, IdempotentWrite, MemberId};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use crate::schema::{MEMBER_UID, int_column};
 pub(super) struct RecordHeader {
     pub(super) dataset: DatasetName,
     pub(super) env: DataEnvironment,
-    pub(super) connection: i64,
+    pub(super) connection: ConnectionId,
     /// The write's `Idempotency-Key` and body hash, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) idempotency: Option<(String, String)>,
@@ -29,7 +29,13 @@ pub(super) struct RecordHeader {
 impl RecordHeader {
     pub(super) fn idempotent_write(&self, accepted: usize) -> Option<IdempotentWrite> {
         let (key, body_hash) = self.idempotency.clone()?;
-        Some(IdempotentWrite { connection: self.connection, key, body_hash, accepted: accepted as i64, at: self.at })
+        Some(IdempotentWrite {
+            connection: self.connection.get(),
+            key,
+            body_hash,
+            accepted: accepted as i64,
+            at: self.at,
+        })
     }
 }
 
@@ -187,7 +193,7 @@ mod tests {
                 let header = RecordHeader {
                     dataset: "ds_energy_consumption".parse().unwrap(),
                     env: DataEnvironment::Production,
-                    connection: 3,
+                    connection: ConnectionId::new(3).unwrap(),
                     idempotency: Some((format!("key-{r}"), "hash".into())),
                     at: r,
                     logged: false,
@@ -269,7 +275,7 @@ mod tests {
         let header = RecordHeader {
             dataset: "ds_energy_consumption".parse().unwrap(),
             env: DataEnvironment::Production,
-            connection: 3,
+            connection: ConnectionId::new(3).unwrap(),
             idempotency: None,
             at: 1,
             logged: false,

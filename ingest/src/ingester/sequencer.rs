@@ -95,7 +95,7 @@ impl Ingester {
             header: RecordHeader {
                 dataset: schema.dataset.name.clone(),
                 env,
-                connection: connection.get(),
+                connection,
                 idempotency: claim.map(|c| (c.key().to_owned(), c.body_hash().to_owned())),
                 at: now_ms(),
                 logged,
@@ -217,7 +217,13 @@ impl Sequencer {
                         }
                         if !op.header.logged {
                             let lengths: Vec<(i64, usize)> = stored.runs.iter().map(|(m, _, n)| (*m, *n)).collect();
-                            write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &lengths);
+                            write_log.record(
+                                segment,
+                                op.header.connection.get(),
+                                &op.header.dataset,
+                                op.header.at,
+                                &lengths,
+                            );
                         }
                         buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
                         let _ = op.reply.send(Ok(stored.ids));
