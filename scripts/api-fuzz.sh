@@ -26,8 +26,10 @@ st() { python3 -m schemathesis.cli "$@"; }
 if ! st --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
   python3 -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
 fi
-# Built here too (a no-op after scripts/test.sh's build), so a stale binary is never fuzzed.
-cargo build --locked --bin trove
+# Built here too, so a stale binary is never fuzzed: the same selection as scripts/test.sh's
+# build (a no-op after it; `--bin trove` alone resolves other features and rebuilds every
+# dependency).
+cargo build --locked --workspace --all-targets
 trove="${CARGO_TARGET_DIR:-target}/debug/trove"
 
 work="$(mktemp -d)"
