@@ -29,6 +29,7 @@
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the WAL with their batch, then in the catalog.
 //! - [`schema`]: a dataset as Arrow columns.
 //! - [`decode`]: request bodies to validated Arrow in one pass, within a [`decode::Budget`].
+//! - `columns`: the column builders decoding fills and the buffer copies rows into.
 //! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
 //! - [`partition`]: one member's rows of one dataset, and where its files live.
