@@ -2,7 +2,7 @@
 //! answer format, and the check every call makes before touching data (subscriber
 //! credential, the member's `con_id` + `key`, the agreement in force, the access log).
 
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use catalog::{
     AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName,
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::auth::{MydexSubscriber, con_id_for};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use super::xml;
 use crate::AppState;
 
@@ -161,7 +161,7 @@ pub(super) struct Call {
 }
 
 /// Checks a call on `/api/pds/.../{uid}.json|.xml`: the path names the member and format.
-pub(super) async fn authorize_file(
+async fn authorize_file(
     state: &AppState,
     subscriber: MydexSubscriber,
     file: &str,
@@ -169,6 +169,27 @@ pub(super) async fn authorize_file(
 ) -> ApiResult<Call> {
     let (uid, format) = parse_file(file)?;
     authorize(state, subscriber, uid, format, params).await
+}
+
+/// A call on a `/api/pds/.../{file}` route, checked before the handler runs: the
+/// subscriber's credential, the member of `<uid>.json|xml` with its `con_id` + `key`, and
+/// the agreement in force; with the call's parameters.
+pub(super) struct FileCall {
+    pub(super) subscriber: MydexSubscriber,
+    pub(super) call: Call,
+    pub(super) params: MydexParams,
+}
+
+impl FromRequestParts<AppState> for FileCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> ApiResult<FileCall> {
+        let subscriber = MydexSubscriber::from_request_parts(parts, state).await?;
+        let ApiPath(file) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        let ApiQuery(params) = ApiQuery::<MydexParams>::from_request_parts(parts, state).await?;
+        let call = authorize_file(state, subscriber, &file, &params).await?;
+        Ok(FileCall { subscriber, call, params })
+    }
 }
 
 /// Checks a call for member `uid`: 401 for any wrong credential, whatever was wrong.

@@ -10,10 +10,9 @@ use catalog::{AccessAction, AccessDecision, Dataset, DatasetKind, MetadataInstan
 use ingest::validate;
 use serde_json::{Map, Value, json};
 
-use super::auth::MydexSubscriber;
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, NotFound, Refused, TooLarge, Unprocessable};
+use super::error::{ApiError, ApiResult, BadRequest, NotFound, Refused, TooLarge, Unprocessable};
 use super::mydex::{
-    Call, CreateParams, MydexParams, ReadParams, UpdateParams, answer, authorize_file, body_bytes, write_body,
+    Call, CreateParams, FileCall, MydexParams, ReadParams, UpdateParams, answer, body_bytes, write_body,
 };
 use crate::AppState;
 
@@ -43,13 +42,8 @@ fn instance_view(instance: &MetadataInstance, readable: &query::Readable<'_>) ->
         (status = 200, description = "`{\"ds_x\": {\"instance_N\": {\"<field>\": {\"value\": \"...\", \"access\": {...}}}}}`",
             content((Object = "application/json"), ("application/xml"))),
         BadRequest, Refused, NotFound))]
-pub(super) async fn read(
-    State(state): State<AppState>,
-    subscriber: MydexSubscriber,
-    ApiPath(file): ApiPath<String>,
-    ApiQuery(params): ApiQuery<MydexParams>,
-) -> ApiResult<Response> {
-    let call = authorize_file(&state, subscriber, &file, &params).await?;
+pub(super) async fn read(State(state): State<AppState>, checked: FileCall) -> ApiResult<Response> {
+    let FileCall { call, params, .. } = checked;
     let names = params.datasets()?;
     let instance = params.instance()?;
     let mut body = Map::new();
@@ -75,12 +69,10 @@ pub(super) async fn read(
 /// of every field (403, logged).
 async fn checked_write(
     state: &AppState,
-    subscriber: MydexSubscriber,
-    file: &str,
+    call: &Call,
     params: &MydexParams,
     request: Request,
-) -> ApiResult<(Call, Dataset, BTreeMap<String, Value>)> {
-    let call = authorize_file(state, subscriber, file, params).await?;
+) -> ApiResult<(Dataset, BTreeMap<String, Value>)> {
     let (requested, fields) = write_body(&body_bytes(state, request).await?, params.dataset.as_deref())?;
     let dataset = call.dataset(state, &requested, AccessAction::Write, DatasetKind::Metadata).await?;
     if fields.is_empty() {
@@ -90,7 +82,7 @@ async fn checked_write(
     if validate::authorize_write(&call.scope, &dataset, values.keys().map(String::as_str)).is_err() {
         return Err(call.refuse(state, dataset.name.as_str(), AccessAction::Write).await);
     }
-    Ok((call, dataset, values))
+    Ok((dataset, values))
 }
 
 /// Create a metadata instance: `{"ds_x": {"<field>": "value", ...}}`.
@@ -101,14 +93,9 @@ async fn checked_write(
         (status = 200, description = "`{\"success\": 1, \"dataset\": \"ds_x\", \"instance\": N, \"id\": \"<id>\"}`",
             content((Object = "application/json"), ("application/xml"))),
         BadRequest, Refused, NotFound, TooLarge, Unprocessable))]
-pub(super) async fn create(
-    State(state): State<AppState>,
-    subscriber: MydexSubscriber,
-    ApiPath(file): ApiPath<String>,
-    ApiQuery(params): ApiQuery<MydexParams>,
-    request: Request,
-) -> ApiResult<Response> {
-    let (call, dataset, values) = checked_write(&state, subscriber, &file, &params, request).await?;
+pub(super) async fn create(State(state): State<AppState>, checked: FileCall, request: Request) -> ApiResult<Response> {
+    let FileCall { call, params, .. } = checked;
+    let (dataset, values) = checked_write(&state, &call, &params, request).await?;
     let member = call.scope.agreement.member;
     let instance = state.catalog.create_metadata_instance(member, &dataset.name, call.env, values).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;
@@ -125,15 +112,10 @@ pub(super) async fn create(
         (status = 200, description = "`{\"success\": 1}`",
             content((Object = "application/json"), ("application/xml"))),
         BadRequest, Refused, NotFound, TooLarge, Unprocessable))]
-pub(super) async fn update(
-    State(state): State<AppState>,
-    subscriber: MydexSubscriber,
-    ApiPath(file): ApiPath<String>,
-    ApiQuery(params): ApiQuery<MydexParams>,
-    request: Request,
-) -> ApiResult<Response> {
+pub(super) async fn update(State(state): State<AppState>, checked: FileCall, request: Request) -> ApiResult<Response> {
+    let FileCall { call, params, .. } = checked;
     let id = params.id("the instance id")?;
-    let (call, dataset, values) = checked_write(&state, subscriber, &file, &params, request).await?;
+    let (dataset, values) = checked_write(&state, &call, &params, request).await?;
     let member = call.scope.agreement.member;
     state.catalog.update_metadata_instance(member, &dataset.name, call.env, id, values).await?;
     call.record(&state, call.log(dataset.name.as_str(), AccessAction::Write, 1, AccessDecision::Allowed)).await?;

@@ -13,12 +13,9 @@ use ingest::{RowUpdate, Rows, WriteRequest};
 use serde_json::{Map, Value, json};
 
 use super::auth::MydexSubscriber;
-use super::error::{
-    ApiError, ApiPath, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable,
-};
+use super::error::{ApiError, ApiQuery, ApiResult, BadRequest, Busy, NotFound, Refused, TooLarge, Unprocessable};
 use super::mydex::{
-    AddParams, Call, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, authorize_file, body_bytes,
-    write_body,
+    AddParams, Call, FileCall, Format, MydexParams, ReadParams, UpdateParams, answer, authorize, body_bytes, write_body,
 };
 use crate::AppState;
 
@@ -127,14 +124,8 @@ async fn refused_write(state: &AppState, call: &Call, dataset: &DatasetName, e: 
         (status = 200, description = "`{\"success\": 1}`",
             content((Object = "application/json"), ("application/xml"))),
         BadRequest, Refused, NotFound, TooLarge, Unprocessable, Busy))]
-pub(super) async fn update(
-    State(state): State<AppState>,
-    subscriber: MydexSubscriber,
-    ApiPath(file): ApiPath<String>,
-    ApiQuery(params): ApiQuery<MydexParams>,
-    request: Request,
-) -> ApiResult<Response> {
-    let call = authorize_file(&state, subscriber, &file, &params).await?;
+pub(super) async fn update(State(state): State<AppState>, checked: FileCall, request: Request) -> ApiResult<Response> {
+    let FileCall { call, params, .. } = checked;
     let uid = call.scope.agreement.member;
     let id = params.id("the row id")?;
     state.ingester.admit()?;
@@ -175,13 +166,11 @@ pub(super) async fn update(
         BadRequest, Refused, NotFound, Unprocessable, Busy))]
 pub(super) async fn read(
     State(state): State<AppState>,
-    subscriber: MydexSubscriber,
-    ApiPath(file): ApiPath<String>,
-    ApiQuery(params): ApiQuery<MydexParams>,
+    checked: FileCall,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let call = authorize_file(&state, subscriber, &file, &params).await?;
+    let FileCall { subscriber, call, params } = checked;
     // The same slots as the SQL door: a subscriber's reads by either door count together.
     let _slot = state.query.admit(subscriber.0)?;
     let names = params.datasets()?;
