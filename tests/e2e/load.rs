@@ -120,25 +120,8 @@ async fn load_generator_smoke() {
     }
 
     // Mixed: ingest at a set rate while both read doors are read.
-    let r = load(
-        &server,
-        &data,
-        &[
-            "--workload",
-            "mixed",
-            "--members",
-            "20",
-            "--rate",
-            "2000",
-            "--duration",
-            "3s",
-            "--readers",
-            "2",
-            "--setup-file",
-            setup_arg,
-        ],
-    )
-    .await;
+    let steady = ["--members", "20", "--rate", "2000", "--duration", "3s", "--setup-file", setup_arg];
+    let r = load(&server, &data, &[&["--workload", "mixed", "--readers", "2"][..], &steady].concat()).await;
     assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     for door in ["sql", "mydex"] {
         let reads = &r["reads"][door];
@@ -146,25 +129,7 @@ async fn load_generator_smoke() {
     }
 
     // Soak samples the server's gauges.
-    let r = load(
-        &server,
-        &data,
-        &[
-            "--workload",
-            "soak",
-            "--members",
-            "20",
-            "--rate",
-            "2000",
-            "--duration",
-            "3s",
-            "--sample-every",
-            "1s",
-            "--setup-file",
-            setup_arg,
-        ],
-    )
-    .await;
+    let r = load(&server, &data, &[&["--workload", "soak", "--sample-every", "1s"][..], &steady].concat()).await;
     let samples = r["samples"].as_array().unwrap();
     assert!(samples.len() >= 2, "{r}");
     assert!(

@@ -21,25 +21,15 @@ async fn metadata_instances_round_trip_through_json_and_xml() {
         let (_, created) = s.call(Method::POST, &at("json", ""), Some(&token), Some(second)).await;
         assert_eq!((created["instance"].as_i64(), created["id"].as_str()), (Some(1), Some("2")));
 
-        // Update instance id 1 (instance_0), flat body with dataset=.
-        let (status, updated) = s
-            .call(
-                Method::PUT,
-                &at("json", "&id=1&dataset=ds_personal_details"),
-                Some(&token),
-                Some(json!({"field_personal_fname": "Ada L"})),
-            )
-            .await;
-        assert_eq!((status, updated), (StatusCode::OK, json!({"success": 1})));
-        let (status, _) = s
-            .call(
-                Method::PUT,
-                &at("json", "&id=7&dataset=ds_personal_details"),
-                Some(&token),
-                Some(json!({"field_personal_fname": "x"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        // Update instance id 1 (instance_0), flat body with dataset=; an id the member lacks is 404.
+        let put = |id: i64, name: &str| {
+            let (path, body) =
+                (at("json", &format!("&id={id}&dataset=ds_personal_details")), json!({"field_personal_fname": name}));
+            let (s, token) = (&s, &token);
+            async move { s.call(Method::PUT, &path, Some(token), Some(body)).await }
+        };
+        assert_eq!(put(1, "Ada L").await, (StatusCode::OK, json!({"success": 1})));
+        assert_eq!(put(7, "x").await.0, StatusCode::NOT_FOUND);
 
         let (status, all) = s.call(Method::GET, &at("json", "&dataset=ds_personal_details"), Some(&token), None).await;
         assert_eq!(status, StatusCode::OK);
