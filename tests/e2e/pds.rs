@@ -122,14 +122,12 @@ async fn fields_and_environments_are_scoped() {
         s.call(Method::POST, &format!("/api/pds/pds/4.json?{live_q}"), Some(&energy), Some(write("Prod"))).await;
 
         // The sandbox connection reads only sandbox data and only its two fields.
-        let (_, sandbox) = s
-            .call(
-                Method::GET,
-                &format!("/api/pds/pds/4.json?{sandbox_q}&dataset=ds_personal_details"),
-                Some(&care),
-                None,
-            )
-            .await;
+        let read = |q: &str, token: &str| {
+            let (path, token) = (format!("/api/pds/pds/4.json?{q}&dataset=ds_personal_details"), token.to_owned());
+            let s = &s;
+            async move { s.call(Method::GET, &path, Some(&token), None).await.1 }
+        };
+        let sandbox = read(&sandbox_q, &care).await;
         let instances = sandbox["ds_personal_details"].as_object().unwrap();
         assert_eq!(instances.len(), 1);
         let mut fields: Vec<&String> = instances["instance_0"].as_object().unwrap().keys().collect();
@@ -137,14 +135,7 @@ async fn fields_and_environments_are_scoped() {
         assert_eq!(fields, ["field_personal_fname", "field_personal_title"]);
         assert_eq!(instances["instance_0"]["field_personal_fname"]["value"], "Sandy");
         // The live connection sees only production data.
-        let (_, live) = s
-            .call(
-                Method::GET,
-                &format!("/api/pds/pds/4.json?{live_q}&dataset=ds_personal_details"),
-                Some(&energy),
-                None,
-            )
-            .await;
+        let live = read(&live_q, &energy).await;
         let live = live["ds_personal_details"].as_object().unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live["instance_0"]["field_personal_fname"]["value"], "Prod");
