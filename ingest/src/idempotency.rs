@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use catalog::{Catalog, IdempotentWrite};
+use catalog::{Catalog, ConnectionId, IdempotentWrite};
 
 use crate::IngestError;
 
@@ -45,7 +45,7 @@ pub enum Decision {
 /// The keys this node knows: in flight, answered and still in the WAL.
 #[derive(Debug, Default)]
 pub struct Keys {
-    entries: Mutex<HashMap<(i64, String), Entry>>,
+    entries: Mutex<HashMap<(ConnectionId, String), Entry>>,
     /// Answered keys by the WAL segment holding their record.
     by_segment: Mutex<BTreeMap<u64, Vec<IdempotentWrite>>>,
 }
@@ -54,7 +54,7 @@ pub struct Keys {
 #[derive(Debug)]
 pub struct Claim {
     keys: Arc<Keys>,
-    id: (i64, String),
+    id: (ConnectionId, String),
     body_hash: String,
     done: bool,
 }
@@ -92,7 +92,7 @@ impl Drop for Claim {
 }
 
 impl Keys {
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(i64, String), Entry>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(ConnectionId, String), Entry>> {
         self.entries.lock()
     }
 
@@ -100,7 +100,7 @@ impl Keys {
     pub async fn begin(
         self: &Arc<Self>,
         catalog: &Catalog,
-        connection: i64,
+        connection: ConnectionId,
         key: &str,
         body_hash: &str,
         now: i64,
@@ -171,37 +171,49 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn conn(id: i64) -> ConnectionId {
+        ConnectionId::new(id).unwrap()
+    }
+
     #[tokio::test]
     async fn in_flight_conflicts_and_answers_replay() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::connect(&Catalog::sqlite_url(&dir.path().join("c.db"))).await.unwrap();
         let keys = Arc::new(Keys::default());
         let now = 1_000_000_000_000;
-        let Decision::Proceed(claim) = keys.begin(&catalog, 1, "k", "h1", now).await.unwrap() else { panic!() };
+        let Decision::Proceed(claim) = keys.begin(&catalog, conn(1), "k", "h1", now).await.unwrap() else { panic!() };
         assert!(
-            matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Err(IngestError::InFlight)),
+            matches!(keys.begin(&catalog, conn(1), "k", "h1", now).await, Err(IngestError::InFlight)),
             "409 while in flight"
         );
         assert!(
-            matches!(keys.begin(&catalog, 2, "k", "h1", now).await, Ok(Decision::Proceed(_))),
+            matches!(keys.begin(&catalog, conn(2), "k", "h1", now).await, Ok(Decision::Proceed(_))),
             "keys are per connection"
         );
         claim.complete(5, now);
-        assert!(matches!(keys.begin(&catalog, 1, "k", "h1", now).await, Ok(Decision::Replay { accepted: 5 })));
-        assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now).await, Err(IngestError::KeyReused)));
+        assert!(matches!(keys.begin(&catalog, conn(1), "k", "h1", now).await, Ok(Decision::Replay { accepted: 5 })));
+        assert!(matches!(keys.begin(&catalog, conn(1), "k", "h2", now).await, Err(IngestError::KeyReused)));
         // A failed write frees its key for a retry.
-        let Decision::Proceed(claim) = keys.begin(&catalog, 1, "other", "h", now).await.unwrap() else { panic!() };
+        let Decision::Proceed(claim) = keys.begin(&catalog, conn(1), "other", "h", now).await.unwrap() else {
+            panic!()
+        };
         drop(claim);
-        assert!(matches!(keys.begin(&catalog, 1, "other", "h", now).await, Ok(Decision::Proceed(_))));
+        assert!(matches!(keys.begin(&catalog, conn(1), "other", "h", now).await, Ok(Decision::Proceed(_))));
         // After 24 hours a key may be used again.
-        assert!(matches!(keys.begin(&catalog, 1, "k", "h2", now + RETENTION_MS + 1).await, Ok(Decision::Proceed(_))));
+        assert!(matches!(
+            keys.begin(&catalog, conn(1), "k", "h2", now + RETENTION_MS + 1).await,
+            Ok(Decision::Proceed(_))
+        ));
         // Keys moved to the catalog are still found by a node that never saw them.
         keys.in_segment(
             3,
-            IdempotentWrite { connection: 7, key: "moved".into(), body_hash: "h".into(), accepted: 9, at: now },
+            IdempotentWrite { connection: conn(7), key: "moved".into(), body_hash: "h".into(), accepted: 9, at: now },
         );
         keys.persist_below(&catalog, 4, now).await.unwrap();
         let fresh = Arc::new(Keys::default());
-        assert!(matches!(fresh.begin(&catalog, 7, "moved", "h", now).await, Ok(Decision::Replay { accepted: 9 })));
+        assert!(matches!(
+            fresh.begin(&catalog, conn(7), "moved", "h", now).await,
+            Ok(Decision::Replay { accepted: 9 })
+        ));
     }
 }

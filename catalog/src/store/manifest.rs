@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 
 use super::{Catalog, Result, now_ms};
 use crate::error::CatalogError;
-use crate::model::{DataEnvironment, DatasetName, MemberId, ParquetFile};
+use crate::model::{ConnectionId, DataEnvironment, DatasetName, MemberId, ParquetFile};
 
 /// The (environment, dataset, member) columns of a manifest row.
 fn partition_from_row(row: &AnyRow) -> Result<(DataEnvironment, DatasetName, MemberId)> {
@@ -203,7 +203,7 @@ pub struct ManifestChanges {
 /// The first answer to a write sent with an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotentWrite {
-    pub connection: i64,
+    pub connection: ConnectionId,
     pub key: String,
     pub body_hash: String,
     pub accepted: i64,
@@ -220,7 +220,7 @@ impl Catalog {
                 "INSERT INTO idempotency_keys (connection_id, idempotency_key, body_hash, accepted, created_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (connection_id, idempotency_key) DO NOTHING",
             )
-            .bind(w.connection)
+            .bind(w.connection.get())
             .bind(&w.key)
             .bind(&w.body_hash)
             .bind(w.accepted)
@@ -233,12 +233,17 @@ impl Catalog {
     }
 
     /// The remembered answer for a key, if any newer than `since` (epoch ms).
-    pub async fn idempotent_write(&self, connection: i64, key: &str, since: i64) -> Result<Option<IdempotentWrite>> {
+    pub async fn idempotent_write(
+        &self,
+        connection: ConnectionId,
+        key: &str,
+        since: i64,
+    ) -> Result<Option<IdempotentWrite>> {
         let row = sqlx::query(
             "SELECT body_hash, accepted, created_at FROM idempotency_keys \
              WHERE connection_id = $1 AND idempotency_key = $2 AND created_at >= $3",
         )
-        .bind(connection)
+        .bind(connection.get())
         .bind(key)
         .bind(since)
         .fetch_optional(&self.pool)

@@ -29,13 +29,7 @@ pub(super) struct RecordHeader {
 impl RecordHeader {
     pub(super) fn idempotent_write(&self, accepted: usize) -> Option<IdempotentWrite> {
         let (key, body_hash) = self.idempotency.clone()?;
-        Some(IdempotentWrite {
-            connection: self.connection.get(),
-            key,
-            body_hash,
-            accepted: accepted as i64,
-            at: self.at,
-        })
+        Some(IdempotentWrite { connection: self.connection, key, body_hash, accepted: accepted as i64, at: self.at })
     }
 }
 

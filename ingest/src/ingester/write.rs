@@ -115,7 +115,7 @@ impl Ingester {
         let claim = match (&rows, idempotency) {
             (Rows::Body { bytes, .. }, Some(key)) => {
                 let hash = crate::idempotency::body_hash(&dataset.name, &key.content_type, bytes);
-                match self.keys.begin(&self.catalog, connection.get(), &key.key, &hash, now_ms()).await? {
+                match self.keys.begin(&self.catalog, connection, &key.key, &hash, now_ms()).await? {
                     Decision::Replay { accepted } => {
                         return Ok(Written { accepted: accepted as usize, ids: Vec::new() });
                     }
