@@ -70,7 +70,9 @@ impl Ingester {
 
     /// One compaction pass; returns how many files were merged away.
     pub async fn compact_round(&self) -> Result<usize, IngestError> {
-        self.compactor.run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), now_ms() / 1000).await
+        self.compactor
+            .run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), catalog::time::now_secs())
+            .await
     }
 
     /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.

@@ -180,11 +180,6 @@ impl Ingester {
         InFlight::take(&self.in_flight, bytes).ok_or(IngestError::Overloaded { retry_after_secs: 1 })
     }
 
-    /// Most rows one write may hold.
-    pub fn max_rows_per_write(&self) -> usize {
-        self.config.max_rows_per_write
-    }
-
     /// Makes access-log entries durable (in the WAL, with group commit) before the request
     /// answers; they move to the catalog's access log with their WAL segment. A read across
     /// 10,000 members logs 10,000 entries: one WAL append instead of a catalog transaction

@@ -147,7 +147,7 @@ impl Ingester {
             complete(claim, 0);
             return Ok(Written { accepted: 0, ids: Vec::new() });
         }
-        let batch = validate::check_new_rows(&schema, batch, grant_of, now_ms() / 1000).inspect_err(|_| {
+        let batch = validate::check_new_rows(&schema, batch, grant_of, catalog::time::now_secs()).inspect_err(|_| {
             metrics::counter!("trove_ingest_rows_total", "dataset" => dataset.name.to_string(), "result" => "refused")
                 .increment(rows as u64);
         })?;
@@ -188,13 +188,13 @@ impl Ingester {
         let _turn = self.row_locks[row_stripe(&key, id)].lock().await;
         let current = self.current_row(&key, id).await?.ok_or(IngestError::NoSuchRow)?;
         let merged = merge_row(&schema, &current, &given, sets_instance)?;
-        let merged = validate::check_event_time(&schema, merged, now_ms() / 1000)?;
+        let merged = validate::check_event_time(&schema, merged, catalog::time::now_secs())?;
         self.send(schema, env, connection, merged, None, true, Some(vec![id])).await.map(|_| ())
     }
 
     /// The newest version of row `id` of a partition (stored columns, one row), from the
     /// buffer or else the files that may hold it.
-    pub async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
+    async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
         let snapshot =
             self.buffer.snapshot(key.env, &key.dataset, [key.member]).pop().map(|(_, s)| s).unwrap_or_default();
         let mut candidates = snapshot.rows;
