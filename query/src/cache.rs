@@ -1,4 +1,5 @@
-//! Decoded Parquet files kept in memory, least recently used first out, under a byte budget.
+//! Decoded Parquet files kept in memory, least recently used first out, under a byte budget
+//! (a `moka` cache weighed in bytes).
 //!
 //! Per-member files are small (a member-day of 15-minute readings is 96 rows), so a read
 //! across thousands of members would otherwise open and decode thousands of files per query.
@@ -10,10 +11,11 @@
 //! few large batches instead of 10,000 lookups and a copy of each. A block holds exactly the
 //! rows of the files it names, so it serves nothing a read of those files would not.
 
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -42,28 +44,24 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// Key → (cached rows, last use).
-    entries: HashMap<Key, (Entry, u64)>,
-    bytes: usize,
-    tick: u64,
-}
-
 /// See the module docs.
 #[derive(Debug)]
 pub struct FileCache {
     limit: usize,
-    state: Mutex<State>,
+    entries: Cache<Key, Arc<Entry>>,
 }
 
 impl FileCache {
     pub fn new(limit: usize) -> FileCache {
-        FileCache { limit, state: Mutex::new(State::default()) }
-    }
-
-    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
-        self.state.lock()
+        // Least recently used out, as a file cache read by repeated queries wants; moka's
+        // weights are u32, and no entry over the limit is kept, so the cap only matters for
+        // limits over 4 GiB.
+        let entries = Cache::builder()
+            .max_capacity(limit as u64)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|_, e: &Arc<Entry>| u32::try_from(e.bytes()).unwrap_or(u32::MAX))
+            .build();
+        FileCache { limit, entries }
     }
 
     /// Whether a file of this many bytes on disk is worth keeping (small ones are).
@@ -71,20 +69,12 @@ impl FileCache {
         self.limit > 0 && (size_bytes as usize) < self.limit / 64
     }
 
-    /// The cached files among `paths`, in order, under one lock (a read across thousands of
-    /// members asks for thousands at once).
+    /// The cached files among `paths`, in order.
     pub fn get_many<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Vec<Option<RecordBatch>> {
-        let mut state = self.state();
-        let state = &mut *state;
-        state.tick += 1;
-        let tick = state.tick;
         paths
             .into_iter()
-            .map(|p| match state.entries.get_mut(&Key::File(p.to_owned())) {
-                Some((Entry::File(batch), used)) => {
-                    *used = tick;
-                    Some(batch.clone())
-                }
+            .map(|p| match self.entries.get(&Key::File(p.to_owned())).as_deref() {
+                Some(Entry::File(batch)) => Some(batch.clone()),
                 _ => None,
             })
             .collect()
@@ -96,15 +86,8 @@ impl FileCache {
 
     /// The block of exactly these files, in this order, if cached.
     pub fn get_block(&self, paths: &[&str]) -> Option<Vec<RecordBatch>> {
-        let key = block_key(paths)?;
-        let mut state = self.state();
-        let state = &mut *state;
-        state.tick += 1;
-        match state.entries.get_mut(&key) {
-            Some((Entry::Block { paths: held, parts }, used))
-                if held.iter().map(String::as_str).eq(paths.iter().copied()) =>
-            {
-                *used = state.tick;
+        match self.entries.get(&block_key(paths)?).as_deref() {
+            Some(Entry::Block { paths: held, parts }) if held.iter().map(String::as_str).eq(paths.iter().copied()) => {
                 Some(parts.clone())
             }
             _ => None,
@@ -119,39 +102,11 @@ impl FileCache {
     }
 
     fn put(&self, key: Key, entry: Entry) {
-        let bytes = entry.bytes();
-        if bytes > self.limit {
+        if entry.bytes() > self.limit {
             return;
         }
-        let mut state = self.state();
-        let state = &mut *state;
-        state.tick += 1;
-        if let Some((old, _)) = state.entries.insert(key, (entry, state.tick)) {
-            state.bytes -= old.bytes();
-        }
-        state.bytes += bytes;
-        if state.bytes > self.limit {
-            // Evict the least recently used down to 90 % of the budget, so the sort is paid
-            // once per many insertions.
-            let mut by_use: Vec<(u64, &Key)> = state.entries.iter().map(|(k, (_, used))| (*used, k)).collect();
-            by_use.sort_unstable_by_key(|(used, _)| *used);
-            let mut over = state.bytes - self.limit / 10 * 9;
-            let mut out: Vec<Key> = Vec::new();
-            for (_, key) in by_use {
-                if over == 0 {
-                    break;
-                }
-                let size = state.entries[key].0.bytes();
-                over = over.saturating_sub(size);
-                out.push(key.clone());
-            }
-            for key in out {
-                if let Some((e, _)) = state.entries.remove(&key) {
-                    state.bytes -= e.bytes();
-                }
-            }
-        }
-        metrics::gauge!("trove_query_file_cache_bytes").set(state.bytes as f64);
+        self.entries.insert(key, Arc::new(entry));
+        metrics::gauge!("trove_query_file_cache_bytes").set(self.entries.weighted_size() as f64);
     }
 }
 
@@ -161,8 +116,6 @@ fn block_key(paths: &[&str]) -> Option<Key> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::Int64Array;
 
     use super::*;
@@ -175,10 +128,15 @@ mod tests {
     fn keeps_the_recently_used_within_its_budget() {
         let one = batch(1000).get_array_memory_size();
         let cache = FileCache::new(one * 2 + one / 2);
-        cache.insert("a", batch(1000));
-        cache.insert("b", batch(1000));
-        assert!(cache.get_many(["a"])[0].is_some(), "a is now the most recently used");
-        cache.insert("c", batch(1000));
+        // moka applies reads and writes to its eviction order in batches: settle each step.
+        let settled = |step: &dyn Fn()| {
+            step();
+            cache.entries.run_pending_tasks();
+        };
+        settled(&|| cache.insert("a", batch(1000)));
+        settled(&|| cache.insert("b", batch(1000)));
+        settled(&|| assert!(cache.get_many(["a"])[0].is_some(), "a is now the most recently used"));
+        settled(&|| cache.insert("c", batch(1000)));
         let got = cache.get_many(["a", "b", "c"]);
         assert_eq!(
             got.iter().map(Option::is_some).collect::<Vec<_>>(),

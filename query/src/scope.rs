@@ -78,14 +78,10 @@ impl TableScope {
         self.members.get(&member).and_then(|version| self.grants.get(version)).cloned().unwrap_or(Access::Hidden)
     }
 
-    /// The members the table holds among those `allowed` lets through; `wanted` lists the
-    /// only candidates when the query names its members.
-    pub fn members(
-        &self,
-        wanted: Option<&std::collections::BTreeSet<i64>>,
-        allowed: impl Fn(i64) -> bool,
-    ) -> Vec<MemberId> {
-        let held = |m: &MemberId| self.access(*m) != Access::Hidden && allowed(m.get());
+    /// The members the table holds; `wanted` lists the only candidates when the query names
+    /// its members.
+    pub fn members(&self, wanted: Option<&std::collections::BTreeSet<i64>>) -> Vec<MemberId> {
+        let held = |m: &MemberId| self.access(*m) != Access::Hidden;
         match wanted {
             Some(ids) => ids.iter().filter_map(|id| MemberId::new(*id).ok()).filter(held).collect(),
             None => self.members.keys().copied().filter(held).collect(),

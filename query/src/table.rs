@@ -41,7 +41,7 @@ use ingest::buffer::{Buffer, Snapshot};
 use ingest::schema::ROW_ID;
 use object_store::ObjectStore;
 
-use crate::prune::Bounds;
+use crate::prune::Pruner;
 use crate::scope::{Access, TableScope};
 
 /// What one request read: rows per (dataset, member) for the access log, and every file its
@@ -300,9 +300,9 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         // fire between scans; past it, scanning stops.
         tokio::task::yield_now().await;
         self.reads.check_deadline()?;
-        let bounds = Bounds::from_filters(filters, self.scope.event_time());
+        let pruner = Pruner::new(state, &self.schema, filters, self.scope.event_time());
         let dataset = &self.scope.schema.dataset.name;
-        let members = self.scope.members(bounds.members.as_ref(), |m| bounds.member_allowed(m));
+        let members = pruner.members(self.scope.members(pruner.named_members().as_ref()));
         let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
         // Rows in memory: in the stored schema (buffered, cached files) or already in the
@@ -333,11 +333,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 visible.extend(rows);
                 continue;
             }
-            let files = snapshot.files.iter().filter(|f| {
-                bounds.time.overlaps(f.min_event_time, f.max_event_time) && bounds.id.overlaps(f.min_id, f.max_id)
-            });
             let before = fast_files.len();
-            fast_files.extend(files.cloned());
+            fast_files.extend(pruner.files(&snapshot.files).cloned());
             counts.push((*member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered));
             stored.extend(snapshot.rows);
         }
