@@ -108,8 +108,7 @@ impl AuthCache {
     /// The subscriber behind a bearer token, until the token expires.
     pub async fn subscriber_token(&self, catalog: &Catalog, token: &str) -> Result<SubscriberId> {
         let hash = SecretHash::of(token);
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = catalog.clock().now_ms();
         if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0)
             && *expires > now
         {

@@ -27,6 +27,7 @@
 //! - [`cache::AuthCache`]: authorization state cached per node, checked against one
 //!   generation number per request so it is never stale.
 //! - [`Secret`]: keys are random (192 bits), stored as SHA-256, compared in constant time.
+//! - [`time`]: the one clock every crate reads, held by the [`Catalog`] (a test sets it).
 
 mod builtin;
 pub mod cache;

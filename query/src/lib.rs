@@ -18,10 +18,11 @@
 //!
 //! ## Subsystems
 //! - [`scope`]: agreements to visible columns and members, fail-closed.
-//! - [`prune`]: what a scan's filters say about members, event times and row ids.
+//! - [`prune`]: which members and files a scan's filters rule out (DataFusion's `PruningPredicate`
+//!   over the manifest's ranges).
 //! - [`table`]: the scoped `TableProvider` and what each request read.
 //! - [`cache`]: decoded small files, and blocks of many concatenated, in memory, least
-//!   recently used out.
+//!   recently used out (moka).
 //! - [`engine`]: sessions, the SQL sandbox, the plan check, memory/time/row limits.
 //! - [`functions`]: the functions SQL may call, an allow-list; value-building ones capped.
 //! - [`guard`]: caps on a statement's shape and plan, memory for functions and windows.

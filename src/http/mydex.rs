@@ -2,8 +2,11 @@
 //! answer format, and the check every call makes before touching data (subscriber
 //! credential, the member's `con_id` + `key`, the agreement in force, the access log).
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
+use catalog::time::Clock;
 use catalog::{
     AccessAction, AccessDecision, AccessLogEntry, AgreementScope, DataEnvironment, Dataset, DatasetKind, DatasetName,
     ErrorKind, MemberId,
@@ -158,6 +161,8 @@ pub(super) struct Call {
     pub(super) scope: AgreementScope,
     pub(super) format: Format,
     pub(super) env: DataEnvironment,
+    /// The catalog's clock, for the access log.
+    clock: Arc<dyn Clock>,
 }
 
 /// Checks a call on `/api/pds/.../{uid}.json|.xml`: the path names the member and format.
@@ -205,7 +210,7 @@ pub(super) async fn authorize(
     let scope =
         AgreementScope::clone(&*state.auth_cache.agreement_scope(&state.catalog, subscriber.0, con_id, key).await?);
     let env = scope.environment.into();
-    Ok(Call { scope, format, env })
+    Ok(Call { scope, format, env, clock: state.catalog.clock().clone() })
 }
 
 impl Call {
@@ -217,7 +222,7 @@ impl Call {
         decision: AccessDecision,
     ) -> AccessLogEntry {
         AccessLogEntry {
-            at: catalog::time::now_ms(),
+            at: self.clock.now_ms(),
             member: Some(self.scope.agreement.member),
             subscriber_id: self.scope.subscriber_id,
             connection_id: self.scope.agreement.connection_id,

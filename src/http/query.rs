@@ -123,7 +123,7 @@ pub(super) async fn query(
     }
     let purpose = connection.approved().map(|r| r.terms.purposes.join("; ")).unwrap_or_default();
     let entry = |member, version, dataset: &str, rows, decision| AccessLogEntry {
-        at: catalog::time::now_ms(),
+        at: state.catalog.clock().now_ms(),
         member,
         subscriber_id: subscriber,
         connection_id: connection.id,

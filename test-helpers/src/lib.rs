@@ -140,6 +140,8 @@ pub struct TestConfig {
     pub members: u32,
     pub body: trove::http::body::BodyLimits,
     pub connections: trove::http::listen::ConnectionLimits,
+    /// The server's clock (the system's when `None`).
+    pub clock: Option<Arc<dyn catalog::time::Clock>>,
 }
 
 impl TestConfig {
@@ -154,6 +156,7 @@ impl TestConfig {
             members: 10,
             body: Default::default(),
             connections: Default::default(),
+            clock: None,
         }
     }
 }
@@ -182,7 +185,10 @@ impl TestServer {
 
     pub async fn start(config: TestConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let catalog = Catalog::connect(&fresh_catalog_url(config.store, dir.path()).await).await.expect("catalog");
+        let mut catalog = Catalog::connect(&fresh_catalog_url(config.store, dir.path()).await).await.expect("catalog");
+        if let Some(clock) = config.clock.clone() {
+            catalog = catalog.with_clock(clock);
+        }
         let admin = Secret::generate();
         catalog.ensure_admin_token(Some(&admin)).await.expect("admin token");
         let creds = trove::demo::seed(&catalog, &admin, config.members).await.expect("demo fixture");
@@ -343,11 +349,25 @@ impl TestServer {
 }
 
 /// Now, in epoch seconds (event times of test rows).
-pub use catalog::time::now_secs;
+pub fn now_secs() -> i64 {
+    use catalog::time::Clock;
+    catalog::time::SystemClock.now_secs()
+}
 
-/// A free port on loopback, for a real binary to listen on.
+/// A free port on loopback, for a real binary to listen on. Chosen below the kernel's
+/// ephemeral range: a port from `bind(0)` could be handed, between this check and the
+/// binary's bind, to another test's server, whose `/health` would then answer for ours.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32_768);
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rand::Rng::random_range(&mut rng, 10_000..ephemeral_low.max(10_001));
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral_low}")
 }
 
 /// Resident set size of process `pid` in bytes (`VmRSS`), or `None` once it is gone.

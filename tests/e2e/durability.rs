@@ -272,8 +272,9 @@ impl Run {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let server = Server { child, port, log };
+        let mut server = Server { child, port, log };
         self.restarts.push(wait_healthy(&self.client, port).await);
+        assert!(server.child.try_wait().unwrap().is_none(), "the server that answered is this life's");
         if env.is_empty() {
             self.retry_pending(port).await;
         }

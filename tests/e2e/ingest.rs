@@ -881,3 +881,25 @@ async fn concurrent_puts_of_one_row_keep_every_field() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_catalogs_clock_decides_what_is_on_time_and_when_it_was_logged() {
+    // A server whose clock says 1 January 2031: rows dated then are on time, rows more than a
+    // day past it are not, and the access log says when by the same clock.
+    let at: i64 = 1_924_992_000;
+    let clock = Arc::new(catalog::time::MockClock::new(at * 1000));
+    let s = TestServer::start(TestConfig { clock: Some(clock.clone()), ..TestConfig::new(Store::Sqlite) }).await;
+    let row = |t: i64| json!({"member_uid": 1, "field_energy_reading_timestamp": t, "field_energy_reading_value": 1.5});
+    let send = |t: i64| s.ingest(ENERGY, "application/x-ndjson", ndjson(&[row(t)]));
+    assert_eq!(send(at).await.0, StatusCode::OK, "years ahead of the machine's clock, on time by the server's");
+    let later = at + ingest::validate::MAX_FUTURE_SECS + 3600;
+    assert_eq!(send(later).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    clock.advance(std::time::Duration::from_secs(2 * 86_400));
+    assert_eq!(send(later).await.0, StatusCode::OK, "two days on, the same row is on time");
+    s.settle_access_log().await;
+    let (_, log) = s.call(reqwest::Method::GET, "/v1/members/1/access-log", Some(s.member_secret(1)), None).await;
+    let times: Vec<i64> =
+        log.as_array().unwrap().iter().filter(|e| e["action"] == "write").map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(!times.is_empty(), "{log}");
+    assert!(times.iter().all(|t| (at * 1000..=(at + 2 * 86_400) * 1000).contains(t)), "{times:?}");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Catalog, Result, now_ms, unique_violation};
+use super::{Catalog, Result, unique_violation};
 use crate::error::CatalogError;
 use crate::model::{Member, MemberId, Subscriber, SubscriberId};
 use crate::secret::{Secret, SecretHash};
@@ -54,7 +54,7 @@ impl Catalog {
         )
         .bind(mydexid)
         .bind(secret.hash().0)
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_one(&self.pool)
         .await
         .map_err(unique_violation("member"))?;
@@ -108,7 +108,7 @@ impl Catalog {
         .bind(&creds.client_id)
         .bind(creds.client_secret.hash().0)
         .bind(creds.api_key.hash().0)
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_one(&self.pool)
         .await
         .map_err(unique_violation("subscriber"))?;
@@ -148,7 +148,7 @@ impl Catalog {
             return Err(CatalogError::Unauthenticated);
         }
         let token = Secret::generate();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         sqlx::query("INSERT INTO access_tokens (token_hash, subscriber_id, expires_at) VALUES ($1, $2, $3)")
             .bind(token.hash().0)
             .bind(row.try_get::<i64, _>("id")?)
@@ -172,7 +172,7 @@ impl Catalog {
             "SELECT token_hash, subscriber_id, expires_at FROM access_tokens WHERE token_hash = $1 AND expires_at > $2",
         )
         .bind(&hash.0)
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_optional(&self.pool)
         .await?
         .ok_or(CatalogError::Unauthenticated)?;

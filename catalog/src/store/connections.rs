@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Catalog, Result, get_json, now_ms, to_json};
+use super::{Catalog, Result, get_json, to_json};
 use crate::error::CatalogError;
 use crate::model::{
     Agreement, AgreementScope, AgreementStatus, ConId, Connection, ConnectionEnvironment, ConnectionId,
@@ -73,7 +73,7 @@ impl Catalog {
     /// Creates a connection for `subscriber`: revision 1, in `draft`.
     pub async fn create_connection(&self, subscriber: SubscriberId, terms: ConnectionTerms) -> Result<Connection> {
         let terms = normalize_terms(terms, &self.datasets().await?)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         let row = sqlx::query(
             "INSERT INTO connections (subscriber_id, environment, promote_requested, created_at) \
@@ -169,7 +169,7 @@ impl Catalog {
         let terms = normalize_terms(terms, &self.datasets().await?)?;
         let current = self.connection(id).await?;
         let latest = current.latest();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let done = match latest.state {
             // A requested revision was never approved, so no agreement names its version:
             // it moves to the next one.
@@ -225,7 +225,7 @@ impl Catalog {
              WHERE connection_id = $3 AND version = $4 AND state = $5",
         )
         .bind(to.as_str())
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .bind(id.get())
         .bind(latest)
         .bind(from.as_str())
@@ -260,7 +260,7 @@ impl Catalog {
             "UPDATE connection_revisions SET state = 'approved', updated_at = $1 \
              WHERE connection_id = $2 AND version = $3 AND state = 'requested'",
         )
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .bind(id.get())
         .bind(version)
         .execute(&mut *tx)
@@ -366,7 +366,7 @@ impl Catalog {
         let version =
             connection.approved_version.ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
         let key = Secret::generate();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO agreements (member_uid, connection_id, version, status, key_hash, approved_at) \
@@ -394,7 +394,7 @@ impl Catalog {
             "UPDATE agreements SET status = 'revoked', revoked_at = $1 \
              WHERE member_uid = $2 AND connection_id = $3 AND status = 'active'",
         )
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .bind(member.get())
         .bind(id.get())
         .execute(&mut *tx)

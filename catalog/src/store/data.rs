@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, Catalog, Result, get_json, now_ms, to_json, unique_violation};
+use super::{Backend, Catalog, Result, get_json, to_json, unique_violation};
 use crate::builtin;
 use crate::error::CatalogError;
 use crate::model::{
@@ -42,7 +42,7 @@ impl Catalog {
     /// Adds the built-in datasets the store does not have yet (first start, or a newer
     /// binary with more datasets). Existing rows are left alone.
     pub(super) async fn seed_builtin_datasets(&self) -> Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         for d in builtin::datasets() {
             insert_dataset(&mut tx, &d, true, now, true).await?;
@@ -72,7 +72,7 @@ impl Catalog {
         dataset.environment = DatasetEnvironment::Sandbox;
         dataset.validate().map_err(CatalogError::invalid)?;
         let mut tx = self.begin().await?;
-        insert_dataset(&mut tx, &dataset, false, now_ms(), false).await?;
+        insert_dataset(&mut tx, &dataset, false, self.clock.now_ms(), false).await?;
         Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         self.dataset(&dataset.name).await
@@ -123,7 +123,7 @@ impl Catalog {
         env: DataEnvironment,
         values: BTreeMap<String, serde_json::Value>,
     ) -> Result<MetadataInstance> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Two concurrent creates may pick the same id; the primary key refuses the second,
         // which retries with the next id.
         for _ in 0..5 {
@@ -184,7 +184,7 @@ impl Catalog {
         .ok_or(CatalogError::NotFound { what: "instance" })?;
         let mut instance = instance_from_row(&row)?;
         instance.values.extend(values);
-        instance.updated_at = now_ms();
+        instance.updated_at = self.clock.now_ms();
         sqlx::query(
             "UPDATE metadata_instances SET field_values = $1, updated_at = $2 \
              WHERE member_uid = $3 AND dataset = $4 AND environment = $5 AND id = $6",

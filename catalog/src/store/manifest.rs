@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Catalog, Result, now_ms};
+use super::{Catalog, Result};
 use crate::error::CatalogError;
 use crate::model::{ConnectionId, DataEnvironment, DatasetName, MemberId, ParquetFile};
 
@@ -40,7 +40,7 @@ impl Catalog {
     /// Records files whose puts succeeded and removes `replaced` ones, in one transaction:
     /// readers see either the old files or the new ones, never both (compaction's swap).
     pub async fn commit_parquet_files(&self, added: &[ParquetFile], replaced: &[String]) -> Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         let seq = Self::next_counter(&mut tx, "manifest").await?;
         for f in added {

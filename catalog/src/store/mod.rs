@@ -21,6 +21,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::error::CatalogError;
 use crate::secret::{Secret, SecretHash};
+use crate::time::{Clock, SystemClock};
 
 pub use connections::normalize_terms;
 
@@ -42,6 +43,8 @@ pub struct Catalog {
     /// The access log's member index rows this process knows are stored (see
     /// [`Catalog::record_access`]).
     known_blocks: Arc<Mutex<data::KnownBlocks>>,
+    /// What time it is: every timestamp the catalog stores, and every crate's clock.
+    clock: Arc<dyn Clock>,
 }
 
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -88,7 +91,7 @@ impl Catalog {
             // WAL mode is a property of the database file: set once, it persists.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        let catalog = Catalog { pool, backend, known_blocks: Arc::default() };
+        let catalog = Catalog { pool, backend, known_blocks: Arc::default(), clock: Arc::new(SystemClock) };
         match backend {
             Backend::Sqlite => MIGRATE_SQLITE.run(&catalog.pool).await?,
             Backend::Postgres => MIGRATE_POSTGRES.run(&catalog.pool).await?,
@@ -110,6 +113,16 @@ impl Catalog {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The clock every crate reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// This catalog, reading time from `clock` (tests set the date with a [`MockClock`](crate::time::MockClock)).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Catalog {
+        Catalog { clock, ..self }
     }
 
     /// Whether this store already holds a catalog (someone ran migrations and set it up).
@@ -189,8 +202,6 @@ impl Catalog {
         Ok(row.get::<i64, _>(0))
     }
 }
-
-pub(crate) use crate::time::now_ms;
 
 fn get_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
     let text: String = row.try_get(col)?;

@@ -11,7 +11,7 @@ use catalog::ParquetFile;
 use futures::{FutureExt, StreamExt};
 
 use super::sequencer::Command;
-use super::{Ingester, now_ms, stop_on_panic};
+use super::{Ingester, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::FlushBatch;
 use crate::wal;
@@ -71,7 +71,7 @@ impl Ingester {
     /// One compaction pass; returns how many files were merged away.
     pub async fn compact_round(&self) -> Result<usize, IngestError> {
         self.compactor
-            .run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), catalog::time::now_secs())
+            .run(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), self.catalog.clock().now_secs())
             .await
     }
 
@@ -151,7 +151,7 @@ impl Ingester {
             }
             *moved = Some(Instant::now());
         }
-        if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, now_ms()).await {
+        if let Err(e) = self.keys.persist_below(&self.catalog, keep_from, self.catalog.clock().now_ms()).await {
             tracing::warn!(error = %e, "could not save idempotency keys; keeping the WAL segments");
             return failed;
         }

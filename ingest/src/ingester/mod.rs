@@ -114,6 +114,7 @@ impl Ingester {
             counters: replayed.counters,
             last_version: replayed.last_version,
             current: current_segment.clone(),
+            clock: catalog.clock().clone(),
         })?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let ingester = Arc::new(Ingester {
@@ -249,5 +250,3 @@ fn stop_on_panic(what: &str) -> ! {
     tracing::error!("{what} panicked; stopping so that a restart recovers from the WAL");
     std::process::abort()
 }
-
-use catalog::time::now_ms;

@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use catalog::time::Clock;
 use catalog::{DataEnvironment, DatasetName, MemberId};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use tokio::sync::oneshot;
 
 use super::record::{RecordHeader, encode_record, member_runs};
-use super::{Ingester, now_ms, stop_on_panic};
+use super::{Ingester, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::{Buffer, MemberMap};
 use crate::idempotency::{Claim, Keys};
@@ -97,7 +98,7 @@ impl Ingester {
                 env,
                 connection,
                 idempotency: claim.map(|c| (c.key().to_owned(), c.body_hash().to_owned())),
-                at: now_ms(),
+                at: self.catalog.clock().now_ms(),
                 logged,
             },
             schema,
@@ -137,13 +138,14 @@ pub(super) struct Sequencer {
     pub(super) last_version: i64,
     /// The segment being written, for the flusher.
     pub(super) current: Arc<AtomicU64>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl Sequencer {
     /// Takes every queued write, gives rows ids, appends the group to the WAL with one sync,
     /// then makes the rows visible in id order and answers each request.
     fn run(self, rx: std::sync::mpsc::Receiver<Command>) {
-        let Sequencer { mut segments, buffer, keys, write_log, mut counters, mut last_version, current } = self;
+        let Sequencer { mut segments, buffer, keys, write_log, mut counters, mut last_version, current, clock } = self;
         let (buffer, keys, write_log, current) = (&*buffer, &*keys, &*write_log, &*current);
         const GROUP_BYTES: usize = 32 << 20;
         while let Ok(first) = rx.recv() {
@@ -184,7 +186,7 @@ impl Sequencer {
             for op in group {
                 // Versions increase with every batch sequenced, across restarts (wall-clock
                 // microseconds, never below the last one seen).
-                last_version = (last_version + 1).max(now_ms() * 1000);
+                last_version = (last_version + 1).max(clock.now_ms() * 1000);
                 let sequenced = (|| -> Result<(Vec<u8>, Stored), IngestError> {
                     fail::fail_point!("sequencer-encode", |_| Err(IngestError::Internal(
                         "failpoint sequencer-encode".into()

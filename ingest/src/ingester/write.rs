@@ -13,7 +13,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use serde_json::{Map, Value};
 
-use super::{Ingester, now_ms};
+use super::Ingester;
 use crate::IngestError;
 use crate::decode::{self, Budget, Format};
 use crate::idempotency::{Claim, Decision};
@@ -115,7 +115,8 @@ impl Ingester {
         let claim = match (&rows, idempotency) {
             (Rows::Body { bytes, .. }, Some(key)) => {
                 let hash = crate::idempotency::body_hash(&dataset.name, &key.content_type, bytes);
-                match self.keys.begin(&self.catalog, connection, &key.key, &hash, now_ms()).await? {
+                match self.keys.begin(&self.catalog, connection, &key.key, &hash, self.catalog.clock().now_ms()).await?
+                {
                     Decision::Replay { accepted } => {
                         return Ok(Written { accepted: accepted as usize, ids: Vec::new() });
                     }
@@ -144,16 +145,16 @@ impl Ingester {
         let batch = batch?;
         let rows = batch.num_rows();
         if rows == 0 {
-            complete(claim, 0);
+            complete(claim, 0, self.catalog.clock().now_ms());
             return Ok(Written { accepted: 0, ids: Vec::new() });
         }
-        let batch = validate::check_new_rows(&schema, batch, grant_of, catalog::time::now_secs()).inspect_err(|_| {
+        let batch = validate::check_new_rows(&schema, batch, grant_of, self.catalog.clock().now_secs()).inspect_err(|_| {
             metrics::counter!("trove_ingest_rows_total", "dataset" => dataset.name.to_string(), "result" => "refused")
                 .increment(rows as u64);
         })?;
         metrics::histogram!("trove_ingest_batch_rows").record(rows as f64);
         let ids = self.send(schema, env, connection, batch, claim.as_ref(), logged, None).await?;
-        complete(claim, rows);
+        complete(claim, rows, self.catalog.clock().now_ms());
         Ok(Written { accepted: rows, ids })
     }
 
@@ -188,7 +189,7 @@ impl Ingester {
         let _turn = self.row_locks[row_stripe(&key, id)].lock().await;
         let current = self.current_row(&key, id).await?.ok_or(IngestError::NoSuchRow)?;
         let merged = merge_row(&schema, &current, &given, sets_instance)?;
-        let merged = validate::check_event_time(&schema, merged, catalog::time::now_secs())?;
+        let merged = validate::check_event_time(&schema, merged, self.catalog.clock().now_secs())?;
         self.send(schema, env, connection, merged, None, true, Some(vec![id])).await.map(|_| ())
     }
 
@@ -219,9 +220,9 @@ impl Ingester {
     }
 }
 
-fn complete(claim: Option<Claim>, accepted: usize) {
+fn complete(claim: Option<Claim>, accepted: usize, now_ms: i64) {
     if let Some(claim) = claim {
-        claim.complete(accepted as i64, now_ms());
+        claim.complete(accepted as i64, now_ms);
     }
 }
 

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use catalog::time::{Clock, SystemClock};
 use rand::Rng;
 use reqwest::{Client, StatusCode};
 
@@ -224,7 +225,7 @@ fn build_bodies(config: &LoadConfig, dataset: &catalog::Dataset, setup: &Setup) 
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
         }
         None => {
-            let now = catalog::time::now_secs();
+            let now = SystemClock.now_secs();
             // One batch tells the body size, and so how many fit the pool.
             let sample = rows::generate(config.workload, dataset, uids.len(), batch, now);
             let per_body = rows::bodies(&sample, &uids, batch, config.format)[0].bytes.len().max(1);
@@ -560,7 +561,7 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
     let ds = &setup.dataset;
     while !stop.load(Ordering::Relaxed) {
         let member = &setup.members[rand::rng().random_range(0..setup.members.len())];
-        let since = catalog::time::now_secs() - 86_400;
+        let since = SystemClock.now_secs() - 86_400;
         let started = Instant::now();
         let req = if door == "sql" {
             let sql = format!("SELECT * FROM {ds} WHERE member_uid = {} AND {ENERGY_TIME} >= {since}", member.uid);
