@@ -67,7 +67,7 @@ fn day_of_readings(schema: &ingest::schema::DatasetSchema, day: i64) -> RecordBa
 async fn energy_co_scope(s: &TestServer) -> ReadScope {
     let id = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
     let connection = Arc::new(s.catalog.connection(id).await.expect("energy-co's connection"));
-    let members: HashMap<MemberId, i64> =
+    let members: HashMap<MemberId, catalog::AgreementVersion> =
         s.catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
     assert_eq!(members.len(), MEMBERS as usize);
     let mut datasets = Vec::new();
@@ -172,7 +172,7 @@ fn bench_query(c: &mut Criterion) {
                     member: Some(MemberId::new(m).expect("a member id")),
                     subscriber_id: subscriber,
                     connection_id: connection,
-                    agreement_version: Some(1),
+                    agreement_version: Some(catalog::AgreementVersion::FIRST),
                     purpose: "energy advice".into(),
                     dataset: E.into(),
                     action: AccessAction::Read,

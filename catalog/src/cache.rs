@@ -17,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::{
-    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberId, Nid,
-    SecretHash, SubscriberId,
+    AgreementScope, AgreementVersion, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName,
+    MemberId, Nid, SecretHash, SubscriberId,
 };
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -28,7 +28,7 @@ struct State {
     generation: i64,
     /// Connections by nid, with the hash of the key that authenticated them.
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
-    agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, i64>>>,
+    agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, AgreementVersion>>>,
     /// Member-connection credentials checked, with the hash of the key presented.
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
@@ -161,7 +161,11 @@ impl AuthCache {
     }
 
     /// Members with an active agreement with connection `id`, and the version each approved.
-    pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<HashMap<MemberId, i64>>> {
+    pub async fn agreements(
+        &self,
+        catalog: &Catalog,
+        id: ConnectionId,
+    ) -> Result<Arc<HashMap<MemberId, AgreementVersion>>> {
         if let Some(a) = self.state().agreements.get(&id) {
             return Ok(a.clone());
         }

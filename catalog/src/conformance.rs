@@ -40,6 +40,11 @@ pub fn terms(name: &str, datasets: &[&str]) -> ConnectionTerms {
     }
 }
 
+/// Agreement version `n`.
+fn v(n: i64) -> crate::AgreementVersion {
+    crate::AgreementVersion::new(n).unwrap()
+}
+
 fn kind<T: std::fmt::Debug>(r: Result<T, CatalogError>) -> ErrorKind {
     r.expect_err("expected a refusal").kind()
 }
@@ -158,18 +163,18 @@ async fn connection_lifecycle(c: &Catalog) {
     assert_eq!(conn.status, ConnectionStatus::Draft, "editing a requested connection returns it to draft");
     assert_eq!(
         (conn.revisions.len(), conn.latest().version),
-        (1, 2),
+        (1, v(2)),
         "under a new version: the operator reviewed version 1"
     );
     let conn = c.edit_connection(conn.id, terms("Meter feed v1b", &["ds_energy_consumption"])).await.unwrap();
-    assert_eq!(conn.latest().version, 2, "a draft is edited in place");
+    assert_eq!(conn.latest().version, v(2), "a draft is edited in place");
     c.submit_connection(conn.id).await.unwrap();
     assert_eq!(
-        kind(c.approve_connection(conn.id, Some(1)).await),
+        kind(c.approve_connection(conn.id, Some(v(1))).await),
         ErrorKind::Conflict,
         "the reviewed version was edited since"
     );
-    let (conn, key) = c.approve_connection(conn.id, Some(2)).await.unwrap();
+    let (conn, key) = c.approve_connection(conn.id, Some(v(2))).await.unwrap();
     assert_eq!(conn.status, ConnectionStatus::Approved);
     let (nid, key) = (conn.nid.expect("nid issued"), key.expect("key issued"));
     assert_eq!(c.authenticate_connection(nid, key.expose()).await.unwrap().id, conn.id);
@@ -181,14 +186,14 @@ async fn connection_lifecycle(c: &Catalog) {
         .edit_connection(conn.id, terms("Meter feed v2", &["ds_energy_consumption", "ds_browsing_history"]))
         .await
         .unwrap();
-    assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(2), 2));
+    assert_eq!((conn.status, conn.approved_version, conn.revisions.len()), (ConnectionStatus::Approved, Some(v(2)), 2));
     assert_eq!(conn.pending().unwrap().state, RevisionState::Draft);
     assert_eq!(conn.approved().unwrap().terms.name, "Meter feed v1b");
     c.submit_connection(conn.id).await.unwrap();
     let (conn, second_key) = c.approve_connection(conn.id, None).await.unwrap();
     assert!(second_key.is_none(), "later approvals keep the nid and key");
-    assert_eq!((conn.approved_version, conn.nid), (Some(3), Some(nid)));
-    assert_eq!(conn.revision(2).unwrap().state, RevisionState::Superseded);
+    assert_eq!((conn.approved_version, conn.nid), (Some(v(3)), Some(nid)));
+    assert_eq!(conn.revision(v(2)).unwrap().state, RevisionState::Superseded);
 
     // approved -> (promote-request) -> live
     assert_eq!(kind(c.promote_connection(conn.id).await), ErrorKind::Conflict, "no request yet");
@@ -218,7 +223,7 @@ async fn agreements(c: &Catalog) {
 
     let conn = approved_connection(c, sub, &["ds_home"]).await;
     let (agreement, key) = c.approve_agreement(member.uid, conn.id).await.unwrap();
-    assert_eq!((agreement.version, agreement.status), (1, AgreementStatus::Active));
+    assert_eq!((agreement.version, agreement.status), (v(1), AgreementStatus::Active));
     let con_id = agreement.con_id;
     assert_eq!(con_id.to_string(), format!("{}-{}", member.uid, conn.nid.unwrap()));
     let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
@@ -235,10 +240,10 @@ async fn agreements(c: &Catalog) {
     c.submit_connection(conn.id).await.unwrap();
     c.approve_connection(conn.id, None).await.unwrap();
     let scope = c.agreement_scope(sub, con_id, key.expose()).await.unwrap();
-    assert_eq!(scope.agreement.version, 1);
+    assert_eq!(scope.agreement.version, v(1));
     assert!(scope.grant(&"ds_passport".parse().unwrap()).is_none());
     let (agreement, new_key) = c.approve_agreement(member.uid, conn.id).await.unwrap();
-    assert_eq!(agreement.version, 2);
+    assert_eq!(agreement.version, v(2));
     assert_eq!(
         kind(c.agreement_scope(sub, con_id, key.expose()).await),
         ErrorKind::Unauthenticated,
@@ -289,7 +294,7 @@ async fn access_log(c: &Catalog) {
         member: Some(member.uid),
         subscriber_id: sub,
         connection_id: conn.id,
-        agreement_version: Some(1),
+        agreement_version: Some(v(1)),
         purpose: "testing".into(),
         dataset: "ds_home".into(),
         action: AccessAction::Read,

@@ -219,7 +219,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     let (con_id, key) = agreement.expect("member 1's agreement");
     let member_scope = catalog.agreement_scope(subscriber.id, con_id, key.expose()).await.expect("member 1's scope");
     let connection = Arc::new(catalog.connection(id).await.expect("the connection"));
-    let members: HashMap<MemberId, i64> =
+    let members: HashMap<MemberId, catalog::AgreementVersion> =
         catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
 
     // Long ticks: nothing runs in the background while targets plan.

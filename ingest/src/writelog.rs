@@ -119,7 +119,8 @@ impl WriteLog {
             if let std::collections::hash_map::Entry::Vacant(e) = connections.entry(connection) {
                 let id = ConnectionId::new(connection).map_err(|e| IngestError::Internal(e.to_string()))?;
                 let c = catalog.connection(id).await?;
-                let versions: HashMap<MemberId, i64> = catalog.active_agreements(id).await?.into_iter().collect();
+                let versions: HashMap<MemberId, catalog::AgreementVersion> =
+                    catalog.active_agreements(id).await?.into_iter().collect();
                 e.insert((c, versions));
             }
             let (c, versions) = &connections[&connection];

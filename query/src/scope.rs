@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use catalog::{AgreementScope, AgreementStatus, Connection, DataEnvironment, Dataset, DatasetGrant, Field, MemberId};
+use catalog::{
+    AgreementScope, AgreementStatus, AgreementVersion, Connection, DataEnvironment, Dataset, DatasetGrant, Field,
+    MemberId,
+};
 use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
 
 use crate::QueryError;
@@ -21,10 +24,10 @@ pub struct TableScope {
     pub columns: Vec<usize>,
     /// Members with an active agreement, and the revision each approved (shared with the
     /// authorization cache, not copied per request).
-    members: Arc<HashMap<MemberId, i64>>,
+    members: Arc<HashMap<MemberId, AgreementVersion>>,
     /// Per approved revision, what it grants of the visible columns (a revision without an
     /// entry grants nothing).
-    grants: HashMap<i64, Access>,
+    grants: HashMap<AgreementVersion, Access>,
 }
 
 /// What a member's agreement lets the table show of that member's rows.
@@ -45,7 +48,7 @@ impl TableScope {
     /// offered in the connection's environment.
     pub fn for_connection(
         connection: &Connection,
-        members: Arc<HashMap<MemberId, i64>>,
+        members: Arc<HashMap<MemberId, AgreementVersion>>,
         schema: Arc<DatasetSchema>,
     ) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
@@ -188,7 +191,7 @@ mod tests {
                 member,
                 connection_id: ConnectionId::new(1).unwrap(),
                 con_id: ConId { member, nid: catalog::Nid::new(1).unwrap() },
-                version: 1,
+                version: catalog::AgreementVersion::FIRST,
                 status,
                 terms,
                 approved_at: 0,

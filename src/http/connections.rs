@@ -127,8 +127,8 @@ pub(super) struct Approved {
 pub(super) struct ApproveBody {
     /// The version the operator reviewed: if the revision waiting for approval is another
     /// (the subscriber edited it since), the approval is refused with 409.
-    #[schema(minimum = 1)]
-    version: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    version: Option<catalog::AgreementVersion>,
 }
 
 /// The operator approves the requested revision: it serves from now on. The first approval

@@ -218,7 +218,7 @@ pub(super) async fn ingest(
     // The agreements in force when the request starts decide every row. Members are on one
     // of a few versions: resolve each version's grant once, not per row.
     let agreements = state.auth_cache.agreements(&state.catalog, connection.id).await?;
-    let by_version: Vec<(i64, Option<&catalog::DatasetGrant>)> =
+    let by_version: Vec<(catalog::AgreementVersion, Option<&catalog::DatasetGrant>)> =
         connection.revisions.iter().map(|r| (r.version, r.terms.datasets.get(&name))).collect();
     let grant_of = |member| {
         let version = agreements.get(&member)?;

@@ -57,7 +57,7 @@ fn diff(old: &ConnectionTerms, new: &ConnectionTerms) -> TermsChanges {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct PendingVersion {
-    version: i64,
+    version: catalog::AgreementVersion,
     terms: ConnectionTerms,
     changes: TermsChanges,
 }
@@ -103,7 +103,7 @@ pub(super) async fn agreements(
 pub(super) struct Approval {
     con_id: String,
     key: String,
-    version: i64,
+    version: catalog::AgreementVersion,
 }
 
 /// The member approves the connection's current approved terms. Issues a new member

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConId, ConnectionId, DatasetName, FieldName, MemberId, Nid, SubscriberId};
+use super::{AgreementVersion, ConId, ConnectionId, DatasetName, FieldName, MemberId, Nid, SubscriberId};
 
 /// What one revision of a connection asks for: who, why, and which fields in which direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +138,7 @@ pub enum ConnectionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revision {
-    pub version: i64,
+    pub version: AgreementVersion,
     pub state: RevisionState,
     pub terms: ConnectionTerms,
     pub created_at: i64,
@@ -157,14 +157,14 @@ pub struct Connection {
     pub nid: Option<Nid>,
     pub promote_requested: bool,
     /// The revision that serves (the newest approved one).
-    pub approved_version: Option<i64>,
+    pub approved_version: Option<AgreementVersion>,
     /// Oldest first.
     pub revisions: Vec<Revision>,
     pub created_at: i64,
 }
 
 impl Connection {
-    pub fn revision(&self, version: i64) -> Option<&Revision> {
+    pub fn revision(&self, version: AgreementVersion) -> Option<&Revision> {
         self.revisions.iter().find(|r| r.version == version)
     }
     pub fn latest(&self) -> &Revision {
@@ -201,7 +201,7 @@ pub struct Agreement {
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1-2"))]
     pub con_id: ConId,
     /// The connection revision the member approved; the terms in force.
-    pub version: i64,
+    pub version: AgreementVersion,
     pub status: AgreementStatus,
     pub terms: ConnectionTerms,
     pub approved_at: i64,

@@ -82,6 +82,21 @@ positive_id!(
     /// The connection node id issued when a connection is first approved.
     Nid, "nid"
 );
+positive_id!(
+    /// The number of a connection's revision of terms, 1 for the first: an agreement is at
+    /// the version its member approved.
+    AgreementVersion, "version"
+);
+
+impl AgreementVersion {
+    /// The first revision's.
+    pub const FIRST: AgreementVersion = AgreementVersion(1);
+
+    /// The revision after this one.
+    pub fn next(self) -> AgreementVersion {
+        AgreementVersion(self.0 + 1)
+    }
+}
 
 /// The member-connection pair `"<uid>-<nid>"` that Mydex calls take as `con_id`.
 ///

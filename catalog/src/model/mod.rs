@@ -13,7 +13,7 @@ pub use connection::{
     DatasetGrant, GdprDeclaration, LAWFUL_BASES, Revision, RevisionState,
 };
 pub use dataset::{Dataset, DatasetEnvironment, DatasetKind, Field, FieldType, MAX_TEXT_BYTES, RESERVED_FIELDS};
-pub use ids::{ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
+pub use ids::{AgreementVersion, ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
 
 /// A person who owns a personal data store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub struct AccessLogEntry {
     pub member: Option<MemberId>,
     pub subscriber_id: SubscriberId,
     pub connection_id: ConnectionId,
-    pub agreement_version: Option<i64>,
+    pub agreement_version: Option<AgreementVersion>,
     pub purpose: String,
     pub dataset: String,
     pub action: AccessAction,

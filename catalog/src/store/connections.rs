@@ -8,8 +8,9 @@ use sqlx::any::AnyRow;
 use super::{Catalog, Result, get_json, to_json};
 use crate::error::CatalogError;
 use crate::model::{
-    Agreement, AgreementScope, AgreementStatus, ConId, Connection, ConnectionEnvironment, ConnectionId,
-    ConnectionStatus, ConnectionTerms, Dataset, LAWFUL_BASES, MemberId, Nid, Revision, RevisionState, SubscriberId,
+    Agreement, AgreementScope, AgreementStatus, AgreementVersion, ConId, Connection, ConnectionEnvironment,
+    ConnectionId, ConnectionStatus, ConnectionTerms, Dataset, LAWFUL_BASES, MemberId, Nid, Revision, RevisionState,
+    SubscriberId,
 };
 use crate::secret::{Secret, SecretHash};
 
@@ -59,7 +60,7 @@ pub fn normalize_terms(mut terms: ConnectionTerms, datasets: &[Dataset]) -> Resu
 fn revision_from_row(row: &AnyRow) -> Result<Revision> {
     let state: String = row.try_get("state")?;
     Ok(Revision {
-        version: row.try_get("version")?,
+        version: AgreementVersion::new(row.try_get("version")?).map_err(CatalogError::corrupt)?,
         state: RevisionState::parse(&state).ok_or_else(|| CatalogError::corrupt(format!("revision state {state}")))?,
         terms: get_json(row, "terms")?,
         created_at: row.try_get("created_at")?,
@@ -141,6 +142,8 @@ impl Catalog {
             _ => ConnectionEnvironment::Sandbox,
         };
         let approved_version: Option<i64> = row.try_get("approved_version")?;
+        let approved_version =
+            approved_version.map(AgreementVersion::new).transpose().map_err(CatalogError::corrupt)?;
         let status = match (approved_version, environment, latest.state) {
             (None, _, RevisionState::Requested) => ConnectionStatus::Requested,
             (None, _, _) => ConnectionStatus::Draft,
@@ -181,7 +184,7 @@ impl Catalog {
             .bind(to_json(&terms))
             .bind(now)
             .bind(id.get())
-            .bind(latest.version)
+            .bind(latest.version.get())
             .execute(&self.pool)
             .await?
             .rows_affected(),
@@ -191,7 +194,7 @@ impl Catalog {
                  VALUES ($1, $2, 'draft', $3, $4, $4)",
             )
             .bind(id.get())
-            .bind(latest.version + 1)
+            .bind(latest.version.next().get())
             .bind(to_json(&terms))
             .bind(now)
             .execute(&self.pool)
@@ -217,7 +220,7 @@ impl Catalog {
         from: RevisionState,
         to: RevisionState,
         refusal: &str,
-    ) -> Result<i64> {
+    ) -> Result<AgreementVersion> {
         let current = self.connection(id).await?;
         let latest = current.latest().version;
         let done = sqlx::query(
@@ -227,7 +230,7 @@ impl Catalog {
         .bind(to.as_str())
         .bind(self.clock.now_ms())
         .bind(id.get())
-        .bind(latest)
+        .bind(latest.get())
         .bind(from.as_str())
         .execute(&self.pool)
         .await?;
@@ -244,7 +247,7 @@ impl Catalog {
     pub async fn approve_connection(
         &self,
         id: ConnectionId,
-        expected: Option<i64>,
+        expected: Option<AgreementVersion>,
     ) -> Result<(Connection, Option<Secret>)> {
         let current = self.connection(id).await?;
         let version = current.latest().version;
@@ -262,7 +265,7 @@ impl Catalog {
         )
         .bind(self.clock.now_ms())
         .bind(id.get())
-        .bind(version)
+        .bind(version.get())
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -273,7 +276,7 @@ impl Catalog {
              WHERE connection_id = $1 AND version < $2 AND state = 'approved'",
         )
         .bind(id.get())
-        .bind(version)
+        .bind(version.get())
         .execute(&mut *tx)
         .await?;
         let key = if current.nid.is_none() {
@@ -290,7 +293,7 @@ impl Catalog {
             None
         };
         sqlx::query("UPDATE connections SET approved_version = $1 WHERE id = $2")
-            .bind(version)
+            .bind(version.get())
             .bind(id.get())
             .execute(&mut *tx)
             .await?;
@@ -377,7 +380,7 @@ impl Catalog {
         )
         .bind(member.get())
         .bind(id.get())
-        .bind(version)
+        .bind(version.get())
         .bind(key.hash().0)
         .bind(now)
         .execute(&mut *tx)
@@ -441,7 +444,7 @@ impl Catalog {
     }
 
     /// Members with an active agreement with connection `id`, and the revision each approved.
-    pub async fn active_agreements(&self, id: ConnectionId) -> Result<Vec<(MemberId, i64)>> {
+    pub async fn active_agreements(&self, id: ConnectionId) -> Result<Vec<(MemberId, AgreementVersion)>> {
         let rows =
             sqlx::query("SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'")
                 .bind(id.get())
@@ -449,7 +452,8 @@ impl Catalog {
                 .await?;
         rows.iter()
             .map(|r| {
-                Ok((MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?, r.try_get("version")?))
+                let member = MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?;
+                Ok((member, AgreementVersion::new(r.try_get("version")?).map_err(CatalogError::corrupt)?))
             })
             .collect()
     }
@@ -486,7 +490,7 @@ impl Catalog {
 }
 
 fn agreement_from_row(member: MemberId, connection: &Connection, row: &AnyRow) -> Result<Agreement> {
-    let version: i64 = row.try_get("version")?;
+    let version = AgreementVersion::new(row.try_get("version")?).map_err(CatalogError::corrupt)?;
     let terms = connection
         .revision(version)
         .ok_or_else(|| CatalogError::corrupt("agreement names a missing revision"))?

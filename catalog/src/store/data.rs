@@ -9,8 +9,8 @@ use super::{Backend, Catalog, Result, get_json, to_json, unique_violation};
 use crate::builtin;
 use crate::error::CatalogError;
 use crate::model::{
-    AccessAction, AccessDecision, AccessLogEntry, ConnectionId, DataEnvironment, Dataset, DatasetEnvironment,
-    DatasetName, MemberId, MetadataInstance, SubscriberId,
+    AccessAction, AccessDecision, AccessLogEntry, AgreementVersion, ConnectionId, DataEnvironment, Dataset,
+    DatasetEnvironment, DatasetName, MemberId, MetadataInstance, SubscriberId,
 };
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -235,7 +235,7 @@ impl Catalog {
                     .bind(e.dataset.as_str())
                     .bind(str_of(e.action))
                     .bind(str_of(e.decision))
-                    .bind(own(e.agreement_version))
+                    .bind(own(e.agreement_version.map(AgreementVersion::get)))
                     .bind(own(Some(e.rows)))
                     .fetch_one(&mut *tx)
                     .await?;
@@ -426,13 +426,13 @@ fn next_event(entries: &[AccessLogEntry]) -> (Event<'_>, &[AccessLogEntry]) {
     let Some(member) = first.member else {
         return (Event { shared: first, members: Vec::new() }, &entries[1..]);
     };
-    let mut members = vec![(member.get(), first.agreement_version, first.rows)];
+    let mut members = vec![(member.get(), first.agreement_version.map(AgreementVersion::get), first.rows)];
     let mut seen: HashSet<i64> = HashSet::from([member.get()]);
     let mut end = 1;
     for e in &entries[1..] {
         match e.member {
             Some(m) if first.same_event(e) && seen.insert(m.get()) => {
-                members.push((m.get(), e.agreement_version, e.rows))
+                members.push((m.get(), e.agreement_version.map(AgreementVersion::get), e.rows))
             }
             _ => break,
         }
@@ -449,7 +449,11 @@ fn entry_from_row(row: &AnyRow) -> Result<AccessLogEntry> {
         member: member.map(MemberId::new).transpose().map_err(CatalogError::corrupt)?,
         subscriber_id: SubscriberId::new(id("subscriber_id")?).map_err(CatalogError::corrupt)?,
         connection_id: ConnectionId::new(id("connection_id")?).map_err(CatalogError::corrupt)?,
-        agreement_version: row.try_get("agreement_version")?,
+        agreement_version: row
+            .try_get::<Option<i64>, _>("agreement_version")?
+            .map(AgreementVersion::new)
+            .transpose()
+            .map_err(CatalogError::corrupt)?,
         purpose: row.try_get("purpose")?,
         dataset: row.try_get("dataset")?,
         action: match row.try_get::<String, _>("action")?.as_str() {

@@ -57,7 +57,7 @@ const READS_RECORD: [u8; 4] = u32::MAX.to_le_bytes();
 struct ReadsGroup {
     /// An entry with everything shared (its member, version and rows are the first's).
     shared: catalog::AccessLogEntry,
-    members: Vec<(Option<MemberId>, Option<i64>, i64)>,
+    members: Vec<(Option<MemberId>, Option<catalog::AgreementVersion>, i64)>,
 }
 
 pub(super) fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8>, IngestError> {
@@ -151,7 +151,7 @@ mod tests {
             member: Some(MemberId::new(member).unwrap()),
             subscriber_id: SubscriberId::new(2).unwrap(),
             connection_id: ConnectionId::new(3).unwrap(),
-            agreement_version: Some(1),
+            agreement_version: Some(catalog::AgreementVersion::FIRST),
             purpose: "billing".into(),
             dataset: "ds_energy_consumption".into(),
             action: AccessAction::Read,
