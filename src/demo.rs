@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use catalog::{Catalog, ConnectionEnvironment, ConnectionId, ConnectionTerms, DatasetGrant, GdprDeclaration, Secret};
+use catalog::{
+    Catalog, ConnectionEnvironment, ConnectionId, ConnectionTerms, DatasetGrant, GdprDeclaration, MemberId, Secret,
+};
 use serde::Serialize;
 
 use crate::Error;
@@ -94,15 +96,20 @@ const INSIGHT_FIELDS: &[&str] = &[
 /// Seeds the fixture into an empty catalog: `members` members (uids 1..N), three
 /// subscribers with one live connection each, and the members' agreements.
 pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Result<DemoCredentials, Error> {
+    // In chunks, each one catalog transaction: a million members seed in seconds, and no
+    // transaction holds the catalog's writer for long.
+    const CHUNK: u32 = 50_000;
     let mut demo_members = Vec::with_capacity(members as usize);
-    for i in 1..=members {
-        let (m, secret) = catalog.create_member(&format!("member{i}")).await?;
-        demo_members.push(DemoMember {
-            uid: m.uid,
-            mydexid: m.mydexid,
-            secret: secret.expose().into(),
-            keys: BTreeMap::new(),
-        });
+    for first in (1..=members).step_by(CHUNK as usize) {
+        let mydexids: Vec<String> = (first..=members.min(first + CHUNK - 1)).map(|i| format!("member{i}")).collect();
+        for (m, secret) in catalog.create_members(&mydexids).await? {
+            demo_members.push(DemoMember {
+                uid: m.uid,
+                mydexid: m.mydexid,
+                secret: secret.expose().into(),
+                keys: BTreeMap::new(),
+            });
+        }
     }
     let all: &[&str] = &["*"];
     let fixture: [(&str, ConnectionTerms, std::ops::RangeInclusive<u32>); 3] = [
@@ -153,13 +160,15 @@ pub async fn seed(catalog: &Catalog, admin_token: &Secret, members: u32) -> Resu
         catalog.request_promotion(id).await?;
         let connection = catalog.promote_connection(connection.id).await?;
         let nid = connection.nid.expect("approved connections have a nid");
-        for uid in agreed {
-            let member = &mut demo_members[uid as usize - 1];
-            let (agreement, member_key) = catalog.approve_agreement(member.uid, id).await?;
-            member.keys.insert(
-                nid.to_string(),
-                DemoKey { con_id: agreement.con_id.to_string(), key: member_key.expose().into() },
-            );
+        let agreed: Vec<u32> = agreed.collect();
+        for chunk in agreed.chunks(CHUNK as usize) {
+            let uids: Vec<MemberId> = chunk.iter().map(|uid| demo_members[*uid as usize - 1].uid).collect();
+            for (agreement, member_key) in catalog.approve_agreements(&uids, id).await? {
+                demo_members[agreement.member.get() as usize - 1].keys.insert(
+                    nid.to_string(),
+                    DemoKey { con_id: agreement.con_id.to_string(), key: member_key.expose().into() },
+                );
+            }
         }
         subscribers.push(DemoSubscriber {
             name: name.into(),

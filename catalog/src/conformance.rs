@@ -57,6 +57,7 @@ pub async fn run_all(catalog: &Catalog) {
     members_and_subscribers(catalog).await;
     connection_lifecycle(catalog).await;
     agreements(catalog).await;
+    bulk_members_and_agreements(catalog).await;
     metadata_instances(catalog).await;
     access_log(catalog).await;
     manifest(catalog).await;
@@ -261,6 +262,37 @@ async fn agreements(c: &Catalog) {
     let listed = c.agreements(member.uid).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].0.status, AgreementStatus::Revoked);
+}
+
+async fn bulk_members_and_agreements(c: &Catalog) {
+    // More than one multi-row INSERT's worth, so the pieces and their order are exercised.
+    let names: Vec<String> = (0..2_500).map(|i| format!("bulk{i}")).collect();
+    let created = c.create_members(&names).await.unwrap();
+    assert_eq!(created.iter().map(|(m, _)| m.mydexid.as_str()).collect::<Vec<_>>(), names, "in the order given");
+    for (m, secret) in [&created[0], &created[1_234], &created[2_499]] {
+        assert_eq!(c.authenticate_member(secret.expose()).await.unwrap(), m.uid);
+    }
+    let before = c.members().await.unwrap().len();
+    for refused in [vec!["fresh1".to_owned(), "bulk7".to_owned()], vec!["twice".to_owned(), "twice".to_owned()]] {
+        assert_eq!(kind(c.create_members(&refused).await), ErrorKind::Conflict);
+    }
+    assert_eq!(kind(c.create_members(&["ok".to_owned(), "not ok".to_owned()]).await), ErrorKind::Invalid);
+    assert_eq!(c.members().await.unwrap().len(), before, "all or none");
+
+    let sub = subscriber(c, "Bulk Ltd").await;
+    let conn = approved_connection(c, sub, &["ds_home"]).await;
+    let uids: Vec<MemberId> = created.iter().map(|(m, _)| m.uid).collect();
+    let generation = c.generation().await.unwrap();
+    let approved = c.approve_agreements(&uids, conn.id).await.unwrap();
+    assert_eq!(c.generation().await.unwrap(), generation + 1, "one bump for them all");
+    assert_eq!(approved.len(), uids.len());
+    let (agreement, key) = &approved[1_000];
+    assert_eq!((agreement.member, agreement.version), (uids[1_000], v(1)));
+    let scope = c.agreement_scope(sub, agreement.con_id, key.expose()).await.unwrap();
+    assert_eq!(scope.agreement.member, uids[1_000]);
+    assert_eq!(c.active_agreements(conn.id).await.unwrap().len(), uids.len());
+    let missing = MemberId::new(9_999_999).unwrap();
+    assert_eq!(kind(c.approve_agreements(&[uids[0], missing], conn.id).await), ErrorKind::NotFound);
 }
 
 async fn metadata_instances(c: &Catalog) {

@@ -71,10 +71,10 @@ impl Pruner {
         members.into_iter().zip(keep).filter_map(|(m, keep)| keep.then_some(m)).collect()
     }
 
-    /// `files`, less those whose recorded ranges the filters rule out.
-    pub fn files<'a>(&self, files: &'a [Arc<ParquetFile>]) -> impl Iterator<Item = &'a Arc<ParquetFile>> {
-        let keep = self.prune(&Files { files, event_time: self.event_time.as_deref() });
-        files.iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f))
+    /// Which of `files` the filters may need (their recorded ranges are not ruled out). One
+    /// call for every member's files: evaluating the predicate has a fixed cost a call.
+    pub fn files(&self, files: &[Arc<ParquetFile>]) -> Vec<bool> {
+        self.prune(&Files { files, event_time: self.event_time.as_deref() })
     }
 
     fn prune(&self, containers: &dyn PruningStatistics) -> Vec<bool> {
@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn kept(p: &Pruner, files: &[Arc<ParquetFile>]) -> Vec<String> {
-        p.files(files).map(|f| f.path.clone()).collect()
+        files.iter().zip(p.files(files)).filter(|(_, k)| *k).map(|(f, _)| f.path.clone()).collect()
     }
 
     #[test]

@@ -305,6 +305,8 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let members = pruner.members(self.scope.members(pruner.named_members().as_ref()));
         let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
+        // Members read from their files: where in `counts`, and how many of `fast_files`.
+        let mut fast_members: Vec<(usize, usize)> = Vec::new();
         // Rows in memory: in the stored schema (buffered, cached files) or already in the
         // table's (read in memory with versions resolved).
         let mut stored: Vec<RecordBatch> = Vec::new();
@@ -333,11 +335,21 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 visible.extend(rows);
                 continue;
             }
-            let before = fast_files.len();
-            fast_files.extend(pruner.files(&snapshot.files).cloned());
-            counts.push((*member, fast_files[before..].iter().map(|f| f.rows).sum::<i64>() + buffered));
+            // Counted once the files are pruned, all members' at once.
+            fast_files.extend(snapshot.files.iter().cloned());
+            counts.push((*member, buffered));
+            fast_members.push((counts.len() - 1, snapshot.files.len()));
             stored.extend(snapshot.rows);
         }
+        let keep = pruner.files(&fast_files);
+        let mut kept = keep.iter();
+        let mut files = fast_files.iter();
+        for (count, n) in fast_members {
+            counts[count].1 +=
+                files.by_ref().take(n).zip(kept.by_ref()).filter(|(_, k)| **k).map(|(f, _)| f.rows).sum::<i64>();
+        }
+        let fast_files: Vec<Arc<ParquetFile>> =
+            fast_files.into_iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect();
         self.reads.record(dataset, counts);
         // Small files come from the decoded-file cache (read into it on a miss, a bounded
         // number at a time), many at once as one cached block; large ones are scanned by

@@ -1,8 +1,9 @@
 //! The operator's catalogue: datasets, members, subscribers (`/v1/datasets`, `/v1/members`,
 //! `/v1/subscribers`).
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use catalog::{
     DEFAULT_EVENT_TIME_FIELD, Dataset, DatasetEnvironment, DatasetKind, DatasetName, Field, FieldName, FieldType,
     MAX_TEXT_BYTES, Member, MemberId, Subscriber, SubscriberId,
@@ -10,7 +11,9 @@ use catalog::{
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::error::{ApiError, ApiJson, ApiPath, ApiResult, BadRequest, Conflict, JsonBody, NotFound, Refused};
+use super::error::{
+    ApiError, ApiJson, ApiPath, ApiResult, BadRequest, Conflict, FieldProblem, JsonBody, NotFound, Refused,
+};
 use crate::AppState;
 
 /// A dataset as `GET /v1/datasets/{name}` shows it: the resolved field types.
@@ -159,19 +162,64 @@ pub(super) async fn list_members(
     Ok(axum::Json(state.catalog.members().await?))
 }
 
-/// The operator creates a member.
+/// The most members one bulk request creates: one catalog transaction, held a second or two.
+const MEMBERS_PER_REQUEST: usize = 100_000;
+
+/// The operator creates a member, or many at once: with `application/x-ndjson`, one
+/// `NewMember` a line (at most 100,000), created in one catalog transaction, all or none,
+/// answered with one `CreatedMember` a line in the same order.
 #[utoipa::path(post, path = "/v1/members", tag = "catalog", security(("bearer" = [])),
-    request_body = NewMember,
-    responses((status = 201, body = CreatedMember), JsonBody, Refused, Conflict))]
+    request_body(content((NewMember = "application/json"), (NewMember = "application/x-ndjson"))),
+    responses((status = 201, content((CreatedMember = "application/json"), (CreatedMember = "application/x-ndjson"))),
+        JsonBody, Refused, Conflict))]
 pub(super) async fn create_member(
     State(state): State<AppState>,
     principal: Principal,
-    ApiJson(new): ApiJson<NewMember>,
-) -> ApiResult<(StatusCode, axum::Json<CreatedMember>)> {
+    request: Request,
+) -> ApiResult<Response> {
     principal.operator()?;
-    let (member, secret) = state.catalog.create_member(&new.mydexid).await?;
-    let body = CreatedMember { uid: member.uid, mydexid: member.mydexid, secret: secret.expose().to_owned() };
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    let ndjson =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-ndjson"))
+        });
+    if !ndjson {
+        let ApiJson(new) = ApiJson::<NewMember>::from_request(request, &state).await?;
+        let (member, secret) = state.catalog.create_member(&new.mydexid).await?;
+        let body = CreatedMember { uid: member.uid, mydexid: member.mydexid, secret: secret.expose().to_owned() };
+        return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
+    }
+    let limit = state.settings.max_ingest_bytes;
+    let body =
+        axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+            match std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                true => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes")),
+                false => ApiError::bad_request("the body could not be read"),
+            }
+        })?;
+    let mut mydexids = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty()) {
+        if mydexids.len() == MEMBERS_PER_REQUEST {
+            return Err(ApiError::unprocessable(
+                format!("at most {MEMBERS_PER_REQUEST} members a request"),
+                Vec::new(),
+            ));
+        }
+        let new: NewMember = serde_json::from_slice(line).map_err(|_| {
+            let reason = "each line is {\"mydexid\": \"...\"}".to_owned();
+            ApiError::unprocessable(
+                "a line is not a new member",
+                vec![FieldProblem { row: Some(i + 1), field: None, reason }],
+            )
+        })?;
+        mydexids.push(new.mydexid);
+    }
+    let mut out = Vec::with_capacity(mydexids.len() * 96);
+    for (member, secret) in state.catalog.create_members(&mydexids).await? {
+        let created = CreatedMember { uid: member.uid, mydexid: member.mydexid, secret: secret.expose().to_owned() };
+        serde_json::to_writer(&mut out, &created).expect("a created member is plain JSON");
+        out.push(b'\n');
+    }
+    Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
 }
 
 /// A member, for the operator or the member themself.

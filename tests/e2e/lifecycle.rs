@@ -154,3 +154,50 @@ async fn new_revisions_wait_for_the_member_and_revocation_is_immediate() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_operator_creates_many_members_in_one_request() {
+    for store in stores() {
+        let s = TestServer::spawn(store).await;
+        let bulk = |bearer: &str, body: String| {
+            s.client
+                .post(s.url("/v1/members"))
+                .bearer_auth(bearer)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+        };
+        let lines = |names: &[&str]| names.iter().map(|n| format!("{}\n", json!({"mydexid": n}))).collect::<String>();
+        let resp = bulk(s.admin(), lines(&["ann", "ben", "cat"])).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        let created: Vec<Value> =
+            resp.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(created.iter().map(|m| m["mydexid"].as_str().unwrap()).collect::<Vec<_>>(), ["ann", "ben", "cat"]);
+        for m in &created {
+            let (status, me) =
+                s.call(Method::GET, &format!("/v1/members/{}", m["uid"]), m["secret"].as_str(), None).await;
+            assert_eq!((status, &me["mydexid"]), (StatusCode::OK, &m["mydexid"]), "each secret is its member's");
+        }
+
+        let count =
+            || async { s.call(Method::GET, "/v1/members", Some(s.admin()), None).await.1.as_array().unwrap().len() };
+        let before = count().await;
+        let resp = bulk(s.admin(), format!("{}not json\n", lines(&["dan"]))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(resp.json::<Value>().await.unwrap()["errors"][0]["row"], 2, "the line that failed");
+        assert_eq!(
+            bulk(s.admin(), lines(&["eve", "ann"])).await.unwrap().status(),
+            StatusCode::CONFLICT,
+            "ann is taken"
+        );
+        assert_eq!(bulk(s.admin(), lines(&["fay", "fay"])).await.unwrap().status(), StatusCode::CONFLICT);
+        assert_eq!(count().await, before, "a refused request creates nobody");
+        let member = s.member_secret(1).to_owned();
+        assert_eq!(bulk(&member, lines(&["gus"])).await.unwrap().status(), StatusCode::FORBIDDEN, "operators only");
+        let too_many: Vec<String> = (0..100_001).map(|i| format!("m{i}")).collect();
+        let names: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        assert_eq!(bulk(s.admin(), lines(&names)).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(count().await, before);
+    }
+}

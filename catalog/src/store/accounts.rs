@@ -1,5 +1,6 @@
 //! Members, subscribers and their credentials.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::Row;
@@ -59,6 +60,45 @@ impl Catalog {
         .await
         .map_err(unique_violation("member"))?;
         Ok((member_from_row(&row)?, secret))
+    }
+
+    /// Creates members in one transaction, all or none: the operator's path for onboarding
+    /// many at once. A `mydexid` taken or given twice is a conflict. Secrets are returned
+    /// once, in the order given, and stored only as hashes.
+    pub async fn create_members(&self, mydexids: &[String]) -> Result<Vec<(Member, Secret)>> {
+        let mut seen = HashSet::with_capacity(mydexids.len());
+        for m in mydexids {
+            check_mydexid(m)?;
+            if !seen.insert(m.as_str()) {
+                return Err(CatalogError::AlreadyExists { what: "member" });
+            }
+        }
+        let mut secrets: HashMap<&str, Secret> = mydexids.iter().map(|m| (m.as_str(), Secret::generate())).collect();
+        let rows: Vec<(&str, String)> = mydexids.iter().map(|m| (m.as_str(), secrets[m.as_str()].hash().0)).collect();
+        let now = self.clock.now_ms();
+        let mut tx = self.begin().await?;
+        let created = self
+            .insert_rows(
+                &mut tx,
+                "members (mydexid, secret_hash, created_at)",
+                3,
+                " RETURNING uid, mydexid, created_at",
+                &rows,
+                |q, (mydexid, hash)| q.bind(*mydexid).bind(hash.as_str()).bind(now),
+            )
+            .await
+            .map_err(unique_violation("member"))?;
+        tx.commit().await?;
+        let mut by_id: HashMap<String, Member> =
+            created.iter().map(|row| member_from_row(row).map(|m| (m.mydexid.clone(), m))).collect::<Result<_>>()?;
+        let members = mydexids
+            .iter()
+            .map(|m| {
+                let member = by_id.remove(m).ok_or_else(|| CatalogError::corrupt("a created member not returned"))?;
+                Ok((member, secrets.remove(m.as_str()).expect("a secret per mydexid")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(members)
     }
 
     pub async fn member(&self, uid: MemberId) -> Result<Member> {

@@ -365,29 +365,63 @@ impl Catalog {
     /// issued for the pair (returned once; any earlier key of the pair stops working).
     pub async fn approve_agreement(&self, member: MemberId, id: ConnectionId) -> Result<(Agreement, Secret)> {
         self.member(member).await?;
+        let approved = self.approve_agreements(&[member], id).await?;
+        Ok(approved.into_iter().next().expect("one agreement a member"))
+    }
+
+    /// [`Catalog::approve_agreement`] for many members in one transaction (seeding a
+    /// fixture): one generation bump however many. A member that does not exist is not found.
+    pub async fn approve_agreements(&self, members: &[MemberId], id: ConnectionId) -> Result<Vec<(Agreement, Secret)>> {
         let connection = self.connection(id).await?;
         let version =
             connection.approved_version.ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
-        let key = Secret::generate();
+        let terms = &connection.revision(version).ok_or_else(|| CatalogError::corrupt("no approved revision"))?.terms;
+        let nid = connection.nid.ok_or_else(|| CatalogError::corrupt("an approved connection without nid"))?;
+        let keys: Vec<(MemberId, Secret, String)> = members
+            .iter()
+            .map(|m| {
+                let key = Secret::generate();
+                let hash = key.hash().0;
+                (*m, key, hash)
+            })
+            .collect();
         let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO agreements (member_uid, connection_id, version, status, key_hash, approved_at) \
-             VALUES ($1, $2, $3, 'active', $4, $5) \
-             ON CONFLICT (member_uid, connection_id) DO UPDATE SET \
-             version = excluded.version, status = 'active', key_hash = excluded.key_hash, \
+        self.insert_rows(
+            &mut tx,
+            "agreements (member_uid, connection_id, version, status, key_hash, approved_at)",
+            6,
+            " ON CONFLICT (member_uid, connection_id) DO UPDATE SET \
+             version = excluded.version, status = excluded.status, key_hash = excluded.key_hash, \
              approved_at = excluded.approved_at, revoked_at = NULL",
+            &keys,
+            |q, (member, _, hash)| {
+                q.bind(member.get()).bind(id.get()).bind(version.get()).bind("active").bind(hash.as_str()).bind(now)
+            },
         )
-        .bind(member.get())
-        .bind(id.get())
-        .bind(version.get())
-        .bind(key.hash().0)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => CatalogError::NotFound { what: "member" },
+            _ => CatalogError::Store(e),
+        })?;
         Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
-        Ok((self.agreement(member, &connection).await?, key))
+        Ok(keys
+            .into_iter()
+            .map(|(member, key, _)| {
+                let agreement = Agreement {
+                    member,
+                    connection_id: id,
+                    con_id: ConId { member, nid },
+                    version,
+                    status: AgreementStatus::Active,
+                    terms: terms.clone(),
+                    approved_at: now,
+                    revoked_at: None,
+                };
+                (agreement, key)
+            })
+            .collect())
     }
 
     /// The member withdraws consent: every request that starts afterwards is refused.

@@ -268,8 +268,9 @@ impl Catalog {
     }
 
     /// Inserts `rows` into `into` (a table and its columns), `width` parameters a row that
-    /// `bind` binds, in pieces of multi-row INSERTs (see [`ROWS_PER_INSERT`]).
-    async fn insert_rows<'q, T>(
+    /// `bind` binds, in pieces of multi-row INSERTs (see [`ROWS_PER_INSERT`]); `tail` ends
+    /// each statement (`ON CONFLICT ...`, `RETURNING ...`), and what they return is returned.
+    pub(super) async fn insert_rows<'q, T>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         into: &str,
@@ -277,14 +278,15 @@ impl Catalog {
         tail: &str,
         rows: &'q [T],
         bind: impl Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
-    ) -> Result<()> {
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
         let mut rest = rows.iter();
+        let mut returned = Vec::new();
         for n in pieces(rows.len()) {
             let sql = self.multi_row_insert(into, width, n, tail);
             let insert = rest.by_ref().take(n).fold(sqlx::query(sqlx::AssertSqlSafe(sql)), &bind);
-            insert.execute(&mut **tx).await?;
+            returned.extend(insert.fetch_all(&mut **tx).await?);
         }
-        Ok(())
+        Ok(returned)
     }
 
     /// `INSERT INTO <into> VALUES (...), ...` of `rows` rows of `width` parameters each, in

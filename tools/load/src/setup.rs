@@ -32,6 +32,20 @@ pub(crate) struct SetupMember {
     pub key: String,
 }
 
+/// Members created by one bulk call (the server takes up to 100,000).
+const MEMBERS_PER_CALL: usize = 50_000;
+
+/// The text of a successful answer to `req` (`what` names it in errors).
+async fn answer(req: reqwest::RequestBuilder, what: &str) -> Result<String, Error> {
+    let resp = req.send().await.map_err(|e| Error::Api(format!("{what}: {e}")))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(Error::Api(format!("{what}: {status} {text}")));
+    }
+    Ok(text)
+}
+
 /// A thin JSON client of the server.
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
@@ -51,13 +65,19 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(|e| Error::Api(format!("{method} {path}: {e}")))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(Error::Api(format!("{method} {path}: {status} {text}")));
-        }
+        let text = answer(req, &format!("{method} {path}")).await?;
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// POSTs an NDJSON `body`; the answer's text.
+    pub(crate) async fn post_ndjson(&self, path: &str, bearer: &str, body: String) -> Result<String, Error> {
+        let req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body);
+        answer(req, &format!("POST {path}")).await
     }
 
     /// A subscriber bearer token by OAuth2 client credentials.
@@ -144,23 +164,31 @@ pub(crate) async fn setup(
         field(&approved, "key", "approve")?.as_str().unwrap_or_default()
     );
 
-    // Members in parallel: each is created by the operator and approves the connection.
-    setup.members = futures::stream::iter(0..members)
-        .map(|i| {
-            let (api, run) = (api.clone(), &run);
+    // Members in bulk (the operator's NDJSON path, a catalog transaction a chunk), then each
+    // approves the connection itself, in parallel: only a member approves its agreement.
+    let mut created: Vec<(i64, String)> = Vec::with_capacity(members);
+    for first in (0..members).step_by(MEMBERS_PER_CALL) {
+        let body: String = (first..members.min(first + MEMBERS_PER_CALL))
+            .map(|i| format!("{}\n", json!({"mydexid": format!("{run}-{i}")})))
+            .collect();
+        for line in api.post_ndjson("/v1/members", admin, body).await?.lines() {
+            let m: Value = serde_json::from_str(line).map_err(|e| Error::Api(format!("POST /v1/members: {e}")))?;
+            let uid = field(&m, "uid", "POST /v1/members")?.as_i64().unwrap_or_default();
+            created.push((uid, field(&m, "secret", "POST /v1/members")?.as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    eprintln!("setup: {} members created in {:.1} s", created.len(), started.elapsed().as_secs_f64());
+    setup.members = futures::stream::iter(created.into_iter().enumerate())
+        .map(|(i, (uid, secret))| {
+            let api = api.clone();
             async move {
-                let m = api
-                    .call(Method::POST, "/v1/members", admin, Some(json!({"mydexid": format!("{run}-{i}")})))
-                    .await?;
-                let uid = field(&m, "uid", "POST /v1/members")?.as_i64().unwrap_or_default();
-                let secret = field(&m, "secret", "POST /v1/members")?.as_str().unwrap_or_default().to_owned();
                 let a = api
                     .call(Method::POST, &format!("/v1/members/{uid}/agreements/{id}/approve"), &secret, None)
                     .await?;
                 let con_id = field(&a, "con_id", "approve")?.as_str().unwrap_or_default().to_owned();
                 let key = field(&a, "key", "approve")?.as_str().unwrap_or_default().to_owned();
                 if (i + 1) % 10_000 == 0 {
-                    eprintln!("setup: {} members", i + 1);
+                    eprintln!("setup: {} agreements", i + 1);
                 }
                 Ok::<_, Error>(SetupMember { uid, con_id, key })
             }
