@@ -256,7 +256,7 @@ pub struct DemoConfig {
     pub storage: StorageConfig,
 
     /// How many members the fixture has (uids 1..N).
-    #[arg(long, env = "TROVE_DEMO_MEMBERS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    #[arg(long, env = "TROVE_DEMO_MEMBERS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     pub members: u32,
 
     /// Print the credentials as one JSON object on stdout (logs go to stderr).

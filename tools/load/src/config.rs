@@ -60,8 +60,8 @@ pub struct LoadConfig {
     #[arg(long, env = "TROVE_LOAD_FORMAT", default_value = "ndjson")]
     pub format: BodyFormat,
 
-    /// Members the rows are spread over (set up by the run), 1 to 100,000.
-    #[arg(long, env = "TROVE_LOAD_MEMBERS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Members the rows are spread over (set up by the run), 1 to 1,000,000.
+    #[arg(long, env = "TROVE_LOAD_MEMBERS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub members: u32,
 
     /// Rows per request body.
