@@ -12,7 +12,7 @@ use crate::IngestError;
 use crate::buffer::MemberMap;
 
 /// (connection, dataset, minute).
-type Key = (i64, DatasetName, i64);
+type Key = (ConnectionId, DatasetName, i64);
 
 /// Row counts per (connection, dataset, minute) and member, by the WAL segment holding them.
 #[derive(Debug, Default)]
@@ -25,7 +25,14 @@ pub struct WriteLog {
 
 impl WriteLog {
     /// Counts `rows` written for each member run of a record in `segment`.
-    pub fn record(&self, segment: u64, connection: i64, dataset: &DatasetName, at_ms: i64, members: &[(i64, usize)]) {
+    pub fn record(
+        &self,
+        segment: u64,
+        connection: ConnectionId,
+        dataset: &DatasetName,
+        at_ms: i64,
+        members: &[(i64, usize)],
+    ) {
         let mut by_segment = self.by_segment.lock();
         let counts = by_segment
             .entry(segment)
@@ -105,7 +112,7 @@ impl WriteLog {
         catalog: &Catalog,
         moving: &BTreeMap<u64, HashMap<Key, MemberMap<i64>>>,
     ) -> Result<Vec<AccessLogEntry>, IngestError> {
-        let mut totals: BTreeMap<(i64, MemberId, &DatasetName, i64), i64> = BTreeMap::new();
+        let mut totals: BTreeMap<(ConnectionId, MemberId, &DatasetName, i64), i64> = BTreeMap::new();
         for counts in moving.values() {
             for ((connection, dataset, minute), members) in counts {
                 for (member, n) in members {
@@ -117,10 +124,9 @@ impl WriteLog {
         let mut out = Vec::with_capacity(totals.len());
         for ((connection, member, dataset, minute), rows) in totals {
             if let std::collections::hash_map::Entry::Vacant(e) = connections.entry(connection) {
-                let id = ConnectionId::new(connection).map_err(|e| IngestError::Internal(e.to_string()))?;
-                let c = catalog.connection(id).await?;
+                let c = catalog.connection(connection).await?;
                 let versions: HashMap<MemberId, catalog::AgreementVersion> =
-                    catalog.active_agreements(id).await?.into_iter().collect();
+                    catalog.active_agreements(connection).await?.into_iter().collect();
                 e.insert((c, versions));
             }
             let (c, versions) = &connections[&connection];

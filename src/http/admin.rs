@@ -8,6 +8,7 @@ use catalog::{
     DEFAULT_EVENT_TIME_FIELD, Dataset, DatasetEnvironment, DatasetKind, DatasetName, Field, FieldName, FieldType,
     MAX_TEXT_BYTES, Member, MemberId, Subscriber, SubscriberId,
 };
+use ingest::decode::Format;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
@@ -178,24 +179,14 @@ pub(super) async fn create_member(
     request: Request,
 ) -> ApiResult<Response> {
     principal.operator()?;
-    let ndjson =
-        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-ndjson"))
-        });
-    if !ndjson {
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if Format::from_content_type(content_type) != Some(Format::Ndjson) {
         let ApiJson(new) = ApiJson::<NewMember>::from_request(request, &state).await?;
         let (member, secret) = state.catalog.create_member(&new.mydexid).await?;
         let body = CreatedMember { uid: member.uid, mydexid: member.mydexid, secret: secret.expose().to_owned() };
         return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
     }
-    let limit = state.settings.max_ingest_bytes;
-    let body =
-        axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
-            match std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                true => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes")),
-                false => ApiError::bad_request("the body could not be read"),
-            }
-        })?;
+    let body = super::body::read_all(request.into_body(), state.settings.max_ingest_bytes).await?;
     let mut mydexids = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty()) {
         if mydexids.len() == MEMBERS_PER_REQUEST {

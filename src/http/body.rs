@@ -112,6 +112,11 @@ pub(super) fn is_slow(e: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<SlowBody>(e)
 }
 
+/// The whole of `body`, at most `limit` bytes; refused as [`refusal`] says.
+pub(super) async fn read_all(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| refusal(&e, limit))
+}
+
 /// The answer to a body that could not be read: 408 if it was too slow, 413 past `limit`
 /// bytes, 400 otherwise.
 pub(super) fn refusal(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {

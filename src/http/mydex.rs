@@ -315,6 +315,5 @@ pub(super) fn write_body(body: &[u8], dataset_param: Option<&str>) -> ApiResult<
 }
 
 pub(super) async fn body_bytes(state: &AppState, request: Request) -> ApiResult<axum::body::Bytes> {
-    let limit = state.settings.max_body_bytes;
-    axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| super::body::refusal(&e, limit))
+    super::body::read_all(request.into_body(), state.settings.max_body_bytes).await
 }

@@ -47,19 +47,8 @@ fn check_mydexid(s: &str) -> Result<()> {
 impl Catalog {
     /// Creates a member; the member secret is returned once and stored only as a hash.
     pub async fn create_member(&self, mydexid: &str) -> Result<(Member, Secret)> {
-        check_mydexid(mydexid)?;
-        let secret = Secret::generate();
-        let row = sqlx::query(
-            "INSERT INTO members (mydexid, secret_hash, created_at) VALUES ($1, $2, $3) \
-             RETURNING uid, mydexid, created_at",
-        )
-        .bind(mydexid)
-        .bind(secret.hash().0)
-        .bind(self.clock.now_ms())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unique_violation("member"))?;
-        Ok((member_from_row(&row)?, secret))
+        let created = self.create_members(&[mydexid.to_owned()]).await?;
+        Ok(created.into_iter().next().expect("one member a mydexid"))
     }
 
     /// Creates members in one transaction, all or none: the operator's path for onboarding

@@ -373,9 +373,9 @@ impl Catalog {
     /// fixture): one generation bump however many. A member that does not exist is not found.
     pub async fn approve_agreements(&self, members: &[MemberId], id: ConnectionId) -> Result<Vec<(Agreement, Secret)>> {
         let connection = self.connection(id).await?;
-        let version =
-            connection.approved_version.ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
-        let terms = &connection.revision(version).ok_or_else(|| CatalogError::corrupt("no approved revision"))?.terms;
+        let serving =
+            connection.approved().ok_or_else(|| CatalogError::conflict("the connection is not approved yet"))?;
+        let (version, terms) = (serving.version, &serving.terms);
         let nid = connection.nid.ok_or_else(|| CatalogError::corrupt("an approved connection without nid"))?;
         let keys: Vec<(MemberId, Secret, String)> = members
             .iter()

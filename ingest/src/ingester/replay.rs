@@ -63,7 +63,7 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
         let (header, batches) = decode_record(payload)?;
         if !header.logged {
             for b in &batches {
-                write_log.record(*segment, header.connection.get(), &header.dataset, header.at, &run_lengths(b)?);
+                write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b)?);
             }
         }
         if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {

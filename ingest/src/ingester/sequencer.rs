@@ -219,13 +219,7 @@ impl Sequencer {
                         }
                         if !op.header.logged {
                             let lengths: Vec<(i64, usize)> = stored.runs.iter().map(|(m, _, n)| (*m, *n)).collect();
-                            write_log.record(
-                                segment,
-                                op.header.connection.get(),
-                                &op.header.dataset,
-                                op.header.at,
-                                &lengths,
-                            );
+                            write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &lengths);
                         }
                         buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
                         let _ = op.reply.send(Ok(stored.ids));
