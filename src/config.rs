@@ -207,17 +207,17 @@ pub struct IngestArgs {
 
     /// Hard limit on buffered, not yet flushed rows, in bytes: above it writes get 429
     /// with `Retry-After` before their body is read. Above half of it the largest
-    /// partitions are flushed first.
+    /// datasets are flushed first.
     #[arg(long, env = "TROVE_BUFFER_BYTES", default_value_t = 1 << 30)]
     pub buffer_bytes: usize,
 
-    /// A member's buffered rows of a dataset are flushed to Parquet once the oldest is this
-    /// old (humantime) ...
+    /// A dataset's buffered rows are flushed to Parquet once the oldest is this old
+    /// (humantime) ...
     #[arg(long, env = "TROVE_FLUSH_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub flush_age: Duration,
 
     /// ... or once they take this many bytes.
-    #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 256 << 20)]
     pub flush_bytes: usize,
 
     /// How often compaction looks for members with many small files (humantime).

@@ -1,17 +1,21 @@
-//! Acknowledged rows not yet in Parquet, per (environment, dataset, member), under one
-//! global byte budget, and the index of the recorded files that hold the rest.
+//! Acknowledged rows not yet in Parquet, per (environment, dataset), under one global byte
+//! budget, and the index of the recorded files that hold the rest.
 //!
-//! Both live under one lock so that a read takes a partition's buffered rows and its files
-//! in one consistent snapshot: a flush moves rows from the first to the second atomically
-//! (after the manifest commit), and compaction swaps files the same way, so every
-//! acknowledged row is seen exactly once, without listing object storage or asking the
-//! catalog on the read path.
+//! Both live under one lock so that a read takes buffered rows and files in one consistent
+//! snapshot: a flush moves rows from the first to the second atomically (after the manifest
+//! commit), and compaction swaps files the same way, so every acknowledged row is seen
+//! exactly once, without listing object storage or asking the catalog on the read path.
 //!
-//! A request's batch holds rows of up to thousands of members; each member's rows are
-//! copied into that member's own column builders. Keeping slices of the shared batch
-//! instead would pin every batch until its last member flushed and cost a kilobyte of
-//! array headers per member per request, far more than the rows (measured: 10 GB resident
-//! for a 0.5 GB buffer). Builders grow amortized O(1) per row and account what they hold.
+//! A dataset's rows are kept as the writes brought them, not split by member: a write of
+//! 1,000 readings for 1,000 meters is one chunk (its stored batch, sorted by member, and
+//! where each member's rows start), kept without a copy. What a row costs therefore does
+//! not depend on how many members there are: a reader finds a member's rows by a binary
+//! search per chunk, and a flush gathers each member's rows from every chunk at once.
+//! (Copying each member's rows into builders of its own cost a kilobyte per member before
+//! its first row, and a hash lookup and a copy per column for every member of every write.)
+//! Small writes, a few rows each as the Mydex door sends them, are copied into one set of
+//! builders and become a chunk every few thousand rows, so they do not cost an array header
+//! each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,88 +24,239 @@ use parking_lot::Mutex;
 use std::time::Instant;
 
 use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{interleave_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::error::ArrowError;
 
 use crate::columns::ColumnBuilder;
-use crate::partition::PartitionKey;
-use crate::schema::DatasetSchema;
+use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID};
 
-/// Rows frozen into a batch (by a flush that is running or failed).
+/// Writes of at least this many rows are kept as they are; smaller ones are gathered.
+const CHUNK_MIN_ROWS: usize = 256;
+
+/// Gathered small writes become a chunk at this many rows.
+const PENDING_MAX_ROWS: usize = 4096;
+
+/// Where each member's rows are in a member-sorted batch: (member, first row, rows).
+type Runs = Vec<(MemberId, u32, u32)>;
+
+/// Rows of one or more writes, sorted by member.
 #[derive(Debug)]
-struct Frozen {
+struct Chunk {
     batch: RecordBatch,
+    /// By member.
+    runs: Runs,
     bytes: usize,
+    /// Rows per WAL segment.
     segments: BTreeMap<u64, usize>,
 }
 
+impl Chunk {
+    /// Where `member`'s rows are.
+    fn find(&self, member: MemberId) -> Option<(usize, usize)> {
+        let i = self.runs.binary_search_by_key(&member, |r| r.0).ok()?;
+        let (_, start, len) = self.runs[i];
+        Some((start as usize, len as usize))
+    }
+
+    /// Where the rows of `members` (ascending) are, in row order.
+    fn ranges(&self, members: &[MemberId], out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        if members.len() < self.runs.len() / 16 {
+            out.extend(members.iter().filter_map(|m| self.find(*m)));
+            return;
+        }
+        let mut wanted = members.iter().peekable();
+        for &(member, start, len) in &self.runs {
+            while wanted.next_if(|m| **m < member).is_some() {}
+            if wanted.peek().is_some_and(|m| **m == member) {
+                out.push((start as usize, len as usize));
+            }
+        }
+    }
+}
+
+/// `batch` sorted by member (stably: each member's rows keep their order, so their ids
+/// too), with each member's run.
+fn by_member(batch: RecordBatch) -> Result<(RecordBatch, Runs), ArrowError> {
+    let members = member_column(&batch)?;
+    let batch = if members.windows(2).all(|w| w[0] <= w[1]) {
+        batch
+    } else {
+        let mut order: Vec<u32> = (0..members.len() as u32).collect();
+        order.sort_by_key(|&i| members[i as usize]);
+        take_record_batch(&batch, &UInt32Array::from(order))?
+    };
+    let members = member_column(&batch)?;
+    let mut runs = Runs::new();
+    let mut start = 0;
+    for i in 1..=members.len() {
+        if i == members.len() || members[i] != members[start] {
+            // Stored rows passed validation: every member uid is a valid one.
+            if let Ok(member) = MemberId::new(members[start]) {
+                runs.push((member, start as u32, (i - start) as u32));
+            }
+            start = i;
+        }
+    }
+    Ok((batch, runs))
+}
+
+fn member_column(batch: &RecordBatch) -> Result<&[i64], ArrowError> {
+    batch
+        .column_by_name(MEMBER_UID)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .map(|c| c.values().as_ref())
+        .ok_or_else(|| ArrowError::SchemaError("a stored batch without member uids".into()))
+}
+
+/// Small writes' rows, copied until there are enough for a chunk.
 #[derive(Debug)]
-struct Partition {
-    schema: Arc<DatasetSchema>,
+struct Pending {
     columns: Vec<ColumnBuilder>,
-    /// Rows in `columns`, their bytes and the WAL segments holding them.
     rows: usize,
     bytes: usize,
     segments: BTreeMap<u64, usize>,
-    frozen: Vec<Frozen>,
-    /// When the oldest unflushed row arrived: flushing by age keeps the WAL short.
-    oldest: Instant,
-    flushing: bool,
 }
 
-impl Partition {
-    fn bytes(&self) -> usize {
-        self.bytes + self.frozen.iter().map(|f| f.bytes).sum::<usize>()
-    }
+/// What a reader plans with about one member's buffered rows of a dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Buffered {
+    pub rows: usize,
+    pub min_id: i64,
+    pub max_id: i64,
+    /// An id came again (an update) or out of order: only the newest version of each counts.
+    pub repeats: bool,
+}
 
+impl Buffered {
+    fn add(&mut self, ids: &[i64]) {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return };
+        let increasing = ids.windows(2).all(|w| w[0] < w[1]);
+        let (lo, hi) = if increasing {
+            (first, last)
+        } else {
+            (ids.iter().copied().min().unwrap_or(first), ids.iter().copied().max().unwrap_or(last))
+        };
+        if self.rows == 0 {
+            (self.min_id, self.max_id, self.repeats) = (lo, hi, !increasing);
+        } else {
+            self.repeats |= !increasing || first <= self.max_id;
+            self.min_id = self.min_id.min(lo);
+            self.max_id = self.max_id.max(hi);
+        }
+        self.rows += ids.len();
+    }
+}
+
+/// One (environment, dataset): its buffered rows and recorded files.
+#[derive(Debug, Default)]
+struct Table {
+    schema: Option<Arc<DatasetSchema>>,
+    chunks: Vec<Arc<Chunk>>,
+    pending: Option<Pending>,
+    /// Per member with buffered rows (in chunks or pending).
+    members: MemberMap<Buffered>,
+    bytes: usize,
+    /// When the oldest unflushed row arrived: flushing by age keeps the WAL short.
+    oldest: Option<Instant>,
+    /// How many of the first chunks a running flush holds.
+    flushing: Option<usize>,
+    /// Shared with snapshots (a read of 10,000 members copies 10,000 pointers, not lists);
+    /// changed copy-on-write.
+    files: MemberMap<Arc<Vec<Arc<ParquetFile>>>>,
+}
+
+impl Table {
     fn is_empty(&self) -> bool {
-        self.rows == 0 && self.frozen.is_empty()
+        self.chunks.is_empty() && self.pending.as_ref().is_none_or(|p| p.rows == 0)
     }
 
-    /// Every buffered row, as batches a reader may keep. The builders are frozen rather than
-    /// copied, so repeated reads of a partition that takes no new rows share one batch; the
-    /// frozen batches a run of read-insert-read leaves behind are merged (outside a flush,
-    /// which counts them) once there are more than a few.
-    fn rows(&mut self) -> Vec<RecordBatch> {
-        self.freeze();
-        if self.frozen.len() > 4 && !self.flushing {
-            let batches: Vec<RecordBatch> = self.frozen.iter().map(|f| f.batch.clone()).collect();
-            let batch = datafusion::arrow::compute::concat_batches(&self.schema.stored, &batches)
-                .expect("frozen batches share the schema");
-            let mut segments = BTreeMap::new();
-            let mut bytes = 0;
-            for f in self.frozen.drain(..) {
-                bytes += f.bytes;
-                for (segment, rows) in f.segments {
-                    *segments.entry(segment).or_default() += rows;
+    /// The pending rows, sorted by member; `keep` leaves them pending (a reader's copy).
+    fn pending_chunk(&mut self, keep: bool) -> Option<Chunk> {
+        let schema = self.schema.as_ref()?;
+        let p = self.pending.as_mut().filter(|p| p.rows > 0)?;
+        let columns = p.columns.iter_mut().map(|c| if keep { c.finish_cloned() } else { c.finish() }).collect();
+        // Builders follow the schema and member uids are one of its columns.
+        let batch = RecordBatch::try_new(schema.stored.clone(), columns).ok()?;
+        let (batch, runs) = by_member(batch).ok()?;
+        let segments = if keep { p.segments.clone() } else { std::mem::take(&mut p.segments) };
+        let chunk = Chunk { batch, runs, bytes: p.bytes, segments };
+        if !keep {
+            p.rows = 0;
+            p.bytes = 0;
+        }
+        Some(chunk)
+    }
+
+    /// Makes the pending rows a chunk.
+    fn freeze(&mut self) {
+        if let Some(chunk) = self.pending_chunk(false) {
+            self.chunks.push(Arc::new(chunk));
+        }
+    }
+
+    /// Recounts what is buffered per member (after a flush removed chunks).
+    fn recount(&mut self) {
+        self.members.clear();
+        for c in &self.chunks {
+            let ids = c.batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>());
+            for &(member, start, len) in &c.runs {
+                let b = self.members.entry(member).or_default();
+                match ids {
+                    Some(ids) => b.add(&ids.values()[start as usize..(start + len) as usize]),
+                    None => b.rows += len as usize,
                 }
             }
-            self.frozen.push(Frozen { batch, bytes, segments });
         }
-        self.frozen.iter().map(|f| f.batch.clone()).collect()
-    }
-
-    /// Moves the rows of the builders into a frozen batch.
-    fn freeze(&mut self) {
-        if self.rows == 0 {
-            return;
-        }
-        let columns = self.columns.iter_mut().map(|c| c.finish()).collect();
-        let batch = RecordBatch::try_new(self.schema.stored.clone(), columns).expect("builders follow the schema");
-        let segments = std::mem::take(&mut self.segments);
-        // Account what was counted in (the estimate), so the budget's sums stay exact.
-        self.frozen.push(Frozen { batch, bytes: self.bytes, segments });
-        self.rows = 0;
-        self.bytes = 0;
     }
 }
 
-/// The rows of a partition handed to a flush.
+/// A dataset's rows handed to a flush: every chunk buffered when it began.
 #[derive(Debug)]
 pub struct FlushBatch {
-    pub key: PartitionKey,
+    pub env: DataEnvironment,
+    pub dataset: DatasetName,
     pub schema: Arc<DatasetSchema>,
-    pub batches: Vec<RecordBatch>,
-    frozen: usize,
+    chunks: Vec<Arc<Chunk>>,
+}
+
+/// Where a member's rows of a flush are: (chunk, first row, rows).
+pub type Places = Vec<(u32, u32, u32)>;
+
+impl FlushBatch {
+    /// Rows in the flush.
+    pub fn rows(&self) -> usize {
+        self.chunks.iter().map(|c| c.batch.num_rows()).sum()
+    }
+
+    /// Each member's rows, by member.
+    pub fn members(&self) -> Vec<(MemberId, Places)> {
+        let mut by: MemberMap<Places> = MemberMap::default();
+        for (i, c) in self.chunks.iter().enumerate() {
+            for &(member, start, len) in &c.runs {
+                by.entry(member).or_default().push((i as u32, start, len));
+            }
+        }
+        let mut out: Vec<(MemberId, Places)> = by.into_iter().collect();
+        out.sort_unstable_by_key(|(m, _)| *m);
+        out
+    }
+
+    /// One member's rows (from [`FlushBatch::members`]) as one batch.
+    pub fn gather(&self, places: &[(u32, u32, u32)]) -> Result<RecordBatch, ArrowError> {
+        if let [(chunk, start, len)] = places {
+            return Ok(self.chunks[*chunk as usize].batch.slice(*start as usize, *len as usize));
+        }
+        let batches: Vec<&RecordBatch> = places.iter().map(|(c, _, _)| &self.chunks[*c as usize].batch).collect();
+        let rows: Vec<(usize, usize)> = places
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(_, start, len))| (start..start + len).map(move |r| (i, r as usize)))
+            .collect();
+        interleave_record_batch(&batches, &rows)
+    }
 }
 
 /// Member uids are already well spread integers: hashing them with SipHash was a tenth of
@@ -126,20 +281,51 @@ impl std::hash::Hasher for MemberHasher {
 
 pub type MemberMap<V> = HashMap<MemberId, V, std::hash::BuildHasherDefault<MemberHasher>>;
 
-/// One (environment, dataset): its members' buffered rows and recorded files.
-#[derive(Debug, Default)]
-struct Table {
-    partitions: MemberMap<Partition>,
-    /// Shared with snapshots (a read of 10,000 members copies 10,000 pointers, not lists);
-    /// changed copy-on-write.
-    files: MemberMap<Arc<Vec<Arc<ParquetFile>>>>,
-}
-
-/// What a read of one partition sees: buffered rows (stored schema) and recorded files.
+/// What a read of one member sees: how many rows are buffered, and its recorded files.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub rows: Vec<RecordBatch>,
+    pub buffered: Buffered,
     pub files: Arc<Vec<Arc<ParquetFile>>>,
+}
+
+/// What a read of a dataset sees, in one consistent step: the members with rows or files,
+/// and the buffered rows themselves ([`TableSnapshot::rows`]).
+#[derive(Debug, Default)]
+pub struct TableSnapshot {
+    pub members: Vec<(MemberId, Snapshot)>,
+    chunks: Vec<Arc<Chunk>>,
+}
+
+impl TableSnapshot {
+    /// The buffered rows of `members`: one batch per chunk that holds any (a slice when
+    /// they are one run, the chunk itself when they are all of it).
+    pub fn rows(&self, members: &[MemberId]) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut sorted;
+        let mut members = members;
+        if !members.windows(2).all(|w| w[0] < w[1]) {
+            sorted = members.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            members = &sorted;
+        }
+        let mut out = Vec::new();
+        let mut ranges = Vec::new();
+        for c in &self.chunks {
+            c.ranges(members, &mut ranges);
+            let rows: usize = ranges.iter().map(|r| r.1).sum();
+            match ranges.as_slice() {
+                [] => {}
+                [(start, len)] => out.push(c.batch.slice(*start, *len)),
+                _ if rows == c.batch.num_rows() => out.push(c.batch.clone()),
+                _ => {
+                    let indices: UInt32Array =
+                        ranges.iter().flat_map(|&(s, l)| (s as u32..(s + l) as u32).map(Some)).collect();
+                    out.push(take_record_batch(&c.batch, &indices)?);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -154,12 +340,6 @@ struct State {
     segments: BTreeMap<u64, usize>,
 }
 
-impl State {
-    fn partition_mut(&mut self, key: &PartitionKey) -> Option<&mut Partition> {
-        self.tables.get_mut(&(key.env, key.dataset.clone()))?.partitions.get_mut(&key.member)
-    }
-}
-
 /// Adds a file to a partition's index unless it is there already (the manifest's change
 /// feed repeats this node's own changes).
 fn add_file(files: &mut Arc<Vec<Arc<ParquetFile>>>, file: &ParquetFile) {
@@ -167,9 +347,6 @@ fn add_file(files: &mut Arc<Vec<Arc<ParquetFile>>>, file: &ParquetFile) {
         Arc::make_mut(files).push(Arc::new(file.clone()));
     }
 }
-
-/// Fixed cost of a partition's builders, counted against the budget.
-const PARTITION_OVERHEAD: usize = 1024;
 
 /// The buffer. Every method takes the lock briefly; no I/O happens under it.
 #[derive(Debug, Default)]
@@ -184,8 +361,8 @@ impl Buffer {
         self.state.lock()
     }
 
-    /// Copies each member's run of rows of a stored, member-sorted batch into that
-    /// member's builders, under one lock. `bytes` is the batch's memory, shared out by rows.
+    /// Buffers a stored, member-sorted batch whose member runs are `runs`; `bytes` is its
+    /// memory. Large batches are kept as they are, small ones copied into pending rows.
     pub fn insert_runs(
         &self,
         env: DataEnvironment,
@@ -195,39 +372,50 @@ impl Buffer {
         segment: u64,
         bytes: usize,
     ) {
-        let rows = batch.num_rows().max(1);
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return;
+        }
+        let ids = batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>());
         let mut state = self.state();
         let state = &mut *state;
         let table = state.tables.entry((env, schema.dataset.name.clone())).or_default();
-        let mut added_total = 0;
+        if table.schema.is_none() {
+            table.schema = Some(schema.clone());
+        }
         for &(member, start, len) in runs {
-            let p = table.partitions.entry(member).or_insert_with(|| Partition {
-                schema: schema.clone(),
+            let b = table.members.entry(member).or_default();
+            match ids {
+                Some(ids) => b.add(&ids.values()[start..start + len]),
+                None => b.rows += len,
+            }
+        }
+        let sorted = runs.windows(2).all(|w| w[0].0 < w[1].0);
+        if rows >= CHUNK_MIN_ROWS && sorted {
+            let runs = runs.iter().map(|&(m, start, len)| (m, start as u32, len as u32)).collect();
+            let segments = BTreeMap::from([(segment, rows)]);
+            table.chunks.push(Arc::new(Chunk { batch: batch.clone(), runs, bytes, segments }));
+        } else {
+            let p = table.pending.get_or_insert_with(|| Pending {
                 columns: schema.stored.fields().iter().map(|f| ColumnBuilder::new(f.data_type())).collect(),
                 rows: 0,
                 bytes: 0,
                 segments: BTreeMap::new(),
-                frozen: Vec::new(),
-                oldest: Instant::now(),
-                flushing: false,
             });
-            let share = bytes * len / rows;
-            let added = if p.is_empty() {
-                p.oldest = Instant::now();
-                share + PARTITION_OVERHEAD
-            } else {
-                share
-            };
             for (c, a) in p.columns.iter_mut().zip(batch.columns()) {
-                c.extend(a, start, len);
+                c.extend(a, 0, rows);
             }
-            p.rows += len;
-            p.bytes += added;
-            *p.segments.entry(segment).or_default() += len;
-            added_total += added;
+            p.rows += rows;
+            p.bytes += bytes;
+            *p.segments.entry(segment).or_default() += rows;
+            if p.rows >= PENDING_MAX_ROWS {
+                table.freeze();
+            }
         }
-        *state.segments.entry(segment).or_default() += batch.num_rows();
-        state.bytes += added_total;
+        table.bytes += bytes;
+        table.oldest.get_or_insert_with(Instant::now);
+        *state.segments.entry(segment).or_default() += rows;
+        state.bytes += bytes;
     }
 
     /// Bytes of buffered rows.
@@ -240,25 +428,26 @@ impl Buffer {
         self.state().tables.values().flat_map(|t| t.files.values()).map(|f| f.len()).sum()
     }
 
-    /// Partitions due for a flush: older than `max_age` or larger than `max_bytes`, and
-    /// then, while the buffer is above `soft_bytes`, the largest ones first.
-    pub fn due(&self, max_age: std::time::Duration, max_bytes: usize, soft_bytes: usize) -> Vec<PartitionKey> {
+    /// Datasets due for a flush: their oldest row older than `max_age` or their rows larger
+    /// than `max_bytes`, and then, while the buffer is above `soft_bytes`, the largest first.
+    pub fn due(
+        &self,
+        max_age: std::time::Duration,
+        max_bytes: usize,
+        soft_bytes: usize,
+    ) -> Vec<(DataEnvironment, DatasetName)> {
         let state = self.state();
         let now = Instant::now();
-        let mut idle: Vec<(PartitionKey, usize)> = Vec::new();
+        let mut idle = Vec::new();
         let mut due = Vec::new();
-        for ((env, dataset), table) in &state.tables {
-            for (member, p) in &table.partitions {
-                if p.flushing {
-                    continue;
-                }
-                let key = || PartitionKey { env: *env, dataset: dataset.clone(), member: *member };
-                let bytes = p.bytes();
-                if now.duration_since(p.oldest) >= max_age || bytes >= max_bytes {
-                    due.push(key());
-                } else if state.bytes > soft_bytes {
-                    idle.push((key(), bytes));
-                }
+        for (key, table) in &state.tables {
+            if table.flushing.is_some() || table.is_empty() {
+                continue;
+            }
+            if table.oldest.is_some_and(|o| now.duration_since(o) >= max_age) || table.bytes >= max_bytes {
+                due.push(key.clone());
+            } else if state.bytes > soft_bytes {
+                idle.push((key.clone(), table.bytes));
             }
         }
         let mut over = state.bytes.saturating_sub(soft_bytes);
@@ -275,53 +464,56 @@ impl Buffer {
         due
     }
 
-    /// Hands the partition's rows to a flush; they stay readable until [`Buffer::end_flush`].
-    pub fn begin_flush(&self, key: &PartitionKey) -> Option<FlushBatch> {
+    /// Hands a dataset's rows to a flush; they stay readable until [`Buffer::end_flush`].
+    pub fn begin_flush(&self, env: DataEnvironment, dataset: &DatasetName) -> Option<FlushBatch> {
         let mut state = self.state();
-        let p = state.partition_mut(key)?;
-        if p.flushing || p.is_empty() {
+        let table = state.tables.get_mut(&(env, dataset.clone()))?;
+        if table.flushing.is_some() {
             return None;
         }
-        p.freeze();
-        p.flushing = true;
-        Some(FlushBatch {
-            key: key.clone(),
-            schema: p.schema.clone(),
-            batches: p.frozen.iter().map(|f| f.batch.clone()).collect(),
-            frozen: p.frozen.len(),
-        })
+        table.freeze();
+        if table.chunks.is_empty() {
+            return None;
+        }
+        table.flushing = Some(table.chunks.len());
+        Some(FlushBatch { env, dataset: dataset.clone(), schema: table.schema.clone()?, chunks: table.chunks.clone() })
     }
 
-    /// Ends a flush: on success (`file` is the recorded file) the flushed rows leave the
-    /// buffer and the file joins the index, in one step for readers; on failure they stay
-    /// and a later flush retries.
-    pub fn end_flush(&self, flush: &FlushBatch, file: Option<&ParquetFile>) {
+    /// Ends a flush: the recorded `files` join the index and, when the flush is `complete`
+    /// (every member's file recorded), its rows leave the buffer, in one step for readers.
+    /// Otherwise the rows stay for a later flush; readers meanwhile see the files recorded
+    /// so far too, and keep one version of each row.
+    pub fn end_flush(&self, flush: &FlushBatch, files: &[ParquetFile], complete: bool) {
         let mut state = self.state();
         let state = &mut *state;
-        let Some(table) = state.tables.get_mut(&(flush.key.env, flush.key.dataset.clone())) else { return };
-        let Some(p) = table.partitions.get_mut(&flush.key.member) else { return };
-        p.flushing = false;
-        let Some(file) = file else { return };
-        add_file(table.files.entry(flush.key.member).or_default(), file);
-        state.own.remove(&file.path);
+        let Some(table) = state.tables.get_mut(&(flush.env, flush.dataset.clone())) else { return };
+        table.flushing = None;
+        for file in files {
+            add_file(table.files.entry(file.member).or_default(), file);
+            state.own.remove(&file.path);
+        }
+        if !complete {
+            return;
+        }
+        // Only flushes remove chunks, one at a time per dataset, and chunks are only ever
+        // appended: the flushed ones are still the first.
         let mut freed = 0;
-        for f in p.frozen.drain(..flush.frozen) {
-            freed += f.bytes;
-            for (segment, rows) in f.segments {
-                if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(segment) {
-                    *e.get_mut() = e.get().saturating_sub(rows);
+        for c in table.chunks.drain(..flush.chunks.len()) {
+            freed += c.bytes;
+            for (segment, rows) in &c.segments {
+                if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(*segment) {
+                    *e.get_mut() = e.get().saturating_sub(*rows);
                     if *e.get() == 0 {
                         e.remove();
                     }
                 }
             }
         }
-        if p.is_empty() {
-            table.partitions.remove(&flush.key.member);
-        } else {
-            p.oldest = Instant::now();
-        }
+        table.bytes = table.bytes.saturating_sub(freed);
         state.bytes = state.bytes.saturating_sub(freed);
+        table.freeze();
+        table.recount();
+        table.oldest = (!table.is_empty()).then(Instant::now);
     }
 
     /// The oldest WAL segment holding buffered rows: every older segment may be deleted.
@@ -329,18 +521,9 @@ impl Buffer {
         self.state().segments.keys().next().copied()
     }
 
-    /// Every partition with buffered rows.
-    pub fn keys(&self) -> Vec<PartitionKey> {
-        let state = self.state();
-        let mut out = Vec::new();
-        for ((env, dataset), table) in &state.tables {
-            out.extend(table.partitions.keys().map(|m| PartitionKey {
-                env: *env,
-                dataset: dataset.clone(),
-                member: *m,
-            }));
-        }
-        out
+    /// Every dataset with buffered rows.
+    pub fn keys(&self) -> Vec<(DataEnvironment, DatasetName)> {
+        self.state().tables.iter().filter(|(_, t)| !t.is_empty()).map(|(k, _)| k.clone()).collect()
     }
 
     /// Adds recorded files to the index (at start-up: the manifest).
@@ -419,25 +602,29 @@ impl Buffer {
         }
     }
 
-    /// What a read of these members' partitions sees, in one consistent step: members with
-    /// neither rows nor files are left out.
+    /// What a read of these members sees, in one consistent step: members with neither
+    /// rows nor files are left out.
     pub fn snapshot(
         &self,
         env: DataEnvironment,
         dataset: &DatasetName,
         members: impl IntoIterator<Item = MemberId>,
-    ) -> Vec<(MemberId, Snapshot)> {
+    ) -> TableSnapshot {
         let mut state = self.state();
-        let Some(table) = state.tables.get_mut(&(env, dataset.clone())) else { return Vec::new() };
+        let Some(table) = state.tables.get_mut(&(env, dataset.clone())) else { return TableSnapshot::default() };
         let mut out = Vec::new();
         for member in members {
             let files = table.files.get(&member).cloned().unwrap_or_default();
-            let rows = table.partitions.get_mut(&member).map(Partition::rows).unwrap_or_default();
-            if !files.is_empty() || !rows.is_empty() {
-                out.push((member, Snapshot { rows, files }));
+            let buffered = table.members.get(&member).copied().unwrap_or_default();
+            if !files.is_empty() || buffered.rows > 0 {
+                out.push((member, Snapshot { buffered, files }));
             }
         }
-        out
+        let mut chunks = table.chunks.clone();
+        // Pending rows are copied for the reader, not made a chunk: a loop of small writes
+        // and reads would otherwise leave a chunk of a few rows per read.
+        chunks.extend(table.pending_chunk(true).map(Arc::new));
+        TableSnapshot { members: out, chunks }
     }
 }
 
@@ -451,7 +638,8 @@ mod tests {
     fn the_oldest_needed_segment_follows_flushes() {
         let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let schema = Arc::new(DatasetSchema::new(Arc::new(d)).unwrap());
-        let batch = |n: i64| {
+        // Stored columns: member_uid, instance, id, _version, then the dataset's fields.
+        let batch = |m: i64, n: i64| {
             let cols = schema
                 .stored
                 .fields()
@@ -459,44 +647,40 @@ mod tests {
                 .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1))
                 .collect::<Vec<_>>();
             let mut cols = cols;
-            cols[0] = Arc::new(Int64Array::from(vec![n]));
+            cols[0] = Arc::new(Int64Array::from(vec![m]));
             cols[1] = Arc::new(Int64Array::from(vec![0]));
             cols[2] = Arc::new(Int64Array::from(vec![n]));
             cols[3] = Arc::new(Int64Array::from(vec![n]));
             RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
         };
-        let key = |m: i64| PartitionKey {
-            env: DataEnvironment::Production,
-            dataset: schema.dataset.name.clone(),
-            member: MemberId::new(m).unwrap(),
-        };
+        let member = |m: i64| MemberId::new(m).unwrap();
         let buffer = Buffer::default();
         let insert = |m: i64, n: i64, segment: u64| {
-            buffer.insert_runs(
-                DataEnvironment::Production,
-                &schema,
-                &batch(n),
-                &[(MemberId::new(m).unwrap(), 0, 1)],
-                segment,
-                10,
-            )
+            buffer.insert_runs(DataEnvironment::Production, &schema, &batch(m, n), &[(member(m), 0, 1)], segment, 10)
         };
+        let (env, name) = (DataEnvironment::Production, &schema.dataset.name);
         insert(1, 1, 3);
         insert(2, 2, 4);
         insert(1, 3, 5);
-        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30 + 2 * PARTITION_OVERHEAD));
-        let flush = buffer.begin_flush(&key(1)).unwrap();
-        assert!(buffer.begin_flush(&key(1)).is_none(), "one flush at a time");
-        buffer.end_flush(&flush, None);
+        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30));
+        let flush = buffer.begin_flush(env, name).unwrap();
+        assert!(buffer.begin_flush(env, name).is_none(), "one flush at a time");
+        buffer.end_flush(&flush, &[], false);
         assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
-        let flush = buffer.begin_flush(&key(1)).unwrap();
-        assert_eq!(flush.batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
+        let flush = buffer.begin_flush(env, name).unwrap();
+        assert_eq!(flush.rows(), 3);
+        let members = flush.members();
+        assert_eq!(members.iter().map(|(m, _)| m.get()).collect::<Vec<_>>(), [1, 2]);
+        let ids = |b: &RecordBatch| b.column(2).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(ids(&flush.gather(&members[0].1).unwrap()), [1, 3], "a member's rows, in order");
         insert(1, 4, 6);
-        let rows = |m: i64| -> Snapshot {
-            let mut s = buffer.snapshot(DataEnvironment::Production, &schema.dataset.name, [MemberId::new(m).unwrap()]);
-            s.pop().map(|(_, s)| s).unwrap_or_default()
+        let rows = |m: i64| -> (Snapshot, Vec<RecordBatch>) {
+            let s = buffer.snapshot(env, name, [member(m)]);
+            (s.members.first().map(|(_, s)| s.clone()).unwrap_or_default(), s.rows(&[member(m)]).unwrap())
         };
-        assert_eq!(rows(1).rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 3, "readers see flushing rows too");
+        let (one, batches) = rows(1);
+        assert_eq!(one.buffered, Buffered { rows: 3, min_id: 1, max_id: 4, repeats: false });
+        assert_eq!(batches.iter().flat_map(ids).collect::<Vec<_>>(), [1, 3, 4], "readers see flushing rows too");
         let file = |path: &str, m: i64| ParquetFile {
             environment: DataEnvironment::Production,
             dataset: schema.dataset.name.clone(),
@@ -510,33 +694,31 @@ mod tests {
             max_id: 3,
             max_version: 3,
         };
-        buffer.end_flush(&flush, Some(&file("a", 1)));
-        assert_eq!(buffer.min_segment(), Some(4), "rows that arrived during the flush stay");
+        buffer.end_flush(&flush, &[file("a", 1), file("b", 2)], true);
+        assert_eq!(buffer.min_segment(), Some(6), "rows that arrived during the flush stay");
+        insert(1, 4, 7);
+        assert!(rows(1).0.buffered.repeats, "an id that comes again is an update");
         let names =
             |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
         let path = |m: i64, name: &str| format!("production/ds_energy_consumption/{m}/{name}");
-        let snap = rows(1);
+        let (snap, left) = rows(1);
         assert_eq!(names(&snap), ["a"], "the flushed rows are in the file now");
-        let left = snap.rows;
-        assert_eq!(left.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
-        assert_eq!(left[0].column(2).as_primitive::<Int64Type>().value(0), 4);
-        let flush = buffer.begin_flush(&key(2)).unwrap();
-        buffer.end_flush(&flush, Some(&file("b", 2)));
-        assert_eq!(buffer.min_segment(), Some(6));
+        assert_eq!(left.iter().flat_map(ids).collect::<Vec<_>>(), [4, 4]);
+        assert!(rows(2).1.is_empty());
         buffer.swap_files(&[file("c", 1)], &[path(1, "a")]);
-        assert_eq!(names(&rows(1)), ["c"], "compaction swaps files");
+        assert_eq!(names(&rows(1).0), ["c"], "compaction swaps files");
         // The change feed: repeats are ignored, other nodes' replacements applied, and paths
         // this node is committing left to its own flush or compaction.
         buffer.apply_manifest([file("c", 1), file("e", 1)], &[path(2, "b")]);
-        assert_eq!(names(&rows(1)), ["c", "e"]);
-        assert!(rows(2).files.is_empty());
+        assert_eq!(names(&rows(1).0), ["c", "e"]);
+        assert!(rows(2).0.files.is_empty());
         buffer.claim([path(1, "f"), path(1, "e")]);
         buffer.apply_manifest([file("f", 1)], &[path(1, "e")]);
-        assert_eq!(names(&rows(1)), ["c", "e"], "paths being committed here are left to this node");
+        assert_eq!(names(&rows(1).0), ["c", "e"], "paths being committed here are left to this node");
         buffer.swap_files(&[file("f", 1)], &[path(1, "e")]);
-        assert_eq!(names(&rows(1)), ["c", "f"]);
+        assert_eq!(names(&rows(1).0), ["c", "f"]);
         buffer.replace_files([file("g", 2)]);
-        assert!(rows(1).files.is_empty());
-        assert_eq!(names(&rows(2)), ["g"]);
+        assert!(rows(1).0.files.is_empty());
+        assert_eq!(names(&rows(2).0), ["g"]);
     }
 }

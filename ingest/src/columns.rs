@@ -66,6 +66,21 @@ impl ColumnBuilder {
         }
     }
 
+    /// A copy of the column built so far; the builder keeps it.
+    pub(crate) fn finish_cloned(&self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Int(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Float(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Decimal(b) => Arc::new(
+                b.finish_cloned()
+                    .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
+                    .expect("valid decimal type"),
+            ),
+            ColumnBuilder::Text(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish_cloned()),
+        }
+    }
+
     /// The column built so far; the builder starts empty again.
     pub(crate) fn finish(&mut self) -> ArrayRef {
         match self {

@@ -12,9 +12,11 @@
 //!                   refusals, within the in-flight budget as the columns grow)
 //!                 ─► validate (write grants per row and field, rows that set a field, event time)
 //!                 ─► sequencer thread: row ids, WAL group commit (one fsync)
-//!                        └─► buffer (per environment, dataset, member; byte budget)
-//!  flusher (by age or size, largest first above the soft limit)
-//!        └─► persist: sort by event time → Parquet → object store (PutMode::Create)
+//!                        └─► buffer (per environment and dataset: each write's batch
+//!                            kept whole, sorted by member; byte budget)
+//!  flusher (a dataset by age or size, largest first above the soft limit)
+//!        └─► each member's rows gathered → persist: sort by event time → Parquet
+//!             → object store (PutMode::Create)
 //!             → manifest row in the catalog → file index (what reads see)
 //!             → WAL segments below the oldest buffered row deleted (their keys and
 //!               access-log entries moved to the catalog first)
@@ -33,7 +35,8 @@
 //! - [`validate`]: values, event times, write grants; refusals name rows and fields, never values.
 //! - [`wal`]: checksummed segment files, group commit, replay that cuts torn tails.
 //! - [`partition`]: one member's rows of one dataset, and where its files live.
-//! - [`buffer`]: acknowledged rows not yet in Parquet, under a byte budget, and the index of
+//! - [`buffer`]: acknowledged rows not yet in Parquet, per dataset and not split by member
+//!   until they are flushed, under a byte budget, and the index of
 //!   recorded files (kept by flushes, compaction and the manifest's change feed) that reads
 //!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.

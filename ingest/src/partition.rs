@@ -1,5 +1,6 @@
-//! A partition: one member's rows of one dataset in one environment, the unit of buffering,
-//! flushing, compaction and erasure, and where its Parquet files live in object storage.
+//! A partition: one member's rows of one dataset in one environment, the unit of Parquet
+//! files, compaction and erasure, and where its files live in object storage. (The buffer
+//! keeps a dataset's rows together; a flush splits them into partitions.)
 
 use catalog::{DataEnvironment, DatasetName, MemberId};
 use object_store::path::Path;

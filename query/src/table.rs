@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use catalog::{DatasetName, MemberId, ParquetFile};
-use datafusion::arrow::array::{AsArray, RecordBatch, new_null_array};
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::datasource::TableType;
@@ -37,8 +37,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
-use ingest::buffer::{Buffer, Snapshot};
-use ingest::schema::ROW_ID;
+use ingest::buffer::{Buffer, Buffered, Snapshot};
 use object_store::ObjectStore;
 
 use crate::prune::Pruner;
@@ -192,10 +191,15 @@ impl ScopedTable {
         Ok(datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?)
     }
 
-    /// A member's rows read in memory: newest versions only, ungranted columns null.
-    async fn read_in_memory(&self, snapshot: Snapshot, mask: Option<&[bool]>) -> DfResult<Option<RecordBatch>> {
-        let mut batches = snapshot.rows;
-        for f in snapshot.files.iter() {
+    /// A member's rows read in memory (its buffered `rows` and every one of its `files`):
+    /// newest versions only, ungranted columns null.
+    async fn read_in_memory(
+        &self,
+        mut batches: Vec<RecordBatch>,
+        files: &[Arc<ParquetFile>],
+        mask: Option<&[bool]>,
+    ) -> DfResult<Option<RecordBatch>> {
+        for f in files {
             batches.push(self.read_file(&f.path).await?);
         }
         if batches.is_empty() {
@@ -254,22 +258,15 @@ fn even_runs(sizes: Vec<usize>, parts: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Whether a member's sources may hold one id twice: files' id ranges overlap each other
-/// or the buffered rows, or the buffered ids do not strictly increase (an update).
-fn may_repeat_ids(files: &[Arc<ParquetFile>], rows: &[RecordBatch]) -> bool {
-    let mut ranges: Vec<(i64, i64)> = files.iter().map(|f| (f.min_id, f.max_id)).collect();
-    let mut last = i64::MIN;
-    let mut buffered: Option<(i64, i64)> = None;
-    for b in rows {
-        let Some(ids) = b.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>()) else { return true };
-        for &id in ids.values() {
-            if id <= last {
-                return true;
-            }
-            last = id;
-            buffered = Some((buffered.map_or(id, |(lo, _)| lo), id));
-        }
+/// or the buffered rows', or an id came again among the buffered rows (an update).
+fn may_repeat_ids(files: &[Arc<ParquetFile>], buffered: &Buffered) -> bool {
+    if buffered.repeats {
+        return true;
     }
-    ranges.extend(buffered);
+    let mut ranges: Vec<(i64, i64)> = files.iter().map(|f| (f.min_id, f.max_id)).collect();
+    if buffered.rows > 0 {
+        ranges.push((buffered.min_id, buffered.max_id));
+    }
     ranges.sort_unstable();
     ranges.windows(2).any(|w| w[1].0 <= w[0].1)
 }
@@ -303,7 +300,7 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let pruner = Pruner::new(state, &self.schema, filters, self.scope.event_time());
         let dataset = &self.scope.schema.dataset.name;
         let members = pruner.members(self.scope.members(pruner.named_members().as_ref()));
-        let snapshots = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
+        let snapshot = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
         // Members read from their files: where in `counts`, and how many of `fast_files`.
         let mut fast_members: Vec<(usize, usize)> = Vec::new();
@@ -312,11 +309,13 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let mut stored: Vec<RecordBatch> = Vec::new();
         let mut visible: Vec<RecordBatch> = Vec::new();
         let mut counts: Vec<(MemberId, i64)> = Vec::with_capacity(members.len());
-        let mut snapshots = snapshots.into_iter().peekable();
+        // Members read from their files whose buffered rows are read as stored.
+        let mut fast_buffered: Vec<MemberId> = Vec::new();
+        let mut found = snapshot.members.iter().peekable();
         for member in &members {
             // Members without data still count as read (0 rows): the access log says the
             // query looked at them.
-            let Some((_, snapshot)) = snapshots.next_if(|(m, _)| m == member) else {
+            let Some((_, member_snapshot)) = found.next_if(|(m, _)| m == member) else {
                 counts.push((*member, 0));
                 continue;
             };
@@ -326,21 +325,24 @@ impl datafusion::catalog::TableProvider for ScopedTable {
                 // `members` holds none of these: fail closed all the same.
                 Access::Hidden => continue,
             };
-            let buffered = snapshot.rows.iter().map(RecordBatch::num_rows).sum::<usize>() as i64;
-            if mask.is_some() || may_repeat_ids(&snapshot.files, &snapshot.rows) {
+            let Snapshot { buffered, files } = member_snapshot;
+            if mask.is_some() || may_repeat_ids(files, buffered) {
                 // Every file: pruning by event time could keep an old version whose newer
                 // one moved out of the range.
-                let rows = self.read_in_memory(snapshot, mask.as_deref()).await?;
+                let rows = self.read_in_memory(snapshot.rows(&[*member])?, files, mask.as_deref()).await?;
                 counts.push((*member, rows.as_ref().map_or(0, |b| b.num_rows() as i64)));
                 visible.extend(rows);
                 continue;
             }
             // Counted once the files are pruned, all members' at once.
-            fast_files.extend(snapshot.files.iter().cloned());
-            counts.push((*member, buffered));
-            fast_members.push((counts.len() - 1, snapshot.files.len()));
-            stored.extend(snapshot.rows);
+            fast_files.extend(files.iter().cloned());
+            counts.push((*member, buffered.rows as i64));
+            fast_members.push((counts.len() - 1, files.len()));
+            if buffered.rows > 0 {
+                fast_buffered.push(*member);
+            }
         }
+        stored.extend(snapshot.rows(&fast_buffered)?);
         let keep = pruner.files(&fast_files);
         let mut kept = keep.iter();
         let mut files = fast_files.iter();

@@ -339,7 +339,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         &dataset.name,
         [catalog::MemberId::new(2).unwrap()],
     );
-    assert_eq!(indexed[0].1.files.len(), 1, "the replaced files left the index");
+    assert_eq!(indexed.members[0].1.files.len(), 1, "the replaced files left the index");
     node2.shutdown().await.unwrap();
 }
 

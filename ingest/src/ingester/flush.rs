@@ -14,6 +14,8 @@ use super::sequencer::Command;
 use super::{Ingester, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::FlushBatch;
+use crate::partition::PartitionKey;
+use crate::persist::Codec;
 use crate::wal;
 
 impl Ingester {
@@ -75,61 +77,18 @@ impl Ingester {
             .await
     }
 
-    /// Flushes due partitions (or all), then deletes WAL segments no buffered row needs.
-    /// Returns how many partitions failed to flush.
+    /// Flushes due datasets (or all), then deletes WAL segments no buffered row needs.
+    /// Returns how many files failed to be written or recorded.
     pub async fn flush_round(&self, all: bool) -> usize {
-        let keys = if all {
+        let tables = if all {
             self.buffer.keys()
         } else {
             self.buffer.due(self.config.flush_age, self.config.flush_bytes, self.config.buffer_soft_bytes)
         };
-        // Files are written concurrently, then recorded together: one catalog commit per
-        // round (in chunks), not one per member.
-        let flushes: Vec<FlushBatch> = keys.iter().filter_map(|k| self.buffer.begin_flush(k)).collect();
-        let written: Vec<(FlushBatch, Result<ParquetFile, IngestError>)> = futures::stream::iter(flushes)
-            .map(|flush| async move {
-                let result = crate::persist::write_file(
-                    &self.store,
-                    &flush.key,
-                    &flush.schema,
-                    flush.batches.clone(),
-                    crate::persist::Codec::Flush,
-                )
-                .await;
-                (flush, result)
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
         let mut failed = 0;
-        let mut ready = Vec::new();
-        for (flush, result) in written {
-            match result {
-                Ok(file) => ready.push((flush, file)),
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(error = %e, "flush failed; the rows stay buffered and in the WAL");
-                    self.buffer.end_flush(&flush, None);
-                }
-            }
-        }
-        for chunk in ready.chunks(1000) {
-            let files: Vec<ParquetFile> = chunk.iter().map(|(_, f)| f.clone()).collect();
-            self.buffer.claim(files.iter().map(|f| f.path.clone()));
-            let committed = match crate::persist::commit(&self.store, &self.catalog, &files, &[]).await {
-                Ok(()) => true,
-                Err(e) => {
-                    self.buffer.release(files.iter().map(|f| &f.path));
-                    tracing::warn!(error = %e, "recording flushed files failed; the rows stay buffered and in the WAL");
-                    failed += chunk.len();
-                    false
-                }
-            };
-            for (flush, file) in chunk {
-                self.buffer.end_flush(flush, committed.then_some(file));
-            }
-            if committed {
-                metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(chunk.len() as u64);
+        for (env, dataset) in tables {
+            if let Some(flush) = self.buffer.begin_flush(env, &dataset) {
+                failed += self.flush(flush).await;
             }
         }
         metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(failed as u64);
@@ -172,6 +131,64 @@ impl Ingester {
         {
             let _ = tx.send(Command::Rotate);
         }
+        failed
+    }
+
+    /// Writes a dataset's flush as one file per member, concurrently, records them (one
+    /// catalog commit per thousand files, not one per member) and ends the flush. Returns
+    /// how many files failed; the rows of a flush that failed anywhere stay buffered (and
+    /// in the WAL) for the next round.
+    async fn flush(&self, flush: FlushBatch) -> usize {
+        let flush = Arc::new(flush);
+        let gathering = flush.clone();
+        let Ok(members) = crate::background::run(move || gathering.members()).await else {
+            self.buffer.end_flush(&flush, &[], false);
+            return 1;
+        };
+        let written: Vec<Result<ParquetFile, IngestError>> = futures::stream::iter(members)
+            .map(|(member, places)| {
+                let flush = &flush;
+                async move {
+                    let key = PartitionKey { env: flush.env, dataset: flush.dataset.clone(), member };
+                    let rows = flush.gather(&places)?;
+                    crate::persist::write_file(&self.store, &key, &flush.schema, vec![rows], Codec::Flush).await
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut failed = 0;
+        let mut first_error = None;
+        let mut ready = Vec::with_capacity(written.len());
+        for result in written {
+            match result {
+                Ok(file) => ready.push(file),
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let mut committed = Vec::with_capacity(ready.len());
+        for chunk in ready.chunks(1000) {
+            self.buffer.claim(chunk.iter().map(|f| f.path.clone()));
+            match crate::persist::commit(&self.store, &self.catalog, chunk, &[]).await {
+                Ok(()) => {
+                    committed.extend_from_slice(chunk);
+                    metrics::counter!("trove_ingest_flushes_total", "result" => "success")
+                        .increment(chunk.len() as u64);
+                }
+                Err(e) => {
+                    self.buffer.release(chunk.iter().map(|f| &f.path));
+                    failed += chunk.len();
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(error = %e, files = failed, dataset = %flush.dataset, "flush failed; the rows stay buffered and in the WAL");
+        }
+        self.buffer.end_flush(&flush, &committed, failed == 0);
         failed
     }
 }

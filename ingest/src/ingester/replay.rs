@@ -15,7 +15,6 @@ use super::sequencer::Counters;
 use crate::IngestError;
 use crate::buffer::Buffer;
 use crate::idempotency::Keys;
-use crate::partition::PartitionKey;
 use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column};
 use crate::wal;
 use crate::writelog::WriteLog;
@@ -78,38 +77,33 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
             }
         };
         for batch in batches {
-            // A member's slice shares the record's buffers: count its share of them, as a
-            // live write does, not the whole record once per member.
-            let record_bytes = batch.get_array_memory_size();
             let ids = int_column(&batch, ROW_ID)?;
             let versions = int_column(&batch, ROW_VERSION)?;
             last_version = last_version.max(max(versions).unwrap_or(0));
+            let table = (header.env, header.dataset.clone());
+            let mut keep = Vec::with_capacity(batch.num_rows());
             for (member, start, len) in member_runs(&batch)? {
-                let Ok(member) = MemberId::new(member) else { continue };
-                let key = PartitionKey { env: header.env, dataset: header.dataset.clone(), member };
-                let table = (header.env, header.dataset.clone());
+                let Ok(member) = MemberId::new(member) else {
+                    keep.extend(std::iter::repeat_n(false, len));
+                    continue;
+                };
                 let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
-                let slice = batch.slice(start, len);
                 let most = max(&ids.slice(start, len)).unwrap_or(0);
-                let counter = counters.entry(table).or_default().entry(member).or_insert(0);
+                let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
                 *counter = (*counter).max(most);
                 // Rows whose version is in a recorded file were flushed before the crash
-                // (a partition flushes its rows in the order they were sequenced).
-                let keep: BooleanArray =
-                    versions.slice(start, len).iter().map(|v| Some(v.unwrap_or(0) > done)).collect();
-                let fresh = filter_record_batch(&slice, &keep)?;
-                if fresh.num_rows() > 0 {
-                    replayed += fresh.num_rows();
-                    let bytes = record_bytes * fresh.num_rows() / batch.num_rows();
-                    buffer.insert_runs(
-                        header.env,
-                        &schema,
-                        &fresh,
-                        &[(key.member, 0, fresh.num_rows())],
-                        *segment,
-                        bytes,
-                    );
-                }
+                // (a flush holds every row of its dataset sequenced before it began).
+                keep.extend(versions.values()[start..start + len].iter().map(|v| *v > done));
+            }
+            let fresh = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            if fresh.num_rows() > 0 {
+                replayed += fresh.num_rows();
+                let runs: Vec<(MemberId, usize, usize)> = member_runs(&fresh)?
+                    .into_iter()
+                    .filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len)))
+                    .collect();
+                let bytes = fresh.get_array_memory_size();
+                buffer.insert_runs(header.env, &schema, &fresh, &runs, *segment, bytes);
             }
         }
     }

@@ -196,10 +196,10 @@ impl Ingester {
     /// The newest version of row `id` of a partition (stored columns, one row), from the
     /// buffer or else the files that may hold it.
     async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
-        let snapshot =
-            self.buffer.snapshot(key.env, &key.dataset, [key.member]).pop().map(|(_, s)| s).unwrap_or_default();
-        let mut candidates = snapshot.rows;
-        for f in snapshot.files.iter() {
+        let snapshot = self.buffer.snapshot(key.env, &key.dataset, [key.member]);
+        let mut candidates = snapshot.rows(&[key.member])?;
+        let files = snapshot.members.first().map(|(_, s)| s.files.clone()).unwrap_or_default();
+        for f in files.iter() {
             if f.min_id <= id && id <= f.max_id {
                 candidates.extend(crate::persist::read_file(&self.store, &f.path).await?);
             }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The member sweep of the ingest-at-scale issue: the same energy readings (1,000-row NDJSON
+# bodies, durable acks, as fast as the server answers) spread round-robin over more and more
+# members, each count against a fresh release server (server on core 1, `trove-load` on
+# core 0). Prints one Markdown table; every JSON report and server log stays in the work
+# directory.
+#
+#   benches/sweep.sh [SECONDS] [MEMBER COUNTS...]      (default: 20 s; 100 10000 100000)
+#
+# Extra `trove serve` flags go in TROVE_SWEEP_SERVE_FLAGS. TROVE_SWEEP_BIN_DIR runs binaries
+# built elsewhere (an A/B against another checkout) instead of building this one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}; shift $(( $# < 1 ? $# : 1 ))
+counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100 10000 100000)
+work=${TROVE_LOAD_WORK:-/tmp/trove-sweep}
+port=${TROVE_LOAD_PORT:-18092}
+bin=${TROVE_SWEEP_BIN_DIR:-}
+if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load; bin=target/release; fi
+server=(taskset -c 1); client=(taskset -c 0)
+[ "$(nproc)" -ge 2 ] || { server=(); client=(); }
+rm -rf "$work" && mkdir -p "$work"
+export TROVE_ADMIN_TOKEN="sweep-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+metric() {  # name: the sum of a counter or gauge over its labels
+  curl -sf "127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s }'
+}
+
+for members in "${counts[@]}"; do
+  data="$work/data-$members"
+  # shellcheck disable=SC2086
+  "${server[@]}" "$bin/trove" serve --data-dir "$data" --listen "127.0.0.1:$port" ${TROVE_SWEEP_SERVE_FLAGS:-} \
+    > "$work/serve-$members.log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+  echo "== $members members" >&2
+  start=$(date +%s.%N)
+  "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --rows 1 \
+    --setup-file "$work/setup-$members.json" > /dev/null
+  setup=$(awk "BEGIN { print $(date +%s.%N) - $start }")
+  before=$(metric trove_ingest_files_written_total)
+  "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --connections 4 \
+    --duration "${secs}s" --setup-file "$work/setup-$members.json" --report "$work/run-$members.json" \
+    > "$work/run-$members.out"
+  # Let the last flush round land, so PUTs count every row of the run.
+  sleep 3
+  after=$(metric trove_ingest_files_written_total)
+  echo "{\"setup_seconds\": $setup, \"files_written\": $((after - before))}" > "$work/extra-$members.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+python3 - "$work" "${counts[@]}" <<'EOF'
+import json, pathlib, sys
+work = pathlib.Path(sys.argv[1])
+print("\n| members | setup s | rows/s | ack p50 / p99 / p99.9 ms | refused | server CPU (cores) | server RSS max | PUTs per million rows |")
+print("|---|---|---|---|---|---|---|---|")
+for m in sys.argv[2:]:
+    r = json.loads((work / f"run-{m}.json").read_text())
+    x = json.loads((work / f"extra-{m}.json").read_text())
+    s = r.get("server") or {}
+    a = r["ack_ms"]
+    puts = x["files_written"] / max(r["rows"], 1) * 1e6
+    print(f"| {int(m):,} | {x['setup_seconds']:.1f} | {r['rows_per_sec']:,.0f} | "
+          f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {r['refused']} | {s.get('cores_busy', 0):.2f} | "
+          f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.0f} |")
+EOF
