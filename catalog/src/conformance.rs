@@ -58,6 +58,7 @@ pub async fn run_all(catalog: &Catalog) {
     connection_lifecycle(catalog).await;
     agreements(catalog).await;
     bulk_members_and_agreements(catalog).await;
+    approvals_together(catalog).await;
     metadata_instances(catalog).await;
     access_log(catalog).await;
     manifest(catalog).await;
@@ -293,6 +294,35 @@ async fn bulk_members_and_agreements(c: &Catalog) {
     assert_eq!(c.active_agreements(conn.id).await.unwrap().len(), uids.len());
     let missing = MemberId::new(9_999_999).unwrap();
     assert_eq!(kind(c.approve_agreements(&[uids[0], missing], conn.id).await), ErrorKind::NotFound);
+}
+
+/// Approvals made at once commit together (`store/approvals.rs`) and answer as if alone.
+async fn approvals_together(c: &Catalog) {
+    let names: Vec<String> = (0..40).map(|i| format!("together{i}")).collect();
+    let members: Vec<MemberId> = c.create_members(&names).await.unwrap().into_iter().map(|(m, _)| m.uid).collect();
+    let sub = subscriber(c, "Together Ltd").await;
+    let conn = approved_connection(c, sub, &["ds_home"]).await;
+    let missing = MemberId::new(9_999_998).unwrap();
+    let approvals: Vec<_> = members
+        .iter()
+        .chain([&missing])
+        .map(|m| {
+            let (c, m, id) = (c.clone(), *m, conn.id);
+            tokio::spawn(async move { c.approve_agreement(m, id).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for approval in approvals {
+        answers.push(approval.await.unwrap());
+    }
+    let refused: Vec<ErrorKind> = answers.iter().filter_map(|a| a.as_ref().err().map(CatalogError::kind)).collect();
+    assert_eq!(refused, [ErrorKind::NotFound], "only the member that does not exist is refused");
+    for (member, (agreement, key)) in members.iter().zip(answers.iter().flatten()) {
+        assert_eq!(agreement.member, *member, "each answer is its own member's");
+        let scope = c.agreement_scope(sub, agreement.con_id, key.expose()).await.unwrap();
+        assert_eq!(scope.agreement.member, *member, "and its key works");
+    }
+    assert_eq!(c.active_agreements(conn.id).await.unwrap().len(), members.len());
 }
 
 async fn metadata_instances(c: &Catalog) {

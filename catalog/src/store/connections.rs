@@ -361,16 +361,9 @@ impl Catalog {
         self.connection_from_row(&row).await
     }
 
-    /// The member approves the connection's serving revision. A member connection key is
-    /// issued for the pair (returned once; any earlier key of the pair stops working).
-    pub async fn approve_agreement(&self, member: MemberId, id: ConnectionId) -> Result<(Agreement, Secret)> {
-        self.member(member).await?;
-        let approved = self.approve_agreements(&[member], id).await?;
-        Ok(approved.into_iter().next().expect("one agreement a member"))
-    }
-
     /// [`Catalog::approve_agreement`] for many members in one transaction (seeding a
-    /// fixture): one generation bump however many. A member that does not exist is not found.
+    /// fixture, and approvals committed together): one generation bump however many. A
+    /// member that does not exist is not found.
     pub async fn approve_agreements(&self, members: &[MemberId], id: ConnectionId) -> Result<Vec<(Agreement, Secret)>> {
         let connection = self.connection(id).await?;
         let serving =

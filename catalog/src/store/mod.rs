@@ -7,6 +7,7 @@
 //! `SELECT ... FOR UPDATE` (which SQLite lacks).
 
 pub(crate) mod accounts;
+mod approvals;
 mod connections;
 mod data;
 pub(crate) mod manifest;
@@ -45,6 +46,8 @@ pub struct Catalog {
     known_blocks: Arc<Mutex<data::KnownBlocks>>,
     /// What time it is: every timestamp the catalog stores, and every crate's clock.
     clock: Arc<dyn Clock>,
+    /// Members' approvals waiting to be committed together.
+    approvals: Arc<approvals::Approvals>,
 }
 
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -91,7 +94,13 @@ impl Catalog {
             // WAL mode is a property of the database file: set once, it persists.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        let catalog = Catalog { pool, backend, known_blocks: Arc::default(), clock: Arc::new(SystemClock) };
+        let catalog = Catalog {
+            pool,
+            backend,
+            known_blocks: Arc::default(),
+            clock: Arc::new(SystemClock),
+            approvals: Arc::default(),
+        };
         match backend {
             Backend::Sqlite => MIGRATE_SQLITE.run(&catalog.pool).await?,
             Backend::Postgres => MIGRATE_POSTGRES.run(&catalog.pool).await?,
