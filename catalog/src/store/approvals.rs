@@ -60,7 +60,9 @@ impl Catalog {
                     }
                 }
                 Err(e) if group.len() == 1 => {
-                    let _ = group.into_iter().next().map(|(_, answer)| answer.send(Err(e)));
+                    if let Some((_, answer)) = group.into_iter().next() {
+                        let _ = answer.send(Err(e));
+                    }
                 }
                 Err(_) => {
                     for (member, answer) in group {
