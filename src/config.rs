@@ -229,6 +229,12 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_COMPACT_MIN_FILES", default_value_t = 4, value_parser = clap::value_parser!(i64).range(2..))]
     pub compact_min_files: i64,
 
+    /// Objects in the store that the manifest does not name (left by a crash between a put
+    /// and its commit) are deleted once they are this old (humantime); checked an hour
+    /// apart, the first time soon after start. Longer than any put waits for its commit.
+    #[arg(long, env = "TROVE_ORPHAN_GRACE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub orphan_grace: Duration,
+
     /// Largest body accepted by `POST /v1/ingest/{dataset}`, in bytes.
     #[arg(long, env = "TROVE_MAX_INGEST_BYTES", default_value_t = 64 << 20)]
     pub max_ingest_bytes: usize,

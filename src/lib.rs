@@ -128,7 +128,11 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         flush_age: args.flush_age,
         flush_bytes: args.flush_bytes,
         flush_tick: Duration::from_millis(200),
-        compaction: ingest::compact::CompactionConfig { min_files: args.compact_min_files, ..Default::default() },
+        compaction: ingest::compact::CompactionConfig {
+            min_files: args.compact_min_files,
+            orphan_grace: args.orphan_grace,
+            ..Default::default()
+        },
         compact_interval: args.compact_interval,
         inflight_bytes: args.ingest_inflight_bytes,
         max_rows_per_write: args.max_ingest_rows,

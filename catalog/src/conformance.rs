@@ -441,6 +441,10 @@ async fn manifest(c: &Catalog) {
     assert_eq!(swap.latest, first.latest + 1);
     let none = c.manifest_changes(swap.latest).await.unwrap();
     assert!(none.added.is_empty() && none.removed.is_empty());
+    let mut replaced = c.replaced_since(0).await.unwrap();
+    replaced.sort();
+    assert_eq!(replaced, ["a", "b"], "what was replaced, while the tombstones last");
+    assert!(c.replaced_since(i64::MAX).await.unwrap().is_empty());
     assert_eq!(c.purge_manifest_tombstones(0).await.unwrap(), 0, "young tombstones stay");
     assert_eq!(c.purge_manifest_tombstones(i64::MAX).await.unwrap(), 2);
     assert!(c.manifest_changes(first.latest).await.unwrap().removed.is_empty());

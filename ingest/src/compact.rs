@@ -36,6 +36,9 @@ pub struct CompactionConfig {
     pub cold_after_secs: i64,
     /// Replaced objects are deleted this long after the swap.
     pub delete_grace: Duration,
+    /// Objects the manifest does not name are deleted once they are this old and were not
+    /// replaced within it ([`crate::collect`]): longer than any put waits for its commit.
+    pub orphan_grace: Duration,
 }
 
 impl Default for CompactionConfig {
@@ -45,6 +48,7 @@ impl Default for CompactionConfig {
             min_files: 4,
             cold_after_secs: 7 * 86_400,
             delete_grace: Duration::from_secs(60),
+            orphan_grace: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -117,7 +121,7 @@ impl Compactor {
                 }
             }
         }
-        self.delete_doomed(store).await;
+        self.delete_doomed(store, false).await;
         catalog.purge_manifest_tombstones(now_secs * 1000 - TOMBSTONES_KEPT_MS).await?;
         metrics::counter!("trove_ingest_compacted_files_total").increment(replaced as u64);
         Ok(replaced)
@@ -149,10 +153,22 @@ impl Compactor {
         Ok(())
     }
 
-    async fn delete_doomed(&self, store: &Arc<dyn ObjectStore>) {
+    /// Whether `path` was replaced and waits for its grace period to end.
+    pub(crate) fn is_doomed(&self, path: &str) -> bool {
+        self.doomed.lock().iter().any(|(_, p)| p == path)
+    }
+
+    /// The settings it runs with.
+    pub(crate) fn config(&self) -> &CompactionConfig {
+        &self.config
+    }
+
+    /// Deletes replaced objects whose grace period is over, or all of them (at shutdown,
+    /// when no read is planned any more).
+    pub(crate) async fn delete_doomed(&self, store: &Arc<dyn ObjectStore>, all: bool) {
         let due: Vec<String> = {
             let mut doomed = self.doomed.lock();
-            let grace = self.config.delete_grace;
+            let grace = if all { Duration::ZERO } else { self.config.delete_grace };
             let (due, keep): (Vec<_>, Vec<_>) = doomed.drain(..).partition(|(at, _)| at.elapsed() >= grace);
             *doomed = keep;
             due.into_iter().map(|(_, p)| p).collect()

@@ -21,6 +21,7 @@
 //!             → WAL segments below the oldest buffered row deleted (their keys and
 //!               access-log entries moved to the catalog first)
 //!  compaction: a member's small files merged by day, then by month
+//!  collector: unrecorded objects older than a grace period deleted (hourly)
 //!  metadata datasets: validate::check_values → catalog metadata instances
 //! ```
 //!
@@ -41,11 +42,14 @@
 //!   snapshot with them.
 //! - [`persist`]: Parquet encoding and the put-then-record commit.
 //! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
+//! - `collect`: objects the manifest does not name (left by a crash) deleted after a grace
+//!   period, so the store holds exactly what the manifest names.
 //! - `background`: flush and compaction encoding, at most half the cores at once.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
 
 mod background;
 pub mod buffer;
+mod collect;
 mod columns;
 pub mod compact;
 pub mod decode;

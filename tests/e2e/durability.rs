@@ -281,6 +281,23 @@ impl Run {
         server
     }
 
+    /// Waits until the server's collector has run once (its first flush round); returns
+    /// how many objects it deleted.
+    async fn wait_for_collection(&self, server: &Server) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", server.port);
+        let value = |text: &str, name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        for _ in 0..200 {
+            let text = self.client.get(&url).send().await.unwrap().text().await.unwrap();
+            if value(&text, "trove_ingest_collections_total") >= 1.0 {
+                return value(&text, "trove_ingest_orphans_deleted_total") as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the collector did not run within 10 s of start");
+    }
+
     async fn retry_pending(&mut self, port: u16) {
         use futures::StreamExt;
         let batches = std::mem::take(&mut *self.pending.lock().unwrap());
@@ -405,7 +422,11 @@ impl Run {
     /// A last clean life (the last retries, then SIGTERM flushes everything), then the check
     /// of the files the manifest names. Returns a one-line summary.
     pub(crate) async fn verify(mut self, what: &str) -> String {
+        // Objects earlier lives left unrecorded (killed between a put and its commit, or
+        // during compaction's grace period) are collected by this life at once.
+        self.flags.extend(["--orphan-grace".to_owned(), "0s".to_owned()]);
         let server = self.up(&[]).await;
+        let collected = self.wait_for_collection(&server).await;
         Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
         let mut child = server.child;
         assert!(child.wait().unwrap().success(), "a clean stop flushes and exits 0");
@@ -437,6 +458,13 @@ impl Run {
                 }
             }
         }
+        let recorded: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let stored: Vec<object_store::ObjectMeta> =
+            futures::TryStreamExt::try_collect(self.target.store.list(None)).await.unwrap();
+        let stored: BTreeSet<&str> =
+            stored.iter().map(|o| o.location.as_ref()).filter(|p| p.ends_with(".parquet")).collect();
+        let unrecorded: Vec<&&str> = stored.difference(&recorded).take(5).collect();
+        assert!(unrecorded.is_empty(), "objects the manifest does not name: {unrecorded:?}");
         let acked = self.acked.lock().unwrap();
         let missing: Vec<_> = acked.iter().filter(|m| !seen.contains_key(m)).take(5).collect();
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
@@ -449,7 +477,7 @@ impl Run {
         }
         let slowest = self.restarts.iter().max().unwrap();
         let summary = format!(
-            "{what} ({:?}): {} lives, {} rows acknowledged, {} stored in {} files, {} missing, {} duplicated, {} batches retried, slowest restart to ready {slowest:.1?}",
+            "{what} ({:?}): {} lives, {} rows acknowledged, {} stored in {} files, {} missing, {} duplicated, {} batches retried, {collected} unrecorded objects collected, slowest restart to ready {slowest:.1?}",
             self.objects,
             self.lives,
             acked.len(),

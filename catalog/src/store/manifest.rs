@@ -121,6 +121,15 @@ impl Catalog {
         Ok(done.rows_affected())
     }
 
+    /// Paths of files replaced at or after `since` (epoch ms), while their tombstones last.
+    pub async fn replaced_since(&self, since: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT path FROM parquet_file_removals WHERE removed_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
     /// The manifest's newest commit number (where a node that loaded every file starts the feed).
     pub async fn manifest_seq(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT value FROM counters WHERE name = 'manifest'").fetch_one(&self.pool).await?.try_get(0)?)

@@ -22,6 +22,7 @@ impl Ingester {
     pub(super) async fn flush_loop(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut last_compaction = Instant::now();
+        let mut last_collection: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.flush_tick) => {},
@@ -38,6 +39,17 @@ impl Ingester {
                     last_compaction = Instant::now();
                     if let Err(e) = self.compact_round().await {
                         tracing::warn!(error = %e, "compaction failed; it retries on its next round");
+                    }
+                }
+                if last_collection.is_none_or(|at| at.elapsed() >= COLLECT_EVERY) {
+                    last_collection = Some(Instant::now());
+                    let now = self.catalog.clock().now_ms();
+                    match crate::collect::collect(&self.store, &self.catalog, &self.compactor, now).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "deleted objects the manifest does not name"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "collecting unrecorded objects failed; retrying in an hour")
+                        }
                     }
                 }
             };
@@ -196,6 +208,10 @@ impl Ingester {
 /// A node that has not followed the manifest's change feed for this long reloads the whole
 /// manifest, because tombstones are purged after [`crate::compact::TOMBSTONES_KEPT_MS`].
 const MANIFEST_RELOAD_AFTER: Duration = Duration::from_secs(3600);
+
+/// How often the flusher deletes objects the manifest does not name (it lists the store),
+/// the first time on its first round.
+const COLLECT_EVERY: Duration = Duration::from_secs(3600);
 
 /// How often flush rounds move keys and access-log entries of closed WAL segments to the
 /// catalog (and drop those segments); a forced round always does.

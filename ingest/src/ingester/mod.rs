@@ -48,13 +48,13 @@ pub struct IngestConfig {
     pub segment_bytes: u64,
     /// Hard limit of buffered rows: above it writes are refused (429) before their body is read.
     pub buffer_bytes: usize,
-    /// Above this the largest partitions are flushed first.
+    /// Above this the largest datasets are flushed first.
     pub buffer_soft_bytes: usize,
-    /// A partition is flushed once its oldest row is this old ...
+    /// A dataset's buffered rows are flushed once the oldest is this old ...
     pub flush_age: Duration,
-    /// ... or once it holds this many bytes.
+    /// ... or once they take this many bytes.
     pub flush_bytes: usize,
-    /// How often the flusher looks for due partitions.
+    /// How often the flusher looks for due datasets.
     pub flush_tick: Duration,
     pub compaction: crate::compact::CompactionConfig,
     /// How often compaction looks for partitions with many small files.
@@ -235,6 +235,8 @@ impl Ingester {
         }
         for _ in 0..3 {
             if self.flush_round(true).await == 0 && self.buffer.bytes() == 0 {
+                // Nothing is read any more: what compaction replaced goes now, not as garbage.
+                self.compactor.delete_doomed(&self.store, true).await;
                 return Ok(());
             }
         }

@@ -1,0 +1,54 @@
+//! Objects nobody records. A crash between a flush's put and its manifest commit, or during
+//! compaction's grace period before it deletes the files it replaced, leaves objects the
+//! manifest does not name: they cost storage, and an outside reader of the bucket (DuckDB
+//! over every file) would see their rows twice. The collector deletes them once they are
+//! older than a grace period and were not replaced within it, so the store holds exactly
+//! what the manifest names. It runs on the flusher task, after that round's flushes and
+//! compaction, so this node has no put waiting for its commit while it lists.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use catalog::Catalog;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::IngestError;
+use crate::compact::Compactor;
+use crate::partition::partition_of;
+
+/// Deletes the unrecorded Parquet objects of the store older than the compactor's
+/// `orphan_grace` (at `now_ms`, epoch ms); returns how many.
+pub(crate) async fn collect(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+    compactor: &Compactor,
+    now_ms: i64,
+) -> Result<usize, IngestError> {
+    let grace_ms = i64::try_from(compactor.config().orphan_grace.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_ms.saturating_sub(grace_ms);
+    // List first, then read the manifest: a file committed in between is in the manifest.
+    let listed: Vec<object_store::ObjectMeta> = store.list(None).try_collect().await?;
+    let mut recorded: HashSet<String> = catalog.all_parquet_files().await?.into_iter().map(|f| f.path).collect();
+    // Files replaced within the grace period may still be read by plans made before.
+    recorded.extend(catalog.replaced_since(cutoff).await?);
+    let mut deleted = 0;
+    for meta in listed {
+        let path = meta.location.as_ref();
+        let ours = path.ends_with(".parquet") && partition_of(path).is_some();
+        if !ours
+            || meta.last_modified.timestamp_millis() > cutoff
+            || recorded.contains(path)
+            || compactor.is_doomed(path)
+        {
+            continue;
+        }
+        match store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    metrics::counter!("trove_ingest_collections_total").increment(1);
+    metrics::counter!("trove_ingest_orphans_deleted_total").increment(deleted as u64);
+    Ok(deleted)
+}
