@@ -213,6 +213,22 @@ impl Table {
     }
 }
 
+/// `chunk` without the rows of `done` members, or `None` when no row is left.
+fn without(chunk: &Chunk, done: &MemberMap<()>) -> Result<Option<Chunk>, ArrowError> {
+    let mut indices = Vec::new();
+    let mut runs = Runs::new();
+    for &(member, start, len) in chunk.runs.iter().filter(|(m, _, _)| !done.contains_key(m)) {
+        runs.push((member, indices.len() as u32, len));
+        indices.extend(start..start + len);
+    }
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let batch = take_record_batch(&chunk.batch, &UInt32Array::from(indices))?;
+    let bytes = batch.get_array_memory_size();
+    Ok(Some(Chunk { batch, runs, bytes, segments: chunk.segments.clone() }))
+}
+
 /// A dataset's rows handed to a flush: every chunk buffered when it began.
 #[derive(Debug)]
 pub struct FlushBatch {
@@ -479,38 +495,58 @@ impl Buffer {
         Some(FlushBatch { env, dataset: dataset.clone(), schema: table.schema.clone()?, chunks: table.chunks.clone() })
     }
 
-    /// Ends a flush: the recorded `files` join the index and, when the flush is `complete`
-    /// (every member's file recorded), its rows leave the buffer, in one step for readers.
-    /// Otherwise the rows stay for a later flush; readers meanwhile see the files recorded
-    /// so far too, and keep one version of each row.
-    pub fn end_flush(&self, flush: &FlushBatch, files: &[ParquetFile], complete: bool) {
+    /// Ends a flush: the recorded `files` (one per member) join the index and their rows
+    /// leave the buffer, in one step for readers. Rows of members whose file was not
+    /// recorded stay for a later flush (so no row is ever in two files).
+    pub fn end_flush(&self, flush: &FlushBatch, files: &[ParquetFile]) {
         let mut state = self.state();
         let state = &mut *state;
         let Some(table) = state.tables.get_mut(&(flush.env, flush.dataset.clone())) else { return };
         table.flushing = None;
+        let mut done: MemberMap<()> = MemberMap::default();
         for file in files {
             add_file(table.files.entry(file.member).or_default(), file);
             state.own.remove(&file.path);
+            done.insert(file.member, ());
         }
-        if !complete {
+        if done.is_empty() {
             return;
         }
-        // Only flushes remove chunks, one at a time per dataset, and chunks are only ever
-        // appended: the flushed ones are still the first.
+        // Only flushes remove or replace chunks, one at a time per dataset, and chunks are
+        // only ever appended: the flushed ones are still the first.
+        let mut kept = Vec::with_capacity(table.chunks.len());
         let mut freed = 0;
-        for c in table.chunks.drain(..flush.chunks.len()) {
-            freed += c.bytes;
-            for (segment, rows) in &c.segments {
-                if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(*segment) {
-                    *e.get_mut() = e.get().saturating_sub(*rows);
-                    if *e.get() == 0 {
-                        e.remove();
+        let mut added = 0;
+        for (i, c) in table.chunks.drain(..).enumerate() {
+            if i >= flush.chunks.len() || !c.runs.iter().any(|(m, _, _)| done.contains_key(m)) {
+                kept.push(c);
+                continue;
+            }
+            match without(&c, &done) {
+                // Some members' rows stay: keep their WAL segments too (counted whole).
+                Ok(Some(rest)) => {
+                    freed += c.bytes;
+                    added += rest.bytes;
+                    kept.push(Arc::new(rest));
+                }
+                Ok(None) => {
+                    freed += c.bytes;
+                    for (segment, rows) in &c.segments {
+                        if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(*segment) {
+                            *e.get_mut() = e.get().saturating_sub(*rows);
+                            if *e.get() == 0 {
+                                e.remove();
+                            }
+                        }
                     }
                 }
+                // Cannot happen (the indices are the chunk's own); keeping every row is safe.
+                Err(_) => kept.push(c),
             }
         }
-        table.bytes = table.bytes.saturating_sub(freed);
-        state.bytes = state.bytes.saturating_sub(freed);
+        table.chunks = kept;
+        table.bytes = (table.bytes + added).saturating_sub(freed);
+        state.bytes = (state.bytes + added).saturating_sub(freed);
         table.freeze();
         table.recount();
         table.oldest = (!table.is_empty()).then(Instant::now);
@@ -665,7 +701,7 @@ mod tests {
         assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30));
         let flush = buffer.begin_flush(env, name).unwrap();
         assert!(buffer.begin_flush(env, name).is_none(), "one flush at a time");
-        buffer.end_flush(&flush, &[], false);
+        buffer.end_flush(&flush, &[]);
         assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
         let flush = buffer.begin_flush(env, name).unwrap();
         assert_eq!(flush.rows(), 3);
@@ -694,18 +730,32 @@ mod tests {
             max_id: 3,
             max_version: 3,
         };
-        buffer.end_flush(&flush, &[file("a", 1), file("b", 2)], true);
-        assert_eq!(buffer.min_segment(), Some(6), "rows that arrived during the flush stay");
+        buffer.end_flush(&flush, &[file("a", 1)]);
+        assert_eq!(buffer.min_segment(), Some(3), "member 2's file failed: its row and segment stay");
+        assert_eq!(rows(1).1.iter().flat_map(ids).collect::<Vec<_>>(), [4], "member 1's flushed rows left");
+        assert_eq!(rows(2).1.iter().flat_map(ids).collect::<Vec<_>>(), [2]);
+        let flush = buffer.begin_flush(env, name).unwrap();
+        let members = flush.members();
+        assert_eq!(
+            members.iter().map(|(m, p)| (m.get(), flush.gather(p).unwrap().num_rows())).collect::<Vec<_>>(),
+            [(1, 1), (2, 1)]
+        );
+        let mut one = file("a2", 1);
+        (one.min_id, one.max_id) = (4, 4);
+        buffer.end_flush(&flush, &[one, file("b", 2)]);
+        assert_eq!(buffer.min_segment(), None, "everything is in files");
+        assert_eq!(buffer.bytes(), 0);
         insert(1, 4, 7);
+        insert(1, 4, 8);
         assert!(rows(1).0.buffered.repeats, "an id that comes again is an update");
         let names =
             |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
         let path = |m: i64, name: &str| format!("production/ds_energy_consumption/{m}/{name}");
         let (snap, left) = rows(1);
-        assert_eq!(names(&snap), ["a"], "the flushed rows are in the file now");
+        assert_eq!(names(&snap), ["a", "a2"], "the flushed rows are in the files now");
         assert_eq!(left.iter().flat_map(ids).collect::<Vec<_>>(), [4, 4]);
         assert!(rows(2).1.is_empty());
-        buffer.swap_files(&[file("c", 1)], &[path(1, "a")]);
+        buffer.swap_files(&[file("c", 1)], &[path(1, "a"), path(1, "a2")]);
         assert_eq!(names(&rows(1).0), ["c"], "compaction swaps files");
         // The change feed: repeats are ignored, other nodes' replacements applied, and paths
         // this node is committing left to its own flush or compaction.

@@ -281,21 +281,24 @@ impl Run {
         server
     }
 
-    /// Waits until the server's collector has run once (its first flush round); returns
+    /// Waits (up to 30 s) until the server's collector has run once (its first flush round); returns
     /// how many objects it deleted.
     async fn wait_for_collection(&self, server: &Server) -> u64 {
         let url = format!("http://127.0.0.1:{}/metrics", server.port);
         let value = |text: &str, name: &str| {
             text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
         };
-        for _ in 0..200 {
+        for _ in 0..600 {
             let text = self.client.get(&url).send().await.unwrap().text().await.unwrap();
             if value(&text, "trove_ingest_collections_total") >= 1.0 {
                 return value(&text, "trove_ingest_orphans_deleted_total") as u64;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the collector did not run within 10 s of start");
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        let tail: String =
+            log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("the collector did not run within 30 s of start; the server's log ends:\n{tail}");
     }
 
     async fn retry_pending(&mut self, port: u16) {

@@ -148,13 +148,13 @@ impl Ingester {
 
     /// Writes a dataset's flush as one file per member, concurrently, records them (one
     /// catalog commit per thousand files, not one per member) and ends the flush. Returns
-    /// how many files failed; the rows of a flush that failed anywhere stay buffered (and
-    /// in the WAL) for the next round.
+    /// how many files failed; the rows of members whose file failed stay buffered (and in
+    /// the WAL) for the next round.
     async fn flush(&self, flush: FlushBatch) -> usize {
         let flush = Arc::new(flush);
         let gathering = flush.clone();
         let Ok(members) = crate::background::run(move || gathering.members()).await else {
-            self.buffer.end_flush(&flush, &[], false);
+            self.buffer.end_flush(&flush, &[]);
             return 1;
         };
         let written: Vec<Result<ParquetFile, IngestError>> = futures::stream::iter(members)
@@ -200,7 +200,7 @@ impl Ingester {
         if let Some(e) = first_error {
             tracing::warn!(error = %e, files = failed, dataset = %flush.dataset, "flush failed; the rows stay buffered and in the WAL");
         }
-        self.buffer.end_flush(&flush, &committed, failed == 0);
+        self.buffer.end_flush(&flush, &committed);
         failed
     }
 }
