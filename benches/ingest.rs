@@ -55,7 +55,7 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use ingest::buffer::Buffer;
 use ingest::decode::{Format, decode};
 use ingest::persist::Codec;
-use ingest::schema::DatasetSchema;
+use ingest::schema::{DatasetSchema, member_runs};
 use ingest::wal::{self, Durability, Segments};
 use ingest::{persist, validate};
 use test_helpers::{Store, TestConfig, TestServer, now_secs};
@@ -168,19 +168,6 @@ fn stored_by_member(schema: &DatasetSchema, rows: usize, members: usize) -> Reco
     with_ids(schema, &take_record_batch(&batch, &UInt32Array::from(order)).expect("a permutation"))
 }
 
-/// `(member, first row, rows)` of each member's run in a member-sorted batch.
-fn member_runs(batch: &RecordBatch) -> Vec<(MemberId, usize, usize)> {
-    let uids = batch.column(0).as_primitive::<Int64Type>().values();
-    let mut runs: Vec<(MemberId, usize, usize)> = Vec::new();
-    for (row, uid) in uids.iter().enumerate() {
-        match runs.last_mut() {
-            Some((m, _, len)) if m.get() == *uid => *len += 1,
-            _ => runs.push((MemberId::new(*uid).expect("a member uid"), row, 1)),
-        }
-    }
-    runs
-}
-
 fn bench_decode(c: &mut Criterion) {
     let schema = energy_schema();
     let grant = write_everything(&schema);
@@ -265,7 +252,7 @@ fn bench_buffer(c: &mut Criterion) {
     let schema = energy_schema();
     let env = DataEnvironment::Production;
     let batch = stored_by_member(&schema, ROWS, MEMBERS);
-    let runs = member_runs(&batch);
+    let runs = member_runs(&batch).expect("stored batches have member uids");
     let bytes = batch.get_array_memory_size();
     // The buffer as after earlier writes: every member's partition exists and holds rows.
     let warm = || {
@@ -275,7 +262,7 @@ fn bench_buffer(c: &mut Criterion) {
     };
     let buffer = warm();
     buffer.insert_runs(env, &schema, &batch, &runs, 1, bytes);
-    let members: Vec<_> = runs.iter().map(|(m, _, _)| *m).collect();
+    let members: Vec<_> = runs.iter().map(|(m, _, _)| MemberId::new(*m).expect("a member uid")).collect();
     let snapshot = buffer.snapshot(env, &schema.dataset.name, members.iter().copied());
     assert_eq!(snapshot.members.len(), MEMBERS);
     assert!(
@@ -302,8 +289,11 @@ fn bench_persist(c: &mut Criterion) {
     let batch = stored_by_member(&schema, ROWS, MEMBERS);
     let bytes = batch.get_array_memory_size() as u64;
     // A flush takes each member's rows as its own batch(es).
-    let partitions: Vec<RecordBatch> =
-        member_runs(&batch).iter().map(|&(_, start, len)| batch.slice(start, len)).collect();
+    let partitions: Vec<RecordBatch> = member_runs(&batch)
+        .expect("stored batches have member uids")
+        .iter()
+        .map(|&(_, start, len)| batch.slice(start, len))
+        .collect();
     let one_member = stored_by_member(&schema, ROWS, 1);
     let encode_all = |parts: &[RecordBatch], codec: Codec| {
         parts

@@ -30,7 +30,7 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::error::ArrowError;
 
 use crate::columns::ColumnBuilder;
-use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID};
+use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, int_column, member_runs};
 
 /// Writes of at least this many rows are kept as they are; smaller ones are gathered.
 const CHUNK_MIN_ROWS: usize = 256;
@@ -79,8 +79,8 @@ impl Chunk {
 
 /// `batch` sorted by member (stably: each member's rows keep their order, so their ids
 /// too), with each member's run.
-fn by_member(batch: RecordBatch) -> Result<(RecordBatch, Runs), ArrowError> {
-    let members = member_column(&batch)?;
+fn by_member(batch: RecordBatch) -> Result<(RecordBatch, Runs), crate::IngestError> {
+    let members = int_column(&batch, MEMBER_UID)?.values();
     let batch = if members.windows(2).all(|w| w[0] <= w[1]) {
         batch
     } else {
@@ -88,27 +88,25 @@ fn by_member(batch: RecordBatch) -> Result<(RecordBatch, Runs), ArrowError> {
         order.sort_by_key(|&i| members[i as usize]);
         take_record_batch(&batch, &UInt32Array::from(order))?
     };
-    let members = member_column(&batch)?;
-    let mut runs = Runs::new();
-    let mut start = 0;
-    for i in 1..=members.len() {
-        if i == members.len() || members[i] != members[start] {
-            // Stored rows passed validation: every member uid is a valid one.
-            if let Ok(member) = MemberId::new(members[start]) {
-                runs.push((member, start as u32, (i - start) as u32));
-            }
-            start = i;
-        }
-    }
-    Ok((batch, runs))
+    let runs = member_runs(&batch)?;
+    Ok((batch, to_runs(&runs)))
 }
 
-fn member_column(batch: &RecordBatch) -> Result<&[i64], ArrowError> {
-    batch
-        .column_by_name(MEMBER_UID)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .map(|c| c.values().as_ref())
-        .ok_or_else(|| ArrowError::SchemaError("a stored batch without member uids".into()))
+/// Runs as the buffer keeps them. Stored rows passed validation: every member uid is valid.
+fn to_runs(runs: &[(i64, usize, usize)]) -> Runs {
+    runs.iter().filter_map(|&(m, start, len)| Some((MemberId::new(m).ok()?, start as u32, len as u32))).collect()
+}
+
+/// Adds the rows of `batch` (its member `runs`) to what is buffered per member.
+fn count(members: &mut MemberMap<Buffered>, batch: &RecordBatch, runs: &Runs) {
+    let ids = batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>());
+    for &(member, start, len) in runs {
+        let b = members.entry(member).or_default();
+        match ids {
+            Some(ids) => b.add(&ids.values()[start as usize..(start + len) as usize]),
+            None => b.rows += len as usize,
+        }
+    }
 }
 
 /// Small writes' rows, copied until there are enough for a chunk.
@@ -201,14 +199,7 @@ impl Table {
     fn recount(&mut self) {
         self.members.clear();
         for c in &self.chunks {
-            let ids = c.batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>());
-            for &(member, start, len) in &c.runs {
-                let b = self.members.entry(member).or_default();
-                match ids {
-                    Some(ids) => b.add(&ids.values()[start as usize..(start + len) as usize]),
-                    None => b.rows += len as usize,
-                }
-            }
+            count(&mut self.members, &c.batch, &c.runs);
         }
     }
 }
@@ -377,14 +368,15 @@ impl Buffer {
         self.state.lock()
     }
 
-    /// Buffers a stored, member-sorted batch whose member runs are `runs`; `bytes` is its
-    /// memory. Large batches are kept as they are, small ones copied into pending rows.
+    /// Buffers a stored, member-sorted batch whose member runs are `runs` (as
+    /// [`member_runs`] finds them); `bytes` is its memory. Large batches are kept as they
+    /// are, small ones copied into pending rows.
     pub fn insert_runs(
         &self,
         env: DataEnvironment,
         schema: &Arc<DatasetSchema>,
         batch: &RecordBatch,
-        runs: &[(MemberId, usize, usize)],
+        runs: &[(i64, usize, usize)],
         segment: u64,
         bytes: usize,
     ) {
@@ -392,23 +384,16 @@ impl Buffer {
         if rows == 0 {
             return;
         }
-        let ids = batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>());
         let mut state = self.state();
         let state = &mut *state;
         let table = state.tables.entry((env, schema.dataset.name.clone())).or_default();
         if table.schema.is_none() {
             table.schema = Some(schema.clone());
         }
-        for &(member, start, len) in runs {
-            let b = table.members.entry(member).or_default();
-            match ids {
-                Some(ids) => b.add(&ids.values()[start..start + len]),
-                None => b.rows += len,
-            }
-        }
+        let runs = to_runs(runs);
+        count(&mut table.members, batch, &runs);
         let sorted = runs.windows(2).all(|w| w[0].0 < w[1].0);
         if rows >= CHUNK_MIN_ROWS && sorted {
-            let runs = runs.iter().map(|&(m, start, len)| (m, start as u32, len as u32)).collect();
             let segments = BTreeMap::from([(segment, rows)]);
             table.chunks.push(Arc::new(Chunk { batch: batch.clone(), runs, bytes, segments }));
         } else {
@@ -692,7 +677,7 @@ mod tests {
         let member = |m: i64| MemberId::new(m).unwrap();
         let buffer = Buffer::default();
         let insert = |m: i64, n: i64, segment: u64| {
-            buffer.insert_runs(DataEnvironment::Production, &schema, &batch(m, n), &[(member(m), 0, 1)], segment, 10)
+            buffer.insert_runs(DataEnvironment::Production, &schema, &batch(m, n), &[(m, 0, 1)], segment, 10)
         };
         let (env, name) = (DataEnvironment::Production, &schema.dataset.name);
         insert(1, 1, 3);

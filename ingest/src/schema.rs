@@ -31,6 +31,20 @@ pub fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int64Arr
         .ok_or_else(|| IngestError::Internal(format!("a batch without an integer {name} column")))
 }
 
+/// Runs of equal member uids in a member-sorted batch: `(member, start, len)`.
+pub fn member_runs(batch: &RecordBatch) -> Result<Vec<(i64, usize, usize)>, IngestError> {
+    let members = int_column(batch, MEMBER_UID)?.values();
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=members.len() {
+        if i == members.len() || members[i] != members[start] {
+            runs.push((members[start], start, i - start));
+            start = i;
+        }
+    }
+    Ok(runs)
+}
+
 /// The Arrow type of a field type (docs/api.md: Int64, Float64, Utf8, plus Decimal and
 /// Boolean).
 pub fn arrow_type(t: FieldType) -> DataType {

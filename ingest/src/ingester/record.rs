@@ -8,7 +8,7 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
-use crate::schema::{MEMBER_UID, int_column};
+use crate::schema::member_runs;
 
 /// What a WAL record says besides its rows.
 #[derive(Debug, Serialize, Deserialize)]
@@ -115,20 +115,6 @@ pub(crate) fn decode_wal_record(payload: &[u8]) -> Result<usize, IngestError> {
     }
     let (_, batches) = decode_record(payload)?;
     Ok(batches.iter().map(RecordBatch::num_rows).sum())
-}
-
-/// Runs of equal member uids in a member-sorted batch: `(member, start, len)`.
-pub(super) fn member_runs(batch: &RecordBatch) -> Result<Vec<(i64, usize, usize)>, IngestError> {
-    let members = int_column(batch, MEMBER_UID)?.values();
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 1..=members.len() {
-        if i == members.len() || members[i] != members[start] {
-            runs.push((members[start], start, i - start));
-            start = i;
-        }
-    }
-    Ok(runs)
 }
 
 /// `(member, rows)` of a member-sorted batch.

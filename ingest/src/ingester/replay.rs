@@ -10,12 +10,12 @@ use catalog::{Catalog, DatasetName, MemberId};
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, max};
 
-use super::record::{decode_reads, decode_record, member_runs, run_lengths};
+use super::record::{decode_reads, decode_record, run_lengths};
 use super::sequencer::Counters;
 use crate::IngestError;
 use crate::buffer::Buffer;
 use crate::idempotency::Keys;
-use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column};
+use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column, member_runs};
 use crate::wal;
 use crate::writelog::WriteLog;
 
@@ -98,10 +98,7 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
             let fresh = filter_record_batch(&batch, &BooleanArray::from(keep))?;
             if fresh.num_rows() > 0 {
                 replayed += fresh.num_rows();
-                let runs: Vec<(MemberId, usize, usize)> = member_runs(&fresh)?
-                    .into_iter()
-                    .filter_map(|(m, start, len)| Some((MemberId::new(m).ok()?, start, len)))
-                    .collect();
+                let runs = member_runs(&fresh)?;
                 let bytes = fresh.get_array_memory_size();
                 buffer.insert_runs(header.env, &schema, &fresh, &runs, *segment, bytes);
             }

@@ -13,12 +13,12 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use tokio::sync::oneshot;
 
-use super::record::{RecordHeader, encode_record, member_runs};
+use super::record::{RecordHeader, encode_record};
 use super::{Ingester, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::{Buffer, MemberMap};
 use crate::idempotency::{Claim, Keys};
-use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column};
+use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column, member_runs};
 use crate::wal::Segments;
 use crate::writelog::WriteLog;
 
@@ -283,8 +283,6 @@ fn assign_ids(op: &WriteOp, counters: &mut Counters, version: i64) -> Result<Sto
 /// Inserts a stored (member-sorted) write into the buffer, each member's rows into its
 /// partition.
 fn buffer_rows(buffer: &Buffer, schema: &Arc<DatasetSchema>, header: &RecordHeader, stored: &Stored, segment: u64) {
-    let runs: Vec<(MemberId, usize, usize)> =
-        stored.runs.iter().filter_map(|&(m, start, len)| Some((MemberId::new(m).ok()?, start, len))).collect();
     let batch = &stored.batch;
-    buffer.insert_runs(header.env, schema, batch, &runs, segment, batch.get_array_memory_size());
+    buffer.insert_runs(header.env, schema, batch, &stored.runs, segment, batch.get_array_memory_size());
 }
