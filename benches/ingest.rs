@@ -345,7 +345,7 @@ async fn deliver_day(s: &TestServer, schema: &Arc<DatasetSchema>, day: i64) -> i
         let start = day * DAY + part * (96 / FILES as i64) * 900;
         let batch = decode(schema, Format::Ndjson, &ndjson(schema, rows, COMPACTED, start)).expect("NDJSON decodes");
         s.ingester.write(schema.clone(), env, connection, batch).await.expect("write");
-        s.flush().await;
+        s.settle().await;
     }
     let after: i64 = s.catalog.all_parquet_files().await.expect("manifest").iter().map(|f| f.size_bytes).sum();
     after - before

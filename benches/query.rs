@@ -101,7 +101,7 @@ fn bench_query(c: &mut Criterion) {
         let env: DataEnvironment = s.creds.subscribers[0].connection.environment.into();
         for day in first..first + DAYS {
             s.ingester.write(schema.clone(), env, connection, day_of_readings(&schema, day)).await.expect("write");
-            s.flush().await;
+            s.settle().await;
         }
         energy_co_scope(&s).await
     });
@@ -148,7 +148,11 @@ fn bench_query(c: &mut Criterion) {
         // The files holding the day of those members.
         let bytes: i64 = files
             .iter()
-            .filter(|f| read_members.contains(&f.member.get()) && f.min_event_time >= from && f.max_event_time < to)
+            .filter(|f| {
+                f.member.is_some_and(|m| read_members.contains(&m.get()))
+                    && f.min_event_time >= from
+                    && f.max_event_time < to
+            })
             .map(|f| f.size_bytes)
             .sum();
         g.throughput(Throughput::ElementsAndBytes { elements: rows as u64, bytes: bytes as u64 });

@@ -109,7 +109,7 @@ async fn deliver(
             assert_eq!(status, StatusCode::OK, "{answer}");
         }
         if flush {
-            s.flush().await;
+            s.settle().await;
         }
     }
 }

@@ -229,6 +229,13 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_COMPACT_MIN_FILES", default_value_t = 4, value_parser = clap::value_parser!(i64).range(2..))]
     pub compact_min_files: i64,
 
+    /// Rows stay in hot files (one per dataset and flush, several members' rows sorted by
+    /// member) this long after they arrived (humantime); compaction then settles them into
+    /// per-member files. Shorter means more, smaller files per member (compaction merges
+    /// them by day); longer means more hot files for each read of the dataset to open.
+    #[arg(long, env = "TROVE_HOT_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub hot_window: Duration,
+
     /// Objects in the store that the manifest does not name (left by a crash between a put
     /// and its commit) are deleted once they are this old (humantime); checked an hour
     /// apart, the first time soon after start. Longer than any put waits for its commit.

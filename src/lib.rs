@@ -131,6 +131,7 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         compaction: ingest::compact::CompactionConfig {
             min_files: args.compact_min_files,
             orphan_grace: args.orphan_grace,
+            hot_window: args.hot_window,
             ..Default::default()
         },
         compact_interval: args.compact_interval,

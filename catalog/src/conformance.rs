@@ -412,7 +412,7 @@ async fn manifest(c: &Catalog) {
     let file = |path: &str, min_id: i64, max_id: i64, t: i64| ParquetFile {
         environment: DataEnvironment::Production,
         dataset: ds.clone(),
-        member,
+        member: Some(member),
         path: path.into(),
         rows: max_id - min_id + 1,
         size_bytes: 1000,
@@ -429,7 +429,7 @@ async fn manifest(c: &Catalog) {
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
     assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest events first");
     assert!(c.parquet_files(DataEnvironment::Sandbox, &ds, member).await.unwrap().is_empty());
-    assert_eq!(c.max_row_ids().await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), member, 20, 20)]);
+    assert_eq!(c.max_row_ids().await.unwrap(), vec![(DataEnvironment::Production, ds.clone(), Some(member), 20, 20)]);
     // Compaction's swap: the merged file replaces both in one transaction.
     c.commit_parquet_files(&[file("ab", 1, 20, 100)], &["a".into(), "b".into()]).await.unwrap();
     let files = c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap();
@@ -462,4 +462,25 @@ async fn manifest(c: &Catalog) {
         vec![((DataEnvironment::Production, ds.clone(), member), 3)]
     );
     assert!(c.compaction_candidates(2000, 4, 10).await.unwrap().is_empty());
+    // Hot files (several members' rows): in the feed and the watermark, never compaction's
+    // per-member work, and found by age for settling.
+    let hot = |path: &str, max_version: i64| ParquetFile { member: None, max_version, ..file(path, 1, 5, 400) };
+    let before_hot = c.manifest_seq().await.unwrap();
+    c.commit_parquet_files(&[hot("h1", 500), hot("h2", 600), hot("h3", 700)], &[]).await.unwrap();
+    let feed = c.manifest_changes(before_hot).await.unwrap();
+    assert_eq!(
+        feed.added.iter().map(|f| (f.path.as_str(), f.member)).collect::<Vec<_>>(),
+        [("h1", None), ("h2", None), ("h3", None)]
+    );
+    assert!(
+        c.max_row_ids().await.unwrap().contains(&(DataEnvironment::Production, ds.clone(), None, 5, 700)),
+        "the hot files' watermark"
+    );
+    assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap().len(), 1, "hot files are not a member's");
+    let found = c.hot_files_before(i64::MAX).await.unwrap();
+    assert_eq!(found.iter().map(|(f, _)| f.path.as_str()).collect::<Vec<_>>(), ["h1", "h2", "h3"]);
+    assert!(c.hot_files_before(found[0].1).await.unwrap().is_empty(), "younger than the cut-off");
+    assert!(
+        c.parquet_files(DataEnvironment::Production, &ds, member).await.unwrap().iter().all(|f| f.member.is_some())
+    );
 }

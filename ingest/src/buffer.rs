@@ -10,7 +10,7 @@
 //! 1,000 readings for 1,000 meters is one chunk (its stored batch, sorted by member, and
 //! where each member's rows start), kept without a copy. What a row costs therefore does
 //! not depend on how many members there are: a reader finds a member's rows by a binary
-//! search per chunk, and a flush gathers each member's rows from every chunk at once.
+//! search per chunk, and a flush writes every chunk of a dataset as one hot file.
 //! (Copying each member's rows into builders of its own cost a kilobyte per member before
 //! its first row, and a hash lookup and a copy per column for every member of every write.)
 //! Small writes, a few rows each as the Mydex door sends them, are copied into one set of
@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{interleave_record_batch, take_record_batch};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::error::ArrowError;
 
@@ -129,7 +129,9 @@ pub struct Buffered {
 }
 
 impl Buffered {
-    fn add(&mut self, ids: &[i64]) {
+    /// Counts rows with these ids (in their order): a reader of hot files counts a
+    /// member's rows there the same way.
+    pub fn add(&mut self, ids: &[i64]) {
         let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return };
         let increasing = ids.windows(2).all(|w| w[0] < w[1]);
         let (lo, hi) = if increasing {
@@ -161,9 +163,11 @@ struct Table {
     oldest: Option<Instant>,
     /// How many of the first chunks a running flush holds.
     flushing: Option<usize>,
-    /// Shared with snapshots (a read of 10,000 members copies 10,000 pointers, not lists);
-    /// changed copy-on-write.
+    /// Settled files per member. Shared with snapshots (a read of 10,000 members copies
+    /// 10,000 pointers, not lists); changed copy-on-write.
     files: MemberMap<Arc<Vec<Arc<ParquetFile>>>>,
+    /// Hot files: every member's rows of a flush, sorted by member.
+    hot: Arc<Vec<Arc<ParquetFile>>>,
 }
 
 impl Table {
@@ -204,22 +208,6 @@ impl Table {
     }
 }
 
-/// `chunk` without the rows of `done` members, or `None` when no row is left.
-fn without(chunk: &Chunk, done: &MemberMap<()>) -> Result<Option<Chunk>, ArrowError> {
-    let mut indices = Vec::new();
-    let mut runs = Runs::new();
-    for &(member, start, len) in chunk.runs.iter().filter(|(m, _, _)| !done.contains_key(m)) {
-        runs.push((member, indices.len() as u32, len));
-        indices.extend(start..start + len);
-    }
-    if runs.is_empty() {
-        return Ok(None);
-    }
-    let batch = take_record_batch(&chunk.batch, &UInt32Array::from(indices))?;
-    let bytes = batch.get_array_memory_size();
-    Ok(Some(Chunk { batch, runs, bytes, segments: chunk.segments.clone() }))
-}
-
 /// A dataset's rows handed to a flush: every chunk buffered when it began.
 #[derive(Debug)]
 pub struct FlushBatch {
@@ -227,10 +215,9 @@ pub struct FlushBatch {
     pub dataset: DatasetName,
     pub schema: Arc<DatasetSchema>,
     chunks: Vec<Arc<Chunk>>,
+    /// Whether a member's id may come twice among the rows (an update).
+    pub repeats: bool,
 }
-
-/// Where a member's rows of a flush are: (chunk, first row, rows).
-pub type Places = Vec<(u32, u32, u32)>;
 
 impl FlushBatch {
     /// Rows in the flush.
@@ -238,31 +225,9 @@ impl FlushBatch {
         self.chunks.iter().map(|c| c.batch.num_rows()).sum()
     }
 
-    /// Each member's rows, by member.
-    pub fn members(&self) -> Vec<(MemberId, Places)> {
-        let mut by: MemberMap<Places> = MemberMap::default();
-        for (i, c) in self.chunks.iter().enumerate() {
-            for &(member, start, len) in &c.runs {
-                by.entry(member).or_default().push((i as u32, start, len));
-            }
-        }
-        let mut out: Vec<(MemberId, Places)> = by.into_iter().collect();
-        out.sort_unstable_by_key(|(m, _)| *m);
-        out
-    }
-
-    /// One member's rows (from [`FlushBatch::members`]) as one batch.
-    pub fn gather(&self, places: &[(u32, u32, u32)]) -> Result<RecordBatch, ArrowError> {
-        if let [(chunk, start, len)] = places {
-            return Ok(self.chunks[*chunk as usize].batch.slice(*start as usize, *len as usize));
-        }
-        let batches: Vec<&RecordBatch> = places.iter().map(|(c, _, _)| &self.chunks[*c as usize].batch).collect();
-        let rows: Vec<(usize, usize)> = places
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &(_, start, len))| (start..start + len).map(move |r| (i, r as usize)))
-            .collect();
-        interleave_record_batch(&batches, &rows)
+    /// The rows, each chunk's batch (sorted by member within the chunk).
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.chunks.iter().map(|c| c.batch.clone()).collect()
     }
 }
 
@@ -295,11 +260,13 @@ pub struct Snapshot {
     pub files: Arc<Vec<Arc<ParquetFile>>>,
 }
 
-/// What a read of a dataset sees, in one consistent step: the members with rows or files,
-/// and the buffered rows themselves ([`TableSnapshot::rows`]).
+/// What a read of a dataset sees, in one consistent step: the members with rows or
+/// settled files, the dataset's hot files (which may hold any member's rows), and the
+/// buffered rows themselves ([`TableSnapshot::rows`]).
 #[derive(Debug, Default)]
 pub struct TableSnapshot {
     pub members: Vec<(MemberId, Snapshot)>,
+    pub hot: Arc<Vec<Arc<ParquetFile>>>,
     chunks: Vec<Arc<Chunk>>,
 }
 
@@ -347,11 +314,32 @@ struct State {
     segments: BTreeMap<u64, usize>,
 }
 
-/// Adds a file to a partition's index unless it is there already (the manifest's change
-/// feed repeats this node's own changes).
-fn add_file(files: &mut Arc<Vec<Arc<ParquetFile>>>, file: &ParquetFile) {
+/// Adds a file to its table's index (a member's files, or the hot files) unless it is
+/// there already (the manifest's change feed repeats this node's own changes).
+fn add_file(tables: &mut HashMap<(DataEnvironment, DatasetName), Table>, file: &ParquetFile) {
+    let table = tables.entry((file.environment, file.dataset.clone())).or_default();
+    let files = match file.member {
+        Some(member) => table.files.entry(member).or_default(),
+        None => &mut table.hot,
+    };
     if !files.iter().any(|f| f.path == file.path) {
         Arc::make_mut(files).push(Arc::new(file.clone()));
+    }
+}
+
+/// Drops a file from the index, wherever its path says it is.
+fn remove_file(tables: &mut HashMap<(DataEnvironment, DatasetName), Table>, path: &str) {
+    let Some((env, dataset, member)) = crate::partition::owner_of(path) else { return };
+    let Some(table) = tables.get_mut(&(env, dataset)) else { return };
+    let files = match member {
+        Some(member) => match table.files.get_mut(&member) {
+            Some(files) => files,
+            None => return,
+        },
+        None => &mut table.hot,
+    };
+    if files.iter().any(|f| f.path == path) {
+        Arc::make_mut(files).retain(|f| f.path != path);
     }
 }
 
@@ -426,7 +414,7 @@ impl Buffer {
 
     /// Recorded files in the index, over every partition.
     pub fn file_count(&self) -> usize {
-        self.state().tables.values().flat_map(|t| t.files.values()).map(|f| f.len()).sum()
+        self.state().tables.values().map(|t| t.hot.len() + t.files.values().map(|f| f.len()).sum::<usize>()).sum()
     }
 
     /// Datasets due for a flush: their oldest row older than `max_age` or their rows larger
@@ -477,64 +465,42 @@ impl Buffer {
             return None;
         }
         table.flushing = Some(table.chunks.len());
-        Some(FlushBatch { env, dataset: dataset.clone(), schema: table.schema.clone()?, chunks: table.chunks.clone() })
+        let repeats = table.members.values().any(|m| m.repeats);
+        let (schema, chunks) = (table.schema.clone()?, table.chunks.clone());
+        Some(FlushBatch { env, dataset: dataset.clone(), schema, chunks, repeats })
     }
 
-    /// Ends a flush: the recorded `files` (one per member) join the index and their rows
-    /// leave the buffer, in one step for readers. Rows of members whose file was not
-    /// recorded stay for a later flush (so no row is ever in two files).
-    pub fn end_flush(&self, flush: &FlushBatch, files: &[ParquetFile]) {
+    /// Ends a flush: once its hot `file` is recorded, the file joins the index and the
+    /// flushed rows leave the buffer, in one step for readers; without one (the flush
+    /// failed) every row stays for a later flush.
+    pub fn end_flush(&self, flush: &FlushBatch, file: Option<&ParquetFile>) {
         let mut state = self.state();
         let state = &mut *state;
-        let Some(table) = state.tables.get_mut(&(flush.env, flush.dataset.clone())) else { return };
+        let key = (flush.env, flush.dataset.clone());
+        let Some(table) = state.tables.get_mut(&key) else { return };
         table.flushing = None;
-        let mut done: MemberMap<()> = MemberMap::default();
-        for file in files {
-            add_file(table.files.entry(file.member).or_default(), file);
-            state.own.remove(&file.path);
-            done.insert(file.member, ());
-        }
-        if done.is_empty() {
-            return;
-        }
-        // Only flushes remove or replace chunks, one at a time per dataset, and chunks are
-        // only ever appended: the flushed ones are still the first.
-        let mut kept = Vec::with_capacity(table.chunks.len());
+        let Some(file) = file else { return };
+        // Only flushes remove chunks, one at a time per dataset, and chunks are only ever
+        // appended: the flushed ones are still the first.
         let mut freed = 0;
-        let mut added = 0;
-        for (i, c) in table.chunks.drain(..).enumerate() {
-            if i >= flush.chunks.len() || !c.runs.iter().any(|(m, _, _)| done.contains_key(m)) {
-                kept.push(c);
-                continue;
-            }
-            match without(&c, &done) {
-                // Some members' rows stay: keep their WAL segments too (counted whole).
-                Ok(Some(rest)) => {
-                    freed += c.bytes;
-                    added += rest.bytes;
-                    kept.push(Arc::new(rest));
-                }
-                Ok(None) => {
-                    freed += c.bytes;
-                    for (segment, rows) in &c.segments {
-                        if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(*segment) {
-                            *e.get_mut() = e.get().saturating_sub(*rows);
-                            if *e.get() == 0 {
-                                e.remove();
-                            }
-                        }
+        for c in table.chunks.drain(..flush.chunks.len()) {
+            freed += c.bytes;
+            for (segment, rows) in &c.segments {
+                if let std::collections::btree_map::Entry::Occupied(mut e) = state.segments.entry(*segment) {
+                    *e.get_mut() = e.get().saturating_sub(*rows);
+                    if *e.get() == 0 {
+                        e.remove();
                     }
                 }
-                // Cannot happen (the indices are the chunk's own); keeping every row is safe.
-                Err(_) => kept.push(c),
             }
         }
-        table.chunks = kept;
-        table.bytes = (table.bytes + added).saturating_sub(freed);
-        state.bytes = (state.bytes + added).saturating_sub(freed);
+        table.bytes = table.bytes.saturating_sub(freed);
+        state.bytes = state.bytes.saturating_sub(freed);
         table.freeze();
         table.recount();
         table.oldest = (!table.is_empty()).then(Instant::now);
+        state.own.remove(&file.path);
+        add_file(&mut state.tables, file);
     }
 
     /// The oldest WAL segment holding buffered rows: every older segment may be deleted.
@@ -557,23 +523,15 @@ impl Buffer {
     /// node's own changes come back through the feed too, and are already applied.
     pub fn apply_manifest(&self, added: impl IntoIterator<Item = ParquetFile>, removed: &[String]) {
         let mut state = self.state();
+        let state = &mut *state;
         for f in added {
-            if state.own.contains(&f.path) {
-                continue;
+            if !state.own.contains(&f.path) {
+                add_file(&mut state.tables, &f);
             }
-            let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
-            add_file(table.files.entry(f.member).or_default(), &f);
         }
         for path in removed {
-            if state.own.contains(path) {
-                continue;
-            }
-            let Some(key) = crate::partition::partition_of(path) else { continue };
-            if let Some(files) =
-                state.tables.get_mut(&(key.env, key.dataset)).and_then(|t| t.files.get_mut(&key.member))
-                && files.iter().any(|f| &f.path == path)
-            {
-                Arc::make_mut(files).retain(|f| &f.path != path);
+            if !state.own.contains(path) {
+                remove_file(&mut state.tables, path);
             }
         }
     }
@@ -585,6 +543,7 @@ impl Buffer {
             let mut state = self.state();
             for table in state.tables.values_mut() {
                 table.files.clear();
+                table.hot = Arc::default();
             }
         }
         self.apply_manifest(files, &[]);
@@ -604,22 +563,19 @@ impl Buffer {
         }
     }
 
-    /// Swaps files in the index once the manifest has swapped them (compaction). Flushes and
-    /// compaction take turns on the flusher task, so a file is in the index before
-    /// compaction can replace it.
+    /// Swaps files in the index once the manifest has swapped them (compaction, settling),
+    /// in one step for readers. Flushes and compaction take turns on the flusher task, so a
+    /// file is in the index before compaction can replace it.
     pub fn swap_files(&self, added: &[ParquetFile], replaced: &[String]) {
         let mut state = self.state();
-        for f in added {
-            let table = state.tables.entry((f.environment, f.dataset.clone())).or_default();
-            let files = table.files.entry(f.member).or_default();
-            if files.iter().any(|old| replaced.contains(&old.path)) {
-                Arc::make_mut(files).retain(|old| !replaced.contains(&old.path));
-            }
-            add_file(files, f);
-            state.own.remove(&f.path);
-        }
+        let state = &mut *state;
         for path in replaced {
+            remove_file(&mut state.tables, path);
             state.own.remove(path);
+        }
+        for f in added {
+            add_file(&mut state.tables, f);
+            state.own.remove(&f.path);
         }
     }
 
@@ -645,7 +601,7 @@ impl Buffer {
         // Pending rows are copied for the reader, not made a chunk: a loop of small writes
         // and reads would otherwise leave a chunk of a few rows per read.
         chunks.extend(table.pending_chunk(true).map(Arc::new));
-        TableSnapshot { members: out, chunks }
+        TableSnapshot { members: out, hot: table.hot.clone(), chunks }
     }
 }
 
@@ -686,27 +642,28 @@ mod tests {
         assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30));
         let flush = buffer.begin_flush(env, name).unwrap();
         assert!(buffer.begin_flush(env, name).is_none(), "one flush at a time");
-        buffer.end_flush(&flush, &[]);
+        buffer.end_flush(&flush, None);
         assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
         let flush = buffer.begin_flush(env, name).unwrap();
         assert_eq!(flush.rows(), 3);
-        let members = flush.members();
-        assert_eq!(members.iter().map(|(m, _)| m.get()).collect::<Vec<_>>(), [1, 2]);
-        let ids = |b: &RecordBatch| b.column(2).as_primitive::<Int64Type>().values().to_vec();
-        assert_eq!(ids(&flush.gather(&members[0].1).unwrap()), [1, 3], "a member's rows, in order");
         insert(1, 4, 6);
-        let rows = |m: i64| -> (Snapshot, Vec<RecordBatch>) {
+        let rows = |m: i64| -> (TableSnapshot, Vec<RecordBatch>) {
             let s = buffer.snapshot(env, name, [member(m)]);
-            (s.members.first().map(|(_, s)| s.clone()).unwrap_or_default(), s.rows(&[member(m)]).unwrap())
+            let rows = s.rows(&[member(m)]).unwrap();
+            (s, rows)
         };
+        let ids = |b: &RecordBatch| b.column(2).as_primitive::<Int64Type>().values().to_vec();
         let (one, batches) = rows(1);
-        assert_eq!(one.buffered, Buffered { rows: 3, min_id: 1, max_id: 4, repeats: false });
+        assert_eq!(one.members[0].1.buffered, Buffered { rows: 3, min_id: 1, max_id: 4, repeats: false });
         assert_eq!(batches.iter().flat_map(ids).collect::<Vec<_>>(), [1, 3, 4], "readers see flushing rows too");
-        let file = |path: &str, m: i64| ParquetFile {
+        let file = |path: &str, m: Option<i64>| ParquetFile {
             environment: DataEnvironment::Production,
             dataset: schema.dataset.name.clone(),
-            member: MemberId::new(m).unwrap(),
-            path: format!("production/ds_energy_consumption/{m}/{path}"),
+            member: m.map(|m| MemberId::new(m).unwrap()),
+            path: match m {
+                Some(m) => format!("production/ds_energy_consumption/{m}/{path}"),
+                None => format!("production/ds_energy_consumption/hot/{path}"),
+            },
             rows: 2,
             size_bytes: 1,
             min_event_time: 0,
@@ -715,45 +672,51 @@ mod tests {
             max_id: 3,
             max_version: 3,
         };
-        buffer.end_flush(&flush, &[file("a", 1)]);
-        assert_eq!(buffer.min_segment(), Some(3), "member 2's file failed: its row and segment stay");
-        assert_eq!(rows(1).1.iter().flat_map(ids).collect::<Vec<_>>(), [4], "member 1's flushed rows left");
-        assert_eq!(rows(2).1.iter().flat_map(ids).collect::<Vec<_>>(), [2]);
+        buffer.end_flush(&flush, Some(&file("h1", None)));
+        assert_eq!(buffer.min_segment(), Some(6), "the flushed rows' segments go; the later write's stays");
+        assert_eq!(rows(1).1.iter().flat_map(ids).collect::<Vec<_>>(), [4], "the flushed rows left");
+        assert!(rows(2).1.is_empty());
+        let hot =
+            |s: &TableSnapshot| s.hot.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
+        assert_eq!(hot(&rows(2).0), ["h1"], "every member's read sees the hot file");
         let flush = buffer.begin_flush(env, name).unwrap();
-        let members = flush.members();
-        assert_eq!(
-            members.iter().map(|(m, p)| (m.get(), flush.gather(p).unwrap().num_rows())).collect::<Vec<_>>(),
-            [(1, 1), (2, 1)]
-        );
-        let mut one = file("a2", 1);
-        (one.min_id, one.max_id) = (4, 4);
-        buffer.end_flush(&flush, &[one, file("b", 2)]);
+        buffer.end_flush(&flush, Some(&file("h2", None)));
         assert_eq!(buffer.min_segment(), None, "everything is in files");
         assert_eq!(buffer.bytes(), 0);
         insert(1, 4, 7);
         insert(1, 4, 8);
-        assert!(rows(1).0.buffered.repeats, "an id that comes again is an update");
-        let names =
-            |s: &Snapshot| s.files.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
+        assert!(rows(1).0.members[0].1.buffered.repeats, "an id that comes again is an update");
+        let names = |s: &TableSnapshot| {
+            s.members
+                .iter()
+                .flat_map(|(_, m)| m.files.iter())
+                .map(|f| f.path.rsplit('/').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
         let path = |m: i64, name: &str| format!("production/ds_energy_consumption/{m}/{name}");
-        let (snap, left) = rows(1);
-        assert_eq!(names(&snap), ["a", "a2"], "the flushed rows are in the files now");
-        assert_eq!(left.iter().flat_map(ids).collect::<Vec<_>>(), [4, 4]);
-        assert!(rows(2).1.is_empty());
-        buffer.swap_files(&[file("c", 1)], &[path(1, "a"), path(1, "a2")]);
+        let hot_path = |name: &str| format!("production/ds_energy_consumption/hot/{name}");
+        // Settling: hot files swapped for per-member files in one step.
+        buffer.swap_files(&[file("a", Some(1)), file("b", Some(2))], &[hot_path("h1"), hot_path("h2")]);
+        assert!(hot(&rows(1).0).is_empty());
+        assert_eq!(names(&rows(1).0), ["a"]);
+        assert_eq!(names(&rows(2).0), ["b"]);
+        buffer.swap_files(&[file("c", Some(1))], &[path(1, "a")]);
         assert_eq!(names(&rows(1).0), ["c"], "compaction swaps files");
         // The change feed: repeats are ignored, other nodes' replacements applied, and paths
         // this node is committing left to its own flush or compaction.
-        buffer.apply_manifest([file("c", 1), file("e", 1)], &[path(2, "b")]);
+        buffer.apply_manifest([file("c", Some(1)), file("e", Some(1)), file("h3", None)], &[path(2, "b")]);
         assert_eq!(names(&rows(1).0), ["c", "e"]);
-        assert!(rows(2).0.files.is_empty());
+        assert_eq!(hot(&rows(1).0), ["h3"]);
+        assert!(rows(2).0.members.is_empty());
         buffer.claim([path(1, "f"), path(1, "e")]);
-        buffer.apply_manifest([file("f", 1)], &[path(1, "e")]);
+        buffer.apply_manifest([file("f", Some(1))], &[path(1, "e"), hot_path("h3")]);
         assert_eq!(names(&rows(1).0), ["c", "e"], "paths being committed here are left to this node");
-        buffer.swap_files(&[file("f", 1)], &[path(1, "e")]);
+        assert!(hot(&rows(1).0).is_empty(), "another node settled a hot file");
+        buffer.swap_files(&[file("f", Some(1))], &[path(1, "e")]);
         assert_eq!(names(&rows(1).0), ["c", "f"]);
-        buffer.replace_files([file("g", 2)]);
-        assert!(rows(1).0.files.is_empty());
+        buffer.replace_files([file("g", Some(2)), file("h4", None)]);
+        assert_eq!(names(&rows(1).0), Vec::<String>::new());
         assert_eq!(names(&rows(2).0), ["g"]);
+        assert_eq!(hot(&rows(2).0), ["h4"]);
     }
 }

@@ -16,7 +16,7 @@ use object_store::path::Path;
 
 use crate::IngestError;
 use crate::compact::Compactor;
-use crate::partition::partition_of;
+use crate::partition::is_data_file;
 
 /// Deletes the unrecorded Parquet objects of the store older than the compactor's
 /// `orphan_grace` (at `now_ms`, epoch ms); returns how many.
@@ -37,8 +37,8 @@ pub(crate) async fn collect(
         .into_iter()
         .filter(|meta| {
             let path = meta.location.as_ref();
-            let ours = path.ends_with(".parquet") && partition_of(path).is_some();
-            ours && meta.last_modified.timestamp_millis() <= cutoff
+            is_data_file(path)
+                && meta.last_modified.timestamp_millis() <= cutoff
                 && !recorded.contains(path)
                 && !compactor.is_doomed(path)
         })

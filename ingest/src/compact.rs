@@ -1,8 +1,10 @@
-//! Compaction: a member's small files of a dataset merged into few, well-sized ones: by
-//! event day for recent data, by month once the data is cold, keeping only the newest
-//! version of each row. The merged file is put first, then one catalog transaction swaps it
-//! for the old ones and the read index follows (readers see either, never both), then the
-//! old objects are deleted after a grace period for reads already planned.
+//! Compaction: hot files settled into per-member files once the hot window is over, a
+//! dataset's small hot files merged meanwhile (fewer files for every read to open), and a
+//! member's small files of a dataset merged into few, well-sized ones: by event day for
+//! recent data, by month once the data is cold, keeping only the newest version of each
+//! row. New files are put first, then one catalog transaction swaps them for the old ones
+//! and the read index follows (readers see either, never both), then the old objects are
+//! deleted after a grace period for reads already planned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use catalog::{Catalog, ErrorKind, ParquetFile};
 use datafusion::arrow::array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -39,7 +42,16 @@ pub struct CompactionConfig {
     /// Objects the manifest does not name are deleted once they are this old and were not
     /// replaced within it ([`crate::collect`]): longer than any put waits for its commit.
     pub orphan_grace: Duration,
+    /// Rows stay in hot files (several members' rows) this long after they arrived, then
+    /// are settled into per-member files.
+    pub hot_window: Duration,
 }
+
+/// Hot files below this size are merged, once a dataset has `min_files` of them.
+const HOT_SMALL_BYTES: i64 = 64 << 20;
+
+/// At most this many bytes of hot files are rewritten in one merge or settling step.
+const HOT_STEP_BYTES: i64 = 512 << 20;
 
 impl Default for CompactionConfig {
     fn default() -> Self {
@@ -49,6 +61,7 @@ impl Default for CompactionConfig {
             cold_after_secs: 7 * 86_400,
             delete_grace: Duration::from_secs(60),
             orphan_grace: Duration::from_secs(15 * 60),
+            hot_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -88,7 +101,9 @@ impl Compactor {
         schema_of: &SchemaOf<'_>,
         now_secs: i64,
     ) -> Result<usize, IngestError> {
-        let mut replaced = 0;
+        let window = i64::try_from(self.config.hot_window.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = (now_secs * 1000).saturating_sub(window);
+        let mut replaced = self.rewrite_hot(catalog, store, buffer, schema_of, cutoff).await?;
         let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 100_000).await?;
         let work: Vec<(PartitionKey, i64)> = {
             let settled = self.settled.lock();
@@ -143,13 +158,117 @@ impl Compactor {
         let old: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
         let file = persist::write_file(store, key, schema, batches, persist::Codec::Compacted).await?;
         buffer.claim(old.iter().cloned().chain([file.path.clone()]));
-        if let Err(e) = persist::commit(store, catalog, std::slice::from_ref(&file), &old).await {
+        if let Err(e) = persist::commit(store, catalog, std::slice::from_ref(&file), &old, None).await {
             buffer.release(old.iter().chain([&file.path]));
             return Err(e);
         }
         buffer.swap_files(&[file], &old);
         let at = Instant::now();
         self.doomed.lock().extend(old.into_iter().map(|p| (at, p)));
+        Ok(())
+    }
+
+    /// Hot files: those that arrived before `cutoff` (epoch ms) settled into per-member
+    /// files, then each dataset's small younger ones merged into one, a step of at most
+    /// [`HOT_STEP_BYTES`] per dataset and pass. Returns the number of files replaced.
+    pub(crate) async fn rewrite_hot(
+        &self,
+        catalog: &Catalog,
+        store: &Arc<dyn ObjectStore>,
+        buffer: &Buffer,
+        schema_of: &SchemaOf<'_>,
+        cutoff: i64,
+    ) -> Result<usize, IngestError> {
+        let mut by_table: BTreeMap<(catalog::DataEnvironment, catalog::DatasetName), Vec<(ParquetFile, i64)>> =
+            BTreeMap::new();
+        for (f, arrived) in catalog.hot_files_before(i64::MAX).await? {
+            by_table.entry((f.environment, f.dataset.clone())).or_default().push((f, arrived));
+        }
+        let mut replaced = 0;
+        for ((_, dataset), files) in by_table {
+            let schema = schema_of(&Arc::new(catalog.dataset(&dataset).await?))?;
+            let (due, young): (Vec<_>, Vec<_>) = files.into_iter().partition(|(_, arrived)| *arrived < cutoff);
+            let small: Vec<_> = young.into_iter().filter(|(f, _)| f.size_bytes < HOT_SMALL_BYTES).collect();
+            for (group, settle) in [(due, true), (small, false)] {
+                if group.is_empty() || (!settle && (group.len() as i64) < self.config.min_files) {
+                    continue;
+                }
+                let mut bytes = 0;
+                let step: Vec<(ParquetFile, i64)> = group
+                    .into_iter()
+                    .take_while(|(f, _)| {
+                        bytes += f.size_bytes;
+                        bytes - f.size_bytes < HOT_STEP_BYTES
+                    })
+                    .collect();
+                let n = step.len();
+                match self.rewrite_hot_step(catalog, store, buffer, &schema, &step, settle).await {
+                    Ok(()) => replaced += n,
+                    Err(IngestError::Catalog(e)) if e.kind() == ErrorKind::Conflict => {
+                        tracing::info!("another compactor rewrote these hot files first");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// Rewrites hot `files` (with when each arrived): as one file per member (`settle`) or
+    /// as one hot file, swapped for them in one catalog transaction.
+    async fn rewrite_hot_step(
+        &self,
+        catalog: &Catalog,
+        store: &Arc<dyn ObjectStore>,
+        buffer: &Buffer,
+        schema: &Arc<DatasetSchema>,
+        files: &[(ParquetFile, i64)],
+        settle: bool,
+    ) -> Result<(), IngestError> {
+        let Some((first, arrived)) = files.first() else { return Ok(()) };
+        let (env, arrived) = (first.environment, files.iter().map(|(_, a)| *a).min().unwrap_or(*arrived));
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for (f, _) in files {
+            batches.extend(persist::read_file_in_background(store, &f.path).await?);
+        }
+        let old: Vec<String> = files.iter().map(|(f, _)| f.path.clone()).collect();
+        let new: Vec<ParquetFile> = if settle {
+            let schema2 = schema.clone();
+            let sorted = crate::background::run(move || {
+                let all = datafusion::arrow::compute::concat_batches(&schema2.stored, &batches)?;
+                persist::sort_by_member(&all, &schema2)
+            })
+            .await??;
+            let runs = crate::schema::member_runs(&sorted)?;
+            futures::stream::iter(runs)
+                .map(|(member, start, len)| {
+                    let sorted = &sorted;
+                    async move {
+                        let member =
+                            catalog::MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
+                        let key = PartitionKey { env, dataset: schema.dataset.name.clone(), member };
+                        persist::write_file(store, &key, schema, vec![sorted.slice(start, len)], persist::Codec::Flush)
+                            .await
+                    }
+                })
+                .buffer_unordered(8)
+                .try_collect()
+                .await?
+        } else {
+            // The files may hold versions of one row: keep the newest.
+            vec![persist::write_hot_file(store, env, schema, batches, true, arrived).await?]
+        };
+        buffer.claim(old.iter().cloned().chain(new.iter().map(|f| f.path.clone())));
+        let arrived = (!settle).then_some(arrived);
+        if let Err(e) = persist::commit(store, catalog, &new, &old, arrived).await {
+            buffer.release(old.iter().chain(new.iter().map(|f| &f.path)));
+            return Err(e);
+        }
+        buffer.swap_files(&new, &old);
+        let at = Instant::now();
+        self.doomed.lock().extend(old.into_iter().map(|p| (at, p)));
+        let what = if settle { "trove_ingest_settled_files_total" } else { "trove_ingest_merged_hot_files_total" };
+        metrics::counter!(what).increment(files.len() as u64);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::partition::{PartitionKey, file_path};
-use crate::schema::{DatasetSchema, ROW_ID, ROW_VERSION, int_column};
+use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column};
 
 /// How a file is compressed. parquet-rs makes a ZSTD context per column of every file,
 /// which costs about 0.4 ms a file whatever its size: most of a flush round, which writes a
@@ -29,14 +29,24 @@ pub enum Codec {
     Flush,
     /// A compacted file: kept long, so small.
     Compacted,
+    /// A hot file (several members' rows): written every flush, read by every read of its
+    /// dataset until it is settled.
+    Hot,
 }
+
+/// Rows per data page of a hot file.
+const HOT_PAGE_ROWS: usize = 4096;
 
 fn writer_properties(codec: Codec) -> WriterProperties {
     let compression = match codec {
-        Codec::Flush => Compression::LZ4_RAW,
+        Codec::Flush | Codec::Hot => Compression::LZ4_RAW,
         Codec::Compacted => Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")),
     };
+    // A hot file holds many members, sorted by member: small pages, so the page index
+    // finds one member's rows in a few short ranges.
+    let page_rows = if codec == Codec::Hot { HOT_PAGE_ROWS } else { usize::MAX };
     WriterProperties::builder()
+        .set_data_page_row_count_limit(page_rows)
         .set_compression(compression)
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -55,11 +65,7 @@ pub fn encode(
 ) -> Result<(Vec<u8>, RecordBatch), crate::IngestError> {
     let batch = newest_versions(concat_batches(&schema.stored, batches)?)?;
     let sorted = if in_order(&batch, schema)? { batch } else { sort_by_time(&batch, schema)? };
-    let mut out = Vec::with_capacity(sorted.get_array_memory_size() / 4);
-    let mut writer = ArrowWriter::try_new(&mut out, schema.stored.clone(), Some(writer_properties(codec)))?;
-    writer.write(&sorted)?;
-    writer.close()?;
-    Ok((out, sorted))
+    Ok((write_parquet(schema, &sorted, codec)?, sorted))
 }
 
 /// Whether rows are already by event time then id (a meter's readings usually arrive so):
@@ -93,28 +99,161 @@ pub async fn write_file(
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = crate::background::run(move || encode(&schema2, &batches, codec)).await??;
-    let times = sorted.column(schema.event_time_stored).as_primitive::<Int64Type>();
-    let ids = sorted.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
-    let (min_t, max_t) = (min_i64(times), max_i64(times));
-    let (min_id, max_id) = (min_i64(ids), max_i64(ids));
-    let max_version =
-        max_i64(sorted.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>());
-    let path = file_path(key, min_t, min_id, max_id);
-    let size = bytes.len() as i64;
+    let mut file = describe(&sorted, schema, key.env, Some(key.member), String::new(), bytes.len() as i64);
+    let path = file_path(key, file.min_event_time, file.min_id, file.max_id);
+    file.path = path.to_string();
     put_new(store, &path, bytes).await?;
-    Ok(ParquetFile {
-        environment: key.env,
-        dataset: key.dataset.clone(),
-        member: key.member,
-        path: path.to_string(),
-        rows: sorted.num_rows() as i64,
-        size_bytes: size,
-        min_event_time: min_t,
-        max_event_time: max_t,
-        min_id,
-        max_id,
-        max_version,
+    Ok(file)
+}
+
+/// Writes a dataset's flushed rows (every member's) as one new, not yet recorded hot file,
+/// sorted by member, then event time, then id. When a member's id may come twice
+/// (`repeats`: an update) only its newest version is kept, so a hot file, like every
+/// file, holds one version of each of a member's rows.
+pub async fn write_hot_file(
+    store: &Arc<dyn ObjectStore>,
+    env: catalog::DataEnvironment,
+    schema: &Arc<DatasetSchema>,
+    batches: Vec<RecordBatch>,
+    repeats: bool,
+    now_ms: i64,
+) -> Result<ParquetFile, crate::IngestError> {
+    let schema2 = schema.clone();
+    let (bytes, sorted) = crate::background::run(move || {
+        let mut batch = concat_batches(&schema2.stored, &batches)?;
+        if repeats {
+            batch = newest_member_versions(batch)?;
+        }
+        let sorted = if in_member_order(&batch, &schema2)? { batch } else { sort_by_member(&batch, &schema2)? };
+        let bytes = write_parquet(&schema2, &sorted, Codec::Hot)?;
+        Ok::<_, crate::IngestError>((bytes, sorted))
     })
+    .await??;
+    let path = crate::partition::hot_file_path(env, &schema.dataset.name, now_ms);
+    let file = describe(&sorted, schema, env, None, path.to_string(), bytes.len() as i64);
+    put_new(store, &path, bytes).await?;
+    Ok(file)
+}
+
+/// Whether rows are by member, event time, id already (one write's batch usually is).
+fn in_member_order(batch: &RecordBatch, schema: &DatasetSchema) -> Result<bool, crate::IngestError> {
+    let times = batch.column(schema.event_time_stored);
+    if times.null_count() > 0 {
+        return Ok(false);
+    }
+    let times = times.as_primitive::<Int64Type>().values();
+    let (members, ids) = (int_column(batch, MEMBER_UID)?.values(), int_column(batch, ROW_ID)?.values());
+    Ok((1..batch.num_rows()).all(|i| (members[i - 1], times[i - 1], ids[i - 1]) < (members[i], times[i], ids[i])))
+}
+
+/// Rows sorted by member, then event time, then id.
+pub fn sort_by_member(batch: &RecordBatch, schema: &DatasetSchema) -> Result<RecordBatch, crate::IngestError> {
+    let sort = [
+        SortColumn { values: Arc::new(int_column(batch, MEMBER_UID)?.clone()), options: None },
+        SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
+        SortColumn { values: Arc::new(int_column(batch, ROW_ID)?.clone()), options: None },
+    ];
+    let indices = lexsort_to_indices(&sort, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+fn write_parquet(schema: &DatasetSchema, batch: &RecordBatch, codec: Codec) -> Result<Vec<u8>, crate::IngestError> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
+    let mut writer = ArrowWriter::try_new(&mut out, schema.stored.clone(), Some(writer_properties(codec)))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(out)
+}
+
+/// The manifest row of a file holding `rows`.
+fn describe(
+    rows: &RecordBatch,
+    schema: &DatasetSchema,
+    environment: catalog::DataEnvironment,
+    member: Option<catalog::MemberId>,
+    path: String,
+    size_bytes: i64,
+) -> ParquetFile {
+    let times = rows.column(schema.event_time_stored).as_primitive::<Int64Type>();
+    let ids = rows.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
+    let versions = rows.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>();
+    ParquetFile {
+        environment,
+        dataset: schema.dataset.name.clone(),
+        member,
+        path,
+        rows: rows.num_rows() as i64,
+        size_bytes,
+        min_event_time: min_i64(times),
+        max_event_time: max_i64(times),
+        min_id: min_i64(ids),
+        max_id: max_i64(ids),
+        max_version: max_i64(versions),
+    }
+}
+
+/// The highest row id of each member in a hot file (its `member_uid` and `id` columns
+/// only): where a restarted node's id counters resume.
+pub async fn hot_file_max_ids(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<(i64, i64)>, crate::IngestError> {
+    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
+    crate::background::run(move || {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let mask = datafusion::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [MEMBER_UID, ROW_ID]);
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch?;
+            let ids = int_column(&batch, ROW_ID)?;
+            for (member, start, len) in crate::schema::member_runs(&batch)? {
+                let most = max_i64(&ids.slice(start, len));
+                match out.last_mut() {
+                    Some((m, id)) if *m == member => *id = (*id).max(most),
+                    _ => out.push((member, most)),
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+/// One member's rows of a hot file (stored columns): only row groups whose member range
+/// holds it are read, and only its rows decoded past the `member_uid` column.
+pub async fn read_member_rows(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    member: catalog::MemberId,
+) -> Result<Vec<RecordBatch>, crate::IngestError> {
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
+    use datafusion::parquet::file::statistics::Statistics;
+    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
+    crate::background::run(move || {
+        let uid = member.get();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let column = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.name() == MEMBER_UID)
+            .ok_or_else(|| crate::IngestError::Internal("a hot file without member uids".into()))?;
+        let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
+            .filter(|g| match builder.metadata().row_group(*g).column(column).statistics() {
+                Some(Statistics::Int64(s)) => {
+                    s.min_opt().is_none_or(|lo| *lo <= uid) && s.max_opt().is_none_or(|hi| *hi >= uid)
+                }
+                _ => true,
+            })
+            .collect();
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), [column]);
+        let predicate = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+            let uids = batch.column(0).as_primitive::<Int64Type>();
+            Ok(uids.iter().map(|m| Some(m == Some(uid))).collect())
+        });
+        let reader =
+            builder.with_row_groups(groups).with_row_filter(RowFilter::new(vec![Box::new(predicate)])).build()?;
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    })
+    .await?
 }
 
 /// Every row of a recorded file (stored columns), decoded.
@@ -138,17 +277,19 @@ fn decode_file(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, crate::IngestErr
 /// Records written files in the manifest in one transaction, swapping them for `replaced`
 /// ones (compaction): the point where their rows count as persisted. If the commit fails the
 /// files are deleted (never recorded, never read) rather than left as orphans.
+/// `arrived` (epoch ms) is when the rows first arrived, if not now (merged hot files).
 pub async fn commit(
     store: &Arc<dyn ObjectStore>,
     catalog: &Catalog,
     files: &[ParquetFile],
     replaced: &[String],
+    arrived: Option<i64>,
 ) -> Result<(), crate::IngestError> {
     let recorded = async {
         #[cfg(feature = "failpoints")]
         let point = if replaced.is_empty() { "manifest-commit" } else { "compaction-swap" };
         fail::fail_point!(point, |_| Err(crate::IngestError::Unavailable(format!("failpoint {point}"))));
-        Ok::<_, crate::IngestError>(catalog.commit_parquet_files(files, replaced).await?)
+        Ok::<_, crate::IngestError>(catalog.commit_parquet_files_arrived(files, replaced, arrived).await?)
     };
     if let Err(e) = recorded.await {
         for f in files {
@@ -159,6 +300,27 @@ pub async fn commit(
     metrics::counter!("trove_ingest_files_written_total").increment(files.len() as u64);
     metrics::counter!("trove_ingest_bytes_written_total").increment(files.iter().map(|f| f.size_bytes as u64).sum());
     Ok(())
+}
+
+/// The rows of a several members' `batch` that are the newest version of their (member, id).
+fn newest_member_versions(batch: RecordBatch) -> Result<RecordBatch, crate::IngestError> {
+    let (members, ids) = (int_column(&batch, MEMBER_UID)?, int_column(&batch, ROW_ID)?);
+    let versions = int_column(&batch, ROW_VERSION)?;
+    let mut newest: std::collections::HashMap<(i64, i64), (i64, usize)> =
+        std::collections::HashMap::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let (key, version) = ((members.value(row), ids.value(row)), versions.value(row));
+        let e = newest.entry(key).or_insert((version, row));
+        if version > e.0 {
+            *e = (version, row);
+        }
+    }
+    if newest.len() == batch.num_rows() {
+        return Ok(batch);
+    }
+    let mut rows: Vec<u32> = newest.values().map(|(_, row)| *row as u32).collect();
+    rows.sort_unstable();
+    Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(rows))?)
 }
 
 /// The rows of `batch` that are the newest version of their id (the batch itself when no id
@@ -203,4 +365,59 @@ pub async fn put_new(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>) 
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     store.put_opts(path, PutPayload::from(bytes), opts).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, new_null_array};
+
+    fn energy() -> Arc<DatasetSchema> {
+        let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
+        Arc::new(DatasetSchema::new(Arc::new(d)).unwrap())
+    }
+
+    /// Stored rows of (member, id, version, event time).
+    fn rows(schema: &DatasetSchema, rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
+        let column = |f: fn(&(i64, i64, i64, i64)) -> i64| Arc::new(rows.iter().map(f).collect::<Int64Array>());
+        let mut cols: Vec<datafusion::arrow::array::ArrayRef> =
+            schema.stored.fields().iter().map(|f| new_null_array(f.data_type(), rows.len())).collect();
+        cols[0] = column(|r| r.0);
+        cols[1] = Arc::new(Int64Array::from(vec![0; rows.len()]));
+        cols[2] = column(|r| r.1);
+        cols[3] = column(|r| r.2);
+        cols[schema.event_time_stored] = column(|r| r.3);
+        RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
+    }
+
+    fn values(batches: &[RecordBatch], name: &str) -> Vec<i64> {
+        batches.iter().flat_map(|b| int_column(b, name).unwrap().values().to_vec()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_hot_file_sorts_members_and_gives_back_only_the_member_asked_for() {
+        let schema = energy();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let env = catalog::DataEnvironment::Production;
+        // Two writes, members interleaved; member 2's row 1 updated (version 7 over 3).
+        let first = rows(&schema, &[(2, 1, 3, 100), (1, 1, 1, 100), (3, 1, 2, 50)]);
+        let second = rows(&schema, &[(1, 2, 4, 200), (2, 2, 5, 150), (2, 1, 7, 100)]);
+        let file = write_hot_file(&store, env, &schema, vec![first, second], true, 1_000).await.unwrap();
+        assert_eq!(file.member, None);
+        assert!(file.path.starts_with("production/ds_energy_consumption/hot/h00000000001000_"), "{}", file.path);
+        assert_eq!((file.rows, file.max_version, file.min_event_time, file.max_event_time), (5, 7, 50, 200));
+        let all = read_file(&store, &file.path).await.unwrap();
+        assert_eq!(values(&all, MEMBER_UID), [1, 1, 2, 2, 3], "by member, then event time");
+        assert_eq!(values(&all, ROW_VERSION), [1, 4, 7, 5, 2], "only the newest version of member 2's row 1");
+        // Member 1's and 2's ids overlap: a member's read never takes another's rows.
+        for (member, ids) in [(1, vec![1, 2]), (2, vec![1, 2]), (3, vec![1])] {
+            let m = catalog::MemberId::new(member).unwrap();
+            let mine = read_member_rows(&store, &file.path, m).await.unwrap();
+            assert!(values(&mine, MEMBER_UID).iter().all(|u| *u == member));
+            assert_eq!(values(&mine, ROW_ID), ids);
+        }
+        let nobody = read_member_rows(&store, &file.path, catalog::MemberId::new(4).unwrap()).await.unwrap();
+        assert_eq!(nobody.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+        assert_eq!(hot_file_max_ids(&store, &file.path).await.unwrap(), [(1, 2), (2, 2), (3, 1)]);
+    }
 }

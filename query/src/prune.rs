@@ -145,7 +145,8 @@ impl Files<'_> {
     fn ranges(&self, column: &Column) -> Option<Vec<(i64, i64)>> {
         let name = column.name();
         let range: fn(&ParquetFile) -> (i64, i64) = if name == MEMBER_UID {
-            |f| (f.member.get(), f.member.get())
+            // A hot file may hold any member: it never prunes by member.
+            |f| f.member.map_or((i64::MIN, i64::MAX), |m| (m.get(), m.get()))
         } else if name == ROW_ID {
             |f| (f.min_id, f.max_id)
         } else if Some(name) == self.event_time {
@@ -179,7 +180,11 @@ impl PruningStatistics for Files<'_> {
     }
 
     fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
-        (column.name() == MEMBER_UID).then(|| contained(self.files.iter().map(|f| f.member.get()), values))
+        // Unknown (None) for a hot file: it may hold any member.
+        (column.name() == MEMBER_UID).then(|| {
+            let literals: HashSet<i64> = values.iter().filter_map(int).collect();
+            self.files.iter().map(|f| f.member.map(|m| literals.contains(&m.get()))).collect()
+        })
     }
 }
 
@@ -205,7 +210,7 @@ mod tests {
         Arc::new(ParquetFile {
             environment: DataEnvironment::Production,
             dataset: "ds_energy".parse::<DatasetName>().unwrap(),
-            member: MemberId::new(member).unwrap(),
+            member: Some(MemberId::new(member).unwrap()),
             path: format!("{member}/{}", ids.0),
             rows: 1,
             size_bytes: 1,

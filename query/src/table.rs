@@ -1,11 +1,14 @@
 //! The scoped table: a DataFusion [`TableProvider`] over exactly the members and columns of
-//! a [`TableScope`]. It reads what ingest holds in one consistent snapshot per member
-//! (buffered rows and recorded files, see [`ingest::buffer`]), picks members and files by
-//! the query's filters before DataFusion plans, and reads small files (most per-member files)
+//! a [`TableScope`]. It reads what ingest holds in one consistent snapshot (buffered rows,
+//! hot files and settled files, see [`ingest::buffer`]), picks members and files by the
+//! query's filters before DataFusion plans, and reads small files (most per-member files)
 //! from a cache of decoded files and large ones with DataFusion's Parquet source (footers
 //! cached, row groups and pages pruned). Nothing outside the scope is ever shown: cached and
-//! buffered rows are projected to the scope's columns, and the Parquet scan's file schema is
-//! the scope's columns only.
+//! buffered rows are projected to the scope's columns, the Parquet scan's file schema is
+//! the scope's columns only, and hot files, which hold every member's rows, are read while
+//! the query is planned (pages pruned by member) and then filtered row by row to the
+//! scope's members here, whatever the Parquet reader did: a hot file's other members never
+//! reach a plan.
 //!
 //! Rows are normally read as they are stored: a file holds one version of each id, and a
 //! member's files and buffered rows cover disjoint id ranges. A member whose sources
@@ -32,12 +35,12 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, lit};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
-use ingest::buffer::{Buffer, Buffered, Snapshot};
+use ingest::buffer::{Buffer, Buffered, MemberMap, Snapshot};
 use object_store::ObjectStore;
 
 use crate::prune::Pruner;
@@ -191,6 +194,58 @@ impl ScopedTable {
         Ok(datafusion::arrow::compute::concat_batches(&self.scope.schema.stored, &batches)?)
     }
 
+    /// The rows of `members` in the dataset's hot `files` (stored columns), read now: the
+    /// Parquet reader skips pages outside the members' range, then every row is checked
+    /// against `members` here (the isolation does not rest on pruning).
+    async fn hot_rows(
+        &self,
+        state: &dyn Session,
+        files: &[Arc<ParquetFile>],
+        members: &[MemberId],
+    ) -> DfResult<HotRows> {
+        let (Some(lo), Some(hi)) = (members.iter().min(), members.iter().max()) else {
+            return Ok(HotRows::default());
+        };
+        if files.is_empty() {
+            return Ok(HotRows::default());
+        }
+        let stored = self.scope.schema.stored.clone();
+        let member = datafusion::logical_expr::col(ingest::schema::MEMBER_UID);
+        let mut predicate = member.clone().between(lit(lo.get()), lit(hi.get()));
+        if members.len() <= HOT_IN_LIST {
+            predicate = predicate.and(member.in_list(members.iter().map(|m| lit(m.get())).collect(), false));
+        }
+        let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(stored.clone())?)?;
+        let source = ParquetSource::new(stored.clone()).with_pushdown_filters(true).with_predicate(predicate);
+        let partitions = state.config().target_partitions().clamp(1, files.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+        for (i, f) in files.iter().enumerate() {
+            groups[i % partitions].push(PartitionedFile::new(f.path.clone(), f.size_bytes as u64));
+        }
+        let config = FileScanConfigBuilder::new(self.sources.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .build();
+        let batches =
+            datafusion::physical_plan::collect(DataSourceExec::from_data_source(config), state.task_ctx()).await?;
+        let wanted: MemberMap<()> = members.iter().map(|m| (*m, ())).collect();
+        let mut hot = HotRows::default();
+        for batch in batches {
+            let uids = ingest::schema::int_column(&batch, ingest::schema::MEMBER_UID)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let keep: datafusion::arrow::array::BooleanArray =
+                uids.values().iter().map(|m| Some(MemberId::new(*m).is_ok_and(|m| wanted.contains_key(&m)))).collect();
+            let batch = if keep.true_count() == batch.num_rows() {
+                batch
+            } else {
+                datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
+            };
+            if batch.num_rows() > 0 {
+                hot.add(batch)?;
+            }
+        }
+        Ok(hot)
+    }
+
     /// A member's rows read in memory (its buffered `rows` and every one of its `files`):
     /// newest versions only, ungranted columns null.
     async fn read_in_memory(
@@ -228,6 +283,56 @@ fn slices(batch: &RecordBatch, rows: usize) -> impl Iterator<Item = RecordBatch>
     (0..batch.num_rows()).step_by(rows).map(move |start| batch.slice(start, rows.min(batch.num_rows() - start)))
 }
 
+/// Hot-file reads for at most this many members also prune pages by each member's uid
+/// (beyond the range of them all).
+const HOT_IN_LIST: usize = 64;
+
+/// Rows of the scope's members read from hot files, and what they hold per member.
+#[derive(Debug, Default)]
+struct HotRows {
+    batches: Vec<RecordBatch>,
+    /// Each batch's member runs: (member, first row, rows).
+    runs: Vec<Vec<(i64, usize, usize)>>,
+    members: MemberMap<Buffered>,
+}
+
+impl HotRows {
+    fn add(&mut self, batch: RecordBatch) -> DfResult<()> {
+        let external = |e: ingest::IngestError| DataFusionError::External(Box::new(e));
+        let runs = ingest::schema::member_runs(&batch).map_err(external)?;
+        let ids = ingest::schema::int_column(&batch, ingest::schema::ROW_ID).map_err(external)?;
+        for &(member, start, len) in &runs {
+            let member = MemberId::new(member).map_err(|e| DataFusionError::Internal(e.to_string()))?;
+            self.members.entry(member).or_default().add(&ids.values()[start..start + len]);
+        }
+        self.batches.push(batch);
+        self.runs.push(runs);
+        Ok(())
+    }
+
+    fn of(&self, member: MemberId) -> Buffered {
+        self.members.get(&member).copied().unwrap_or_default()
+    }
+
+    /// The rows of `members` (slices of the batches read).
+    fn rows(&self, members: &MemberMap<()>) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        for (batch, runs) in self.batches.iter().zip(&self.runs) {
+            let all = runs.iter().all(|(m, _, _)| MemberId::new(*m).is_ok_and(|m| members.contains_key(&m)));
+            if all {
+                out.push(batch.clone());
+                continue;
+            }
+            for &(m, start, len) in runs {
+                if MemberId::new(m).is_ok_and(|m| members.contains_key(&m)) {
+                    out.push(batch.slice(start, len));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Reads of at least this many small files are served from a cached block.
 const BLOCK_MIN_FILES: usize = 256;
 
@@ -258,14 +363,17 @@ fn even_runs(sizes: Vec<usize>, parts: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Whether a member's sources may hold one id twice: files' id ranges overlap each other
-/// or the buffered rows', or an id came again among the buffered rows (an update).
-fn may_repeat_ids(files: &[Arc<ParquetFile>], buffered: &Buffered) -> bool {
-    if buffered.repeats {
+/// or the buffered or hot rows', or an id came again among the buffered or hot rows (an
+/// update).
+fn may_repeat_ids(files: &[Arc<ParquetFile>], buffered: &Buffered, hot: &Buffered) -> bool {
+    if buffered.repeats || hot.repeats {
         return true;
     }
     let mut ranges: Vec<(i64, i64)> = files.iter().map(|f| (f.min_id, f.max_id)).collect();
-    if buffered.rows > 0 {
-        ranges.push((buffered.min_id, buffered.max_id));
+    for rows in [buffered, hot] {
+        if rows.rows > 0 {
+            ranges.push((rows.min_id, rows.max_id));
+        }
     }
     ranges.sort_unstable();
     ranges.windows(2).any(|w| w[1].0 <= w[0].1)
@@ -301,6 +409,9 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         let dataset = &self.scope.schema.dataset.name;
         let members = pruner.members(self.scope.members(pruner.named_members().as_ref()));
         let snapshot = self.sources.buffer.snapshot(self.scope.env, dataset, members.iter().copied());
+        let hot = self.hot_rows(state, &snapshot.hot, &members).await?;
+        // Members whose hot rows are read as they are stored (the others are read in memory).
+        let mut hot_fast: MemberMap<()> = MemberMap::default();
         let mut fast_files: Vec<Arc<ParquetFile>> = Vec::new();
         // Members read from their files: where in `counts`, and how many of `fast_files`.
         let mut fast_members: Vec<(usize, usize)> = Vec::new();
@@ -312,37 +423,50 @@ impl datafusion::catalog::TableProvider for ScopedTable {
         // Members read from their files whose buffered rows are read as stored.
         let mut fast_buffered: Vec<MemberId> = Vec::new();
         let mut found = snapshot.members.iter().peekable();
+        let none = Snapshot::default();
         for member in &members {
-            // Members without data still count as read (0 rows): the access log says the
-            // query looked at them.
-            let Some((_, member_snapshot)) = found.next_if(|(m, _)| m == member) else {
+            let member_snapshot = found.next_if(|(m, _)| m == member).map_or(&none, |(_, s)| s);
+            let in_hot = hot.of(*member);
+            let Snapshot { buffered, files } = member_snapshot;
+            if files.is_empty() && buffered.rows == 0 && in_hot.rows == 0 {
+                // Members without data still count as read (0 rows): the access log says
+                // the query looked at them.
                 counts.push((*member, 0));
                 continue;
-            };
+            }
             let mask = match self.scope.access(*member) {
                 Access::Masked(mask) => Some(mask),
                 Access::All => None,
                 // `members` holds none of these: fail closed all the same.
                 Access::Hidden => continue,
             };
-            let Snapshot { buffered, files } = member_snapshot;
-            if mask.is_some() || may_repeat_ids(files, buffered) {
+            if mask.is_some() || may_repeat_ids(files, buffered, &in_hot) {
                 // Every file: pruning by event time could keep an old version whose newer
                 // one moved out of the range.
-                let rows = self.read_in_memory(snapshot.rows(&[*member])?, files, mask.as_deref()).await?;
+                let mut rows = snapshot.rows(&[*member])?;
+                if in_hot.rows > 0 {
+                    rows.extend(hot.rows(&MemberMap::from_iter([(*member, ())])));
+                }
+                let rows = self.read_in_memory(rows, files, mask.as_deref()).await?;
                 counts.push((*member, rows.as_ref().map_or(0, |b| b.num_rows() as i64)));
                 visible.extend(rows);
                 continue;
             }
+            if in_hot.rows > 0 {
+                hot_fast.insert(*member, ());
+            }
             // Counted once the files are pruned, all members' at once.
             fast_files.extend(files.iter().cloned());
-            counts.push((*member, buffered.rows as i64));
+            counts.push((*member, (buffered.rows + in_hot.rows) as i64));
             fast_members.push((counts.len() - 1, files.len()));
             if buffered.rows > 0 {
                 fast_buffered.push(*member);
             }
         }
         stored.extend(snapshot.rows(&fast_buffered)?);
+        // Only the fast members' hot rows, checked again member by member: what is read in
+        // memory must not come twice, and nobody else's row may pass.
+        stored.extend(hot.rows(&hot_fast));
         let keep = pruner.files(&fast_files);
         let mut kept = keep.iter();
         let mut files = fast_files.iter();

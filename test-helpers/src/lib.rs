@@ -242,9 +242,16 @@ impl TestServer {
         }
     }
 
-    /// Flushes every buffered row to Parquet now.
+    /// Flushes every buffered row to Parquet now (hot files, several members' rows each).
     pub async fn flush(&self) {
         assert_eq!(self.ingester.flush_round(true).await, 0, "every flush succeeds");
+    }
+
+    /// Flushes every buffered row, then settles every hot file into per-member files, as
+    /// compaction does once the hot window is over.
+    pub async fn settle(&self) {
+        self.flush().await;
+        while self.ingester.settle_hot_files().await.expect("settling succeeds") > 0 {}
     }
 
     /// Moves every access-log entry still in the WAL to the catalog: a flush empties the

@@ -256,7 +256,7 @@ impl Run {
     }
 
     /// Starts a server life with `env` (flushes every 150 ms, compaction every 300 ms of
-    /// two small files, so kills land in both) and waits until it is ready. A life without
+    /// two small files, hot files settled after a second, so kills land in all three) and waits until it is ready. A life without
     /// extra `env` (no faults) first retries the batches earlier lives left unanswered: each
     /// must now get a 200.
     pub(crate) async fn up(&mut self, env: &[(&str, &str)]) -> Server {
@@ -264,7 +264,16 @@ impl Run {
         let port = free_port();
         let log = self.dir.path().join(format!("server-{}.log", self.lives));
         let child = serve_command(&[TROVE], &self.data, port)
-            .args(["--flush-age", "150ms", "--compact-interval", "300ms", "--compact-min-files", "2"])
+            .args([
+                "--flush-age",
+                "150ms",
+                "--compact-interval",
+                "300ms",
+                "--compact-min-files",
+                "2",
+                "--hot-window",
+                "1s",
+            ])
             .args(&self.flags)
             .args(&self.target.args)
             .envs(self.target.env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -455,9 +464,10 @@ impl Run {
                 let batch = batch.unwrap();
                 let markers = batch.column_by_name("field_energy_homeid").unwrap().as_primitive::<Int64Type>();
                 let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+                let members = batch.column_by_name("member_uid").unwrap().as_primitive::<Int64Type>();
                 for i in 0..batch.num_rows() {
                     *seen.entry(markers.value(i)).or_default() += 1;
-                    ids_by_member.entry(f.member.get()).or_default().push(ids.value(i));
+                    ids_by_member.entry(members.value(i)).or_default().push(ids.value(i));
                 }
             }
         }

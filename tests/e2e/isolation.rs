@@ -300,9 +300,13 @@ async fn run(store: Store) {
             }
         }
     };
-    // Some rows in Parquet files, some still in the ingest buffer.
-    deliver(&live, 'P', 2).await;
-    deliver(&sandbox, 'S', 2).await;
+    // Rows in every place a read finds them: settled per-member files, hot files (every
+    // member's rows in one file), and the ingest buffer.
+    deliver(&live, 'P', 1).await;
+    deliver(&sandbox, 'S', 1).await;
+    s.settle().await;
+    deliver(&live, 'P', 1).await;
+    deliver(&sandbox, 'S', 1).await;
     s.flush().await;
     deliver(&live, 'P', 1).await;
     deliver(&sandbox, 'S', 1).await;
@@ -375,8 +379,8 @@ async fn run(store: Store) {
         .await
         .unwrap()
         .into_iter()
-        .find(|f| f.member.get() == 10 && f.environment == catalog::DataEnvironment::Production)
-        .expect("member 10 has a file");
+        .find(|f| f.member.is_none_or(|m| m.get() == 10) && f.environment == catalog::DataEnvironment::Production)
+        .expect("a file holds member 10's rows");
     let dir = s.dir.path().join("objects");
     let file = dir.join(&member10_file.path).display().to_string();
     let corpus = corpus(&file, &dir.display().to_string());
@@ -644,6 +648,7 @@ async fn revocation_under_load(store: Store) {
     // What is stored of member 2: the rows before, and those of allowed writes only.
     let written: usize = tally.values().map(|t| t.2).sum();
     let s = Arc::into_inner(s).expect("the workers are done");
+    s.settle().await;
     let (catalog, _, _dir) = s.stop().await;
     let stored: i64 = catalog
         .all_parquet_files()
@@ -651,7 +656,9 @@ async fn revocation_under_load(store: Store) {
         .unwrap()
         .iter()
         .filter(|f| {
-            f.member.get() == 2 && f.dataset.as_str() == E && f.environment == catalog::DataEnvironment::Production
+            f.member.is_some_and(|m| m.get() == 2)
+                && f.dataset.as_str() == E
+                && f.environment == catalog::DataEnvironment::Production
         })
         .map(|f| f.rows)
         .sum();

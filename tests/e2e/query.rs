@@ -328,10 +328,10 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen, expected, "the other node's flushed files");
-    // The other node compacts its two files into one: still every row once.
-    assert_eq!(node2.compact_round().await.unwrap(), 2);
+    // The other node settles its two hot files into per-member files: still every row once.
+    assert_eq!(node2.settle_hot_files().await.unwrap(), 2);
     for _ in 0..20 {
-        assert_eq!(counts().await, expected, "during and after the other node's compaction");
+        assert_eq!(counts().await, expected, "during and after the other node's settling");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let indexed = s.ingester.buffer().snapshot(
@@ -339,7 +339,8 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         &dataset.name,
         [catalog::MemberId::new(2).unwrap()],
     );
-    assert_eq!(indexed.members[0].1.files.len(), 1, "the replaced files left the index");
+    assert_eq!(indexed.members[0].1.files.len(), 1, "the settled file joined the index");
+    assert!(indexed.hot.is_empty(), "the replaced hot files left the index");
     node2.shutdown().await.unwrap();
 }
 

@@ -143,18 +143,23 @@ impl AccessLogEntry {
     }
 }
 
-/// A Parquet file in object storage holding some of one member's rows of one dataset.
+/// A Parquet file in object storage holding rows of one dataset: some of one member's
+/// (a settled file, under the member's prefix), or, for at most the hot window, several
+/// members' rows sorted by member (a hot file, under the dataset's hot prefix: a flush
+/// writes one per dataset, and compaction settles them into per-member files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParquetFile {
     pub environment: DataEnvironment,
     pub dataset: DatasetName,
-    pub member: MemberId,
+    /// Whose rows it holds; `None` for a hot file.
+    pub member: Option<MemberId>,
     /// The object path, relative to the object store's root.
     pub path: String,
     pub rows: i64,
     pub size_bytes: i64,
-    /// Event-time range (epoch seconds) and row-id range of the rows it holds.
+    /// Event-time range (epoch seconds) and row-id range of the rows it holds (in a hot
+    /// file, over all its members).
     pub min_event_time: i64,
     pub max_event_time: i64,
     pub min_id: i64,

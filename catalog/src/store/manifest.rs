@@ -7,14 +7,26 @@ use super::{Catalog, Result};
 use crate::error::CatalogError;
 use crate::model::{ConnectionId, DataEnvironment, DatasetName, MemberId, ParquetFile};
 
-/// The (environment, dataset, member) columns of a manifest row.
-fn partition_from_row(row: &AnyRow) -> Result<(DataEnvironment, DatasetName, MemberId)> {
+/// `member_uid` of a hot file (several members' rows): no member has it.
+const HOT: i64 = 0;
+
+/// The (environment, dataset, member) columns of a manifest row; no member for a hot file.
+fn partition_from_row(row: &AnyRow) -> Result<(DataEnvironment, DatasetName, Option<MemberId>)> {
     let env: String = row.try_get("environment")?;
+    let member: i64 = row.try_get("member_uid")?;
     Ok((
         DataEnvironment::parse(&env).ok_or_else(|| CatalogError::corrupt(format!("environment {env}")))?,
         row.try_get::<String, _>("dataset")?.parse().map_err(CatalogError::corrupt)?,
-        MemberId::new(row.try_get("member_uid")?).map_err(CatalogError::corrupt)?,
+        if member == HOT { None } else { Some(MemberId::new(member).map_err(CatalogError::corrupt)?) },
     ))
+}
+
+/// A settled file's partition (compaction works on those only).
+fn member_partition_from_row(row: &AnyRow) -> Result<(DataEnvironment, DatasetName, MemberId)> {
+    match partition_from_row(row)? {
+        (env, dataset, Some(member)) => Ok((env, dataset, member)),
+        _ => Err(CatalogError::corrupt("a hot file where a member's file was asked for")),
+    }
 }
 
 fn file_from_row(row: &AnyRow) -> Result<ParquetFile> {
@@ -40,7 +52,20 @@ impl Catalog {
     /// Records files whose puts succeeded and removes `replaced` ones, in one transaction:
     /// readers see either the old files or the new ones, never both (compaction's swap).
     pub async fn commit_parquet_files(&self, added: &[ParquetFile], replaced: &[String]) -> Result<()> {
+        self.commit_parquet_files_arrived(added, replaced, None).await
+    }
+
+    /// The same, recording the added files as created at `arrived` (epoch ms) rather than
+    /// now: hot files merged into one keep the arrival time of the oldest, so their rows
+    /// settle when the hot window of their first arrival ends.
+    pub async fn commit_parquet_files_arrived(
+        &self,
+        added: &[ParquetFile],
+        replaced: &[String],
+        arrived: Option<i64>,
+    ) -> Result<()> {
         let now = self.clock.now_ms();
+        let created = arrived.unwrap_or(now);
         let mut tx = self.begin().await?;
         let seq = Self::next_counter(&mut tx, "manifest").await?;
         for f in added {
@@ -49,7 +74,7 @@ impl Catalog {
             )))
             .bind(f.environment.as_str())
             .bind(f.dataset.as_str())
-            .bind(f.member.get())
+            .bind(f.member.map_or(HOT, MemberId::get))
             .bind(&f.path)
             .bind(f.rows)
             .bind(f.size_bytes)
@@ -58,7 +83,7 @@ impl Catalog {
             .bind(f.min_id)
             .bind(f.max_id)
             .bind(f.max_version)
-            .bind(now)
+            .bind(created)
             .bind(seq)
             .execute(&mut *tx)
             .await?;
@@ -145,14 +170,14 @@ impl Catalog {
     ) -> Result<Vec<((DataEnvironment, DatasetName, MemberId), i64)>> {
         let rows = sqlx::query(
             "SELECT environment, dataset, member_uid, COUNT(*) AS files FROM parquet_files WHERE size_bytes < $1 \
-             GROUP BY environment, dataset, member_uid HAVING COUNT(*) >= $2 LIMIT $3",
+             AND member_uid <> 0 GROUP BY environment, dataset, member_uid HAVING COUNT(*) >= $2 LIMIT $3",
         )
         .bind(small_bytes)
         .bind(min_files)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| Ok((partition_from_row(row)?, row.try_get("files")?))).collect()
+        rows.iter().map(|row| Ok((member_partition_from_row(row)?, row.try_get("files")?))).collect()
     }
 
     /// One member's files of a dataset, oldest events first.
@@ -174,6 +199,19 @@ impl Catalog {
         rows.iter().map(file_from_row).collect()
     }
 
+    /// Hot files recorded before `before` (epoch ms), oldest first, with when each was
+    /// recorded: what compaction settles once the hot window is over.
+    pub async fn hot_files_before(&self, before: i64) -> Result<Vec<(ParquetFile, i64)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {FILE_COLUMNS}, created_at FROM parquet_files WHERE member_uid = 0 AND created_at < $1 \
+             ORDER BY created_at, file_id"
+        )))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((file_from_row(row)?, row.try_get("created_at")?))).collect()
+    }
+
     /// Every recorded file (for start-up and tests).
     pub async fn all_parquet_files(&self) -> Result<Vec<ParquetFile>> {
         let rows =
@@ -185,7 +223,9 @@ impl Catalog {
 
     /// The highest row id and row version recorded per (environment, dataset, member):
     /// where id counters resume after a restart, and which WAL rows are already in files.
-    pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, MemberId, i64, i64)>> {
+    /// For a dataset's hot files (no member) the highest version is the flushes' watermark:
+    /// a flush holds every row of its dataset sequenced before it began.
+    pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, Option<MemberId>, i64, i64)>> {
         let rows = sqlx::query(
             "SELECT environment, dataset, member_uid, MAX(max_id) AS max_id, MAX(max_version) AS max_version \
              FROM parquet_files GROUP BY environment, dataset, member_uid",

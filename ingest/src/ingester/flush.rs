@@ -1,5 +1,5 @@
-//! The flusher: a task that, every tick, writes due partitions to Parquet and records them
-//! in the manifest in one commit, follows the manifest's change feed (other nodes' files),
+//! The flusher: a task that, every tick, writes each due dataset's rows as one hot Parquet
+//! file and records it in the manifest, follows the manifest's change feed (other nodes' files),
 //! runs compaction rounds, and drops WAL segments once no buffered row needs them (their
 //! idempotency keys and access-log entries moved to the catalog first).
 
@@ -7,15 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use catalog::ParquetFile;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 
 use super::sequencer::Command;
 use super::{Ingester, stop_on_panic};
 use crate::IngestError;
 use crate::buffer::FlushBatch;
-use crate::partition::PartitionKey;
-use crate::persist::Codec;
 use crate::wal;
 
 impl Ingester {
@@ -89,6 +86,13 @@ impl Ingester {
             .await
     }
 
+    /// Settles every hot file into per-member files now, whatever its age, one step of
+    /// each dataset per call (tests and benchmarks of the settled layout; an operator who
+    /// wants every file under its member's prefix). Returns how many hot files it replaced.
+    pub async fn settle_hot_files(&self) -> Result<usize, IngestError> {
+        self.compactor.rewrite_hot(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), i64::MAX).await
+    }
+
     /// Flushes due datasets (or all), then deletes WAL segments no buffered row needs.
     /// Returns how many files failed to be written or recorded.
     pub async fn flush_round(&self, all: bool) -> usize {
@@ -146,62 +150,44 @@ impl Ingester {
         failed
     }
 
-    /// Writes a dataset's flush as one file per member, concurrently, records them (one
-    /// catalog commit per thousand files, not one per member) and ends the flush. Returns
-    /// how many files failed; the rows of members whose file failed stay buffered (and in
-    /// the WAL) for the next round.
+    /// Writes a dataset's flush as one hot file (every member's rows, sorted by member:
+    /// one put and one catalog row however many members wrote), records it and ends the
+    /// flush. Returns 1 if the file failed; then the rows stay buffered (and in the WAL) for
+    /// the next round.
     async fn flush(&self, flush: FlushBatch) -> usize {
-        let flush = Arc::new(flush);
-        let gathering = flush.clone();
-        let Ok(members) = crate::background::run(move || gathering.members()).await else {
-            self.buffer.end_flush(&flush, &[]);
-            return 1;
+        let now = self.catalog.clock().now_ms();
+        let written = async {
+            let file = crate::persist::write_hot_file(
+                &self.store,
+                flush.env,
+                &flush.schema,
+                flush.batches(),
+                flush.repeats,
+                now,
+            )
+            .await?;
+            self.buffer.claim([file.path.clone()]);
+            if let Err(e) =
+                crate::persist::commit(&self.store, &self.catalog, std::slice::from_ref(&file), &[], None).await
+            {
+                self.buffer.release([&file.path]);
+                return Err(e);
+            }
+            Ok::<_, IngestError>(file)
         };
-        let written: Vec<Result<ParquetFile, IngestError>> = futures::stream::iter(members)
-            .map(|(member, places)| {
-                let flush = &flush;
-                async move {
-                    let key = PartitionKey { env: flush.env, dataset: flush.dataset.clone(), member };
-                    let rows = flush.gather(&places)?;
-                    crate::persist::write_file(&self.store, &key, &flush.schema, vec![rows], Codec::Flush).await
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let mut failed = 0;
-        let mut first_error = None;
-        let mut ready = Vec::with_capacity(written.len());
-        for result in written {
-            match result {
-                Ok(file) => ready.push(file),
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e);
-                }
+        match written.await {
+            Ok(file) => {
+                metrics::counter!("trove_ingest_flushes_total", "result" => "success").increment(1);
+                metrics::counter!("trove_ingest_flushed_rows_total").increment(flush.rows() as u64);
+                self.buffer.end_flush(&flush, Some(&file));
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dataset = %flush.dataset, "flush failed; the rows stay buffered and in the WAL");
+                self.buffer.end_flush(&flush, None);
+                1
             }
         }
-        let mut committed = Vec::with_capacity(ready.len());
-        for chunk in ready.chunks(1000) {
-            self.buffer.claim(chunk.iter().map(|f| f.path.clone()));
-            match crate::persist::commit(&self.store, &self.catalog, chunk, &[]).await {
-                Ok(()) => {
-                    committed.extend_from_slice(chunk);
-                    metrics::counter!("trove_ingest_flushes_total", "result" => "success")
-                        .increment(chunk.len() as u64);
-                }
-                Err(e) => {
-                    self.buffer.release(chunk.iter().map(|f| &f.path));
-                    failed += chunk.len();
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            tracing::warn!(error = %e, files = failed, dataset = %flush.dataset, "flush failed; the rows stay buffered and in the WAL");
-        }
-        self.buffer.end_flush(&flush, &committed);
-        failed
     }
 }
 

@@ -103,7 +103,7 @@ impl Ingester {
         catalog: Catalog,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Arc<Ingester>, IngestError> {
-        let replayed = replay::replay(&config.wal_dir, &catalog).await?;
+        let replayed = replay::replay(&config.wal_dir, &catalog, &store).await?;
         let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
         let (tx, thread) = sequencer::start(sequencer::Sequencer {

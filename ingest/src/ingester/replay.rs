@@ -1,14 +1,17 @@
 //! Replay: at start, the WAL's records back into the buffer, skipping rows whose version a
 //! recorded file already holds (they were flushed before the stop), with the row-id
-//! counters, idempotency keys and access-log entries they carry.
+//! counters (resumed from the manifest, the hot files' id columns and the WAL), idempotency
+//! keys and access-log entries they carry.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use catalog::{Catalog, DatasetName, MemberId};
+use catalog::{Catalog, DataEnvironment, DatasetName, MemberId};
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, max};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
 
 use super::record::{decode_reads, decode_record, run_lengths};
 use super::sequencer::Counters;
@@ -33,19 +36,52 @@ pub(super) struct Replayed {
     pub(super) write_log: Arc<WriteLog>,
 }
 
-pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed, IngestError> {
+pub(super) async fn replay(
+    wal_dir: &Path,
+    catalog: &Catalog,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Replayed, IngestError> {
     let buffer = Arc::new(Buffer::default());
     // The feed's position first: files committed while they load come again, harmlessly.
     let manifest_seq = catalog.manifest_seq().await?;
-    buffer.load_files(catalog.all_parquet_files().await?);
+    let files = catalog.all_parquet_files().await?;
     let mut counters: Counters = HashMap::new();
     let mut persisted: Counters = HashMap::new();
+    // Per dataset, the newest version its hot files hold: every row of the dataset at or
+    // below it is in a file (a flush holds every row sequenced before it began).
+    let mut hot_persisted: HashMap<(DataEnvironment, DatasetName), i64> = HashMap::new();
     let mut last_version = 0i64;
     for (env, dataset, member, max_id, max_version) in catalog.max_row_ids().await? {
-        counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
-        persisted.entry((env, dataset)).or_default().insert(member, max_version);
         last_version = last_version.max(max_version);
+        match member {
+            Some(member) => {
+                counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
+                persisted.entry((env, dataset)).or_default().insert(member, max_version);
+            }
+            None => {
+                hot_persisted.insert((env, dataset), max_version);
+            }
+        }
     }
+    // Hot files do not say which member's ids they hold: their member and id columns do
+    // (bounded by the hot window, and read a few files at a time).
+    let hot_ids: Vec<_> = futures::stream::iter(files.iter().filter(|f| f.member.is_none()))
+        .map(|f| async move {
+            let ids = crate::persist::hot_file_max_ids(store, &f.path).await?;
+            Ok::<_, IngestError>(((f.environment, f.dataset.clone()), ids))
+        })
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    for (table, ids) in hot_ids {
+        let counters = counters.entry(table).or_default();
+        for (member, max_id) in ids {
+            let Ok(member) = MemberId::new(member) else { continue };
+            let counter = counters.entry(member).or_insert(0);
+            *counter = (*counter).max(max_id);
+        }
+    }
+    buffer.load_files(files);
     let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
     let dir = wal_dir.to_owned();
     let records = tokio::task::spawn_blocking(move || wal::replay(&dir))
@@ -88,6 +124,7 @@ pub(super) async fn replay(wal_dir: &Path, catalog: &Catalog) -> Result<Replayed
                     continue;
                 };
                 let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
+                let done = done.max(hot_persisted.get(&table).copied().unwrap_or(0));
                 let most = max(&ids.slice(start, len)).unwrap_or(0);
                 let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
                 *counter = (*counter).max(most);

@@ -194,7 +194,7 @@ impl Ingester {
     }
 
     /// The newest version of row `id` of a partition (stored columns, one row), from the
-    /// buffer or else the files that may hold it.
+    /// buffer, the member's files and the dataset's hot files that may hold it.
     async fn current_row(&self, key: &PartitionKey, id: i64) -> Result<Option<RecordBatch>, IngestError> {
         let snapshot = self.buffer.snapshot(key.env, &key.dataset, [key.member]);
         let mut candidates = snapshot.rows(&[key.member])?;
@@ -203,6 +203,10 @@ impl Ingester {
             if f.min_id <= id && id <= f.max_id {
                 candidates.extend(crate::persist::read_file(&self.store, &f.path).await?);
             }
+        }
+        // A hot file holds every member's rows, ids overlapping: only this member's count.
+        for f in snapshot.hot.iter().filter(|f| f.min_id <= id && id <= f.max_id) {
+            candidates.extend(crate::persist::read_member_rows(&self.store, &f.path, key.member).await?);
         }
         let mut best: Option<(i64, RecordBatch)> = None;
         for b in &candidates {
