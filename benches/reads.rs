@@ -13,8 +13,9 @@
 //! - Q2 without its `ORDER BY` (an answer written in several pieces), also through Python's
 //!   `http.client`, a client with default socket options (delayed ACKs);
 //!
-//! first with everything flushed and compacted, then with the newest rows still in the
-//! ingest buffers; and the floor under each of them, the disk's fdatasync of a small append
+//! first with everything settled and compacted, then with the newest rows still in the
+//! ingest buffers, then with them in a hot file (and Q3 over a day held in hot files only);
+//! and the floor under each of them, the disk's fdatasync of a small append
 //! beside the WAL (a read's access-log entry is durable before it answers). DuckDB (`pip
 //! install duckdb`) runs Q1-Q3 handed the list of every Parquet file trove wrote for the
 //! dataset. With `TROVE_BENCH_POSTGRES_URL` set (a
@@ -541,6 +542,38 @@ async fn run(quick: bool) {
         "mydex_buffered",
         "Mydex newest rows, buffered".into(),
         time_get(&s, &token, &mydex_today, iterations, 4).await,
+    ));
+
+    // The same rows flushed into a hot file (every member's rows in one file, read with
+    // pages pruned by member), then a whole day of the 10,000 members in hot files only.
+    s.flush().await;
+    for (key, label, sql, expect) in &buffered {
+        let label = label.replace("buffered rows", "rows in a hot file");
+        table.push((
+            key.replace("buffered", "hot").leak(),
+            label,
+            time_sql(&s, &token, sql, iterations, *expect).await,
+        ));
+    }
+    table.push((
+        "mydex_hot",
+        "Mydex newest rows, in a hot file".into(),
+        time_get(&s, &token, &mydex_today, iterations, 4).await,
+    ));
+    // A day nobody has rows of yet (the readings before the 30 days).
+    let hot_day = first - 1;
+    deliver(&s, q3_members, hot_day, 1, 96, false, None).await;
+    s.flush().await;
+    let q3_hot = format!(
+        "SELECT member_uid, avg(field_energy_reading_value) AS mean FROM {E} \
+         WHERE field_energy_reading_timestamp >= {} AND field_energy_reading_timestamp < {} GROUP BY member_uid",
+        hot_day * DAY,
+        (hot_day + 1) * DAY
+    );
+    table.push((
+        "q3_hot_day",
+        "Q3 10,000 members, one day, all in hot files".into(),
+        time_sql(&s, &token, &q3_hot, iterations, readers as usize).await,
     ));
 
     table.push(("sync", "fdatasync of a 512-byte append (the floor under each read)".into(), sync));

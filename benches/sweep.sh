@@ -66,5 +66,5 @@ for m in sys.argv[2:]:
     puts = x["files_written"] / max(r["rows"], 1) * 1e6
     print(f"| {int(m):,} | {x['setup_seconds']:.1f} | {r['rows_per_sec']:,.0f} | "
           f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {r['refused']} | {s.get('cores_busy', 0):.2f} | "
-          f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.0f} |")
+          f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.1f} |")
 EOF

@@ -234,11 +234,7 @@ impl Compactor {
         let old: Vec<String> = files.iter().map(|(f, _)| f.path.clone()).collect();
         let new: Vec<ParquetFile> = if settle {
             let schema2 = schema.clone();
-            let sorted = crate::background::run(move || {
-                let all = datafusion::arrow::compute::concat_batches(&schema2.stored, &batches)?;
-                persist::sort_by_member(&all, &schema2)
-            })
-            .await??;
+            let sorted = crate::background::run(move || persist::sort_by_member(&schema2, &batches)).await??;
             let runs = crate::schema::member_runs(&sorted)?;
             futures::stream::iter(runs)
                 .map(|(member, start, len)| {

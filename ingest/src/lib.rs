@@ -2,8 +2,9 @@
 //!
 //! Owns the write path of member data: a body arrives over HTTP, is validated against the
 //! dataset's typed schema and the writers' agreements, made durable in a write-ahead log
-//! (a 200 means durable), buffered in Arrow, and written as Parquet into object storage
-//! under one prefix per member and dataset. It does not own credentials or agreements (the
+//! (a 200 means durable), buffered in Arrow, written as Parquet into object storage (hot
+//! files, one per dataset and flush, for the hot window), and settled under one prefix per
+//! member and dataset. It does not own credentials or agreements (the
 //! `catalog` crate does) nor reads (`query`), which union its buffer with the files.
 //!
 //! ```text
@@ -15,12 +16,13 @@
 //!                        └─► buffer (per environment and dataset: each write's batch
 //!                            kept whole, sorted by member; byte budget)
 //!  flusher (a dataset by age or size, largest first above the soft limit)
-//!        └─► each member's rows gathered → persist: sort by event time → Parquet
-//!             → object store (PutMode::Create)
+//!        └─► every member's rows → persist: sort by member, event time → one hot Parquet
+//!             file → object store (PutMode::Create)
 //!             → manifest row in the catalog → file index (what reads see)
 //!             → WAL segments below the oldest buffered row deleted (their keys and
 //!               access-log entries moved to the catalog first)
-//!  compaction: a member's small files merged by day, then by month
+//!  compaction: small hot files merged; hot files older than the hot window settled into
+//!             one file per member; a member's small files merged by day, then by month
 //!  collector: unrecorded objects older than a grace period deleted (hourly)
 //!  metadata datasets: validate::check_values → catalog metadata instances
 //! ```
@@ -40,8 +42,9 @@
 //!   until they are flushed, under a byte budget, and the index of
 //!   recorded files (kept by flushes, compaction and the manifest's change feed) that reads
 //!   snapshot with them.
-//! - [`persist`]: Parquet encoding and the put-then-record commit.
-//! - [`compact`]: small files of a member merged by day, then by month, with an atomic swap.
+//! - [`persist`]: Parquet encoding (hot and per-member files) and the put-then-record commit.
+//! - [`compact`]: hot files merged, then settled into per-member files after the hot window;
+//!   small files of a member merged by day, then by month; each with an atomic swap.
 //! - `collect`: objects the manifest does not name (left by a crash) deleted after a grace
 //!   period, so the store holds exactly what the manifest names.
 //! - `background`: flush and compaction encoding, at most half the cores at once.

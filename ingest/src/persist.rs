@@ -120,11 +120,11 @@ pub async fn write_hot_file(
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = crate::background::run(move || {
-        let mut batch = concat_batches(&schema2.stored, &batches)?;
+        let mut sorted = sort_by_member(&schema2, &batches)?;
+        drop(batches);
         if repeats {
-            batch = newest_member_versions(batch)?;
+            sorted = newest_member_versions(sorted)?;
         }
-        let sorted = if in_member_order(&batch, &schema2)? { batch } else { sort_by_member(&batch, &schema2)? };
         let bytes = write_parquet(&schema2, &sorted, Codec::Hot)?;
         Ok::<_, crate::IngestError>((bytes, sorted))
     })
@@ -135,26 +135,49 @@ pub async fn write_hot_file(
     Ok(file)
 }
 
-/// Whether rows are by member, event time, id already (one write's batch usually is).
-fn in_member_order(batch: &RecordBatch, schema: &DatasetSchema) -> Result<bool, crate::IngestError> {
-    let times = batch.column(schema.event_time_stored);
-    if times.null_count() > 0 {
-        return Ok(false);
+/// Every row of `batches` as one batch sorted by member, then event time, then id. The
+/// sort looks at those three columns only, and the rows are copied once, straight from the
+/// batches (a flush's rows are most of the buffer: concatenating them first would hold
+/// them a third time).
+pub fn sort_by_member(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result<RecordBatch, crate::IngestError> {
+    use datafusion::arrow::array::Array;
+    let key = |column: usize| -> Result<datafusion::arrow::array::ArrayRef, crate::IngestError> {
+        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
+        Ok(datafusion::arrow::compute::concat(&parts)?)
+    };
+    let index = |name: &str| schema.stored.index_of(name).map_err(crate::IngestError::from);
+    let (members, times, ids) = (key(index(MEMBER_UID)?)?, key(schema.event_time_stored)?, key(index(ROW_ID)?)?);
+    let in_order = times.null_count() == 0 && {
+        let m = members.as_primitive::<Int64Type>().values();
+        let (t, i) = (times.as_primitive::<Int64Type>().values(), ids.as_primitive::<Int64Type>().values());
+        (1..m.len()).all(|r| (m[r - 1], t[r - 1], i[r - 1]) < (m[r], t[r], i[r]))
+    };
+    if in_order {
+        return Ok(concat_batches(&schema.stored, batches)?);
     }
-    let times = times.as_primitive::<Int64Type>().values();
-    let (members, ids) = (int_column(batch, MEMBER_UID)?.values(), int_column(batch, ROW_ID)?.values());
-    Ok((1..batch.num_rows()).all(|i| (members[i - 1], times[i - 1], ids[i - 1]) < (members[i], times[i], ids[i])))
-}
-
-/// Rows sorted by member, then event time, then id.
-pub fn sort_by_member(batch: &RecordBatch, schema: &DatasetSchema) -> Result<RecordBatch, crate::IngestError> {
     let sort = [
-        SortColumn { values: Arc::new(int_column(batch, MEMBER_UID)?.clone()), options: None },
-        SortColumn { values: batch.column(schema.event_time_stored).clone(), options: None },
-        SortColumn { values: Arc::new(int_column(batch, ROW_ID)?.clone()), options: None },
+        SortColumn { values: members, options: None },
+        SortColumn { values: times, options: None },
+        SortColumn { values: ids, options: None },
     ];
-    let indices = lexsort_to_indices(&sort, None)?;
-    Ok(take_record_batch(batch, &indices)?)
+    let order = lexsort_to_indices(&sort, None)?;
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut rows = 0;
+    for b in batches {
+        starts.push(rows);
+        rows += b.num_rows();
+    }
+    let places: Vec<(usize, usize)> = order
+        .values()
+        .iter()
+        .map(|&r| {
+            let r = r as usize;
+            let b = starts.partition_point(|s| *s <= r) - 1;
+            (b, r - starts[b])
+        })
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    Ok(datafusion::arrow::compute::interleave_record_batch(&refs, &places)?)
 }
 
 fn write_parquet(schema: &DatasetSchema, batch: &RecordBatch, codec: Codec) -> Result<Vec<u8>, crate::IngestError> {
