@@ -6,6 +6,11 @@
 //! Files are immutable and uniquely named, so a cached file never goes stale; it holds a
 //! file's stored columns, and the scoped table projects and filters it like any other rows.
 //!
+//! A hot file (every member's rows of a flush, sorted by member) is read by every read of
+//! its dataset while it is hot: it is kept decoded whole, with where each member's rows
+//! are, so a read of a few members slices it and a read of thousands takes their rows in
+//! one pass.
+//!
 //! A read across thousands of members also finds the same thousands of files concatenated
 //! as a *block*, keyed by the exact list of their paths: a day of 10,000 members is then a
 //! few large batches instead of 10,000 lookups and a copy of each. A block holds exactly the
@@ -27,13 +32,23 @@ enum Key {
 #[derive(Debug)]
 enum Entry {
     File(RecordBatch),
+    Hot(Arc<HotFile>),
     Block { paths: Vec<String>, parts: Vec<RecordBatch> },
+}
+
+/// A decoded hot file: its rows (sorted by member) and each member's run of them.
+#[derive(Debug)]
+pub struct HotFile {
+    pub batch: RecordBatch,
+    /// (member uid, first row, rows), by member.
+    pub runs: Vec<(i64, usize, usize)>,
 }
 
 impl Entry {
     fn bytes(&self) -> usize {
         match self {
             Entry::File(b) => b.get_array_memory_size(),
+            Entry::Hot(h) => h.batch.get_array_memory_size() + h.runs.len() * 24,
             // The path list is dwarfed by the rows, but counted: a block of 10,000 files holds
             // about 1 MB of paths.
             Entry::Block { paths, parts } => {
@@ -82,6 +97,22 @@ impl FileCache {
 
     pub fn insert(&self, path: &str, batch: RecordBatch) {
         self.put(Key::File(path.to_owned()), Entry::File(batch));
+    }
+
+    /// Whether hot files are kept (the cache is on).
+    pub fn keeps_hot(&self) -> bool {
+        self.limit > 0
+    }
+
+    pub fn get_hot(&self, path: &str) -> Option<Arc<HotFile>> {
+        match self.entries.get(&Key::File(path.to_owned())).as_deref() {
+            Some(Entry::Hot(hot)) => Some(hot.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn insert_hot(&self, path: &str, hot: Arc<HotFile>) {
+        self.put(Key::File(path.to_owned()), Entry::Hot(hot));
     }
 
     /// The block of exactly these files, in this order, if cached.

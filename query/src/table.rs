@@ -209,6 +209,9 @@ impl ScopedTable {
         if files.is_empty() {
             return Ok(HotRows::default());
         }
+        if self.sources.cache.keeps_hot() {
+            return self.hot_rows_cached(files, members).await;
+        }
         let stored = self.scope.schema.stored.clone();
         let member = datafusion::logical_expr::col(ingest::schema::MEMBER_UID);
         let mut predicate = member.clone().between(lit(lo.get()), lit(hi.get()));
@@ -242,6 +245,50 @@ impl ScopedTable {
             if batch.num_rows() > 0 {
                 hot.add(batch)?;
             }
+        }
+        Ok(hot)
+    }
+
+    /// [`ScopedTable::hot_rows`] from the decoded-file cache: each hot file decoded whole
+    /// once (read into the cache on a miss), then the runs of `members` taken from it by one
+    /// walk of its member runs, which are exact: no other member's row is taken.
+    async fn hot_rows_cached(&self, files: &[Arc<ParquetFile>], members: &[MemberId]) -> DfResult<HotRows> {
+        let mut wanted: Vec<i64> = members.iter().map(|m| m.get()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut hot = HotRows::default();
+        for f in files {
+            let file = match self.sources.cache.get_hot(&f.path) {
+                Some(file) => file,
+                None => {
+                    let batch = self.read_file(&f.path).await?;
+                    let runs =
+                        ingest::schema::member_runs(&batch).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    let file = Arc::new(crate::cache::HotFile { batch, runs });
+                    self.sources.cache.insert_hot(&f.path, file.clone());
+                    file
+                }
+            };
+            let mut ranges: Vec<(usize, usize)> = Vec::new();
+            let mut want = wanted.iter().peekable();
+            for &(member, start, len) in &file.runs {
+                while want.next_if(|w| **w < member).is_some() {}
+                if want.peek() == Some(&&member) {
+                    ranges.push((start, len));
+                }
+            }
+            let rows: usize = ranges.iter().map(|r| r.1).sum();
+            let batch = match ranges.as_slice() {
+                [] => continue,
+                [(start, len)] => file.batch.slice(*start, *len),
+                _ if rows == file.batch.num_rows() => file.batch.clone(),
+                _ => {
+                    let indices: datafusion::arrow::array::UInt32Array =
+                        ranges.iter().flat_map(|&(s, l)| (s as u32..(s + l) as u32).map(Some)).collect();
+                    datafusion::arrow::compute::take_record_batch(&file.batch, &indices)?
+                }
+            };
+            hot.add(batch)?;
         }
         Ok(hot)
     }

@@ -372,3 +372,66 @@ async fn refusals_do_not_wait_for_the_catalogs_writer() {
     let refused = log.iter().filter(|e| e.decision == catalog::AccessDecision::Refused).count();
     assert_eq!(refused, 20, "every refusal reached the access log");
 }
+
+/// A hot file holds every member's rows, their ids overlapping (each member's start at 1):
+/// each read gets exactly its members' rows, with the decoded-file cache (a member's run
+/// sliced out) and without it (pages pruned by member, then every row checked), the access
+/// log counts the rows read from it, and a revoked member's rows leave the next read.
+#[tokio::test]
+async fn a_hot_file_shows_each_reader_only_its_members_rows() {
+    for cache_bytes in [64 << 20, 0] {
+        let mut config = TestConfig::new(Store::Sqlite);
+        config.query.file_cache_bytes = cache_bytes;
+        let s = TestServer::start(config).await;
+        let token = s.subscriber_token("energy-co").await;
+        for member in 1..=9 {
+            deliver(&s, member, member as usize, member as f64).await;
+        }
+        s.flush().await;
+        let files = s.catalog.all_parquet_files().await.unwrap();
+        assert_eq!(files.iter().map(|f| (f.member, f.rows)).collect::<Vec<_>>(), [(None, 45)], "one hot file");
+        let per_member = || {
+            let (s, token) = (&s, token.clone());
+            async move {
+                let sql = format!(
+                    "SELECT member_uid AS m, count(*) AS n, sum(field_energy_reading_value) AS v, max(id) AS top \
+                     FROM {E} GROUP BY member_uid ORDER BY member_uid"
+                );
+                let (status, rows) = s.sql(&token, &sql).await;
+                assert_eq!(status, StatusCode::OK, "{rows}");
+                rows.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["m"].as_i64().unwrap(),
+                            r["n"].as_i64().unwrap(),
+                            r["v"].as_f64().unwrap(),
+                            r["top"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let all: Vec<_> = (1..=9).map(|m| (m, m, (m * m) as f64, m)).collect();
+        assert_eq!(per_member().await, all, "cache {cache_bytes}: every member's rows once, nobody else's");
+        assert_eq!(member_one(&s, &token).await, (vec![1], 1.0), "cache {cache_bytes}: one member's read");
+        let q = s.member_query(5, "energy-co");
+        let (status, rows) =
+            s.call(Method::GET, &format!("/api/pds/transaction/5.json?{q}&dataset={E}"), Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{rows}");
+        let rows = rows.as_object().unwrap();
+        assert_eq!(rows.len(), 5, "cache {cache_bytes}: the Mydex door, member 5's rows");
+        assert!(rows.values().all(|r| r["field_energy_reading_value"] == "5.0"), "{rows:?}");
+        s.settle_access_log().await;
+        let (_, log) = s.call(Method::GET, "/v1/members/4/access-log", Some(s.member_secret(4)), None).await;
+        let log: Vec<catalog::AccessLogEntry> = serde_json::from_value(log).unwrap();
+        assert!(log.iter().any(|e| e.action == catalog::AccessAction::Read && e.rows == 4), "{log:?}");
+        let conn = s.creds.subscribers[0].connection.id;
+        let revoke = format!("/v1/members/5/agreements/{conn}/revoke");
+        assert_eq!(s.call(Method::POST, &revoke, Some(s.member_secret(5)), None).await.0, StatusCode::OK);
+        let left: Vec<_> = all.iter().copied().filter(|r| r.0 != 5).collect();
+        assert_eq!(per_member().await, left, "cache {cache_bytes}: the revoked member's hot rows are gone");
+        s.stop().await;
+    }
+}
