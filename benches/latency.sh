@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Ack latency with flush rounds inside the run: a fresh release server (`--flush-age 10s`,
+# on core 1) and `trove-load` (core 0) offering RATE rows/s over 10,000 members for 40 s,
+# 1,000-row NDJSON bodies, durable acks. Prints one Markdown table row: offered, label,
+# rows/s, ack p50 / p99 / p99.9 ms, Parquet files written.
+#
+#   benches/latency.sh RATE [LABEL]
+#
+# Extra `trove serve` flags go in TROVE_LATENCY_SERVE_FLAGS (e.g. `--wal-dir /dev/shm/w`);
+# TROVE_SWEEP_BIN_DIR runs binaries built elsewhere (an A/B) instead of building these.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=$1; label=${2:-$(git rev-parse --short HEAD)}
+work=${TROVE_LOAD_WORK:-/tmp/trove-latency}; port=${TROVE_LOAD_PORT:-18093}
+bin=${TROVE_SWEEP_BIN_DIR:-}
+if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load >&2; bin=target/release; fi
+server=(taskset -c 1); client=(taskset -c 0)
+[ "$(nproc)" -ge 2 ] || { server=(); client=(); }
+rm -rf "$work" && mkdir -p "$work"
+export TROVE_ADMIN_TOKEN="latency-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# shellcheck disable=SC2086
+"${server[@]}" "$bin/trove" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --flush-age 10s \
+  ${TROVE_LATENCY_SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
+pid=$!
+trap 'kill -9 $pid 2>/dev/null || true' EXIT
+for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+"${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --rows 1 \
+  --setup-file "$work/setup.json" > /dev/null
+"${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --connections 4 --rate "$rate" \
+  --duration 40s --setup-file "$work/setup.json" --report "$work/run.json" > "$work/run.out"
+sleep 2
+files=$(curl -sf "127.0.0.1:$port/metrics" | awk '$1 == "trove_ingest_files_written_total" { print $2 }')
+# SIGKILL: the WAL holds the rows; the data goes with the work directory.
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+rm -rf "$work/data"
+python3 - "$work/run.json" "$rate" "$label" "${files:-0}" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); a = r["ack_ms"]
+print(f"| {int(sys.argv[2]):,} | {sys.argv[3]} | {r['rows_per_sec']:,.0f} | "
+      f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {sys.argv[4]} |")
+PY
