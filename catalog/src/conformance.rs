@@ -462,7 +462,7 @@ async fn manifest(c: &Catalog) {
         vec![((DataEnvironment::Production, ds.clone(), member), 3)]
     );
     assert!(c.compaction_candidates(2000, 4, 10).await.unwrap().is_empty());
-    // Hot files (several members' rows): in the feed and the watermark, never compaction's
+    // Hot files (several members' rows): in the feed and the id maxima (as one row), never compaction's
     // per-member work, and found by age for settling.
     let hot = |path: &str, max_version: i64| ParquetFile { member: None, max_version, ..file(path, 1, 5, 400) };
     let before_hot = c.manifest_seq().await.unwrap();
@@ -474,7 +474,7 @@ async fn manifest(c: &Catalog) {
     );
     assert!(
         c.max_row_ids().await.unwrap().contains(&(DataEnvironment::Production, ds.clone(), None, 5, 700)),
-        "the hot files' watermark"
+        "the hot files, as one row without a member"
     );
     assert_eq!(c.compaction_candidates(2000, 3, 10).await.unwrap().len(), 1, "hot files are not a member's");
     let found = c.hot_files_before(i64::MAX).await.unwrap();

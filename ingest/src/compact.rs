@@ -91,8 +91,9 @@ impl Compactor {
         Compactor { config, doomed: Mutex::new(Vec::new()), settled: Mutex::new(Default::default()) }
     }
 
-    /// One pass: merges the small files of up to 32 partitions, then deletes replaced
-    /// objects whose grace period is over. Returns the number of files replaced.
+    /// One pass: settles hot files older than the hot window and merges small hot files,
+    /// merges the small files of up to 32 partitions, then deletes replaced objects whose
+    /// grace period is over. Returns the number of files replaced.
     pub async fn run(
         &self,
         catalog: &Catalog,

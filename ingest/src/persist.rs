@@ -215,22 +215,27 @@ fn describe(
     }
 }
 
-/// The highest row id of each member in a hot file (its `member_uid` and `id` columns
-/// only): where a restarted node's id counters resume.
-pub async fn hot_file_max_ids(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<(i64, i64)>, crate::IngestError> {
+/// The highest row id and row version of each member in a hot file (its `member_uid`, `id`
+/// and `_version` columns only), by member: where a restarted node's id counters resume,
+/// and which of a member's WAL rows are in files already.
+pub async fn hot_file_max_ids(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Vec<(i64, i64, i64)>, crate::IngestError> {
     let bytes = store.get(&Path::from(path)).await?.bytes().await?;
     crate::background::run(move || {
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-        let mask = datafusion::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [MEMBER_UID, ROW_ID]);
-        let mut out: Vec<(i64, i64)> = Vec::new();
+        let columns = [MEMBER_UID, ROW_ID, ROW_VERSION];
+        let mask = datafusion::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns);
+        let mut out: Vec<(i64, i64, i64)> = Vec::new();
         for batch in builder.with_projection(mask).build()? {
             let batch = batch?;
-            let ids = int_column(&batch, ROW_ID)?;
+            let (ids, versions) = (int_column(&batch, ROW_ID)?, int_column(&batch, ROW_VERSION)?);
             for (member, start, len) in crate::schema::member_runs(&batch)? {
-                let most = max_i64(&ids.slice(start, len));
+                let (id, version) = (max_i64(&ids.slice(start, len)), max_i64(&versions.slice(start, len)));
                 match out.last_mut() {
-                    Some((m, id)) if *m == member => *id = (*id).max(most),
-                    _ => out.push((member, most)),
+                    Some((m, i, v)) if *m == member => (*i, *v) = ((*i).max(id), (*v).max(version)),
+                    _ => out.push((member, id, version)),
                 }
             }
         }
@@ -441,6 +446,6 @@ mod tests {
         }
         let nobody = read_member_rows(&store, &file.path, catalog::MemberId::new(4).unwrap()).await.unwrap();
         assert_eq!(nobody.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
-        assert_eq!(hot_file_max_ids(&store, &file.path).await.unwrap(), [(1, 2), (2, 2), (3, 1)]);
+        assert_eq!(hot_file_max_ids(&store, &file.path).await.unwrap(), [(1, 2, 4), (2, 2, 7), (3, 1, 2)]);
     }
 }

@@ -223,8 +223,8 @@ impl Catalog {
 
     /// The highest row id and row version recorded per (environment, dataset, member):
     /// where id counters resume after a restart, and which WAL rows are already in files.
-    /// For a dataset's hot files (no member) the highest version is the flushes' watermark:
-    /// a flush holds every row of its dataset sequenced before it began.
+    /// A dataset's hot files (no member) come as one row; which members' rows they hold is
+    /// in the files themselves.
     pub async fn max_row_ids(&self) -> Result<Vec<(DataEnvironment, DatasetName, Option<MemberId>, i64, i64)>> {
         let rows = sqlx::query(
             "SELECT environment, dataset, member_uid, MAX(max_id) AS max_id, MAX(max_version) AS max_version \

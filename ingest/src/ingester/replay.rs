@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use catalog::{Catalog, DataEnvironment, DatasetName, MemberId};
+use catalog::{Catalog, DatasetName, MemberId};
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, max};
 use futures::{StreamExt, TryStreamExt};
@@ -46,26 +46,22 @@ pub(super) async fn replay(
     let manifest_seq = catalog.manifest_seq().await?;
     let files = catalog.all_parquet_files().await?;
     let mut counters: Counters = HashMap::new();
+    // Per member, the newest row version its files hold: every row of the member at or below
+    // it is in a file (a flush holds every row sequenced before it began).
     let mut persisted: Counters = HashMap::new();
-    // Per dataset, the newest version its hot files hold: every row of the dataset at or
-    // below it is in a file (a flush holds every row sequenced before it began).
-    let mut hot_persisted: HashMap<(DataEnvironment, DatasetName), i64> = HashMap::new();
     let mut last_version = 0i64;
     for (env, dataset, member, max_id, max_version) in catalog.max_row_ids().await? {
         last_version = last_version.max(max_version);
-        match member {
-            Some(member) => {
-                counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
-                persisted.entry((env, dataset)).or_default().insert(member, max_version);
-            }
-            None => {
-                hot_persisted.insert((env, dataset), max_version);
-            }
+        // Hot files (no member) are read below, member by member: a dataset-wide watermark
+        // would skip rows another node's newer versions outran.
+        if let Some(member) = member {
+            counters.entry((env, dataset.clone())).or_default().insert(member, max_id);
+            persisted.entry((env, dataset)).or_default().insert(member, max_version);
         }
     }
-    // Hot files do not say which member's ids they hold: their member and id columns do
-    // (bounded by the hot window, and read a few files at a time).
-    let hot_ids: Vec<_> = futures::stream::iter(files.iter().filter(|f| f.member.is_none()))
+    // Hot files do not say which members' rows they hold: their member, id and version
+    // columns do (bounded by the hot window, and read a few files at a time).
+    let hot: Vec<_> = futures::stream::iter(files.iter().filter(|f| f.member.is_none()))
         .map(|f| async move {
             let ids = crate::persist::hot_file_max_ids(store, &f.path).await?;
             Ok::<_, IngestError>(((f.environment, f.dataset.clone()), ids))
@@ -73,12 +69,13 @@ pub(super) async fn replay(
         .buffer_unordered(4)
         .try_collect()
         .await?;
-    for (table, ids) in hot_ids {
-        let counters = counters.entry(table).or_default();
-        for (member, max_id) in ids {
+    for (table, ids) in hot {
+        for (member, max_id, max_version) in ids {
             let Ok(member) = MemberId::new(member) else { continue };
-            let counter = counters.entry(member).or_insert(0);
+            let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
             *counter = (*counter).max(max_id);
+            let done = persisted.entry(table.clone()).or_default().entry(member).or_insert(0);
+            *done = (*done).max(max_version);
         }
     }
     buffer.load_files(files);
@@ -124,7 +121,6 @@ pub(super) async fn replay(
                     continue;
                 };
                 let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
-                let done = done.max(hot_persisted.get(&table).copied().unwrap_or(0));
                 let most = max(&ids.slice(start, len)).unwrap_or(0);
                 let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
                 *counter = (*counter).max(most);
