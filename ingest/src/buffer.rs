@@ -286,20 +286,25 @@ impl TableSnapshot {
         let mut ranges = Vec::new();
         for c in &self.chunks {
             c.ranges(members, &mut ranges);
-            let rows: usize = ranges.iter().map(|r| r.1).sum();
-            match ranges.as_slice() {
-                [] => {}
-                [(start, len)] => out.push(c.batch.slice(*start, *len)),
-                _ if rows == c.batch.num_rows() => out.push(c.batch.clone()),
-                _ => {
-                    let indices: UInt32Array =
-                        ranges.iter().flat_map(|&(s, l)| (s as u32..(s + l) as u32).map(Some)).collect();
-                    out.push(take_record_batch(&c.batch, &indices)?);
-                }
-            }
+            out.extend(take_ranges(&c.batch, &ranges)?);
         }
         Ok(out)
     }
+}
+
+/// The rows of `batch` in `ranges` ((first row, rows), in order) as one batch: a slice when
+/// they are one range, the batch itself when they are all of it, `None` when none.
+pub fn take_ranges(batch: &RecordBatch, ranges: &[(usize, usize)]) -> Result<Option<RecordBatch>, ArrowError> {
+    let rows: usize = ranges.iter().map(|r| r.1).sum();
+    Ok(match ranges {
+        [] => None,
+        [(start, len)] => Some(batch.slice(*start, *len)),
+        _ if rows == batch.num_rows() => Some(batch.clone()),
+        _ => {
+            let indices: UInt32Array = ranges.iter().flat_map(|&(s, l)| (s as u32..(s + l) as u32).map(Some)).collect();
+            Some(take_record_batch(batch, &indices)?)
+        }
+    })
 }
 
 #[derive(Debug, Default)]

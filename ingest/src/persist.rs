@@ -333,47 +333,49 @@ pub async fn commit(
 /// The rows of a several members' `batch` that are the newest version of their (member, id).
 fn newest_member_versions(batch: RecordBatch) -> Result<RecordBatch, crate::IngestError> {
     let (members, ids) = (int_column(&batch, MEMBER_UID)?, int_column(&batch, ROW_ID)?);
-    let versions = int_column(&batch, ROW_VERSION)?;
-    let mut newest: std::collections::HashMap<(i64, i64), (i64, usize)> =
-        std::collections::HashMap::with_capacity(batch.num_rows());
-    for row in 0..batch.num_rows() {
-        let (key, version) = ((members.value(row), ids.value(row)), versions.value(row));
-        let e = newest.entry(key).or_insert((version, row));
-        if version > e.0 {
-            *e = (version, row);
-        }
-    }
-    if newest.len() == batch.num_rows() {
-        return Ok(batch);
-    }
-    let mut rows: Vec<u32> = newest.values().map(|(_, row)| *row as u32).collect();
-    rows.sort_unstable();
-    Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(rows))?)
+    let keys = members.values().iter().copied().zip(ids.values().iter().copied());
+    let rows = newest_rows(keys, int_column(&batch, ROW_VERSION)?.values());
+    keep_rows(batch, rows)
 }
 
 /// The rows of `batch` that are the newest version of their id (the batch itself when no id
 /// repeats, the common case).
 pub fn newest_versions(batch: RecordBatch) -> Result<RecordBatch, crate::IngestError> {
-    let ids = batch.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
+    let ids = int_column(&batch, ROW_ID)?;
     // A flush's rows of a member come in id order unless a row was updated: nothing to
     // drop, and no map of every id to build.
     if ids.values().windows(2).all(|w| w[0] < w[1]) {
         return Ok(batch);
     }
-    let versions = batch.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>();
-    let mut newest: std::collections::HashMap<i64, (i64, usize)> = std::collections::HashMap::with_capacity(ids.len());
-    for (row, (id, version)) in ids.values().iter().zip(versions.values()).enumerate() {
-        let e = newest.entry(*id).or_insert((*version, row));
+    let rows = newest_rows(ids.values().iter().copied(), int_column(&batch, ROW_VERSION)?.values());
+    keep_rows(batch, rows)
+}
+
+/// For rows with these `keys` and `versions`, the rows holding each key's highest version,
+/// in row order; `None` when no key repeats (every row is kept).
+fn newest_rows<K: std::hash::Hash + Eq>(keys: impl ExactSizeIterator<Item = K>, versions: &[i64]) -> Option<Vec<u32>> {
+    let n = keys.len();
+    let mut newest: std::collections::HashMap<K, (i64, usize)> = std::collections::HashMap::with_capacity(n);
+    for (row, (key, version)) in keys.zip(versions).enumerate() {
+        let e = newest.entry(key).or_insert((*version, row));
         if *version > e.0 {
             *e = (*version, row);
         }
     }
-    if newest.len() == ids.len() {
-        return Ok(batch);
+    if newest.len() == n {
+        return None;
     }
     let mut rows: Vec<u32> = newest.values().map(|(_, row)| *row as u32).collect();
     rows.sort_unstable();
-    Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(rows))?)
+    Some(rows)
+}
+
+/// `batch` with only `rows` (all of it for `None`).
+fn keep_rows(batch: RecordBatch, rows: Option<Vec<u32>>) -> Result<RecordBatch, crate::IngestError> {
+    match rows {
+        None => Ok(batch),
+        Some(rows) => Ok(take_record_batch(&batch, &datafusion::arrow::array::UInt32Array::from(rows))?),
+    }
 }
 
 fn min_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {

@@ -277,18 +277,9 @@ impl ScopedTable {
                     ranges.push((start, len));
                 }
             }
-            let rows: usize = ranges.iter().map(|r| r.1).sum();
-            let batch = match ranges.as_slice() {
-                [] => continue,
-                [(start, len)] => file.batch.slice(*start, *len),
-                _ if rows == file.batch.num_rows() => file.batch.clone(),
-                _ => {
-                    let indices: datafusion::arrow::array::UInt32Array =
-                        ranges.iter().flat_map(|&(s, l)| (s as u32..(s + l) as u32).map(Some)).collect();
-                    datafusion::arrow::compute::take_record_batch(&file.batch, &indices)?
-                }
-            };
-            hot.add(batch)?;
+            if let Some(batch) = ingest::buffer::take_ranges(&file.batch, &ranges)? {
+                hot.add(batch)?;
+            }
         }
         Ok(hot)
     }
