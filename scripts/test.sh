@@ -68,7 +68,8 @@ fi
 # API fuzzing (issue 6)
 scripts/api-fuzz.sh || failed=1
 
-# Fuzzing (issue 6)
+# Fuzzing (issue 6). Its build is a second target directory of several GB: say what is left.
+echo "test.sh: disk free before the fuzz build: $(df -h --output=avail . | tail -n 1 | tr -d ' ')" >&2
 scripts/fuzz.sh || failed=1
 
 exit "$failed"
