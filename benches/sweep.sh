@@ -22,8 +22,9 @@ server=(taskset -c 1); client=(taskset -c 0)
 rm -rf "$work" && mkdir -p "$work"
 export TROVE_ADMIN_TOKEN="sweep-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
-metric() {  # name: the sum of a counter or gauge over its labels
-  curl -sf "127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s }'
+requests() {  # op: object-store requests of that kind so far
+  curl -sf "127.0.0.1:$port/metrics" |
+    awk -v s="trove_object_store_requests_total{op=\"$1\"}" '$1 == s { n = $2 } END { printf "%d\n", n }'
 }
 
 for members in "${counts[@]}"; do
@@ -39,14 +40,14 @@ for members in "${counts[@]}"; do
   "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --rows 1 \
     --setup-file "$work/setup-$members.json" > /dev/null
   setup=$(awk "BEGIN { print $(date +%s.%N) - $start }")
-  before=$(metric trove_ingest_files_written_total)
+  before=("$(requests put)" "$(requests get)")
   "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --connections 4 \
     --duration "${secs}s" --setup-file "$work/setup-$members.json" --report "$work/run-$members.json" \
     > "$work/run-$members.out"
   # Let the last flush round land, so PUTs count every row of the run.
   sleep 3
-  after=$(metric trove_ingest_files_written_total)
-  echo "{\"setup_seconds\": $setup, \"files_written\": $((after - before))}" > "$work/extra-$members.json"
+  puts=$(($(requests put) - before[0])); gets=$(($(requests get) - before[1]))
+  echo "{\"setup_seconds\": $setup, \"puts\": $puts, \"gets\": $gets}" > "$work/extra-$members.json"
   # SIGKILL, not a graceful stop: the WAL holds the rows, and a graceful stop would flush a
   # file per member (at a million members, about 12 GB of small files on this machine).
   kill -9 "$pid"; wait "$pid" 2>/dev/null || true
@@ -56,15 +57,15 @@ done
 python3 - "$work" "${counts[@]}" <<'EOF'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])
-print("\n| members | setup s | rows/s | ack p50 / p99 / p99.9 ms | refused | server CPU (cores) | server RSS max | PUTs per million rows |")
+print("\n| members | setup s | rows/s | ack p50 / p99 / p99.9 ms | refused | server CPU (cores) | server RSS max | PUTs / GETs per million rows |")
 print("|---|---|---|---|---|---|---|---|")
 for m in sys.argv[2:]:
     r = json.loads((work / f"run-{m}.json").read_text())
     x = json.loads((work / f"extra-{m}.json").read_text())
     s = r.get("server") or {}
     a = r["ack_ms"]
-    puts = x["files_written"] / max(r["rows"], 1) * 1e6
+    puts, gets = (x[k] / max(r["rows"], 1) * 1e6 for k in ("puts", "gets"))
     print(f"| {int(m):,} | {x['setup_seconds']:.1f} | {r['rows_per_sec']:,.0f} | "
           f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {r['refused']} | {s.get('cores_busy', 0):.2f} | "
-          f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.1f} |")
+          f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.1f} / {gets:,.1f} |")
 EOF

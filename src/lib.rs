@@ -18,10 +18,12 @@
 //! - [`http`]: routes, authentication, and the one mapping of errors to statuses.
 //! - [`demo`]: the demo fixture of docs/api.md, also the base of the end-to-end tests.
 //! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`metered`]: the object store's requests counted, by kind.
 
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod metered;
 pub mod telemetry;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 
 use crate::config::{DurabilityArg, IngestArgs, ObjectStoreLocation, ServeConfig, StorageConfig};
+use crate::metered::MeteredStore;
 
 /// Errors that stop the binary.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +89,14 @@ pub struct Settings {
 }
 
 /// The object store of a location: a local directory, or S3 (endpoint, region and
-/// credentials from the `AWS_*` environment variables).
+/// credentials from the `AWS_*` environment variables), its requests counted
+/// ([`MeteredStore`]).
 pub fn object_store(location: &ObjectStoreLocation) -> Result<Arc<dyn ObjectStore>, Error> {
     match location {
         ObjectStoreLocation::Local(dir) => {
             std::fs::create_dir_all(dir)?;
             let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::Config(e.to_string()))?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(MeteredStore::new(Arc::new(store))))
         }
         ObjectStoreLocation::Url(url) => {
             let aws = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
@@ -111,7 +115,9 @@ pub fn open_url(
 ) -> Result<Arc<dyn ObjectStore>, Error> {
     let (store, prefix) = object_store::parse_url_opts(url, options).map_err(|e| Error::Config(e.to_string()))?;
     let store: Arc<dyn ObjectStore> = Arc::from(store);
-    if prefix.as_ref().is_empty() { Ok(store) } else { Ok(Arc::new(PrefixStore::new(store, prefix))) }
+    let store: Arc<dyn ObjectStore> =
+        if prefix.as_ref().is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
+    Ok(Arc::new(MeteredStore::new(store)))
 }
 
 /// The write path's settings from the command line.

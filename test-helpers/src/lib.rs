@@ -355,6 +355,12 @@ impl TestServer {
     }
 }
 
+/// The value of `series` (a metric name with its labels, as Prometheus prints it) in a
+/// `/metrics` text; 0 when absent (a counter not yet counted).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
 /// Now, in epoch seconds (event times of test rows).
 pub fn now_secs() -> i64 {
     use catalog::time::Clock;

@@ -294,13 +294,10 @@ impl Run {
     /// how many objects it deleted.
     async fn wait_for_collection(&self, server: &Server) -> u64 {
         let url = format!("http://127.0.0.1:{}/metrics", server.port);
-        let value = |text: &str, name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
-        };
         for _ in 0..600 {
             let text = self.client.get(&url).send().await.unwrap().text().await.unwrap();
-            if value(&text, "trove_ingest_collections_total") >= 1.0 {
-                return value(&text, "trove_ingest_orphans_deleted_total") as u64;
+            if test_helpers::metric(&text, "trove_ingest_collections_total") >= 1.0 {
+                return test_helpers::metric(&text, "trove_ingest_orphans_deleted_total") as u64;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

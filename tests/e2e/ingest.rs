@@ -459,6 +459,29 @@ async fn compaction_merges_small_files_without_losing_or_doubling_a_row() {
 }
 
 #[tokio::test]
+async fn object_store_requests_are_counted_by_kind() {
+    for objects in test_helpers::object_stores() {
+        let s = TestServer::start(TestConfig { objects, ..TestConfig::new(Store::Sqlite) }).await;
+        let requests = || async {
+            let (_, text) = s.call_text(reqwest::Method::GET, "/metrics", None, None).await;
+            let op =
+                |op: &str| test_helpers::metric(&text, &format!("trove_object_store_requests_total{{op=\"{op}\"}}"));
+            (op("put"), op("get"))
+        };
+        let (puts, gets) = requests().await;
+        let rows = readings(90, 9, now_secs() - 86_400);
+        assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+        s.flush().await;
+        let (puts_flushed, _) = requests().await;
+        assert_eq!(puts_flushed - puts, 1.0, "{objects:?}: nine members' rows, one hot file, one PUT");
+        s.settle().await;
+        let (puts_settled, gets_settled) = requests().await;
+        assert_eq!(puts_settled - puts_flushed, 9.0, "{objects:?}: settling writes a file per member");
+        assert!(gets_settled > gets, "{objects:?}: settling reads the hot file");
+    }
+}
+
+#[tokio::test]
 async fn storage_down_keeps_acking_into_the_wal_then_503_and_nothing_is_lost() {
     let mut config = TestConfig::new(Store::Sqlite);
     config.buffer_bytes = 256 * 1024;
