@@ -55,7 +55,8 @@ for _ in $(seq 720); do
   sleep 5
   files=$(manifest "SELECT count(*) || '/' || sum(member_uid = 0) || '/' || sum(row_count) FROM parquet_files")
   state="$files/$(find "$work/data/objects" -name '*.parquet' | wc -l)"
-  if [ "$state" = "$last" ] && [ "$state" = "${files%%/*}/0/$rows/${files%%/*}" ]; then same=$((same + 1)); else same=0; fi
+  # (The setup's one row is in the manifest too.)
+  if [ "$state" = "$last" ] && [ "$state" = "${files%%/*}/0/$((rows + 1))/${files%%/*}" ]; then same=$((same + 1)); else same=0; fi
   last=$state
   [ "$same" -ge 3 ] && break
 done

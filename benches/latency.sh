@@ -2,15 +2,17 @@
 # Ack latency with flush rounds inside the run: a fresh release server (`--flush-age 10s`,
 # on core 1) and `trove-load` (core 0) offering RATE rows/s over 10,000 members for 40 s,
 # 1,000-row NDJSON bodies, durable acks. Prints one Markdown table row: offered, label,
-# rows/s, ack p50 / p99 / p99.9 ms, Parquet files written.
+# rows/s, ack p50 / p99 / p99.9 ms, WAL group commits over 10 ms, Parquet files written.
 #
-#   benches/latency.sh RATE [LABEL]
+#   benches/latency.sh RATE [LABEL]     RATE in rows/s, or N% of the maximum: then a 20 s
+#                                       run as fast as the server answers comes first, on
+#                                       the same server, and sets it (shared machines vary)
 #
 # Extra `trove serve` flags go in TROVE_LATENCY_SERVE_FLAGS (e.g. `--wal-dir /dev/shm/w`);
 # TROVE_SWEEP_BIN_DIR runs binaries built elsewhere (an A/B) instead of building these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rate=$1; label=${2:-$(git rev-parse --short HEAD)}
+rate=$1; label=${2:-$(git rev-parse --short HEAD)}; max=""
 work=${TROVE_LOAD_WORK:-/tmp/trove-latency}; port=${TROVE_LOAD_PORT:-18093}
 bin=${TROVE_SWEEP_BIN_DIR:-}
 if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load >&2; bin=target/release; fi
@@ -26,16 +28,27 @@ trap 'kill -9 $pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
 "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --rows 1 \
   --setup-file "$work/setup.json" > /dev/null
+if [ "${rate%\%}" != "$rate" ]; then
+  "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --connections 4 \
+    --duration 20s --setup-file "$work/setup.json" --report "$work/max.json" > "$work/max.out"
+  max=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rows_per_sec"]))' "$work/max.json")
+  rate=$((max * ${rate%\%} / 100))
+fi
 "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --connections 4 --rate "$rate" \
   --duration 40s --setup-file "$work/setup.json" --report "$work/run.json" > "$work/run.out"
 sleep 2
-files=$(curl -sf "127.0.0.1:$port/metrics" | awk '$1 == "trove_ingest_files_written_total" { print $2 }')
+curl -sf "127.0.0.1:$port/metrics" > "$work/metrics.txt"
+files=$(awk '$1 == "trove_ingest_files_written_total" { print $2 }' "$work/metrics.txt")
+# Group commits (write + fdatasync) over 10 ms, over the whole life (both runs).
+slow=$(awk '$1 == "trove_ingest_wal_append_duration_seconds_bucket{le=\"0.01\"}" { fast = $2 }
+            $1 == "trove_ingest_wal_append_duration_seconds_count" { n = $2 } END { print n - fast }' "$work/metrics.txt")
 # SIGKILL: the WAL holds the rows; the data goes with the work directory.
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true
 rm -rf "$work/data"
-python3 - "$work/run.json" "$rate" "$label" "${files:-0}" <<'PY'
+python3 - "$work/run.json" "$rate" "$label" "${files:-0}" "$max" "${slow:-0}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); a = r["ack_ms"]
-print(f"| {int(sys.argv[2]):,} | {sys.argv[3]} | {r['rows_per_sec']:,.0f} | "
-      f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {sys.argv[4]} |")
+offered = f"{int(sys.argv[2]):,}" + (f" (of {int(sys.argv[5]):,})" if sys.argv[5] else "")
+print(f"| {offered} | {sys.argv[3]} | {r['rows_per_sec']:,.0f} | "
+      f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {sys.argv[6]} | {sys.argv[4]} |")
 PY

@@ -222,3 +222,34 @@ fn arrow_ipc_dictionaries_are_refused_before_reading() {
     let Err(DecodeError::Malformed(reason)) = decode(&s, Format::ArrowIpc, &buf) else { panic!("refused") };
     assert!(reason.contains("dictionary"), "{reason}");
 }
+
+#[test]
+fn fields_in_any_order_land_in_their_columns_and_bad_utf8_names_its_line() {
+    let s = schema("ds_energy_consumption");
+    // Each row names its fields in another order (the decoder guesses each key's column from
+    // the row before), one twice and one unknown.
+    let body = "{\"member_uid\": 1, \"field_energy_reading_value\": 1.5, \"field_energy_source_name\": \"a\"}\n\
+                {\"field_energy_source_name\": \"b\", \"member_uid\": 2, \"field_energy_reading_value\": 2.5}\n\
+                {\"field_energy_reading_value\": 3.5, \"field_energy_source_name\": \"c\", \"member_uid\": 3}\n\
+                {\"member_uid\": 4, \"field_energy_reading_value\": 4.5}\n";
+    let b = decode(&s, Format::Ndjson, body.as_bytes()).unwrap();
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().values(), &[1, 2, 3, 4]);
+    let value = b.column_by_name("field_energy_reading_value").unwrap().as_primitive::<Float64Type>();
+    assert_eq!(value.values(), &[1.5, 2.5, 3.5, 4.5]);
+    let name = b.column_by_name("field_energy_source_name").unwrap().as_string::<i32>();
+    assert_eq!(name.iter().collect::<Vec<_>>(), [Some("a"), Some("b"), Some("c"), None]);
+    let twice =
+        "{\"member_uid\": 1, \"field_energy_reading_value\": 1}\n{\"member_uid\": 1, \"member_uid\": 2, \"x\": 1}\n";
+    assert_eq!(
+        rows(decode(&s, Format::Ndjson, twice.as_bytes()).unwrap_err()),
+        [(2, Some("member_uid".into())), (2, Some("x".into()))]
+    );
+
+    let mut bad = b"{\"member_uid\": 1}\n{\"member_uid\": 1, \"field_energy_source_name\": \"".to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(b"\"}\n");
+    for format in [Format::Ndjson, Format::JsonArray] {
+        let Err(DecodeError::Malformed(m)) = decode(&s, format, &bad) else { panic!("{format:?} refused") };
+        assert_eq!(m, "line 2: not UTF-8");
+    }
+}
