@@ -230,9 +230,10 @@ pub struct IngestArgs {
     pub compact_min_files: i64,
 
     /// Rows stay in hot files (one per dataset and flush, several members' rows sorted by
-    /// member) this long after they arrived (humantime); compaction then settles them into
-    /// per-member files. Shorter means more, smaller files per member (compaction merges
-    /// them by day); longer means more hot files for each read of the dataset to open.
+    /// member) one to two of these after they arrived (humantime): once a window's last
+    /// arrival is a window old, compaction settles that window's hot files into one file per
+    /// member. Shorter means more, smaller files per member (compaction merges them by day);
+    /// longer means more hot files for each read of the dataset to open.
     #[arg(long, env = "TROVE_HOT_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub hot_window: Duration,
 

@@ -169,8 +169,8 @@ impl Compactor {
         Ok(())
     }
 
-    /// Hot files: those that arrived before `cutoff` (epoch ms) settled into per-member
-    /// files, then each dataset's small younger ones merged into one, a step of at most
+    /// Hot files: those whose window of arrivals ended before `cutoff` (epoch ms) settled
+    /// into per-member files, then each dataset's small younger ones merged into one, a step of at most
     /// [`HOT_STEP_BYTES`] per dataset and pass. Returns the number of files replaced.
     pub(crate) async fn rewrite_hot(
         &self,
@@ -185,10 +185,15 @@ impl Compactor {
         for (f, arrived) in catalog.hot_files_before(i64::MAX).await? {
             by_table.entry((f.environment, f.dataset.clone())).or_default().push((f, arrived));
         }
+        // A window's arrivals (windows aligned to the epoch: with the default 24 h, UTC days)
+        // settle together, once the last of them is a window old, so a member gets one file
+        // per window rather than one per hot file; rows stay hot one to two windows.
+        let window = i64::try_from(self.config.hot_window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let settles = |arrived: i64| arrived.div_euclid(window).saturating_add(1).saturating_mul(window) <= cutoff;
         let mut replaced = 0;
         for ((_, dataset), files) in by_table {
             let schema = schema_of(&Arc::new(catalog.dataset(&dataset).await?))?;
-            let (due, young): (Vec<_>, Vec<_>) = files.into_iter().partition(|(_, arrived)| *arrived < cutoff);
+            let (due, young): (Vec<_>, Vec<_>) = files.into_iter().partition(|(_, arrived)| settles(*arrived));
             let small: Vec<_> = young.into_iter().filter(|(f, _)| f.size_bytes < HOT_SMALL_BYTES).collect();
             for (group, settle) in [(due, true), (small, false)] {
                 if group.is_empty() || (!settle && (group.len() as i64) < self.config.min_files) {

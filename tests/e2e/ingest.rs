@@ -910,6 +910,38 @@ async fn concurrent_puts_of_one_row_keep_every_field() {
 }
 
 #[tokio::test]
+async fn a_windows_hot_files_settle_together_into_one_file_per_member() {
+    // The server's clock starts an hour into a UTC day; the hot window is the default 24 h.
+    let midnight: i64 = 1_924_992_000_000;
+    let clock = Arc::new(catalog::time::MockClock::new(midnight + 3_600_000));
+    let s = TestServer::start(TestConfig { clock: Some(clock.clone()), ..TestConfig::new(Store::Sqlite) }).await;
+    let hour = std::time::Duration::from_secs(3600);
+    let files = || async {
+        let files = s.catalog.all_parquet_files().await.unwrap();
+        (files.iter().filter(|f| f.member.is_none()).count(), files.iter().filter(|f| f.member.is_some()).count())
+    };
+    for _ in 0..2 {
+        let rows = readings(30, 3, midnight / 1000 - 86_400);
+        assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+        s.flush().await;
+        clock.advance(2 * hour);
+    }
+    assert_eq!(files().await, (2, 0), "two hot files, arrived an hour and three hours into the day");
+
+    // A day on, the first hot file is a window old but its day's arrivals are not all.
+    clock.advance(21 * hour);
+    s.ingester.compact_round().await.unwrap();
+    assert_eq!(files().await, (2, 0), "nothing settles before the whole day may");
+
+    // Once the day's last arrival may settle, both hot files settle in one step: a file per member.
+    clock.advance(24 * hour);
+    s.ingester.compact_round().await.unwrap();
+    assert_eq!(files().await, (0, 3), "one file per member for the day's two hot files");
+    let stored = by_member(&stored_rows(&s.catalog, &s.objects).await);
+    assert_eq!(stored.values().map(Vec::len).collect::<Vec<_>>(), [20, 20, 20], "every row once");
+}
+
+#[tokio::test]
 async fn the_catalogs_clock_decides_what_is_on_time_and_when_it_was_logged() {
     // A server whose clock says 1 January 2031: rows dated then are on time, rows more than a
     // day past it are not, and the access log says when by the same clock.
