@@ -8,7 +8,8 @@
 # merged before they settle). Waits until no hot file is left and compaction has been idle
 # for three passes (and replaced objects are deleted), then prints one Markdown table row: members, rows, rows/s, seconds to
 # settle, object-store requests per million rows by kind (PUT, GET, LIST, DELETE), objects
-# left, files per member (mean and most), bytes per reading.
+# left, files per member (mean and most), bytes per reading, the server's peak RSS (ingest or
+# settling, whichever was higher).
 #
 #   benches/day.sh [MEMBERS]
 #
@@ -66,9 +67,10 @@ after=$(for op in put get list delete; do requests "$op"; done | paste -sd ' ')
 objects=${files%%/*}
 per_member=$(manifest "SELECT printf('%.2f / %d', avg(n), max(n)) FROM (SELECT count(*) AS n FROM parquet_files GROUP BY dataset, member_uid)")
 bytes=$(manifest "SELECT printf('%.1f', 1.0 * sum(size_bytes) / sum(row_count)) FROM parquet_files")
+peak=$(awk '/^VmHWM/ { printf "%d MiB", $2 / 1024 }' "/proc/$pid/status")
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true
 rm -rf "$work/data"
-python3 - "$work/run.json" "$members" "$settle" "$before" "$after" "$objects" "$per_member" "$bytes" <<'PY'
+python3 - "$work/run.json" "$members" "$settle" "$before" "$after" "$objects" "$per_member" "$bytes" "$peak" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 members, settle = int(sys.argv[2]), int(sys.argv[3])
@@ -76,5 +78,5 @@ before, after = map(int, sys.argv[4].split()), map(int, sys.argv[5].split())
 per_m = [(a - b) / r["rows"] * 1e6 for a, b in zip(after, before)]
 print(f"| {members:,} | {r['rows']:,} | {r['rows_per_sec']:,.0f} | {settle} | "
       + " / ".join(f"{x:,.0f}" for x in per_m)
-      + f" | {int(sys.argv[6]):,} | {sys.argv[7]} | {sys.argv[8]} |")
+      + f" | {int(sys.argv[6]):,} | {sys.argv[7]} | {sys.argv[8]} | {sys.argv[9]} |")
 PY
