@@ -13,8 +13,11 @@ use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use catalog::{Catalog, ErrorKind, ParquetFile};
-use datafusion::arrow::array::RecordBatch;
-use futures::{StreamExt, TryStreamExt};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
+use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStream;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -22,7 +25,7 @@ use crate::IngestError;
 use crate::buffer::Buffer;
 use crate::partition::PartitionKey;
 use crate::persist;
-use crate::schema::DatasetSchema;
+use crate::schema::{DatasetSchema, MEMBER_UID};
 
 /// How long the manifest keeps tombstones of replaced files, so nodes following its change
 /// feed see them (far longer than a node may go without following it).
@@ -50,8 +53,15 @@ pub struct CompactionConfig {
 /// Hot files below this size are merged, once a dataset has `min_files` of them.
 const HOT_SMALL_BYTES: i64 = 64 << 20;
 
-/// At most this many bytes of hot files are rewritten in one merge or settling step.
+/// At most this many bytes of hot files are merged in one step (decoded whole).
 const HOT_STEP_BYTES: i64 = 512 << 20;
+
+/// At most this many hot files are settled in one step. Settling streams them (a row group
+/// of each in memory at a time, about 30 MB), so a step is bounded by files, not bytes.
+const SETTLE_STEP_FILES: usize = 16;
+
+/// Rows decoded at a time from each hot file being settled.
+const SETTLE_BATCH_ROWS: usize = 8192;
 
 impl Default for CompactionConfig {
     fn default() -> Self {
@@ -204,8 +214,9 @@ impl Compactor {
                     .into_iter()
                     .take_while(|(f, _)| {
                         bytes += f.size_bytes;
-                        bytes - f.size_bytes < HOT_STEP_BYTES
+                        bytes - f.size_bytes < HOT_STEP_BYTES || settle
                     })
+                    .take(if settle { SETTLE_STEP_FILES } else { usize::MAX })
                     .collect();
                 let n = step.len();
                 match self.rewrite_hot_step(catalog, store, buffer, &schema, &step, settle).await {
@@ -233,30 +244,14 @@ impl Compactor {
     ) -> Result<(), IngestError> {
         let Some((first, arrived)) = files.first() else { return Ok(()) };
         let (env, arrived) = (first.environment, files.iter().map(|(_, a)| *a).min().unwrap_or(*arrived));
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        for (f, _) in files {
-            batches.extend(persist::read_file_in_background(store, &f.path).await?);
-        }
         let old: Vec<String> = files.iter().map(|(f, _)| f.path.clone()).collect();
         let new: Vec<ParquetFile> = if settle {
-            let schema2 = schema.clone();
-            let sorted = crate::background::run(move || persist::sort_by_member(&schema2, &batches)).await??;
-            let runs = crate::schema::member_runs(&sorted)?;
-            futures::stream::iter(runs)
-                .map(|(member, start, len)| {
-                    let sorted = &sorted;
-                    async move {
-                        let member =
-                            catalog::MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
-                        let key = PartitionKey { env, dataset: schema.dataset.name.clone(), member };
-                        persist::write_file(store, &key, schema, vec![sorted.slice(start, len)], persist::Codec::Flush)
-                            .await
-                    }
-                })
-                .buffer_unordered(8)
-                .try_collect()
-                .await?
+            settle_by_member(store, schema, env, files).await?
         } else {
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            for (f, _) in files {
+                batches.extend(persist::read_file_in_background(store, &f.path).await?);
+            }
             // The files may hold versions of one row: keep the newest.
             vec![persist::write_hot_file(store, env, schema, batches, true, arrived).await?]
         };
@@ -298,6 +293,107 @@ impl Compactor {
             if let Err(e) = store.delete(&Path::from(path.as_str())).await {
                 // An orphan costs space, not correctness: the manifest no longer names it.
                 tracing::warn!(error = %e, "could not delete a compacted file");
+            }
+        }
+    }
+}
+
+/// Writes the rows of hot `files` as one file per member. Each hot file is sorted by member,
+/// so the files are merged as streams: the smallest member at the front of any of them takes
+/// its run from each, is written, and the next follows. Memory holds a row group of each file
+/// and the member files being written, however large the files are.
+async fn settle_by_member(
+    store: &Arc<dyn ObjectStore>,
+    schema: &Arc<DatasetSchema>,
+    env: catalog::DataEnvironment,
+    files: &[(ParquetFile, i64)],
+) -> Result<Vec<ParquetFile>, IngestError> {
+    let mut cursors = Vec::new();
+    for (f, _) in files {
+        if let Some(c) = HotCursor::open(store, f).await? {
+            cursors.push(c);
+        }
+    }
+    let mut writes = futures::stream::FuturesUnordered::new();
+    let mut written = Vec::new();
+    while let Some(member) = cursors.iter().map(HotCursor::member).min() {
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < cursors.len() {
+            if cursors[i].take_run(member, &mut parts).await? {
+                i += 1;
+            } else {
+                cursors.swap_remove(i);
+            }
+        }
+        let member = catalog::MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let key = PartitionKey { env, dataset: schema.dataset.name.clone(), member };
+        writes.push(async move { persist::write_file(store, &key, schema, parts, persist::Codec::Flush).await });
+        // A few puts in flight; the merge waits for the oldest beyond that.
+        if writes.len() >= 8
+            && let Some(file) = writes.next().await
+        {
+            written.push(file?);
+        }
+    }
+    while let Some(file) = writes.next().await {
+        written.push(file?);
+    }
+    Ok(written)
+}
+
+/// A hot file read as a stream of batches, and where its next row is.
+struct HotCursor {
+    stream: ParquetRecordBatchStream<persist::StoreReader>,
+    batch: RecordBatch,
+    at: usize,
+}
+
+impl HotCursor {
+    /// `None` if the file holds no row.
+    async fn open(store: &Arc<dyn ObjectStore>, file: &ParquetFile) -> Result<Option<HotCursor>, IngestError> {
+        let reader = persist::StoreReader::new(store, file);
+        let stream = ParquetRecordBatchStreamBuilder::new(reader).await?.with_batch_size(SETTLE_BATCH_ROWS).build()?;
+        let mut cursor = HotCursor { batch: RecordBatch::new_empty(stream.schema().clone()), stream, at: 0 };
+        Ok(cursor.fill().await?.then_some(cursor))
+    }
+
+    /// Reads the next batch with rows; `false` at the end of the file.
+    async fn fill(&mut self) -> Result<bool, IngestError> {
+        while let Some(batch) = self.stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() > 0 {
+                (self.batch, self.at) = (batch, 0);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn members(&self) -> &[i64] {
+        self.batch.column_by_name(MEMBER_UID).map_or(&[], |c| c.as_primitive::<Int64Type>().values())
+    }
+
+    /// The member of the next row.
+    fn member(&self) -> i64 {
+        self.members()[self.at]
+    }
+
+    /// Takes `member`'s rows at the front (none if another member is next) into `parts`;
+    /// `false` once the file has no row left.
+    async fn take_run(&mut self, member: i64, parts: &mut Vec<RecordBatch>) -> Result<bool, IngestError> {
+        loop {
+            let n = self.members()[self.at..].partition_point(|m| *m <= member);
+            if n == 0 {
+                return Ok(true);
+            }
+            parts.push(self.batch.slice(self.at, n));
+            self.at += n;
+            if self.at < self.batch.num_rows() {
+                return Ok(true);
+            }
+            if !self.fill().await? {
+                return Ok(false);
             }
         }
     }

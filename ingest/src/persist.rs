@@ -10,9 +10,14 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -449,5 +454,51 @@ mod tests {
         let nobody = read_member_rows(&store, &file.path, catalog::MemberId::new(4).unwrap()).await.unwrap();
         assert_eq!(nobody.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
         assert_eq!(hot_file_max_ids(&store, &file.path).await.unwrap(), [(1, 2, 4), (2, 2, 7), (3, 1, 2)]);
+    }
+}
+
+/// A Parquet file in the object store read by ranges, for streaming reads
+/// (`ParquetRecordBatchStreamBuilder`): the footer first, then each row group's columns.
+#[derive(Debug)]
+pub(crate) struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl StoreReader {
+    pub(crate) fn new(store: &Arc<dyn ObjectStore>, file: &ParquetFile) -> Self {
+        let size = u64::try_from(file.size_bytes).unwrap_or_default();
+        StoreReader { store: store.clone(), path: Path::from(file.path.as_str()), size }
+    }
+}
+
+fn parquet_error(e: object_store::Error) -> datafusion::parquet::errors::ParquetError {
+    datafusion::parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<bytes::Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(parquet_error) }.boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, ParquetResult<Vec<bytes::Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(parquet_error) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata =
+                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(self, size).await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
     }
 }

@@ -915,6 +915,16 @@ async fn a_windows_hot_files_settle_together_into_one_file_per_member() {
     let midnight: i64 = 1_924_992_000_000;
     let clock = Arc::new(catalog::time::MockClock::new(midnight + 3_600_000));
     let s = TestServer::start(TestConfig { clock: Some(clock.clone()), ..TestConfig::new(Store::Sqlite) }).await;
+    // The collector's first pass (soon after start) must come before the clock jumps: by the
+    // server's clock, objects the store dates now would then be two days old, and one put but
+    // not yet committed would look like an orphan.
+    for _ in 0..600 {
+        let (_, text) = s.call_text(reqwest::Method::GET, "/metrics", None, None).await;
+        if test_helpers::metric(&text, "trove_ingest_collections_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let hour = std::time::Duration::from_secs(3600);
     let files = || async {
         let files = s.catalog.all_parquet_files().await.unwrap();
