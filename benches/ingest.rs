@@ -192,7 +192,7 @@ fn bench_ceiling(c: &mut Criterion) {
     let schema = energy_schema();
     let decode_and_encode = |body: &[u8]| {
         let batch = decode(&schema, Format::Ndjson, body).expect("NDJSON decodes");
-        persist::encode(&schema, &[with_ids(&schema, &batch)], Codec::Flush).expect("Parquet encodes")
+        persist::encode(&schema, &[with_ids(&schema, &batch)], Codec::Settled).expect("Parquet encodes")
     };
     let mut g = c.benchmark_group("ceiling");
     for rows in [ROWS, 10 * ROWS] {
@@ -301,13 +301,13 @@ fn bench_persist(c: &mut Criterion) {
             .map(|p| persist::encode(&schema, std::slice::from_ref(p), codec).expect("Parquet encodes").0.len())
             .sum::<usize>()
     };
-    let (_, sorted) = persist::encode(&schema, &partitions[..1], Codec::Flush).expect("Parquet encodes");
+    let (_, sorted) = persist::encode(&schema, &partitions[..1], Codec::Settled).expect("Parquet encodes");
     assert_eq!(sorted.num_rows(), ROWS / MEMBERS);
 
     // Flushes write LZ4 and compaction ZSTD: both are timed, so the per-file cost of ZSTD's
     // contexts stays visible.
     let mut g = c.benchmark_group("persist");
-    for (codec, name) in [(Codec::Flush, "lz4"), (Codec::Compacted, "zstd")] {
+    for (codec, name) in [(Codec::Settled, "lz4"), (Codec::Compacted, "zstd")] {
         let flush_bytes = encode_all(&partitions, codec);
         let one_bytes = encode_all(std::slice::from_ref(&one_member), codec);
         println!(

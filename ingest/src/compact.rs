@@ -6,7 +6,7 @@
 //! and the read index follows (readers see either, never both), then the old objects are
 //! deleted after a grace period for reads already planned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,7 +19,7 @@ use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
 use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStream;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 
 use crate::IngestError;
 use crate::buffer::Buffer;
@@ -83,7 +83,7 @@ pub type SchemaOf<'a> = dyn Fn(&Arc<catalog::Dataset>) -> Result<Arc<DatasetSche
 #[derive(Debug)]
 pub struct Compactor {
     config: CompactionConfig,
-    doomed: Mutex<Vec<(Instant, String)>>,
+    doomed: Mutex<HashMap<String, Instant>>,
     /// Partitions whose last pass found nothing to merge (their small files are in
     /// different buckets), with their file count then: skipped until it changes, so they
     /// cannot starve the partitions behind them.
@@ -98,7 +98,7 @@ fn bucket(f: &ParquetFile, now_secs: i64, cold_after: i64) -> (bool, i64) {
 
 impl Compactor {
     pub fn new(config: CompactionConfig) -> Self {
-        Compactor { config, doomed: Mutex::new(Vec::new()), settled: Mutex::new(Default::default()) }
+        Compactor { config, doomed: Mutex::new(HashMap::new()), settled: Mutex::new(Default::default()) }
     }
 
     /// One pass: settles hot files older than the hot window and merges small hot files,
@@ -175,7 +175,7 @@ impl Compactor {
         }
         buffer.swap_files(&[file], &old);
         let at = Instant::now();
-        self.doomed.lock().extend(old.into_iter().map(|p| (at, p)));
+        self.doomed.lock().extend(old.into_iter().map(|p| (p, at)));
         Ok(())
     }
 
@@ -263,7 +263,7 @@ impl Compactor {
         }
         buffer.swap_files(&new, &old);
         let at = Instant::now();
-        self.doomed.lock().extend(old.into_iter().map(|p| (at, p)));
+        self.doomed.lock().extend(old.into_iter().map(|p| (p, at)));
         let what = if settle { "trove_ingest_settled_files_total" } else { "trove_ingest_merged_hot_files_total" };
         metrics::counter!(what).increment(files.len() as u64);
         Ok(())
@@ -271,7 +271,7 @@ impl Compactor {
 
     /// Whether `path` was replaced and waits for its grace period to end.
     pub(crate) fn is_doomed(&self, path: &str) -> bool {
-        self.doomed.lock().iter().any(|(_, p)| p == path)
+        self.doomed.lock().contains_key(path)
     }
 
     /// The settings it runs with.
@@ -285,14 +285,23 @@ impl Compactor {
         let due: Vec<String> = {
             let mut doomed = self.doomed.lock();
             let grace = if all { Duration::ZERO } else { self.config.delete_grace };
-            let (due, keep): (Vec<_>, Vec<_>) = doomed.drain(..).partition(|(at, _)| at.elapsed() >= grace);
-            *doomed = keep;
-            due.into_iter().map(|(_, p)| p).collect()
+            let due: Vec<String> =
+                doomed.iter().filter(|(_, at)| at.elapsed() >= grace).map(|(p, _)| p.clone()).collect();
+            for p in &due {
+                doomed.remove(p);
+            }
+            due
         };
-        for path in due {
-            if let Err(e) = store.delete(&Path::from(path.as_str())).await {
-                // An orphan costs space, not correctness: the manifest no longer names it.
-                tracing::warn!(error = %e, "could not delete a compacted file");
+        // In bulk: a compaction pass over many members replaces hundreds of thousands of
+        // files, one request per thousand on S3, concurrent deletes elsewhere.
+        let paths = futures::stream::iter(due.into_iter().map(|p| Ok(Path::from(p)))).boxed();
+        let mut results = store.delete_stream(paths);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                // An orphan costs space, not correctness: the manifest no longer names it, and
+                // the collector deletes it later.
+                Err(e) => tracing::warn!(error = %e, "could not delete a compacted file"),
             }
         }
     }
@@ -328,7 +337,7 @@ async fn settle_by_member(
         }
         let member = catalog::MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
         let key = PartitionKey { env, dataset: schema.dataset.name.clone(), member };
-        writes.push(async move { persist::write_file(store, &key, schema, parts, persist::Codec::Flush).await });
+        writes.push(async move { persist::write_file(store, &key, schema, parts, persist::Codec::Settled).await });
         // A few puts in flight; the merge waits for the oldest beyond that.
         if writes.len() >= 8
             && let Some(file) = writes.next().await

@@ -25,13 +25,14 @@ use crate::partition::{PartitionKey, file_path};
 use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column};
 
 /// How a file is compressed. parquet-rs makes a ZSTD context per column of every file,
-/// which costs about 0.4 ms a file whatever its size: most of a flush round, which writes a
-/// small file per member. Flushes therefore use LZ4 (no context to set up), and compaction,
-/// which rewrites them into few large files, ZSTD for the smaller size (BENCHMARKS.md).
+/// which costs about 0.4 ms a file whatever its size: most of settling, which writes a small
+/// file per member. Hot and settled files therefore use LZ4 (no context to set up), and
+/// compaction, which rewrites a member's files into few large ones, ZSTD for the smaller
+/// size (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
-    /// A flush: fast to write, rewritten by compaction.
-    Flush,
+    /// A member's file settled from hot files: fast to write, rewritten by compaction.
+    Settled,
     /// A compacted file: kept long, so small.
     Compacted,
     /// A hot file (several members' rows): written every flush, read by every read of its
@@ -44,7 +45,7 @@ const HOT_PAGE_ROWS: usize = 4096;
 
 fn writer_properties(codec: Codec) -> WriterProperties {
     let compression = match codec {
-        Codec::Flush | Codec::Hot => Compression::LZ4_RAW,
+        Codec::Settled | Codec::Hot => Compression::LZ4_RAW,
         Codec::Compacted => Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")),
     };
     // A hot file holds many members, sorted by member: small pages, so the page index
