@@ -19,24 +19,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 members=${1:-10000}
 rows=$((members * 96))
-work=${TROVE_LOAD_WORK:-/tmp/trove-day}; port=${TROVE_LOAD_PORT:-18094}
-bin=${TROVE_SWEEP_BIN_DIR:-}
-if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load >&2; bin=target/release; fi
-server=(taskset -c 1); client=(taskset -c 0)
-[ "$(nproc)" -ge 2 ] || { server=(); client=(); }
-rm -rf "$work" && mkdir -p "$work"
-export TROVE_ADMIN_TOKEN="day-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+. benches/lib.sh
+bench_setup day 18094
 # shellcheck disable=SC2086
 "${server[@]}" "$bin/trove" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --flush-age 10s \
   --hot-window 20s --compact-interval 5s --orphan-grace 1h ${TROVE_DAY_SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true' EXIT
-for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+wait_healthy
 
-requests() {  # op: object-store requests of that kind so far
-  curl -sf "127.0.0.1:$port/metrics" |
-    awk -v s="trove_object_store_requests_total{op=\"$1\"}" '$1 == s { n = $2 } END { printf "%d\n", n }'
-}
 manifest() {  # sql: one value from the server's own catalog
   python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0] or 0)' \
     "$work/data/catalog.db" "$1"

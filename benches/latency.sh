@@ -13,19 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=$1; label=${2:-$(git rev-parse --short HEAD)}; max=""
-work=${TROVE_LOAD_WORK:-/tmp/trove-latency}; port=${TROVE_LOAD_PORT:-18093}
-bin=${TROVE_SWEEP_BIN_DIR:-}
-if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load >&2; bin=target/release; fi
-server=(taskset -c 1); client=(taskset -c 0)
-[ "$(nproc)" -ge 2 ] || { server=(); client=(); }
-rm -rf "$work" && mkdir -p "$work"
-export TROVE_ADMIN_TOKEN="latency-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+. benches/lib.sh
+bench_setup latency 18093
 # shellcheck disable=SC2086
 "${server[@]}" "$bin/trove" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --flush-age 10s \
   ${TROVE_LATENCY_SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true' EXIT
-for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+wait_healthy
 "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members 10000 --rows 1 \
   --setup-file "$work/setup.json" > /dev/null
 if [ "${rate%\%}" != "$rate" ]; then

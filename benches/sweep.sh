@@ -13,19 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}; shift $(( $# < 1 ? $# : 1 ))
 counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100 10000 100000)
-work=${TROVE_LOAD_WORK:-/tmp/trove-sweep}
-port=${TROVE_LOAD_PORT:-18092}
-bin=${TROVE_SWEEP_BIN_DIR:-}
-if [ -z "$bin" ]; then cargo build --release -p trove -p trove-load; bin=target/release; fi
-server=(taskset -c 1); client=(taskset -c 0)
-[ "$(nproc)" -ge 2 ] || { server=(); client=(); }
-rm -rf "$work" && mkdir -p "$work"
-export TROVE_ADMIN_TOKEN="sweep-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-
-requests() {  # op: object-store requests of that kind so far
-  curl -sf "127.0.0.1:$port/metrics" |
-    awk -v s="trove_object_store_requests_total{op=\"$1\"}" '$1 == s { n = $2 } END { printf "%d\n", n }'
-}
+. benches/lib.sh
+bench_setup sweep 18092
 
 for members in "${counts[@]}"; do
   data="$work/data-$members"
@@ -34,7 +23,7 @@ for members in "${counts[@]}"; do
     > "$work/serve-$members.log" 2>&1 &
   pid=$!
   trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+  wait_healthy
   echo "== $members members" >&2
   start=$(date +%s.%N)
   "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --rows 1 \
