@@ -18,8 +18,8 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
 use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStream;
 use futures::StreamExt;
-use object_store::path::Path;
 use object_store::ObjectStore;
+use object_store::path::Path;
 
 use crate::IngestError;
 use crate::buffer::Buffer;
