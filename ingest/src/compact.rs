@@ -112,8 +112,7 @@ impl Compactor {
         schema_of: &SchemaOf<'_>,
         now_secs: i64,
     ) -> Result<usize, IngestError> {
-        let window = i64::try_from(self.config.hot_window.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = (now_secs * 1000).saturating_sub(window);
+        let cutoff = (now_secs * 1000).saturating_sub(self.hot_window_ms());
         let mut replaced = self.rewrite_hot(catalog, store, buffer, schema_of, cutoff).await?;
         let candidates = catalog.compaction_candidates(self.config.small_bytes, self.config.min_files, 100_000).await?;
         let work: Vec<(PartitionKey, i64)> = {
@@ -179,9 +178,15 @@ impl Compactor {
         Ok(())
     }
 
+    /// The hot window in milliseconds (at least 1).
+    fn hot_window_ms(&self) -> i64 {
+        i64::try_from(self.config.hot_window.as_millis()).unwrap_or(i64::MAX).max(1)
+    }
+
     /// Hot files: those whose window of arrivals ended before `cutoff` (epoch ms) settled
-    /// into per-member files, then each dataset's small younger ones merged into one, a step of at most
-    /// [`HOT_STEP_BYTES`] per dataset and pass. Returns the number of files replaced.
+    /// into per-member files (at most [`SETTLE_STEP_FILES`] per dataset and pass), then each
+    /// dataset's small younger ones merged into one (at most [`HOT_STEP_BYTES`]). Returns the
+    /// number of files replaced.
     pub(crate) async fn rewrite_hot(
         &self,
         catalog: &Catalog,
@@ -198,7 +203,7 @@ impl Compactor {
         // A window's arrivals (windows aligned to the epoch: with the default 24 h, UTC days)
         // settle together, once the last of them is a window old, so a member gets one file
         // per window rather than one per hot file; rows stay hot one to two windows.
-        let window = i64::try_from(self.config.hot_window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let window = self.hot_window_ms();
         let settles = |arrived: i64| arrived.div_euclid(window).saturating_add(1).saturating_mul(window) <= cutoff;
         let mut replaced = 0;
         for ((_, dataset), files) in by_table {
@@ -209,15 +214,18 @@ impl Compactor {
                 if group.is_empty() || (!settle && (group.len() as i64) < self.config.min_files) {
                     continue;
                 }
-                let mut bytes = 0;
-                let step: Vec<(ParquetFile, i64)> = group
-                    .into_iter()
-                    .take_while(|(f, _)| {
-                        bytes += f.size_bytes;
-                        bytes - f.size_bytes < HOT_STEP_BYTES || settle
-                    })
-                    .take(if settle { SETTLE_STEP_FILES } else { usize::MAX })
-                    .collect();
+                let step: Vec<(ParquetFile, i64)> = if settle {
+                    group.into_iter().take(SETTLE_STEP_FILES).collect()
+                } else {
+                    let mut bytes = 0;
+                    group
+                        .into_iter()
+                        .take_while(|(f, _)| {
+                            bytes += f.size_bytes;
+                            bytes - f.size_bytes < HOT_STEP_BYTES
+                        })
+                        .collect()
+                };
                 let n = step.len();
                 match self.rewrite_hot_step(catalog, store, buffer, &schema, &step, settle).await {
                     Ok(()) => replaced += n,
