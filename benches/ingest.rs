@@ -304,9 +304,22 @@ fn bench_persist(c: &mut Criterion) {
     let (_, sorted) = persist::encode(&schema, &partitions[..1], Codec::Settled).expect("Parquet encodes");
     assert_eq!(sorted.num_rows(), ROWS / MEMBERS);
 
+    // A flush's sort: 100 writes, each a reading of 1,000 members sorted by member, sorted
+    // together by member, event time and id before the hot file is encoded.
+    let flushed: Vec<RecordBatch> = (0..100)
+        .map(|k| {
+            let batch =
+                decode(&schema, Format::Ndjson, &ndjson(&schema, ROWS, ROWS, START + k * 900)).expect("NDJSON decodes");
+            with_ids(&schema, &batch)
+        })
+        .collect();
+    let mut g = c.benchmark_group("persist");
+    g.throughput(Throughput::Elements(100 * ROWS as u64));
+    g.bench_function(BenchmarkId::new("sort_by_member", format!("100_writes_x_{ROWS}_rows")), |b| {
+        b.iter(|| persist::sort_by_member(&schema, black_box(&flushed)).expect("sorts").num_rows())
+    });
     // Flushes write LZ4 and compaction ZSTD: both are timed, so the per-file cost of ZSTD's
     // contexts stays visible.
-    let mut g = c.benchmark_group("persist");
     for (codec, name) in [(Codec::Settled, "lz4"), (Codec::Compacted, "zstd")] {
         let flush_bytes = encode_all(&partitions, codec);
         let one_bytes = encode_all(std::slice::from_ref(&one_member), codec);

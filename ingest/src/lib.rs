@@ -47,7 +47,8 @@
 //!   small files of a member merged by day, then by month; each with an atomic swap.
 //! - `collect`: objects the manifest does not name (left by a crash) deleted after a grace
 //!   period, so the store holds exactly what the manifest names.
-//! - `background`: flush and compaction encoding, at most half the cores at once.
+//! - `background`: flush and compaction work in short jobs, at most half the cores at once, at
+//!   low priority unless a buffer is above its soft limit.
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
 
 mod background;

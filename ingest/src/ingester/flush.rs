@@ -30,7 +30,9 @@ impl Ingester {
                 if let Err(e) = self.follow_manifest().await {
                     tracing::warn!(error = %e, "could not read the manifest's changes; retrying");
                 }
-                metrics::gauge!("trove_ingest_buffer_bytes").set(self.buffer.bytes() as f64);
+                let buffered = self.buffer.bytes();
+                self.pressure.set(buffered >= self.config.buffer_soft_bytes);
+                metrics::gauge!("trove_ingest_buffer_bytes").set(buffered as f64);
                 metrics::gauge!("trove_ingest_files").set(self.buffer.file_count() as f64);
                 if last_compaction.elapsed() >= self.config.compact_interval {
                     last_compaction = Instant::now();

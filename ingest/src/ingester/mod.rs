@@ -91,6 +91,9 @@ pub struct Ingester {
     keys: Arc<Keys>,
     write_log: Arc<WriteLog>,
     compactor: crate::compact::Compactor,
+    /// Whether the buffer is above its soft limit: then background work runs at normal
+    /// priority, below it at low priority (see `background`).
+    pressure: crate::background::Pressure,
     stop: tokio::sync::watch::Sender<bool>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -135,6 +138,7 @@ impl Ingester {
             keys: replayed.keys,
             write_log: replayed.write_log,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
+            pressure: Default::default(),
             stop,
             flusher: Mutex::new(None),
         });
@@ -162,7 +166,9 @@ impl Ingester {
     /// 429 when flushing is merely behind, 503 when object storage is failing. Until then
     /// writes keep being acknowledged into the WAL while storage is down.
     pub fn admit(&self) -> Result<(), IngestError> {
-        if self.buffer.bytes() < self.config.buffer_bytes {
+        let buffered = self.buffer.bytes();
+        self.pressure.set(buffered >= self.config.buffer_soft_bytes);
+        if buffered < self.config.buffer_bytes {
             return Ok(());
         }
         if self.storage_failing.load(Ordering::Relaxed) {
