@@ -10,7 +10,20 @@ use trove::config::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for this process. mimalloc asks for them, so a first touch of
+/// its memory zeroes 2 MiB at once; ingest frees every buffered row at each flush and
+/// touches fresh memory for the next, and the zeroing took a tenth of the core. Without
+/// them: 4 to 13 % less CPU per ingested row (BENCHMARKS.md, issue 18's fourth step).
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with plain integer arguments; it only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    no_huge_pages();
     // The fault-injection build reads its failpoints from FAILPOINTS (tests/e2e/faults.rs).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

@@ -494,6 +494,32 @@ impl<'de> de::Deserialize<'de> for Cell<'de> {
     }
 }
 
+/// A field name, borrowed from the body unless it holds escapes. (serde's own
+/// `Cow<str>` always allocates: a `String` for every key of every row.)
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// One row object, appended straight into the builders.
 struct RowSeed<'r, 'a, 'b> {
     rows: &'r mut RowsBuilder<'a, 'b>,
@@ -513,7 +539,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_, '_> {
         f.write_str("a JSON object per row")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             let cell: Cell<'de> = map.next_value()?;
             self.rows.cell(self.row, &key, cell);
         }

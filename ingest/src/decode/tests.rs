@@ -227,9 +227,9 @@ fn arrow_ipc_dictionaries_are_refused_before_reading() {
 fn fields_in_any_order_land_in_their_columns_and_bad_utf8_names_its_line() {
     let s = schema("ds_energy_consumption");
     // Each row names its fields in another order (the decoder guesses each key's column from
-    // the row before), one twice and one unknown.
+    // the row before; a name may be written with escapes), one twice and one unknown.
     let body = "{\"member_uid\": 1, \"field_energy_reading_value\": 1.5, \"field_energy_source_name\": \"a\"}\n\
-                {\"field_energy_source_name\": \"b\", \"member_uid\": 2, \"field_energy_reading_value\": 2.5}\n\
+                {\"field_energy_source_name\": \"b\", \"member\\u005fuid\": 2, \"field_energy_reading_value\": 2.5}\n\
                 {\"field_energy_reading_value\": 3.5, \"field_energy_source_name\": \"c\", \"member_uid\": 3}\n\
                 {\"member_uid\": 4, \"field_energy_reading_value\": 4.5}\n";
     let b = decode(&s, Format::Ndjson, body.as_bytes()).unwrap();
