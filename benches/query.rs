@@ -26,7 +26,6 @@
 //! cargo bench --bench query -- --quick   # short mode (see benches/ingest.rs)
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use catalog::{AccessAction, AccessDecision, AccessLogEntry, ConnectionId, DataEnvironment, DatasetKind, MemberId};
@@ -67,7 +66,7 @@ fn day_of_readings(schema: &ingest::schema::DatasetSchema, day: i64) -> RecordBa
 async fn energy_co_scope(s: &TestServer) -> ReadScope {
     let id = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
     let connection = Arc::new(s.catalog.connection(id).await.expect("energy-co's connection"));
-    let members: HashMap<MemberId, catalog::AgreementVersion> =
+    let members: catalog::MemberMap<catalog::AgreementVersion> =
         s.catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
     assert_eq!(members.len(), MEMBERS as usize);
     let mut datasets = Vec::new();

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use crate::{
     AgreementScope, AgreementVersion, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName,
-    MemberId, Nid, SecretHash, SubscriberId,
+    MemberMap, Nid, SecretHash, SubscriberId,
 };
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -28,7 +28,7 @@ struct State {
     generation: i64,
     /// Connections by nid, with the hash of the key that authenticated them.
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
-    agreements: HashMap<ConnectionId, Arc<HashMap<MemberId, AgreementVersion>>>,
+    agreements: HashMap<ConnectionId, Arc<MemberMap<AgreementVersion>>>,
     /// Member-connection credentials checked, with the hash of the key presented.
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
@@ -161,15 +161,11 @@ impl AuthCache {
     }
 
     /// Members with an active agreement with connection `id`, and the version each approved.
-    pub async fn agreements(
-        &self,
-        catalog: &Catalog,
-        id: ConnectionId,
-    ) -> Result<Arc<HashMap<MemberId, AgreementVersion>>> {
+    pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<MemberMap<AgreementVersion>>> {
         if let Some(a) = self.state().agreements.get(&id) {
             return Ok(a.clone());
         }
-        let read = async { Ok(Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<HashMap<_, _>>())) };
+        let read = async { Ok(Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberMap<_>>())) };
         self.fill(read, |s, a| {
             s.agreements.insert(id, a.clone());
         })
@@ -210,6 +206,7 @@ impl AuthCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemberId;
     use crate::conformance::terms;
 
     /// A member with an approved agreement on a subscriber's approved connection.

@@ -13,13 +13,12 @@
 //! The read targets share one [`Fixture`] per process: a SQLite catalog with one approved
 //! connection, Parquet files and buffered rows, resolved into scopes as a request would be.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use catalog::{
     Catalog, ConnectionId, ConnectionTerms, DataEnvironment, DatasetGrant, DatasetKind, FieldType, GdprDeclaration,
-    MemberId,
+    MemberMap,
 };
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
@@ -219,7 +218,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     let (con_id, key) = agreement.expect("member 1's agreement");
     let member_scope = catalog.agreement_scope(subscriber.id, con_id, key.expose()).await.expect("member 1's scope");
     let connection = Arc::new(catalog.connection(id).await.expect("the connection"));
-    let members: HashMap<MemberId, catalog::AgreementVersion> =
+    let members: MemberMap<catalog::AgreementVersion> =
         catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
 
     // Long ticks: nothing runs in the background while targets plan.

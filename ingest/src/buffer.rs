@@ -23,7 +23,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Instant;
 
-use catalog::{DataEnvironment, DatasetName, MemberId, ParquetFile};
+use catalog::{DataEnvironment, DatasetName, MemberId, MemberMap, ParquetFile};
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
@@ -230,28 +230,6 @@ impl FlushBatch {
         self.chunks.iter().map(|c| c.batch.clone()).collect()
     }
 }
-
-/// Member uids are already well spread integers: hashing them with SipHash was a tenth of
-/// ingest CPU. A multiplicative hash is enough (and keys are not attacker-chosen here: they
-/// passed the agreement check).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct MemberHasher(u64);
-
-impl std::hash::Hasher for MemberHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_i64(&mut self, v: i64) {
-        self.0 = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
-    }
-}
-
-pub type MemberMap<V> = HashMap<MemberId, V, std::hash::BuildHasherDefault<MemberHasher>>;
 
 /// What a read of one member sees: how many rows are buffered, and its recorded files.
 #[derive(Debug, Clone, Default)]

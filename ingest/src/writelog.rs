@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use catalog::{AccessAction, AccessDecision, AccessLogEntry, Catalog, ConnectionId, DatasetName, MemberId};
 
 use crate::IngestError;
-use crate::buffer::MemberMap;
+use catalog::MemberMap;
 
 /// (connection, dataset, minute).
 type Key = (ConnectionId, DatasetName, i64);

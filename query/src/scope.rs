@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use catalog::{
     AgreementScope, AgreementStatus, AgreementVersion, Connection, DataEnvironment, Dataset, DatasetGrant, Field,
-    MemberId,
+    MemberId, MemberMap,
 };
 use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
 
@@ -24,7 +24,7 @@ pub struct TableScope {
     pub columns: Vec<usize>,
     /// Members with an active agreement, and the revision each approved (shared with the
     /// authorization cache, not copied per request).
-    members: Arc<HashMap<MemberId, AgreementVersion>>,
+    members: Arc<MemberMap<AgreementVersion>>,
     /// Per approved revision, what it grants of the visible columns (a revision without an
     /// entry grants nothing).
     grants: HashMap<AgreementVersion, Access>,
@@ -48,7 +48,7 @@ impl TableScope {
     /// offered in the connection's environment.
     pub fn for_connection(
         connection: &Connection,
-        members: Arc<HashMap<MemberId, AgreementVersion>>,
+        members: Arc<MemberMap<AgreementVersion>>,
         schema: Arc<DatasetSchema>,
     ) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
@@ -72,7 +72,7 @@ impl TableScope {
         let columns = columns(&schema, &fields);
         let env: DataEnvironment = scope.environment.into();
         let version = scope.agreement.version;
-        let members = Arc::new(HashMap::from([(scope.agreement.member, version)]));
+        let members = Arc::new(MemberMap::from_iter([(scope.agreement.member, version)]));
         Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Access::All)]) })
     }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use async_trait::async_trait;
+use catalog::MemberMap;
 use catalog::{DatasetName, MemberId, ParquetFile};
 use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -40,7 +41,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
-use ingest::buffer::{Buffer, Buffered, MemberMap, Snapshot};
+use ingest::buffer::{Buffer, Buffered, Snapshot};
 use object_store::ObjectStore;
 
 use crate::prune::Pruner;

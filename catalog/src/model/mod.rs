@@ -13,7 +13,10 @@ pub use connection::{
     DatasetGrant, GdprDeclaration, LAWFUL_BASES, Revision, RevisionState,
 };
 pub use dataset::{Dataset, DatasetEnvironment, DatasetKind, Field, FieldType, MAX_TEXT_BYTES, RESERVED_FIELDS};
-pub use ids::{AgreementVersion, ConId, ConnectionId, DatasetName, FieldName, IdError, MemberId, Nid, SubscriberId};
+pub use ids::{
+    AgreementVersion, ConId, ConnectionId, DatasetName, FieldName, IdError, MemberHasher, MemberId, MemberMap, Nid,
+    SubscriberId,
+};
 
 /// A person who owns a personal data store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use super::record::{RecordHeader, encode_record};
 use super::{Ingester, stop_on_panic};
 use crate::IngestError;
-use crate::buffer::{Buffer, MemberMap};
+use catalog::MemberMap;
+
+use crate::buffer::Buffer;
 use crate::idempotency::{Claim, Keys};
 use crate::schema::{DatasetSchema, MEMBER_UID, ROW_ID, ROW_VERSION, int_column, member_runs};
 use crate::wal::Segments;
