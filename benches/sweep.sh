@@ -46,8 +46,8 @@ done
 python3 - "$work" "${counts[@]}" <<'EOF'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])
-print("\n| members | setup s | rows/s | ack p50 / p99 / p99.9 ms | refused | server CPU (cores) | server RSS max | PUTs / GETs per million rows |")
-print("|---|---|---|---|---|---|---|---|")
+print("\n| members | setup s | rows/s | ack p50 / p99 / p99.9 ms | refused | server CPU (cores) | server CPU µs a row | server RSS max | PUTs / GETs per million rows |")
+print("|---|---|---|---|---|---|---|---|---|")
 for m in sys.argv[2:]:
     r = json.loads((work / f"run-{m}.json").read_text())
     x = json.loads((work / f"extra-{m}.json").read_text())
@@ -56,5 +56,6 @@ for m in sys.argv[2:]:
     puts, gets = (x[k] / max(r["rows"], 1) * 1e6 for k in ("puts", "gets"))
     print(f"| {int(m):,} | {x['setup_seconds']:.1f} | {r['rows_per_sec']:,.0f} | "
           f"{a['p50']:.1f} / {a['p99']:.1f} / {a['p999']:.1f} | {r['refused']} | {s.get('cores_busy', 0):.2f} | "
+          f"{s.get('cpu_seconds', 0) / max(r['rows'], 1) * 1e6:.2f} | "
           f"{s.get('rss_max_bytes', 0) / 2**20:.0f} MiB | {puts:,.1f} / {gets:,.1f} |")
 EOF
