@@ -22,7 +22,7 @@ use catalog::{
 };
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
-use ingest::decode::Format;
+use ingest::decode::{Budget, DecodeError, Format};
 use ingest::schema::DatasetSchema;
 use ingest::{IngestConfig, Ingester};
 use query::{QueryConfig, QueryEngine, ReadScope, TableScope};
@@ -48,9 +48,61 @@ fn schemas() -> &'static [Arc<DatasetSchema>] {
 /// of a validated one.
 pub fn decode(format: Format, body: &[u8]) {
     for schema in schemas() {
-        if let Ok(batch) = ingest::decode::decode(schema, format, body) {
-            check_batch(schema, format, body, &batch);
+        let decoded = ingest::decode::decode(schema, format, body);
+        if let Ok(batch) = &decoded {
+            check_batch(schema, format, body, batch);
         }
+        if matches!(format, Format::Ndjson | Format::JsonArray) {
+            agrees_with_serde_json(schema, format, body, &decoded);
+        }
+    }
+}
+
+/// ingest reads JSON bodies by hand; serde_json (built here with `float_roundtrip`, so both
+/// round floats correctly) is the reference: a body one refuses as malformed the other
+/// refuses too, and what both read decodes to what the Mydex door makes of the same objects.
+fn agrees_with_serde_json(
+    schema: &DatasetSchema,
+    format: Format,
+    body: &[u8],
+    decoded: &Result<RecordBatch, DecodeError>,
+) {
+    type Object = serde_json::Map<String, serde_json::Value>;
+    let objects: Result<Vec<Object>, String> = match format {
+        Format::Ndjson => std::str::from_utf8(body).map_err(|e| e.to_string()).and_then(|text| {
+            text.split('\n')
+                .filter(|line| !line.bytes().all(|b| b.is_ascii_whitespace()))
+                .map(|line| serde_json::from_str::<Object>(line).map_err(|e| e.to_string()))
+                .collect()
+        }),
+        _ => serde_json::from_slice::<Vec<Object>>(body).map_err(|e| e.to_string()),
+    };
+    let objects = match objects {
+        Ok(objects) => objects,
+        // ingest hands nested values to serde_json a level down, so its limit is a level deeper.
+        Err(e) if e.contains("recursion limit") => return,
+        Err(e) => {
+            assert!(
+                matches!(decoded, Err(DecodeError::Malformed(_))),
+                "serde_json refuses ({e}), ingest read {decoded:?}"
+            );
+            return;
+        }
+    };
+    let expected =
+        ingest::decode::decode_objects(schema, &objects, &mut Budget { max_rows: usize::MAX, memory: &mut |_| true });
+    match (decoded, &expected) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the same rows"),
+        // A name given twice is refused; a map keeps the last value.
+        (Err(DecodeError::Rows(rows)), _) if rows.iter().any(|r| r.reason == "given twice") => {}
+        // Rows are numbered by line in NDJSON, by object in the list: compare the rest.
+        (Err(DecodeError::Rows(a)), Err(DecodeError::Rows(b))) => {
+            let problems = |rows: &[ingest::decode::RowError]| {
+                rows.iter().map(|r| (r.field.clone(), r.reason.clone())).collect::<Vec<_>>()
+            };
+            assert_eq!(problems(a), problems(b), "the same refusals")
+        }
+        (a, b) => panic!("ingest {a:?}, the same objects {b:?}"),
     }
 }
 

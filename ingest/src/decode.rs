@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use catalog::{FieldType, RESERVED_FIELDS};
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::columns::ColumnBuilder;
 use crate::schema::{DatasetSchema, INSTANCE, MEMBER_UID};
@@ -96,33 +95,13 @@ pub fn decode_within(
 ) -> Result<RecordBatch, DecodeError> {
     match format {
         Format::Ndjson => {
-            let text = utf8(body)?;
             let mut rows = RowsBuilder::new(schema, budget);
-            for (i, line) in text.split('\n').enumerate() {
-                if line.bytes().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                let mut de = serde_json::Deserializer::from_str(line);
-                RowSeed { rows: &mut rows, row: i + 1 }
-                    .deserialize(&mut de)
-                    .and_then(|()| de.end())
-                    .map_err(|e| DecodeError::Malformed(format!("line {}: {}", i + 1, strip_value(&e))))?;
-                if let Some(e) = rows.stop.take() {
-                    return Err(e);
-                }
-            }
+            json::ndjson(&mut rows, utf8(body)?)?;
             rows.finish()
         }
         Format::JsonArray => {
-            let text = utf8(body)?;
             let mut rows = RowsBuilder::new(schema, budget);
-            let mut de = serde_json::Deserializer::from_str(text);
-            let read = ArraySeed { rows: &mut rows }.deserialize(&mut de).and_then(|()| de.end());
-            // A limit stops the array early, which the parser then calls malformed.
-            if let Some(e) = rows.stop.take() {
-                return Err(e);
-            }
-            read.map_err(|e| DecodeError::Malformed(strip_value(&e).to_string()))?;
+            json::array(&mut rows, utf8(body)?)?;
             rows.finish()
         }
         Format::Csv => decode_csv(schema, body, budget),
@@ -130,18 +109,13 @@ pub fn decode_within(
     }
 }
 
-/// A JSON body as text, checked once: serde_json then reads it as `str` and does not check
-/// each string again (a tenth of NDJSON decoding).
+/// A JSON body as text, checked once, so strings are borrowed from it without checking
+/// each again.
 fn utf8(body: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(body).map_err(|e| {
         let line = body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
         DecodeError::Malformed(format!("line {line}: not UTF-8"))
     })
-}
-
-/// serde_json's messages can quote input (`invalid type: string "..."`); keep only where.
-fn strip_value(e: &serde_json::Error) -> String {
-    format!("malformed JSON at column {}", e.column())
 }
 
 /// Column builders for one batch, plus the problems found so far.
@@ -338,6 +312,14 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
     }
 
     fn cell(&mut self, row: usize, key: &str, cell: Cell<'_>) {
+        if let Some(i) = self.column_of(row, key) {
+            self.put(row, i, cell);
+        }
+    }
+
+    /// The column a key of the current row names, or `None` (with the row's problem
+    /// noted) for an unknown, reserved or repeated name.
+    fn column_of(&mut self, row: usize, key: &str) -> Option<usize> {
         let k = self.keys;
         self.keys += 1;
         let i = match self.order.get(k) {
@@ -357,17 +339,40 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
                 "not a field of this dataset"
             };
             self.error(row, Some(key), reason);
-            return;
+            return None;
         };
         if std::mem::replace(&mut self.set[i], true) {
             self.error(row, Some(key), "given twice");
-            return;
+            return None;
         }
+        Some(i)
+    }
+
+    /// The name the current row's next key is expected to be (the row before's).
+    fn predicted(&self) -> Option<&'a str> {
+        self.order.get(self.keys).map(|&i| self.names[i])
+    }
+
+    /// [`Self::column_of`] for a key that matched [`Self::predicted`].
+    fn column_of_predicted(&mut self, row: usize) -> Option<usize> {
+        let i = self.order[self.keys];
+        self.keys += 1;
+        if std::mem::replace(&mut self.set[i], true) {
+            let name = self.names[i];
+            self.error(row, Some(name), "given twice");
+            return None;
+        }
+        Some(i)
+    }
+
+    /// Appends the current row's value of column `i`.
+    fn put(&mut self, row: usize, i: usize, cell: Cell<'_>) {
         match self.columns[i].append(cell) {
             Ok(added) => self.text_bytes += added,
             Err(reason) => {
                 self.columns[i].append_null();
-                self.error(row, Some(key), reason);
+                let name = self.names[i];
+                self.error(row, Some(name), reason);
             }
         }
     }
@@ -446,137 +451,6 @@ enum Cell<'de> {
     Nested(serde_json::Value),
 }
 
-impl<'de> de::Deserialize<'de> for Cell<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Cell<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Cell<'de>, E> {
-                Ok(Cell::Null)
-            }
-            fn visit_none<E>(self) -> Result<Cell<'de>, E> {
-                Ok(Cell::Null)
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Cell<'de>, E> {
-                Ok(Cell::I(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Cell<'de>, E> {
-                Ok(Cell::U(v))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Cell<'de>, E> {
-                Ok(Cell::F(v))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Cell<'de>, E> {
-                Ok(Cell::B(v))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cell<'de>, E> {
-                Ok(Cell::S(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Cell<'de>, E> {
-                Ok(Cell::S(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Cell<'de>, E> {
-                Ok(Cell::S(Cow::Owned(v)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cell<'de>, A::Error> {
-                let v = de::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Cell::Nested(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Cell<'de>, A::Error> {
-                let v = de::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(Cell::Nested(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A field name, borrowed from the body unless it holds escapes. (serde's own
-/// `Cow<str>` always allocates: a `String` for every key of every row.)
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// One row object, appended straight into the builders.
-struct RowSeed<'r, 'a, 'b> {
-    rows: &'r mut RowsBuilder<'a, 'b>,
-    row: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowSeed<'_, '_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object per row")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(Key(key)) = map.next_key()? {
-            let cell: Cell<'de> = map.next_value()?;
-            self.rows.cell(self.row, &key, cell);
-        }
-        self.rows.end_row();
-        Ok(())
-    }
-}
-
-/// A JSON array of row objects.
-struct ArraySeed<'r, 'a, 'b> {
-    rows: &'r mut RowsBuilder<'a, 'b>,
-}
-
-impl<'de> DeserializeSeed<'de> for ArraySeed<'_, '_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ArraySeed<'_, '_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array of row objects")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut row = 0;
-        loop {
-            row += 1;
-            // Past a limit the rest is not decoded; `finish` reports the limit.
-            if self.rows.stop.is_some() || seq.next_element_seed(RowSeed { rows: self.rows, row })?.is_none() {
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// Rows given as JSON objects (the Mydex transaction API): the same checks as a body.
 pub fn decode_objects(
     schema: &DatasetSchema,
@@ -642,6 +516,7 @@ fn csv_reason(e: &csv::Error) -> &'static str {
 }
 
 mod ipc;
+mod json;
 #[cfg(test)]
 mod tests;
 

@@ -253,3 +253,87 @@ fn fields_in_any_order_land_in_their_columns_and_bad_utf8_names_its_line() {
         assert_eq!(m, "line 2: not UTF-8");
     }
 }
+
+/// The hand-written JSON reader keeps JSON's grammar and serde_json's reading of numbers
+/// (`fuzz/`'s `decode_ndjson` compares the two on arbitrary bodies).
+#[test]
+fn json_is_read_by_its_grammar_and_numbers_as_serde_json_reads_them() {
+    let s = schema("ds_energy_consumption");
+    let ok = |body: &str| decode(&s, Format::Ndjson, body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+    let malformed = |body: &str| match decode(&s, Format::Ndjson, body.as_bytes()) {
+        Err(DecodeError::Malformed(m)) => m,
+        other => panic!("{body}: {other:?}"),
+    };
+    let refused = |body: &str| rows(decode(&s, Format::Ndjson, body.as_bytes()).unwrap_err());
+    let homeid = Some("field_energy_homeid".to_string());
+
+    // Whitespace JSON allows, CRLF line ends, an empty object's row refused for its member.
+    let b = ok(
+        "\t{ \"member_uid\" :\r 1 , \"field_energy_reading_value\":-2.5e1 }\r\n{\"member_uid\":9223372036854775807}",
+    );
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().values(), &[1, i64::MAX]);
+    let value = b.column_by_name("field_energy_reading_value").unwrap().as_primitive::<Float64Type>();
+    assert_eq!(value.value(0), -25.0);
+    assert_eq!(refused("{}"), [(1, Some("member_uid".into()))]);
+
+    // Escapes are decoded; raw control characters and bad escapes are not JSON.
+    let b = ok(r#"{"member_uid": 1, "field_energy_source_name": "a\"b\\c\u00e9\ud83d\ude00\n"}"#);
+    let name = b.column_by_name("field_energy_source_name").unwrap().as_string::<i32>();
+    assert_eq!(name.value(0), "a\"b\\c\u{e9}\u{1f600}\n");
+    assert_eq!(
+        malformed("{\"member_uid\": 1, \"field_energy_source_name\": \"a\tb\"}"),
+        "line 1: malformed JSON at column 49"
+    );
+    for bad in [r#""\x""#, r#""\ud83d""#, r#""\u12""#, r#""abc"#, r#""abc\"#] {
+        malformed(&format!("{{\"member_uid\": 1, \"field_energy_source_name\": {bad}}}"));
+    }
+
+    // Numbers: JSON's grammar, serde_json's types. A negative zero and an integer past 64
+    // bits are floats, so an integer column refuses them; a float past f64 is not JSON.
+    for bad in ["01", "-", "1.", ".5", "1e", "1e+", "+1", "0x10", "1e400", "-1e400", "NaN", "Infinity", "1 2"] {
+        malformed(&format!("{{\"member_uid\": 1, \"field_energy_homeid\": {bad}}}"));
+    }
+    for refused_int in ["-0", "1.0", "1e2", "9223372036854775808", "18446744073709551616", "-9223372036854775809"] {
+        let body = format!("{{\"member_uid\": 1, \"field_energy_homeid\": {refused_int}}}");
+        assert_eq!(refused(&body), [(1, homeid.clone())], "{refused_int}");
+    }
+    let b = ok(
+        "{\"member_uid\": 1, \"field_energy_homeid\": -9223372036854775808, \"field_energy_reading_value\": 18446744073709551616}",
+    );
+    assert_eq!(b.column_by_name("field_energy_homeid").unwrap().as_primitive::<Int64Type>().value(0), i64::MIN);
+    let value = b.column_by_name("field_energy_reading_value").unwrap().as_primitive::<Float64Type>();
+    assert_eq!(value.value(0), 18446744073709551616.0);
+
+    // Literals and nested values: read whole, then refused by type or field.
+    assert_eq!(
+        refused("{\"member_uid\": 1, \"field_energy_homeid\": true, \"x\": {\"a\": [1, {\"b\": null}]}}"),
+        [(1, homeid.clone()), (1, Some("x".into()))]
+    );
+    let b = ok("{\"member_uid\": 1, \"field_energy_homeid\": null}");
+    assert_eq!(b.column_by_name("field_energy_homeid").unwrap().null_count(), 1);
+    for bad in ["tru", "nul", "True", "{\"a\" 1}", "[1,]", "{}}"] {
+        malformed(&format!("{{\"member_uid\": 1, \"field_energy_homeid\": {bad}}}"));
+    }
+
+    // Structure: a row is an object, and nothing follows it on its line.
+    for bad in [
+        "[1]",
+        "1",
+        "\"x\"",
+        "{\"member_uid\": 1,}",
+        "{\"member_uid\" 1}",
+        "{member_uid: 1}",
+        "{\"member_uid\": 1} x",
+        "{\"member_uid\": 1}{}",
+    ] {
+        malformed(bad);
+    }
+    // A JSON array's refusal names its line and column.
+    let array = "[\n  {\"member_uid\": 1},\n  {\"member_uid\": 2,}\n]";
+    let Err(DecodeError::Malformed(m)) = decode(&s, Format::JsonArray, array.as_bytes()) else { panic!() };
+    assert_eq!(m, "line 3: malformed JSON at column 20");
+    for bad in ["", "[", "[{\"member_uid\": 1}", "[{\"member_uid\": 1},]", "[{\"member_uid\": 1}] []", "{}"] {
+        assert!(matches!(decode(&s, Format::JsonArray, bad.as_bytes()), Err(DecodeError::Malformed(_))), "{bad}");
+    }
+    assert_eq!(decode(&s, Format::JsonArray, b" [ ] ").unwrap().num_rows(), 0);
+}
