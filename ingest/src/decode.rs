@@ -1,7 +1,8 @@
 //! Request bodies to validated Arrow, in one pass: NDJSON, a JSON array and CSV are read row
-//! by row straight into typed column builders (no intermediate JSON values); an Arrow IPC
-//! stream is checked column by column. Values may be JSON numbers or strings holding them,
-//! as Mydex clients send. Every refusal names the row (1-based) and field, never the value.
+//! by row straight into typed column builders (no intermediate JSON values; JSON by a reader
+//! of its own, `decode/json.rs`); an Arrow IPC stream is checked column by column. Values
+//! may be JSON numbers or strings holding them, as Mydex clients send. Every refusal names
+//! the row (1-based) and field, never the value.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -173,6 +174,7 @@ impl Column {
 
     /// Appends one cell, converting as docs/api.md ("Rows and values") says: the text bytes it added, or the
     /// reason it was refused.
+    #[inline]
     fn append(&mut self, cell: Cell<'_>) -> Result<usize, &'static str> {
         let (max, json) = (self.max, self.json);
         match (&mut self.b, cell) {
@@ -366,6 +368,7 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
     }
 
     /// Appends the current row's value of column `i`.
+    #[inline]
     fn put(&mut self, row: usize, i: usize, cell: Cell<'_>) {
         match self.columns[i].append(cell) {
             Ok(added) => self.text_bytes += added,
@@ -448,7 +451,8 @@ enum Cell<'de> {
     F(f64),
     B(bool),
     S(Cow<'de, str>),
-    Nested(serde_json::Value),
+    /// Boxed: a value is large, and every cell is moved on the hot path.
+    Nested(Box<serde_json::Value>),
 }
 
 /// Rows given as JSON objects (the Mydex transaction API): the same checks as a body.
@@ -469,7 +473,7 @@ pub fn decode_objects(
                     .or(n.as_u64().map(Cell::U))
                     .unwrap_or(Cell::F(n.as_f64().unwrap_or(f64::NAN))),
                 serde_json::Value::String(s) => Cell::S(Cow::Borrowed(s)),
-                other => Cell::Nested(other.clone()),
+                other => Cell::Nested(Box::new(other.clone())),
             };
             builder.cell(i + 1, key, cell);
         }

@@ -12,17 +12,15 @@ use super::{Cell, DecodeError, RowsBuilder};
 /// Where the body stops being JSON (a byte offset into the text read).
 struct Bad(usize);
 
-/// Reads one row object per line; blank lines are skipped and still counted. The body is
-/// not split into lines first: a row ends where its object does, and then its line must.
+/// Reads one row object per line. Blank lines are skipped and are not rows: rows are
+/// numbered as in the other formats, lines only name where a body is malformed.
 pub(super) fn ndjson(rows: &mut RowsBuilder<'_, '_>, text: &str) -> Result<(), DecodeError> {
     let mut p = Reader::<true> { s: text, i: 0 };
-    let mut line = 1;
     while p.i < text.len() {
-        p.lines(rows, line).map_err(|Bad(at)| malformed(text, at))?;
+        p.line(rows).map_err(|Bad(at)| malformed(text, at))?;
         if let Some(e) = rows.stop.take() {
             return Err(e);
         }
-        line += 1;
     }
     Ok(())
 }
@@ -68,10 +66,10 @@ impl<'a, const LINE: bool> Reader<'a, LINE> {
 
     /// One line of NDJSON and its end: a row, or only whitespace (`str::trim`'s ASCII
     /// kind, form feeds too).
-    fn lines(&mut self, rows: &mut RowsBuilder<'_, '_>, line: usize) -> Result<(), Bad> {
+    fn line(&mut self, rows: &mut RowsBuilder<'_, '_>) -> Result<(), Bad> {
         self.ws();
         if self.peek() == Some(b'{') {
-            self.row(rows, line)?;
+            self.row(rows, rows.rows + 1)?;
             self.ws();
         } else {
             let rest = &self.s.as_bytes()[self.i..];
@@ -196,7 +194,7 @@ impl<'a, const LINE: bool> Reader<'a, LINE> {
                             return Err(Bad(self.i));
                         }
                         self.i = end;
-                        Ok(Cell::Nested(v))
+                        Ok(Cell::Nested(Box::new(v)))
                     }
                     _ => Err(Bad(self.i)),
                 }

@@ -328,6 +328,12 @@ fn json_is_read_by_its_grammar_and_numbers_as_serde_json_reads_them() {
     ] {
         malformed(bad);
     }
+    // Rows are counted as in the other formats: blank lines are not rows (found by fuzz/:
+    // the member check counted rows, the field checks lines).
+    assert_eq!(
+        refused("\n \r\n{\"member_uid\": 1, \"nope\": 1}\n\n{}\n"),
+        [(1, Some("nope".into())), (2, Some("member_uid".into()))]
+    );
     // A JSON array's refusal names its line and column.
     let array = "[\n  {\"member_uid\": 1},\n  {\"member_uid\": 2,}\n]";
     let Err(DecodeError::Malformed(m)) = decode(&s, Format::JsonArray, array.as_bytes()) else { panic!() };
