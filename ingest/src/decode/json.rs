@@ -111,22 +111,31 @@ impl<'a, const LINE: bool> Reader<'a, LINE> {
                 if rows.stop.is_some() {
                     return Ok(());
                 }
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    Some(b']') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Bad(self.i)),
+                if !self.more(b']')? {
+                    break;
                 }
             }
         }
         self.ws();
         if self.i == self.s.len() { Ok(()) } else { Err(Bad(self.i)) }
+    }
+
+    /// After an array's element or an object's member: `true` at a comma (another
+    /// follows), `false` at `close`.
+    fn more(&mut self, close: u8) -> Result<bool, Bad> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(true)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(Bad(self.i)),
+        }
     }
 
     /// One row object, each value appended to its column as it is read.
@@ -160,17 +169,8 @@ impl<'a, const LINE: bool> Reader<'a, LINE> {
                 if let Some(i) = column {
                     rows.put(row, i, cell);
                 }
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    Some(b'}') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Bad(self.i)),
+                if !self.more(b'}')? {
+                    break;
                 }
             }
         }
