@@ -343,11 +343,7 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
             self.error(row, Some(key), reason);
             return None;
         };
-        if std::mem::replace(&mut self.set[i], true) {
-            self.error(row, Some(key), "given twice");
-            return None;
-        }
-        Some(i)
+        self.claim(row, i)
     }
 
     /// The name the current row's next key is expected to be (the row before's).
@@ -359,6 +355,11 @@ impl<'a, 'b> RowsBuilder<'a, 'b> {
     fn column_of_predicted(&mut self, row: usize) -> Option<usize> {
         let i = self.order[self.keys];
         self.keys += 1;
+        self.claim(row, i)
+    }
+
+    /// Column `i` for the current row, unless the row has set it already (noted).
+    fn claim(&mut self, row: usize, i: usize) -> Option<usize> {
         if std::mem::replace(&mut self.set[i], true) {
             let name = self.names[i];
             self.error(row, Some(name), "given twice");
