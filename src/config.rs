@@ -216,8 +216,9 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_FLUSH_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub flush_age: Duration,
 
-    /// ... or once they take this many bytes.
-    #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 256 << 20)]
+    /// ... or once they take this many bytes (and at most this much a flush: what a flush
+    /// sorts and encodes at once, outside the buffer's budget).
+    #[arg(long, env = "TROVE_FLUSH_BYTES", default_value_t = 128 << 20)]
     pub flush_bytes: usize,
 
     /// How often compaction looks for members with many small files (humantime).

@@ -215,8 +215,8 @@ pub struct FlushBatch {
     pub dataset: DatasetName,
     pub schema: Arc<DatasetSchema>,
     chunks: Vec<Arc<Chunk>>,
-    /// Whether a member's id may come twice among the rows (an update).
-    pub repeats: bool,
+    /// Rows buffered when it began stay for a later flush.
+    partial: bool,
 }
 
 impl FlushBatch {
@@ -436,8 +436,11 @@ impl Buffer {
         due
     }
 
-    /// Hands a dataset's rows to a flush; they stay readable until [`Buffer::end_flush`].
-    pub fn begin_flush(&self, env: DataEnvironment, dataset: &DatasetName) -> Option<FlushBatch> {
+    /// Hands a dataset's oldest rows, about `max_bytes` of them (at least one chunk), to a
+    /// flush; they stay readable until [`Buffer::end_flush`]. The cap bounds what a flush
+    /// copies and encodes at once: a flush that fell behind drains in several files rather
+    /// than sorting the whole buffer in one.
+    pub fn begin_flush(&self, env: DataEnvironment, dataset: &DatasetName, max_bytes: usize) -> Option<FlushBatch> {
         let mut state = self.state();
         let table = state.tables.get_mut(&(env, dataset.clone()))?;
         if table.flushing.is_some() {
@@ -447,10 +450,18 @@ impl Buffer {
         if table.chunks.is_empty() {
             return None;
         }
-        table.flushing = Some(table.chunks.len());
-        let repeats = table.members.values().any(|m| m.repeats);
-        let (schema, chunks) = (table.schema.clone()?, table.chunks.clone());
-        Some(FlushBatch { env, dataset: dataset.clone(), schema, chunks, repeats })
+        let mut bytes = 0;
+        let n = table
+            .chunks
+            .iter()
+            .take_while(|c| {
+                bytes += c.bytes;
+                bytes - c.bytes < max_bytes
+            })
+            .count();
+        table.flushing = Some(n);
+        let (schema, chunks) = (table.schema.clone()?, table.chunks[..n].to_vec());
+        Some(FlushBatch { env, dataset: dataset.clone(), schema, chunks, partial: n < table.chunks.len() })
     }
 
     /// Ends a flush: once its hot `file` is recorded, the file joins the index and the
@@ -481,7 +492,12 @@ impl Buffer {
         state.bytes = state.bytes.saturating_sub(freed);
         table.freeze();
         table.recount();
-        table.oldest = (!table.is_empty()).then(Instant::now);
+        // What a partial flush left is as old as it was: due again at once.
+        if table.is_empty() {
+            table.oldest = None;
+        } else if !flush.partial {
+            table.oldest = Some(Instant::now());
+        }
         state.own.remove(&file.path);
         add_file(&mut state.tables, file);
     }
@@ -623,11 +639,11 @@ mod tests {
         insert(2, 2, 4);
         insert(1, 3, 5);
         assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 30));
-        let flush = buffer.begin_flush(env, name).unwrap();
-        assert!(buffer.begin_flush(env, name).is_none(), "one flush at a time");
+        let flush = buffer.begin_flush(env, name, usize::MAX).unwrap();
+        assert!(buffer.begin_flush(env, name, usize::MAX).is_none(), "one flush at a time");
         buffer.end_flush(&flush, None);
         assert_eq!(buffer.min_segment(), Some(3), "a failed flush keeps the rows and their segment");
-        let flush = buffer.begin_flush(env, name).unwrap();
+        let flush = buffer.begin_flush(env, name, usize::MAX).unwrap();
         assert_eq!(flush.rows(), 3);
         insert(1, 4, 6);
         let rows = |m: i64| -> (TableSnapshot, Vec<RecordBatch>) {
@@ -662,7 +678,7 @@ mod tests {
         let hot =
             |s: &TableSnapshot| s.hot.iter().map(|f| f.path.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>();
         assert_eq!(hot(&rows(2).0), ["h1"], "every member's read sees the hot file");
-        let flush = buffer.begin_flush(env, name).unwrap();
+        let flush = buffer.begin_flush(env, name, usize::MAX).unwrap();
         buffer.end_flush(&flush, Some(&file("h2", None)));
         assert_eq!(buffer.min_segment(), None, "everything is in files");
         assert_eq!(buffer.bytes(), 0);

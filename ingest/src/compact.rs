@@ -53,8 +53,12 @@ pub struct CompactionConfig {
 /// Hot files below this size are merged, once a dataset has `min_files` of them.
 const HOT_SMALL_BYTES: i64 = 64 << 20;
 
-/// At most this many bytes of hot files are merged in one step (decoded whole).
-const HOT_STEP_BYTES: i64 = 512 << 20;
+/// At most this many bytes of hot files are merged in one step: the merged file is encoded
+/// in memory before its put.
+const HOT_STEP_BYTES: i64 = 128 << 20;
+
+/// A merge of hot files sorts and encodes about this many rows at a time (whole members).
+const MERGE_GROUP_ROWS: usize = 1 << 16;
 
 /// At most this many hot files are settled in one step. Settling streams them (a row group
 /// of each in memory at a time, about 30 MB), so a step is bounded by files, not bytes.
@@ -256,12 +260,7 @@ impl Compactor {
         let new: Vec<ParquetFile> = if settle {
             settle_by_member(store, schema, env, files).await?
         } else {
-            let mut batches: Vec<RecordBatch> = Vec::new();
-            for (f, _) in files {
-                batches.extend(persist::read_file_in_background(store, &f.path).await?);
-            }
-            // The files may hold versions of one row: keep the newest.
-            vec![persist::write_hot_file(store, env, schema, batches, true, arrived).await?]
+            vec![merge_hot(store, schema, env, files, arrived).await?]
         };
         buffer.claim(old.iter().cloned().chain(new.iter().map(|f| f.path.clone())));
         let arrived = (!settle).then_some(arrived);
@@ -325,24 +324,10 @@ async fn settle_by_member(
     env: catalog::DataEnvironment,
     files: &[(ParquetFile, i64)],
 ) -> Result<Vec<ParquetFile>, IngestError> {
-    let mut cursors = Vec::new();
-    for (f, _) in files {
-        if let Some(c) = HotCursor::open(store, f).await? {
-            cursors.push(c);
-        }
-    }
+    let mut cursors = HotCursor::open_all(store, files).await?;
     let mut writes = futures::stream::FuturesUnordered::new();
     let mut written = Vec::new();
-    while let Some(member) = cursors.iter().map(HotCursor::member).min() {
-        let mut parts = Vec::new();
-        let mut i = 0;
-        while i < cursors.len() {
-            if cursors[i].take_run(member, &mut parts).await? {
-                i += 1;
-            } else {
-                cursors.swap_remove(i);
-            }
-        }
+    while let Some((member, parts)) = HotCursor::next_member(&mut cursors).await? {
         let member = catalog::MemberId::new(member).map_err(|e| IngestError::Internal(e.to_string()))?;
         let key = PartitionKey { env, dataset: schema.dataset.name.clone(), member };
         writes.push(async move { persist::write_file(store, &key, schema, parts, persist::Codec::Settled).await });
@@ -359,6 +344,32 @@ async fn settle_by_member(
     Ok(written)
 }
 
+/// Merges hot `files` into one hot file (named for `arrived`, when their oldest rows
+/// arrived), as streams like [`settle_by_member`]: whole members are gathered from every
+/// file until a group holds [`MERGE_GROUP_ROWS`] rows, which is sorted and encoded while
+/// the next is read. The files may hold versions of one row; the hot file keeps the newest.
+async fn merge_hot(
+    store: &Arc<dyn ObjectStore>,
+    schema: &Arc<DatasetSchema>,
+    env: catalog::DataEnvironment,
+    files: &[(ParquetFile, i64)],
+    arrived: i64,
+) -> Result<ParquetFile, IngestError> {
+    let mut cursors = HotCursor::open_all(store, files).await?;
+    let mut file = persist::HotFile::new(schema, env)?;
+    let (mut group, mut rows) = (Vec::new(), 0);
+    while let Some((_, parts)) = HotCursor::next_member(&mut cursors).await? {
+        rows += parts.iter().map(RecordBatch::num_rows).sum::<usize>();
+        group.extend(parts);
+        if rows >= MERGE_GROUP_ROWS {
+            file.append(std::mem::take(&mut group)).await?;
+            rows = 0;
+        }
+    }
+    file.append(group).await?;
+    file.finish(store, arrived).await
+}
+
 /// A hot file read as a stream of batches, and where its next row is.
 struct HotCursor {
     stream: ParquetRecordBatchStream<persist::StoreReader>,
@@ -373,6 +384,33 @@ impl HotCursor {
         let stream = ParquetRecordBatchStreamBuilder::new(reader).await?.with_batch_size(SETTLE_BATCH_ROWS).build()?;
         let mut cursor = HotCursor { batch: RecordBatch::new_empty(stream.schema().clone()), stream, at: 0 };
         Ok(cursor.fill().await?.then_some(cursor))
+    }
+
+    /// Cursors of the `files` that hold rows.
+    async fn open_all(store: &Arc<dyn ObjectStore>, files: &[(ParquetFile, i64)]) -> Result<Vec<Self>, IngestError> {
+        let mut cursors = Vec::new();
+        for (f, _) in files {
+            if let Some(c) = HotCursor::open(store, f).await? {
+                cursors.push(c);
+            }
+        }
+        Ok(cursors)
+    }
+
+    /// The smallest member at the front of any cursor and its rows from each, taken; cursors
+    /// at the end of their file are dropped. `None` once every file is read.
+    async fn next_member(cursors: &mut Vec<Self>) -> Result<Option<(i64, Vec<RecordBatch>)>, IngestError> {
+        let Some(member) = cursors.iter().map(HotCursor::member).min() else { return Ok(None) };
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < cursors.len() {
+            if cursors[i].take_run(member, &mut parts).await? {
+                i += 1;
+            } else {
+                cursors.swap_remove(i);
+            }
+        }
+        Ok(Some((member, parts)))
     }
 
     /// Reads the next batch with rows; `false` at the end of the file.
@@ -413,5 +451,69 @@ impl HotCursor {
                 return Ok(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::tests::{energy, rows, values};
+    use crate::schema::{ROW_ID, ROW_VERSION};
+
+    #[tokio::test]
+    async fn hot_files_merge_as_streams_into_one_sorted_file_with_the_newest_versions() {
+        let schema = energy();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let env = catalog::DataEnvironment::Production;
+        // Three hot files over 12,000 members, more rows than one merge group: the first
+        // gives each member rows 1-4, the second rows 5-8 and a new version of row 2 for
+        // every seventh member, the third one more row for every third member.
+        let members = 12_000;
+        let file = |rows_of: &dyn Fn(i64) -> Vec<(i64, i64, i64, i64)>, arrived: i64| {
+            let all: Vec<_> = (1..=members).flat_map(rows_of).collect();
+            let batch = rows(&schema, &all);
+            let (store, schema) = (&store, &schema);
+            async move { (persist::write_hot_file(store, env, schema, vec![batch], arrived).await.unwrap(), arrived) }
+        };
+        let files = [
+            file(&|m| (1..=4).map(|i| (m, i, 10, 100 + i)).collect(), 3_000).await,
+            file(
+                &|m| (5..=8).map(|i| (m, i, 20, 100 + i)).chain((m % 7 == 0).then_some((m, 2, 30, 102))).collect(),
+                2_000,
+            )
+            .await,
+            file(&|m| if m % 3 == 0 { vec![(m, 9, 40, 50)] } else { vec![] }, 4_000).await,
+        ];
+        assert!(files.iter().map(|(f, _)| f.rows as usize).sum::<usize>() > MERGE_GROUP_ROWS);
+        let merged = merge_hot(&store, &schema, env, &files, 2_000).await.unwrap();
+        let expected = (members * 8 + members / 3) as i64;
+        assert_eq!((merged.rows, merged.min_event_time, merged.max_event_time), (expected, 50, 108));
+        assert_eq!((merged.min_id, merged.max_id, merged.max_version, merged.member), (1, 9, 40, None));
+        assert!(merged.path.contains("/hot/h00000000002000_"), "named for its oldest arrival: {}", merged.path);
+        let all = persist::read_file(&store, &merged.path).await.unwrap();
+        let (uids, ids, versions) = (values(&all, MEMBER_UID), values(&all, ROW_ID), values(&all, ROW_VERSION));
+        assert_eq!(uids.len() as i64, expected, "every row once");
+        let mut want = Vec::new();
+        for m in 1..=members {
+            // By member, then event time: every third member's row 9 (time 50) comes first.
+            if m % 3 == 0 {
+                want.push((m, 9, 40));
+            }
+            for i in 1..=8 {
+                want.push((
+                    m,
+                    i,
+                    if i == 2 && m % 7 == 0 {
+                        30
+                    } else if i <= 4 {
+                        10
+                    } else {
+                        20
+                    },
+                ));
+            }
+        }
+        let got: Vec<_> = (0..uids.len()).map(|r| (uids[r], ids[r], versions[r])).collect();
+        assert_eq!(got, want);
     }
 }

@@ -105,37 +105,90 @@ pub async fn write_file(
 ) -> Result<ParquetFile, crate::IngestError> {
     let schema2 = schema.clone();
     let (bytes, sorted) = crate::background::run(move || encode(&schema2, &batches, codec)).await??;
-    let mut file = describe(&sorted, schema, key.env, Some(key.member), String::new(), bytes.len() as i64);
+    let mut file =
+        Extent::of(&sorted, schema)?.describe(schema, key.env, Some(key.member), String::new(), bytes.len() as i64);
     let path = file_path(key, file.min_event_time, file.min_id, file.max_id);
     file.path = path.to_string();
     put_new(store, &path, bytes).await?;
     Ok(file)
 }
 
-/// Writes a dataset's flushed rows (every member's) as one new, not yet recorded hot file,
-/// sorted by member, then event time, then id. When a member's id may come twice
-/// (`repeats`: an update) only its newest version is kept, so a hot file, like every
-/// file, holds one version of each of a member's rows.
+/// A new hot file (several members' rows, sorted by member, then event time, then id),
+/// written as groups of whole members arrive in member order: a flush appends its rows
+/// once, a merge of hot files appends them a few thousand members at a time, so memory
+/// holds one group and the encoded file, never every row decoded and sorted at once. Of
+/// each (member, id) only the newest version is kept, so a hot file, like every file,
+/// holds one version of each of a member's rows; a group must therefore hold every version
+/// of its members' rows.
+#[derive(Debug)]
+pub struct HotFile {
+    schema: Arc<DatasetSchema>,
+    env: catalog::DataEnvironment,
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    extent: Extent,
+    /// The last member appended: groups must come in member order.
+    last_member: Option<i64>,
+}
+
+impl HotFile {
+    pub fn new(schema: &Arc<DatasetSchema>, env: catalog::DataEnvironment) -> Result<Self, crate::IngestError> {
+        let writer = ArrowWriter::try_new(Vec::new(), schema.stored.clone(), Some(writer_properties(Codec::Hot)))?;
+        Ok(HotFile { schema: schema.clone(), env, writer: Some(writer), extent: Extent::default(), last_member: None })
+    }
+
+    /// Appends the rows of members that all come after those appended so far. They are
+    /// sorted in one background job and encoded in jobs of [`PIECE_ROWS`] rows, each at the
+    /// priority of its moment (see `background`), so a flush of millions of rows is many
+    /// short jobs rather than seconds of one core at the priority of its start.
+    pub async fn append(&mut self, batches: Vec<RecordBatch>) -> Result<(), crate::IngestError> {
+        let schema = self.schema.clone();
+        let sorted = crate::background::run(move || {
+            let sorted = sort_by_member(&schema, &batches)?;
+            drop(batches);
+            newest_member_versions(sorted)
+        })
+        .await??;
+        if sorted.num_rows() == 0 {
+            return Ok(());
+        }
+        let members = int_column(&sorted, MEMBER_UID)?.values();
+        if self.last_member.is_some_and(|last| members[0] <= last) {
+            return Err(crate::IngestError::Internal("hot file groups out of member order".into()));
+        }
+        self.last_member = members.last().copied();
+        self.extent.add(&sorted, &self.schema)?;
+        let mut writer = self.writer.take().ok_or_else(|| crate::IngestError::Internal("hot file failed".into()))?;
+        for start in (0..sorted.num_rows()).step_by(PIECE_ROWS) {
+            let piece = sorted.slice(start, PIECE_ROWS.min(sorted.num_rows() - start));
+            writer = crate::background::run(move || writer.write(&piece).map(|()| writer)).await??;
+        }
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Puts the file (named for `arrived`, epoch ms: when its rows first arrived), not yet
+    /// recorded: nobody reads it until [`commit`] records it.
+    pub async fn finish(self, store: &Arc<dyn ObjectStore>, arrived: i64) -> Result<ParquetFile, crate::IngestError> {
+        let writer = self.writer.ok_or_else(|| crate::IngestError::Internal("hot file failed".into()))?;
+        let bytes = crate::background::run(move || writer.into_inner()).await??;
+        let path = crate::partition::hot_file_path(self.env, &self.schema.dataset.name, arrived);
+        let file = self.extent.describe(&self.schema, self.env, None, path.to_string(), bytes.len() as i64);
+        put_new(store, &path, bytes).await?;
+        Ok(file)
+    }
+}
+
+/// Writes a dataset's flushed rows (every member's) as one new, not yet recorded hot file.
 pub async fn write_hot_file(
     store: &Arc<dyn ObjectStore>,
     env: catalog::DataEnvironment,
     schema: &Arc<DatasetSchema>,
     batches: Vec<RecordBatch>,
-    repeats: bool,
     now_ms: i64,
 ) -> Result<ParquetFile, crate::IngestError> {
-    let schema2 = schema.clone();
-    let sorted = crate::background::run(move || {
-        let sorted = sort_by_member(&schema2, &batches)?;
-        drop(batches);
-        if repeats { newest_member_versions(sorted) } else { Ok(sorted) }
-    })
-    .await??;
-    let bytes = write_parquet_in_pieces(schema, &sorted, Codec::Hot).await?;
-    let path = crate::partition::hot_file_path(env, &schema.dataset.name, now_ms);
-    let file = describe(&sorted, schema, env, None, path.to_string(), bytes.len() as i64);
-    put_new(store, &path, bytes).await?;
-    Ok(file)
+    let mut file = HotFile::new(schema, env)?;
+    file.append(batches).await?;
+    file.finish(store, now_ms).await
 }
 
 /// Every row of `batches` as one batch sorted by member, then event time, then id. The
@@ -179,25 +232,8 @@ pub fn sort_by_member(schema: &DatasetSchema, batches: &[RecordBatch]) -> Result
     Ok(datafusion::arrow::compute::interleave_record_batch(&refs, &places)?)
 }
 
-/// Rows a background job encodes at once when a file is written in pieces.
+/// Rows a background job encodes at once when a hot file is written.
 const PIECE_ROWS: usize = 1 << 16;
-
-/// Encodes `batch` as [`write_parquet`] does, one background job per [`PIECE_ROWS`] rows: a
-/// flush of millions of rows is then many short jobs, each at the priority of its moment
-/// (see `background`), rather than seconds of one core at the priority of its start.
-async fn write_parquet_in_pieces(
-    schema: &DatasetSchema,
-    batch: &RecordBatch,
-    codec: Codec,
-) -> Result<Vec<u8>, crate::IngestError> {
-    let out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut writer = ArrowWriter::try_new(out, schema.stored.clone(), Some(writer_properties(codec)))?;
-    for start in (0..batch.num_rows()).step_by(PIECE_ROWS) {
-        let piece = batch.slice(start, PIECE_ROWS.min(batch.num_rows() - start));
-        writer = crate::background::run(move || writer.write(&piece).map(|()| writer)).await??;
-    }
-    Ok(crate::background::run(move || writer.into_inner()).await??)
-}
 
 fn write_parquet(schema: &DatasetSchema, batch: &RecordBatch, codec: Codec) -> Result<Vec<u8>, crate::IngestError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
@@ -207,30 +243,60 @@ fn write_parquet(schema: &DatasetSchema, batch: &RecordBatch, codec: Codec) -> R
     Ok(out)
 }
 
-/// The manifest row of a file holding `rows`.
-fn describe(
-    rows: &RecordBatch,
-    schema: &DatasetSchema,
-    environment: catalog::DataEnvironment,
-    member: Option<catalog::MemberId>,
-    path: String,
-    size_bytes: i64,
-) -> ParquetFile {
-    let times = rows.column(schema.event_time_stored).as_primitive::<Int64Type>();
-    let ids = rows.column_by_name(ROW_ID).expect("stored batches have ids").as_primitive::<Int64Type>();
-    let versions = rows.column_by_name(ROW_VERSION).expect("stored batches have versions").as_primitive::<Int64Type>();
-    ParquetFile {
-        environment,
-        dataset: schema.dataset.name.clone(),
-        member,
-        path,
-        rows: rows.num_rows() as i64,
-        size_bytes,
-        min_event_time: min_i64(times),
-        max_event_time: max_i64(times),
-        min_id: min_i64(ids),
-        max_id: max_i64(ids),
-        max_version: max_i64(versions),
+/// What the manifest records of a file's rows, gathered as they are written.
+#[derive(Debug, Default, Clone, Copy)]
+struct Extent {
+    rows: i64,
+    event_time: Option<(i64, i64)>,
+    id: Option<(i64, i64)>,
+    max_version: Option<i64>,
+}
+
+impl Extent {
+    fn of(rows: &RecordBatch, schema: &DatasetSchema) -> Result<Extent, crate::IngestError> {
+        let mut extent = Extent::default();
+        extent.add(rows, schema)?;
+        Ok(extent)
+    }
+
+    fn add(&mut self, rows: &RecordBatch, schema: &DatasetSchema) -> Result<(), crate::IngestError> {
+        use datafusion::arrow::compute::{max, min};
+        let range = |a: &datafusion::arrow::array::Int64Array, was: Option<(i64, i64)>| match (min(a), max(a), was) {
+            (Some(lo), Some(hi), Some((l, h))) => Some((lo.min(l), hi.max(h))),
+            (Some(lo), Some(hi), None) => Some((lo, hi)),
+            _ => was,
+        };
+        self.rows += rows.num_rows() as i64;
+        self.event_time = range(rows.column(schema.event_time_stored).as_primitive::<Int64Type>(), self.event_time);
+        self.id = range(int_column(rows, ROW_ID)?, self.id);
+        self.max_version = max(int_column(rows, ROW_VERSION)?).max(self.max_version);
+        Ok(())
+    }
+
+    /// The manifest row of the file.
+    fn describe(
+        &self,
+        schema: &DatasetSchema,
+        environment: catalog::DataEnvironment,
+        member: Option<catalog::MemberId>,
+        path: String,
+        size_bytes: i64,
+    ) -> ParquetFile {
+        let (min_event_time, max_event_time) = self.event_time.unwrap_or_default();
+        let (min_id, max_id) = self.id.unwrap_or_default();
+        ParquetFile {
+            environment,
+            dataset: schema.dataset.name.clone(),
+            member,
+            path,
+            rows: self.rows,
+            size_bytes,
+            min_event_time,
+            max_event_time,
+            min_id,
+            max_id,
+            max_version: self.max_version.unwrap_or_default(),
+        }
     }
 }
 
@@ -349,12 +415,28 @@ pub async fn commit(
     Ok(())
 }
 
-/// The rows of a several members' `batch` that are the newest version of their (member, id).
+/// The rows of a several members' `batch`, sorted by member, that are the newest version of
+/// their (member, id): each member's rows are looked at on their own, and kept whole
+/// without a map when their ids increase (no row updated, the common case).
 fn newest_member_versions(batch: RecordBatch) -> Result<RecordBatch, crate::IngestError> {
-    let (members, ids) = (int_column(&batch, MEMBER_UID)?, int_column(&batch, ROW_ID)?);
-    let keys = members.values().iter().copied().zip(ids.values().iter().copied());
-    let rows = newest_rows(keys, int_column(&batch, ROW_VERSION)?.values());
-    keep_rows(batch, rows)
+    let (ids, versions) = (int_column(&batch, ROW_ID)?.values(), int_column(&batch, ROW_VERSION)?.values());
+    let mut keep: Option<Vec<u32>> = None;
+    for (_, start, len) in crate::schema::member_runs(&batch)? {
+        let (run, end) = (&ids[start..start + len], (start + len) as u32);
+        let newest = if run.windows(2).all(|w| w[0] < w[1]) {
+            None
+        } else {
+            newest_rows(run.iter().copied(), &versions[start..start + len])
+        };
+        match (newest, &mut keep) {
+            (None, None) => {}
+            (None, Some(keep)) => keep.extend(start as u32..end),
+            (Some(rows), keep) => {
+                keep.get_or_insert_with(|| (0..start as u32).collect()).extend(rows.iter().map(|r| r + start as u32))
+            }
+        }
+    }
+    keep_rows(batch, keep)
 }
 
 /// The rows of `batch` that are the newest version of their id (the batch itself when no id
@@ -397,10 +479,6 @@ fn keep_rows(batch: RecordBatch, rows: Option<Vec<u32>>) -> Result<RecordBatch, 
     }
 }
 
-fn min_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
-    datafusion::arrow::compute::min(a).unwrap_or(0)
-}
-
 fn max_i64(a: &datafusion::arrow::array::Int64Array) -> i64 {
     datafusion::arrow::compute::max(a).unwrap_or(0)
 }
@@ -417,17 +495,17 @@ pub async fn put_new(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, new_null_array};
 
-    fn energy() -> Arc<DatasetSchema> {
+    pub(crate) fn energy() -> Arc<DatasetSchema> {
         let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         Arc::new(DatasetSchema::new(Arc::new(d)).unwrap())
     }
 
     /// Stored rows of (member, id, version, event time).
-    fn rows(schema: &DatasetSchema, rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
+    pub(crate) fn rows(schema: &DatasetSchema, rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
         let column = |f: fn(&(i64, i64, i64, i64)) -> i64| Arc::new(rows.iter().map(f).collect::<Int64Array>());
         let mut cols: Vec<datafusion::arrow::array::ArrayRef> =
             schema.stored.fields().iter().map(|f| new_null_array(f.data_type(), rows.len())).collect();
@@ -439,7 +517,7 @@ mod tests {
         RecordBatch::try_new(schema.stored.clone(), cols).unwrap()
     }
 
-    fn values(batches: &[RecordBatch], name: &str) -> Vec<i64> {
+    pub(crate) fn values(batches: &[RecordBatch], name: &str) -> Vec<i64> {
         batches.iter().flat_map(|b| int_column(b, name).unwrap().values().to_vec()).collect()
     }
 
@@ -451,7 +529,7 @@ mod tests {
         // Two writes, members interleaved; member 2's row 1 updated (version 7 over 3).
         let first = rows(&schema, &[(2, 1, 3, 100), (1, 1, 1, 100), (3, 1, 2, 50)]);
         let second = rows(&schema, &[(1, 2, 4, 200), (2, 2, 5, 150), (2, 1, 7, 100)]);
-        let file = write_hot_file(&store, env, &schema, vec![first, second], true, 1_000).await.unwrap();
+        let file = write_hot_file(&store, env, &schema, vec![first, second], 1_000).await.unwrap();
         assert_eq!(file.member, None);
         assert!(file.path.starts_with("production/ds_energy_consumption/hot/h00000000001000_"), "{}", file.path);
         assert_eq!((file.rows, file.max_version, file.min_event_time, file.max_event_time), (5, 7, 50, 200));

@@ -105,7 +105,7 @@ impl Ingester {
         };
         let mut failed = 0;
         for (env, dataset) in tables {
-            if let Some(flush) = self.buffer.begin_flush(env, &dataset) {
+            if let Some(flush) = self.buffer.begin_flush(env, &dataset, self.config.flush_bytes) {
                 failed += self.flush(flush).await;
             }
         }
@@ -159,15 +159,8 @@ impl Ingester {
     async fn flush(&self, flush: FlushBatch) -> usize {
         let now = self.catalog.clock().now_ms();
         let written = async {
-            let file = crate::persist::write_hot_file(
-                &self.store,
-                flush.env,
-                &flush.schema,
-                flush.batches(),
-                flush.repeats,
-                now,
-            )
-            .await?;
+            let file =
+                crate::persist::write_hot_file(&self.store, flush.env, &flush.schema, flush.batches(), now).await?;
             self.buffer.claim([file.path.clone()]);
             if let Err(e) =
                 crate::persist::commit(&self.store, &self.catalog, std::slice::from_ref(&file), &[], None).await

@@ -52,7 +52,7 @@ pub struct IngestConfig {
     pub buffer_soft_bytes: usize,
     /// A dataset's buffered rows are flushed once the oldest is this old ...
     pub flush_age: Duration,
-    /// ... or once they take this many bytes.
+    /// ... or once they take this many bytes (and at most this much a flush).
     pub flush_bytes: usize,
     /// How often the flusher looks for due datasets.
     pub flush_tick: Duration,
