@@ -486,7 +486,7 @@ mod tests {
         ];
         assert!(files.iter().map(|(f, _)| f.rows as usize).sum::<usize>() > MERGE_GROUP_ROWS);
         let merged = merge_hot(&store, &schema, env, &files, 2_000).await.unwrap();
-        let expected = (members * 8 + members / 3) as i64;
+        let expected = members * 8 + members / 3;
         assert_eq!((merged.rows, merged.min_event_time, merged.max_event_time), (expected, 50, 108));
         assert_eq!((merged.min_id, merged.max_id, merged.max_version, merged.member), (1, 9, 40, None));
         assert!(merged.path.contains("/hot/h00000000002000_"), "named for its oldest arrival: {}", merged.path);
