@@ -611,6 +611,41 @@ mod tests {
     use datafusion::arrow::datatypes::Int64Type;
 
     #[test]
+    fn a_flush_takes_chunks_up_to_its_cap_and_what_it_leaves_stays_as_old_as_it_was() {
+        let schema = crate::persist::tests::energy();
+        let buffer = Buffer::default();
+        let (env, name) = (DataEnvironment::Production, &schema.dataset.name);
+        // Three writes of 300 rows of one member, each a chunk of its own (100 bytes each).
+        for (write, segment) in [(0, 1), (1, 2), (2, 3)] {
+            let rows: Vec<_> = (1..=300).map(|i| (1, write * 300 + i, 1, i)).collect();
+            let batch = crate::persist::tests::rows(&schema, &rows);
+            buffer.insert_runs(env, &schema, &batch, &[(1, 0, 300)], segment, 100);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let flush = buffer.begin_flush(env, name, 150).unwrap();
+        assert_eq!(flush.rows(), 600, "chunks until the cap is reached");
+        let file = ParquetFile {
+            environment: env,
+            dataset: name.clone(),
+            member: None,
+            path: "production/ds_energy_consumption/hot/h1".into(),
+            rows: 600,
+            size_bytes: 1,
+            min_event_time: 1,
+            max_event_time: 300,
+            min_id: 1,
+            max_id: 600,
+            max_version: 1,
+        };
+        buffer.end_flush(&flush, Some(&file));
+        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 100));
+        let due = buffer.due(std::time::Duration::from_millis(40), usize::MAX, usize::MAX);
+        assert_eq!(due, [(env, name.clone())], "the rows left are due by their age, not the flush's end");
+        let flush = buffer.begin_flush(env, name, 150).unwrap();
+        assert_eq!(flush.rows(), 300);
+    }
+
+    #[test]
     fn the_oldest_needed_segment_follows_flushes() {
         let d = catalog::builtin_datasets().into_iter().find(|d| d.name.as_str() == "ds_energy_consumption").unwrap();
         let schema = Arc::new(DatasetSchema::new(Arc::new(d)).unwrap());
