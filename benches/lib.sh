@@ -21,6 +21,13 @@ wait_healthy() {  # the server on $port answers /health (at most 30 s)
   for _ in $(seq 300); do curl -sf "127.0.0.1:$port/health" > /dev/null && return; sleep 0.1; done
 }
 
+wait_drained() {  # the server on $port has flushed every buffered row (at most 120 s)
+  for _ in $(seq 240); do
+    curl -sf "127.0.0.1:$port/metrics" | awk '$1 == "trove_ingest_buffer_bytes" && $2 == 0 { ok = 1 } END { exit !ok }' && return
+    sleep 0.5
+  done
+}
+
 requests() {  # op: object-store requests of that kind so far
   curl -sf "127.0.0.1:$port/metrics" |
     awk -v s="trove_object_store_requests_total{op=\"$1\"}" '$1 == s { n = $2 } END { printf "%d\n", n }'
