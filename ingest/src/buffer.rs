@@ -220,6 +220,11 @@ pub struct FlushBatch {
 }
 
 impl FlushBatch {
+    /// Whether rows buffered when it began were left for a later flush (its cap).
+    pub fn partial(&self) -> bool {
+        self.partial
+    }
+
     /// Rows in the flush.
     pub fn rows(&self) -> usize {
         self.chunks.iter().map(|c| c.batch.num_rows()).sum()
@@ -536,13 +541,20 @@ impl Buffer {
     }
 
     /// Replaces the whole file index with `files` (the manifest, reloaded by a node that fell
-    /// behind the change feed). Only for the flusher task, between its own commits.
+    /// behind the change feed). Files this node is committing stay as they are: compaction
+    /// may have swapped them in the manifest already, and [`Buffer::swap_files`] swaps them
+    /// here, so their rows are never in neither.
     pub fn replace_files(&self, files: impl IntoIterator<Item = ParquetFile>) {
         {
             let mut state = self.state();
+            let state = &mut *state;
+            let own = &state.own;
             for table in state.tables.values_mut() {
-                table.files.clear();
-                table.hot = Arc::default();
+                table.files.retain(|_, files| {
+                    Arc::make_mut(files).retain(|f| own.contains(&f.path));
+                    !files.is_empty()
+                });
+                Arc::make_mut(&mut table.hot).retain(|f| own.contains(&f.path));
             }
         }
         self.apply_manifest(files, &[]);
@@ -562,9 +574,17 @@ impl Buffer {
         }
     }
 
+    /// Whether `file`, a hot file, is in the index. Compaction rewrites only those: a hot file
+    /// a flush has recorded but not yet indexed ([`Buffer::end_flush`] follows the commit)
+    /// must not be replaced before it is there, or the index would keep it.
+    pub fn indexes_hot(&self, file: &ParquetFile) -> bool {
+        let state = self.state();
+        let table = state.tables.get(&(file.environment, file.dataset.clone()));
+        table.is_some_and(|t| t.hot.iter().any(|f| f.path == file.path))
+    }
+
     /// Swaps files in the index once the manifest has swapped them (compaction, settling),
-    /// in one step for readers. Flushes and compaction take turns on the flusher task, so a
-    /// file is in the index before compaction can replace it.
+    /// in one step for readers.
     pub fn swap_files(&self, added: &[ParquetFile], replaced: &[String]) {
         let mut state = self.state();
         let state = &mut *state;
@@ -643,6 +663,35 @@ mod tests {
         assert_eq!(due, [(env, name.clone())], "the rows left are due by their age, not the flush's end");
         let flush = buffer.begin_flush(env, name, 150).unwrap();
         assert_eq!(flush.rows(), 300);
+    }
+
+    #[test]
+    fn a_reloaded_index_keeps_the_files_this_node_is_committing() {
+        let schema = crate::persist::tests::energy();
+        let file = |name: &str| ParquetFile {
+            environment: DataEnvironment::Production,
+            dataset: schema.dataset.name.clone(),
+            member: None,
+            path: format!("production/ds_energy_consumption/hot/{name}"),
+            rows: 1,
+            size_bytes: 1,
+            min_event_time: 0,
+            max_event_time: 0,
+            min_id: 1,
+            max_id: 1,
+            max_version: 1,
+        };
+        let buffer = Buffer::default();
+        buffer.load_files([file("old"), file("other")]);
+        assert!(buffer.indexes_hot(&file("old")) && !buffer.indexes_hot(&file("new")));
+        // Compaction swapped "old" for "new" in the manifest but not yet in the index when
+        // the manifest is reloaded: "old" stays until the swap, "new" comes with it.
+        buffer.claim(["production/ds_energy_consumption/hot/old".into(), file("new").path]);
+        buffer.replace_files([file("new")]);
+        assert!(buffer.indexes_hot(&file("old")), "the rows are never in neither");
+        assert!(!buffer.indexes_hot(&file("new")) && !buffer.indexes_hot(&file("other")));
+        buffer.swap_files(&[file("new")], &[file("old").path]);
+        assert!(buffer.indexes_hot(&file("new")) && !buffer.indexes_hot(&file("old")));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! manifest does not name: they cost storage, and an outside reader of the bucket (DuckDB
 //! over every file) would see their rows twice. The collector deletes them once they are
 //! older than a grace period and were not replaced within it, so the store holds exactly
-//! what the manifest names. It runs on the flusher task, after that round's flushes and
-//! compaction, so this node has no put waiting for its commit while it lists.
+//! what the manifest names. It runs on the compactor's task, after that round's compaction;
+//! a flush's put waiting for its commit meanwhile is far younger than the grace period.
 
 use std::collections::HashSet;
 use std::sync::Arc;

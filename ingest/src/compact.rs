@@ -202,6 +202,9 @@ impl Compactor {
         let mut by_table: BTreeMap<(catalog::DataEnvironment, catalog::DatasetName), Vec<(ParquetFile, i64)>> =
             BTreeMap::new();
         for (f, arrived) in catalog.hot_files_before(i64::MAX).await? {
+            if !buffer.indexes_hot(&f) {
+                continue;
+            }
             by_table.entry((f.environment, f.dataset.clone())).or_default().push((f, arrived));
         }
         // A window's arrivals (windows aligned to the epoch: with the default 24 h, UTC days)

@@ -21,6 +21,10 @@ pub struct WriteLog {
     /// Read entries by the WAL segment holding them, a run per read (kept as they came: one
     /// growing list was reallocated, and copied, on the WAL thread).
     reads: Mutex<BTreeMap<u64, Vec<Vec<AccessLogEntry>>>>,
+    /// Members' agreement versions per connection, kept while the catalog's authorization
+    /// generation stands: read anew every second, a connection with a million members cost
+    /// the flusher seconds each time.
+    agreements: catalog::cache::AuthCache,
 }
 
 impl WriteLog {
@@ -122,12 +126,11 @@ impl WriteLog {
         }
         let mut connections = HashMap::new();
         let mut out = Vec::with_capacity(totals.len());
+        self.agreements.refresh(catalog).await?;
         for ((connection, member, dataset, minute), rows) in totals {
             if let std::collections::hash_map::Entry::Vacant(e) = connections.entry(connection) {
                 let c = catalog.connection(connection).await?;
-                let versions: HashMap<MemberId, catalog::AgreementVersion> =
-                    catalog.active_agreements(connection).await?.into_iter().collect();
-                e.insert((c, versions));
+                e.insert((c, self.agreements.agreements(catalog, connection).await?));
             }
             let (c, versions) = &connections[&connection];
             let version = versions.get(&member).copied();

@@ -134,6 +134,8 @@ pub struct TestConfig {
     /// shutting down or calling [`TestServer::flush`]).
     pub flush_age: Duration,
     pub buffer_bytes: usize,
+    /// At most this much of a dataset's buffer goes into one flush's file.
+    pub flush_bytes: usize,
     pub ingest_inflight_bytes: usize,
     pub query: query::QueryConfig,
     /// Members of the demo fixture (uids 1..N).
@@ -151,6 +153,7 @@ impl TestConfig {
             objects: Objects::Local,
             flush_age: Duration::from_secs(3600),
             buffer_bytes: 256 << 20,
+            flush_bytes: 8 << 20,
             ingest_inflight_bytes: 256 << 20,
             query: query::QueryConfig::default(),
             members: 10,
@@ -200,7 +203,7 @@ impl TestServer {
             buffer_bytes: config.buffer_bytes,
             buffer_soft_bytes: config.buffer_bytes / 2,
             flush_age: config.flush_age,
-            flush_bytes: 8 << 20,
+            flush_bytes: config.flush_bytes,
             flush_tick: Duration::from_millis(50),
             compaction: ingest::compact::CompactionConfig { delete_grace: Duration::ZERO, ..Default::default() },
             // Tests compact when they ask to.

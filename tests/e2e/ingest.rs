@@ -910,6 +910,29 @@ async fn concurrent_puts_of_one_row_keep_every_field() {
 }
 
 #[tokio::test]
+async fn a_flush_of_more_than_its_cap_drains_in_several_files_and_a_stop_flushes_everything() {
+    // Each 1,000-row write is a chunk of about 100 KB: a flush takes about one.
+    let s = TestServer::start(TestConfig { flush_bytes: 64 << 10, ..TestConfig::new(Store::Sqlite) }).await;
+    let start = now_secs() - 60 * 86_400;
+    for write in 0..3 {
+        let rows = readings(1_000, 2, start + write * 900_000);
+        assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+    }
+    s.flush().await;
+    let files = s.catalog.all_parquet_files().await.unwrap();
+    assert!(files.len() >= 3, "{} files for three writes over the cap", files.len());
+    assert_eq!(s.ingester.buffer().bytes(), 0, "a flush of everything leaves nothing buffered");
+    let rows = readings(1_000, 2, start + 3 * 900_000);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+    let rows = readings(1_000, 2, start + 4 * 900_000);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&rows)).await.0, StatusCode::OK);
+    // A graceful stop flushes every row, whatever the cap.
+    let (catalog, objects, _dir) = s.stop().await;
+    let stored = by_member(&stored_rows(&catalog, &objects).await);
+    assert_eq!(stored.values().map(Vec::len).collect::<Vec<_>>(), [2_500, 2_500], "every row once");
+}
+
+#[tokio::test]
 async fn a_windows_hot_files_settle_together_into_one_file_per_member() {
     // The server's clock starts an hour into a UTC day; the hot window is the default 24 h.
     let midnight: i64 = 1_924_992_000_000;

@@ -471,18 +471,21 @@ impl Catalog {
     }
 
     /// Members with an active agreement with connection `id`, and the revision each approved.
+    /// The rows are decoded as they stream: a connection with a million members would
+    /// otherwise hold a million driver rows (about 500 bytes each) at once.
     pub async fn active_agreements(&self, id: ConnectionId) -> Result<Vec<(MemberId, AgreementVersion)>> {
-        let rows =
-            sqlx::query("SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'")
-                .bind(id.get())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let member = MemberId::new(r.try_get("member_uid")?).map_err(CatalogError::corrupt)?;
-                Ok((member, AgreementVersion::new(r.try_get("version")?).map_err(CatalogError::corrupt)?))
-            })
-            .collect()
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT member_uid, version FROM agreements WHERE connection_id = $1 AND status = 'active'",
+        )
+        .bind(id.get())
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some((member, version)) = rows.try_next().await? {
+            let member = MemberId::new(member).map_err(CatalogError::corrupt)?;
+            out.push((member, AgreementVersion::new(version).map_err(CatalogError::corrupt)?));
+        }
+        Ok(out)
     }
 
     /// Checks a Mydex-style member-connection credential (`con_id` + `key`) presented by

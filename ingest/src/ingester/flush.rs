@@ -1,7 +1,8 @@
 //! The flusher: a task that, every tick, writes each due dataset's rows as one hot Parquet
 //! file and records it in the manifest, follows the manifest's change feed (other nodes' files),
-//! runs compaction rounds, and drops WAL segments once no buffered row needs them (their
-//! idempotency keys and access-log entries moved to the catalog first).
+//! and drops WAL segments once no buffered row needs them (their idempotency keys and
+//! access-log entries moved to the catalog first). Beside it, the compactor's task runs
+//! compaction rounds and collects unrecorded objects.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,8 +19,6 @@ use crate::wal;
 impl Ingester {
     pub(super) async fn flush_loop(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
-        let mut last_compaction = Instant::now();
-        let mut last_collection: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.flush_tick) => {},
@@ -34,6 +33,25 @@ impl Ingester {
                 self.pressure.set(buffered >= self.config.buffer_soft_bytes);
                 metrics::gauge!("trove_ingest_buffer_bytes").set(buffered as f64);
                 metrics::gauge!("trove_ingest_files").set(self.buffer.file_count() as f64);
+            };
+            if std::panic::AssertUnwindSafe(round).catch_unwind().await.is_err() {
+                stop_on_panic("the flusher");
+            }
+        }
+    }
+
+    /// The compactor: a task of its own, so that merging and settling hot files (seconds of
+    /// background work) never hold up a flush; and the collector of unrecorded objects.
+    pub(super) async fn compact_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut last_compaction = Instant::now();
+        let mut last_collection: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.flush_tick) => {},
+                _ = stop.changed() => return,
+            }
+            let round = async {
                 if last_compaction.elapsed() >= self.config.compact_interval {
                     last_compaction = Instant::now();
                     if let Err(e) = self.compact_round().await {
@@ -53,14 +71,14 @@ impl Ingester {
                 }
             };
             if std::panic::AssertUnwindSafe(round).catch_unwind().await.is_err() {
-                stop_on_panic("the flusher");
+                stop_on_panic("the compactor");
             }
         }
     }
 
     /// Brings the read index up to the manifest: files other nodes flushed or compacted.
-    /// Runs on the flusher task, after this node's own flushes and compactions have updated
-    /// the index, so their changes come back only as repeats.
+    /// This node's own flushes and compactions come back too, and are left to the index
+    /// updates that follow their commits (see `Buffer::claim`).
     pub async fn follow_manifest(&self) -> Result<(), IngestError> {
         let behind = self.manifest_synced.lock().elapsed() > MANIFEST_RELOAD_AFTER;
         if behind {
@@ -95,8 +113,9 @@ impl Ingester {
         self.compactor.rewrite_hot(&self.catalog, &self.store, &self.buffer, &|d| self.schema(d), i64::MAX).await
     }
 
-    /// Flushes due datasets (or all), then deletes WAL segments no buffered row needs.
-    /// Returns how many files failed to be written or recorded.
+    /// Flushes due datasets (or all: every buffered row, in as many files as the flush cap
+    /// takes), then deletes WAL segments no buffered row needs. Returns how many files
+    /// failed to be written or recorded.
     pub async fn flush_round(&self, all: bool) -> usize {
         let tables = if all {
             self.buffer.keys()
@@ -105,8 +124,15 @@ impl Ingester {
         };
         let mut failed = 0;
         for (env, dataset) in tables {
-            if let Some(flush) = self.buffer.begin_flush(env, &dataset, self.config.flush_bytes) {
-                failed += self.flush(flush).await;
+            while let Some(flush) = self.buffer.begin_flush(env, &dataset, self.config.flush_bytes) {
+                let partial = flush.partial();
+                let f = self.flush(flush).await;
+                failed += f;
+                // A due dataset gets one file a round (the next tick takes the rest), so that
+                // rows arriving meanwhile never keep the flusher from its other work.
+                if f > 0 || !all || !partial {
+                    break;
+                }
             }
         }
         metrics::counter!("trove_ingest_flushes_total", "result" => "error").increment(failed as u64);

@@ -8,7 +8,8 @@
 //! - `record`: what a WAL record holds (a write's rows, or read access-log entries).
 //! - `replay`: the WAL back into the buffer at start, skipping rows already in Parquet.
 //! - `flush`: the flusher task: due partitions to Parquet, the manifest's changes into the
-//!   read index, compaction rounds, and WAL segments dropped once nothing needs them.
+//!   read index, and WAL segments dropped once nothing needs them; and the compactor's task
+//!   beside it (compaction rounds, the collector), so a long merge never holds up a flush.
 
 mod flush;
 mod record;
@@ -95,12 +96,13 @@ pub struct Ingester {
     /// priority, below it at low priority (see `background`).
     pressure: crate::background::Pressure,
     stop: tokio::sync::watch::Sender<bool>,
-    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The flusher's and the compactor's tasks.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ingester {
     /// Opens the write path: replays the WAL into the buffer (skipping rows the manifest
-    /// already holds), then starts the sequencer and the flusher.
+    /// already holds), then starts the sequencer, the flusher and the compactor.
     pub async fn open(
         config: IngestConfig,
         catalog: Catalog,
@@ -140,10 +142,10 @@ impl Ingester {
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
             pressure: Default::default(),
             stop,
-            flusher: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let flusher = tokio::spawn(ingester.clone().flush_loop());
-        *ingester.flusher.lock() = Some(flusher);
+        let tasks = vec![tokio::spawn(ingester.clone().flush_loop()), tokio::spawn(ingester.clone().compact_loop())];
+        *ingester.tasks.lock() = tasks;
         Ok(ingester)
     }
 
@@ -235,9 +237,9 @@ impl Ingester {
             tokio::task::spawn_blocking(move || thread.join()).await.ok();
         }
         let _ = self.stop.send(true);
-        let flusher = self.flusher.lock().take();
-        if let Some(flusher) = flusher {
-            let _ = flusher.await;
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            let _ = task.await;
         }
         for _ in 0..3 {
             if self.flush_round(true).await == 0 && self.buffer.bytes() == 0 {
@@ -250,7 +252,7 @@ impl Ingester {
     }
 }
 
-/// A panic in the WAL writer or the flusher leaves the write path's state unknown: stop the
+/// A panic in the WAL writer, the flusher or the compactor leaves the write path's state unknown: stop the
 /// process rather than serve on half-working (writes refused forever, or acknowledged into a
 /// WAL nobody flushes). Nothing acknowledged is lost: the restart replays the WAL, as after a
 /// crash. Panics in encoding work are not this: they fail that flush, which retries.
