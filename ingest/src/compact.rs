@@ -348,9 +348,11 @@ async fn settle_by_member(
 }
 
 /// Merges hot `files` into one hot file (named for `arrived`, when their oldest rows
-/// arrived), as streams like [`settle_by_member`]: whole members are gathered from every
-/// file until a group holds [`MERGE_GROUP_ROWS`] rows, which is sorted and encoded while
-/// the next is read. The files may hold versions of one row; the hot file keeps the newest.
+/// arrived), as streams like [`settle_by_member`], but a range of members at a time: each
+/// group takes every row below a member bound from every file (about
+/// [`MERGE_GROUP_ROWS`] rows, whole members), one slice per file batch rather than one
+/// per member, so a million members with a few rows each cost what a few members do. The
+/// files may hold versions of one row; the hot file keeps the newest.
 async fn merge_hot(
     store: &Arc<dyn ObjectStore>,
     schema: &Arc<DatasetSchema>,
@@ -360,16 +362,9 @@ async fn merge_hot(
 ) -> Result<ParquetFile, IngestError> {
     let mut cursors = HotCursor::open_all(store, files).await?;
     let mut file = persist::HotFile::new(schema, env)?;
-    let (mut group, mut rows) = (Vec::new(), 0);
-    while let Some((_, parts)) = HotCursor::next_member(&mut cursors).await? {
-        rows += parts.iter().map(RecordBatch::num_rows).sum::<usize>();
-        group.extend(parts);
-        if rows >= MERGE_GROUP_ROWS {
-            file.append(std::mem::take(&mut group)).await?;
-            rows = 0;
-        }
+    while let Some(group) = HotCursor::next_group(&mut cursors, MERGE_GROUP_ROWS).await? {
+        file.append(group).await?;
     }
-    file.append(group).await?;
     file.finish(store, arrived).await
 }
 
@@ -416,6 +411,34 @@ impl HotCursor {
         Ok(Some((member, parts)))
     }
 
+    /// Every row of the members from the smallest at the front of any cursor up to a bound
+    /// chosen so that no cursor gives much more than its share of `rows` from the batch it
+    /// holds (at least one whole member); cursors at the end of their file are dropped.
+    /// `None` once every file is read.
+    async fn next_group(cursors: &mut Vec<Self>, rows: usize) -> Result<Option<Vec<RecordBatch>>, IngestError> {
+        let Some(first) = cursors.iter().map(HotCursor::member).min() else { return Ok(None) };
+        let share = (rows / cursors.len()).max(1);
+        let bound = cursors
+            .iter()
+            .map(|c| {
+                let members = c.members();
+                members[(c.at + share).min(members.len() - 1)]
+            })
+            .min()
+            .unwrap_or(first)
+            .max(first.saturating_add(1));
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < cursors.len() {
+            if cursors[i].take_below(bound, &mut parts).await? {
+                i += 1;
+            } else {
+                cursors.swap_remove(i);
+            }
+        }
+        Ok(Some(parts))
+    }
+
     /// Reads the next batch with rows; `false` at the end of the file.
     async fn fill(&mut self) -> Result<bool, IngestError> {
         while let Some(batch) = self.stream.next().await {
@@ -440,8 +463,14 @@ impl HotCursor {
     /// Takes `member`'s rows at the front (none if another member is next) into `parts`;
     /// `false` once the file has no row left.
     async fn take_run(&mut self, member: i64, parts: &mut Vec<RecordBatch>) -> Result<bool, IngestError> {
+        self.take_below(member.saturating_add(1), parts).await
+    }
+
+    /// Takes the rows at the front whose member is below `bound` into `parts`; `false` once
+    /// the file has no row left.
+    async fn take_below(&mut self, bound: i64, parts: &mut Vec<RecordBatch>) -> Result<bool, IngestError> {
         loop {
-            let n = self.members()[self.at..].partition_point(|m| *m <= member);
+            let n = self.members()[self.at..].partition_point(|m| *m < bound);
             if n == 0 {
                 return Ok(true);
             }
