@@ -441,6 +441,11 @@ impl Buffer {
         due
     }
 
+    /// Whether a flush of the dataset is running.
+    pub fn is_flushing(&self, env: DataEnvironment, dataset: &DatasetName) -> bool {
+        self.state().tables.get(&(env, dataset.clone())).is_some_and(|t| t.flushing.is_some())
+    }
+
     /// Hands a dataset's oldest rows, about `max_bytes` of them (at least one chunk), to a
     /// flush; they stay readable until [`Buffer::end_flush`]. The cap bounds what a flush
     /// copies and encodes at once: a flush that fell behind drains in several files rather

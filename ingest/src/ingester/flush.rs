@@ -124,7 +124,16 @@ impl Ingester {
         };
         let mut failed = 0;
         for (env, dataset) in tables {
-            while let Some(flush) = self.buffer.begin_flush(env, &dataset, self.config.flush_bytes) {
+            loop {
+                let Some(flush) = self.buffer.begin_flush(env, &dataset, self.config.flush_bytes) else {
+                    // The flusher's own round is flushing it while a caller flushes
+                    // everything: that caller waits for it, then takes what is left.
+                    if all && self.buffer.is_flushing(env, &dataset) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    break;
+                };
                 let partial = flush.partial();
                 let f = self.flush(flush).await;
                 failed += f;
