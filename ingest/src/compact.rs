@@ -399,16 +399,7 @@ impl HotCursor {
     /// at the end of their file are dropped. `None` once every file is read.
     async fn next_member(cursors: &mut Vec<Self>) -> Result<Option<(i64, Vec<RecordBatch>)>, IngestError> {
         let Some(member) = cursors.iter().map(HotCursor::member).min() else { return Ok(None) };
-        let mut parts = Vec::new();
-        let mut i = 0;
-        while i < cursors.len() {
-            if cursors[i].take_run(member, &mut parts).await? {
-                i += 1;
-            } else {
-                cursors.swap_remove(i);
-            }
-        }
-        Ok(Some((member, parts)))
+        Ok(Some((member, Self::take_all_below(cursors, member.saturating_add(1)).await?)))
     }
 
     /// Every row of the members from the smallest at the front of any cursor up to a bound
@@ -427,6 +418,12 @@ impl HotCursor {
             .min()
             .unwrap_or(first)
             .max(first.saturating_add(1));
+        Ok(Some(Self::take_all_below(cursors, bound).await?))
+    }
+
+    /// The rows below `bound` at the front of every cursor; cursors at the end of their
+    /// file are dropped.
+    async fn take_all_below(cursors: &mut Vec<Self>, bound: i64) -> Result<Vec<RecordBatch>, IngestError> {
         let mut parts = Vec::new();
         let mut i = 0;
         while i < cursors.len() {
@@ -436,7 +433,7 @@ impl HotCursor {
                 cursors.swap_remove(i);
             }
         }
-        Ok(Some(parts))
+        Ok(parts)
     }
 
     /// Reads the next batch with rows; `false` at the end of the file.
@@ -458,12 +455,6 @@ impl HotCursor {
     /// The member of the next row.
     fn member(&self) -> i64 {
         self.members()[self.at]
-    }
-
-    /// Takes `member`'s rows at the front (none if another member is next) into `parts`;
-    /// `false` once the file has no row left.
-    async fn take_run(&mut self, member: i64, parts: &mut Vec<RecordBatch>) -> Result<bool, IngestError> {
-        self.take_below(member.saturating_add(1), parts).await
     }
 
     /// Takes the rows at the front whose member is below `bound` into `parts`; `false` once
