@@ -635,6 +635,26 @@ mod tests {
     use datafusion::arrow::array::{AsArray, Int64Array};
     use datafusion::arrow::datatypes::Int64Type;
 
+    /// An energy file's manifest row: a member's (`m`) or a hot file, named `name`.
+    fn file(name: &str, m: Option<i64>) -> ParquetFile {
+        ParquetFile {
+            environment: DataEnvironment::Production,
+            dataset: "ds_energy_consumption".parse().unwrap(),
+            member: m.map(|m| MemberId::new(m).unwrap()),
+            path: match m {
+                Some(m) => format!("production/ds_energy_consumption/{m}/{name}"),
+                None => format!("production/ds_energy_consumption/hot/{name}"),
+            },
+            rows: 2,
+            size_bytes: 1,
+            min_event_time: 0,
+            max_event_time: 0,
+            min_id: 1,
+            max_id: 3,
+            max_version: 3,
+        }
+    }
+
     #[test]
     fn a_flush_takes_chunks_up_to_its_cap_and_what_it_leaves_stays_as_old_as_it_was() {
         let schema = crate::persist::tests::energy();
@@ -649,20 +669,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let flush = buffer.begin_flush(env, name, 150).unwrap();
         assert_eq!(flush.rows(), 600, "chunks until the cap is reached");
-        let file = ParquetFile {
-            environment: env,
-            dataset: name.clone(),
-            member: None,
-            path: "production/ds_energy_consumption/hot/h1".into(),
-            rows: 600,
-            size_bytes: 1,
-            min_event_time: 1,
-            max_event_time: 300,
-            min_id: 1,
-            max_id: 600,
-            max_version: 1,
-        };
-        buffer.end_flush(&flush, Some(&file));
+        buffer.end_flush(&flush, Some(&file("h1", None)));
         assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 100));
         let due = buffer.due(std::time::Duration::from_millis(40), usize::MAX, usize::MAX);
         assert_eq!(due, [(env, name.clone())], "the rows left are due by their age, not the flush's end");
@@ -672,20 +679,7 @@ mod tests {
 
     #[test]
     fn a_reloaded_index_keeps_the_files_this_node_is_committing() {
-        let schema = crate::persist::tests::energy();
-        let file = |name: &str| ParquetFile {
-            environment: DataEnvironment::Production,
-            dataset: schema.dataset.name.clone(),
-            member: None,
-            path: format!("production/ds_energy_consumption/hot/{name}"),
-            rows: 1,
-            size_bytes: 1,
-            min_event_time: 0,
-            max_event_time: 0,
-            min_id: 1,
-            max_id: 1,
-            max_version: 1,
-        };
+        let file = |name: &str| file(name, None);
         let buffer = Buffer::default();
         buffer.load_files([file("old"), file("other")]);
         assert!(buffer.indexes_hot(&file("old")) && !buffer.indexes_hot(&file("new")));
@@ -744,22 +738,6 @@ mod tests {
         let (one, batches) = rows(1);
         assert_eq!(one.members[0].1.buffered, Buffered { rows: 3, min_id: 1, max_id: 4, repeats: false });
         assert_eq!(batches.iter().flat_map(ids).collect::<Vec<_>>(), [1, 3, 4], "readers see flushing rows too");
-        let file = |path: &str, m: Option<i64>| ParquetFile {
-            environment: DataEnvironment::Production,
-            dataset: schema.dataset.name.clone(),
-            member: m.map(|m| MemberId::new(m).unwrap()),
-            path: match m {
-                Some(m) => format!("production/ds_energy_consumption/{m}/{path}"),
-                None => format!("production/ds_energy_consumption/hot/{path}"),
-            },
-            rows: 2,
-            size_bytes: 1,
-            min_event_time: 0,
-            max_event_time: 0,
-            min_id: 1,
-            max_id: 3,
-            max_version: 3,
-        };
         buffer.end_flush(&flush, Some(&file("h1", None)));
         assert_eq!(buffer.min_segment(), Some(6), "the flushed rows' segments go; the later write's stays");
         assert_eq!(rows(1).1.iter().flat_map(ids).collect::<Vec<_>>(), [4], "the flushed rows left");

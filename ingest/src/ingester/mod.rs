@@ -252,9 +252,9 @@ impl Ingester {
     }
 }
 
-/// A panic in the WAL writer, the flusher or the compactor leaves the write path's state unknown: stop the
-/// process rather than serve on half-working (writes refused forever, or acknowledged into a
-/// WAL nobody flushes). Nothing acknowledged is lost: the restart replays the WAL, as after a
+/// A panic in the WAL writer, the flusher or the compactor leaves the write path's state
+/// unknown: stop the process rather than serve on half-working (writes refused forever, or
+/// acknowledged into a WAL nobody flushes). Nothing acknowledged is lost: the restart replays the WAL, as after a
 /// crash. Panics in encoding work are not this: they fail that flush, which retries.
 fn stop_on_panic(what: &str) -> ! {
     tracing::error!("{what} panicked; stopping so that a restart recovers from the WAL");
