@@ -28,7 +28,9 @@ struct State {
     generation: i64,
     /// Connections by nid, with the hash of the key that authenticated them.
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
-    agreements: HashMap<ConnectionId, Arc<MemberMap<AgreementVersion>>>,
+    /// Filled once per generation: at a million members the read takes seconds, and every
+    /// request that missed meanwhile waits for it rather than reading again.
+    agreements: HashMap<ConnectionId, Arc<tokio::sync::OnceCell<Arc<MemberMap<AgreementVersion>>>>>,
     /// Member-connection credentials checked, with the hash of the key presented.
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
@@ -81,6 +83,16 @@ impl AuthCache {
     async fn fill<T>(&self, read: impl Future<Output = Result<T>>, keep: impl FnOnce(&mut State, &T)) -> Result<T> {
         let generation = self.state().generation;
         let value = read.await?;
+        self.after_read().await;
+        let mut state = self.state();
+        if state.generation == generation {
+            keep(&mut state, &value);
+        }
+        Ok(value)
+    }
+
+    /// Between a fill's read and its store (see `FillHook`).
+    async fn after_read(&self) {
         #[cfg(test)]
         {
             let hook = self.fill_hook.lock().take();
@@ -88,11 +100,6 @@ impl AuthCache {
                 hook().await;
             }
         }
-        let mut state = self.state();
-        if state.generation == generation {
-            keep(&mut state, &value);
-        }
-        Ok(value)
     }
 
     /// Whether `token` is the operator's.
@@ -162,14 +169,18 @@ impl AuthCache {
 
     /// Members with an active agreement with connection `id`, and the version each approved.
     pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<MemberMap<AgreementVersion>>> {
-        if let Some(a) = self.state().agreements.get(&id) {
-            return Ok(a.clone());
-        }
-        let read = async { Ok(Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberMap<_>>())) };
-        self.fill(read, |s, a| {
-            s.agreements.insert(id, a.clone());
-        })
-        .await
+        // A cell of the generation the lookup saw: a newer generation starts with new cells,
+        // so a read that began before a revocation answers only the requests that began
+        // before it too.
+        let cell = self.state().agreements.entry(id).or_default().clone();
+        let agreements = cell
+            .get_or_try_init(|| async {
+                let a = Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberMap<_>>());
+                self.after_read().await;
+                Ok::<_, CatalogError>(a)
+            })
+            .await?;
+        Ok(agreements.clone())
     }
 
     /// A subscriber's connections. A new connection cannot read or write before its first

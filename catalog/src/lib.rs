@@ -46,6 +46,6 @@ pub use model::*;
 pub use secret::{Secret, SecretHash};
 pub use store::accounts::SubscriberCredentials;
 pub use store::manifest::{IdempotentWrite, ManifestChanges};
-pub use store::{Backend, Catalog, normalize_terms};
+pub use store::{AccessEvent, Backend, Catalog, normalize_terms};
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;

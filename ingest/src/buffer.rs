@@ -369,7 +369,10 @@ impl Buffer {
         let runs = to_runs(runs);
         count(&mut table.members, batch, &runs);
         let sorted = runs.windows(2).all(|w| w[0].0 < w[1].0);
-        if rows >= CHUNK_MIN_ROWS && sorted {
+        let chunk = rows >= CHUNK_MIN_ROWS && sorted;
+        // A chunk's runs are a row's worth of bytes when every row is another member's.
+        let bytes = if chunk { bytes + std::mem::size_of_val(runs.as_slice()) } else { bytes };
+        if chunk {
             let segments = BTreeMap::from([(segment, rows)]);
             table.chunks.push(Arc::new(Chunk { batch: batch.clone(), runs, bytes, segments }));
         } else {
@@ -660,7 +663,8 @@ mod tests {
         let schema = crate::persist::tests::energy();
         let buffer = Buffer::default();
         let (env, name) = (DataEnvironment::Production, &schema.dataset.name);
-        // Three writes of 300 rows of one member, each a chunk of its own (100 bytes each).
+        // Three writes of 300 rows of one member, each a chunk of its own (100 bytes each, and
+        // 16 for its one run).
         for (write, segment) in [(0, 1), (1, 2), (2, 3)] {
             let rows: Vec<_> = (1..=300).map(|i| (1, write * 300 + i, 1, i)).collect();
             let batch = crate::persist::tests::rows(&schema, &rows);
@@ -670,7 +674,7 @@ mod tests {
         let flush = buffer.begin_flush(env, name, 150).unwrap();
         assert_eq!(flush.rows(), 600, "chunks until the cap is reached");
         buffer.end_flush(&flush, Some(&file("h1", None)));
-        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 100));
+        assert_eq!((buffer.min_segment(), buffer.bytes()), (Some(3), 116));
         let due = buffer.due(std::time::Duration::from_millis(40), usize::MAX, usize::MAX);
         assert_eq!(due, [(env, name.clone())], "the rows left are due by their age, not the flush's end");
         let flush = buffer.begin_flush(env, name, 150).unwrap();

@@ -85,32 +85,72 @@ fn files_ending(dir: &Path, suffix: &str) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// Every intact record of every segment in `dir`, in order, with its segment id. A torn or
-/// corrupt tail (or what a recycled segment held before) is cut off so that nothing is ever
-/// appended after garbage.
+/// Every intact record of every segment in `dir`, in order, with its segment id (see
+/// [`replay_segment`]).
 pub fn replay(dir: &Path) -> io::Result<Vec<(u64, Vec<u8>)>> {
     fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for id in segment_ids(dir)? {
-        let path = segment_path(dir, id);
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let mut at = 0;
-        while let Some((payload, next)) = read_record(&bytes, at, id) {
-            out.push((id, payload.to_vec()));
-            at = next;
-        }
-        if at < bytes.len() {
-            tracing::info!(
-                segment = id,
-                kept = at,
-                dropped = bytes.len() - at,
-                "cut a WAL segment's tail (torn, or a recycled segment's old records)"
-            );
-            OpenOptions::new().write(true).open(&path)?.set_len(at as u64)?;
-        }
+        out.extend(replay_segment(dir, id)?.records().map(|payload| (id, payload.to_vec())));
     }
     Ok(out)
+}
+
+/// The intact records of segment `id`. A torn or corrupt tail (or what a recycled segment
+/// held before) is cut off so that nothing is ever appended after garbage.
+pub fn replay_segment(dir: &Path, id: u64) -> io::Result<SegmentRecords> {
+    let segment = SegmentRecords::read(dir, id)?;
+    let kept = segment.intact_len();
+    if kept < segment.bytes.len() {
+        tracing::info!(
+            segment = id,
+            kept,
+            dropped = segment.bytes.len() - kept,
+            "cut a WAL segment's tail (torn, or a recycled segment's old records)"
+        );
+        OpenOptions::new().write(true).open(segment_path(dir, id))?.set_len(kept as u64)?;
+    }
+    Ok(segment)
+}
+
+/// One segment file read whole (a segment is at most about `segment_bytes`), for its intact
+/// records: those before the first torn or corrupt one, as replay keeps them.
+pub struct SegmentRecords {
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for SegmentRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentRecords").field("id", &self.id).field("bytes", &self.bytes.len()).finish()
+    }
+}
+
+impl SegmentRecords {
+    pub fn read(dir: &Path, id: u64) -> io::Result<SegmentRecords> {
+        let mut bytes = Vec::new();
+        File::open(segment_path(dir, id))?.read_to_end(&mut bytes)?;
+        Ok(SegmentRecords { id, bytes })
+    }
+
+    /// The payloads of the intact records, in order.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let (payload, next) = read_record(&self.bytes, at, self.id)?;
+            at = next;
+            Some(payload)
+        })
+    }
+
+    /// Where the intact records end.
+    fn intact_len(&self) -> usize {
+        let mut at = 0;
+        while let Some((_, next)) = read_record(&self.bytes, at, self.id) {
+            at = next;
+        }
+        at
+    }
 }
 
 /// The record of segment `id` at `at`, if it is whole and its checksum matches.

@@ -2,22 +2,37 @@
 //! docs/api.md ("Storage layout") allows, and of reads, one entry per request and member. The WAL record of a
 //! write, or of a read's entries, is their durable entry; they move to the catalog's access
 //! log just before their WAL segment is deleted.
+//!
+//! Write counts are read back from the segments as they move, so nothing per member is held
+//! between moves: a map per segment of every member that wrote in it held about 100 MiB a
+//! segment at a million members, and a dozen segments wait for their flush.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
-use catalog::{AccessAction, AccessDecision, AccessLogEntry, Catalog, ConnectionId, DatasetName, MemberId};
+use catalog::{
+    AccessAction, AccessDecision, AccessEvent, AccessLogEntry, AgreementVersion, Catalog, ConnectionId, DatasetName,
+    MemberId,
+};
 
 use crate::IngestError;
+use crate::ingester::record::{decode_record, is_reads};
+use crate::schema::member_runs;
+use crate::wal::{self, SegmentRecords};
 use catalog::MemberMap;
 
 /// (connection, dataset, minute).
 type Key = (ConnectionId, DatasetName, i64);
 
-/// Row counts per (connection, dataset, minute) and member, by the WAL segment holding them.
-#[derive(Debug, Default)]
+/// The access log's entries waiting in the WAL.
+#[derive(Debug)]
 pub struct WriteLog {
-    by_segment: Mutex<BTreeMap<u64, HashMap<Key, MemberMap<i64>>>>,
+    /// The WAL directory: its closed segments are read for their writes as they move.
+    dir: PathBuf,
+    /// Segments below this have their writes in the catalog (their files may outlive that
+    /// when deleting them failed).
+    moved_below: Mutex<u64>,
     /// Read entries by the WAL segment holding them, a run per read (kept as they came: one
     /// growing list was reallocated, and copied, on the WAL thread).
     reads: Mutex<BTreeMap<u64, Vec<Vec<AccessLogEntry>>>>,
@@ -28,25 +43,13 @@ pub struct WriteLog {
 }
 
 impl WriteLog {
-    /// Counts `rows` written for each member run of a record in `segment`.
-    pub fn record(
-        &self,
-        segment: u64,
-        connection: ConnectionId,
-        dataset: &DatasetName,
-        at_ms: i64,
-        members: &[(i64, usize)],
-    ) {
-        let mut by_segment = self.by_segment.lock();
-        let counts = by_segment
-            .entry(segment)
-            .or_default()
-            .entry((connection, dataset.clone(), at_ms.div_euclid(60_000)))
-            .or_default();
-        for (member, rows) in members {
-            if let Ok(member) = MemberId::new(*member) {
-                *counts.entry(member).or_default() += *rows as i64;
-            }
+    /// The log of the WAL in `dir`.
+    pub fn new(dir: &Path) -> WriteLog {
+        WriteLog {
+            dir: dir.to_owned(),
+            moved_below: Mutex::new(0),
+            reads: Mutex::default(),
+            agreements: catalog::cache::AuthCache::default(),
         }
     }
 
@@ -61,9 +64,9 @@ impl WriteLog {
         reads.values().flatten().flatten().filter(|e| e.member == Some(member)).cloned().collect()
     }
 
-    /// Writes the aggregates and read entries of segments below `keep_from` to the catalog's
-    /// access log (aggregates under each member's agreement in force now). On failure what
-    /// did not commit stays, and so do the segments.
+    /// Writes the read entries and write counts of segments below `keep_from` to the
+    /// catalog's access log (writes under each member's agreement in force now). On failure
+    /// what did not commit stays, and so do the segments.
     pub async fn persist_below(&self, catalog: &Catalog, keep_from: u64) -> Result<(), IngestError> {
         let reads: BTreeMap<u64, Vec<Vec<AccessLogEntry>>> = {
             let mut by_segment = self.reads.lock();
@@ -82,72 +85,105 @@ impl WriteLog {
                 return Err(e.into());
             }
         }
-        let moving: BTreeMap<u64, HashMap<Key, MemberMap<i64>>> = {
-            let mut by_segment = self.by_segment.lock();
-            let keep = by_segment.split_off(&keep_from);
-            std::mem::replace(&mut *by_segment, keep)
-        };
-        if moving.is_empty() {
+        let from = *self.moved_below.lock();
+        if from >= keep_from {
             return Ok(());
         }
-        let result = self.to_entries(catalog, &moving).await;
-        let entries = match result {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.by_segment.lock().extend(moving);
-                return Err(e);
-            }
-        };
-        let recorded = async {
+        let dir = self.dir.clone();
+        let counts = tokio::task::spawn_blocking(move || count_writes(&dir, from..keep_from))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??;
+        if !counts.is_empty() {
+            let (shared, members) = self.to_events(catalog, counts).await?;
+            let events: Vec<AccessEvent<'_>> =
+                shared.iter().zip(members).map(|(shared, members)| AccessEvent { shared, members }).collect();
             fail::fail_point!("access-log-record", |_| Err(IngestError::Unavailable(
                 "failpoint access-log-record".into()
             )));
-            Ok::<_, IngestError>(catalog.record_access(&entries).await?)
-        };
-        if let Err(e) = recorded.await {
-            self.by_segment.lock().extend(moving);
-            return Err(e);
+            catalog.record_access_events(&events).await?;
         }
+        *self.moved_below.lock() = keep_from;
         Ok(())
     }
 
-    async fn to_entries(
+    /// One event per (connection, dataset, minute) and purpose: the members share it, each
+    /// with its agreement version and rows.
+    #[allow(clippy::type_complexity)]
+    async fn to_events(
         &self,
         catalog: &Catalog,
-        moving: &BTreeMap<u64, HashMap<Key, MemberMap<i64>>>,
-    ) -> Result<Vec<AccessLogEntry>, IngestError> {
-        let mut totals: BTreeMap<(ConnectionId, MemberId, &DatasetName, i64), i64> = BTreeMap::new();
-        for counts in moving.values() {
-            for ((connection, dataset, minute), members) in counts {
-                for (member, n) in members {
-                    *totals.entry((*connection, *member, dataset, *minute)).or_default() += n;
-                }
-            }
-        }
+        counts: BTreeMap<Key, MemberMap<i64>>,
+    ) -> Result<(Vec<AccessLogEntry>, Vec<Vec<(MemberId, Option<AgreementVersion>, i64)>>), IngestError> {
+        let mut shared = Vec::new();
+        let mut members = Vec::new();
         let mut connections = HashMap::new();
-        let mut out = Vec::with_capacity(totals.len());
         self.agreements.refresh(catalog).await?;
-        for ((connection, member, dataset, minute), rows) in totals {
+        for ((connection, dataset, minute), counts) in counts {
             if let std::collections::hash_map::Entry::Vacant(e) = connections.entry(connection) {
                 let c = catalog.connection(connection).await?;
                 e.insert((c, self.agreements.agreements(catalog, connection).await?));
             }
             let (c, versions) = &connections[&connection];
-            let version = versions.get(&member).copied();
-            let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
-            out.push(AccessLogEntry {
-                at: minute * 60_000,
-                member: Some(member),
-                subscriber_id: c.subscriber_id,
-                connection_id: c.id,
-                agreement_version: version,
-                purpose: terms.map(|t| t.purposes.join("; ")).unwrap_or_default(),
-                dataset: dataset.to_string(),
-                action: AccessAction::Write,
-                rows,
-                decision: AccessDecision::Allowed,
-            });
+            let mut rows: Vec<(MemberId, i64)> = counts.into_iter().collect();
+            rows.sort_unstable();
+            // The event of each agreement version (versions with the same purpose share one).
+            let mut event_of: HashMap<Option<AgreementVersion>, usize> = HashMap::new();
+            for (member, n) in rows {
+                let version = versions.get(&member).copied();
+                let event = *event_of.entry(version).or_insert_with(|| {
+                    let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
+                    let purpose = terms.map(|t| t.purposes.join("; ")).unwrap_or_default();
+                    let at = minute * 60_000;
+                    let same = shared.iter().rposition(|e: &AccessLogEntry| {
+                        e.at == at && e.connection_id == c.id && e.dataset == dataset.as_str() && e.purpose == purpose
+                    });
+                    same.unwrap_or_else(|| {
+                        shared.push(AccessLogEntry {
+                            at,
+                            member: None,
+                            subscriber_id: c.subscriber_id,
+                            connection_id: c.id,
+                            agreement_version: None,
+                            purpose,
+                            dataset: dataset.to_string(),
+                            action: AccessAction::Write,
+                            rows: 0,
+                            decision: AccessDecision::Allowed,
+                        });
+                        members.push(Vec::new());
+                        shared.len() - 1
+                    })
+                });
+                members[event].push((member, version, n));
+            }
         }
-        Ok(out)
+        Ok((shared, members))
     }
+}
+
+/// Rows written per (connection, dataset, minute) and member in the segments `ids` (those
+/// still on disk), except writes the access log already has.
+fn count_writes(dir: &Path, ids: std::ops::Range<u64>) -> Result<BTreeMap<Key, MemberMap<i64>>, IngestError> {
+    let mut counts: BTreeMap<Key, MemberMap<i64>> = BTreeMap::new();
+    for id in wal::segment_ids(dir)?.into_iter().filter(|id| ids.contains(id)) {
+        let segment = SegmentRecords::read(dir, id)?;
+        for payload in segment.records() {
+            if is_reads(payload) {
+                continue;
+            }
+            let (header, batches) = decode_record(payload)?;
+            if header.logged {
+                continue;
+            }
+            let counts = counts.entry((header.connection, header.dataset, header.at.div_euclid(60_000))).or_default();
+            for batch in &batches {
+                for (member, _, rows) in member_runs(batch)? {
+                    if let Ok(member) = MemberId::new(member) {
+                        *counts.entry(member).or_default() += rows as i64;
+                    }
+                }
+            }
+        }
+    }
+    Ok(counts)
 }

@@ -550,6 +550,41 @@ async fn bulk_writes_reach_the_members_access_log_aggregated() {
     assert!(log1.as_array().unwrap().iter().all(|e| e["member"] == 1));
 }
 
+/// Write counts are read back from the WAL segments as they move: each minute's rows of a
+/// member land once, under that minute, however many segments and flush rounds pass.
+#[tokio::test]
+async fn write_counts_move_to_the_access_log_once_under_their_minute() {
+    let start: i64 = 1_924_992_000_000;
+    let clock = Arc::new(catalog::time::MockClock::new(start));
+    let s = TestServer::start(TestConfig { clock: Some(clock.clone()), ..TestConfig::new(Store::Sqlite) }).await;
+    let day_before = start / 1000 - 86_400;
+    // Minute one: 4 of member 1's rows and 2 of member 2's, in two writes and two segments
+    // (a flush of everything closes the segment).
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&readings(4, 2, day_before))).await.0, StatusCode::OK);
+    s.flush().await;
+    let late = readings(3, 1, day_before + 3600);
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&late[..2])).await.0, StatusCode::OK);
+    // Minute two: one more of member 1's.
+    clock.advance(std::time::Duration::from_secs(60));
+    assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&late[2..])).await.0, StatusCode::OK);
+    let s = &s;
+    let writes = |uid: i64| async move {
+        let path = format!("/v1/members/{uid}/access-log");
+        let (_, log) = s.call(reqwest::Method::GET, &path, Some(s.member_secret(uid)), None).await;
+        let mut by_minute: BTreeMap<i64, i64> = BTreeMap::new();
+        for e in log.as_array().unwrap().iter().filter(|e| e["action"] == "write") {
+            assert_eq!(e["member"], uid);
+            *by_minute.entry(e["at"].as_i64().unwrap()).or_default() += e["rows"].as_i64().unwrap();
+        }
+        by_minute
+    };
+    for _ in 0..2 {
+        s.settle_access_log().await;
+        assert_eq!(writes(1).await, BTreeMap::from([(start, 4), (start + 60_000, 1)]), "member 1");
+        assert_eq!(writes(2).await, BTreeMap::from([(start, 2)]), "member 2");
+    }
+}
+
 #[tokio::test]
 async fn a_revocation_stops_the_next_write_despite_caches() {
     let s = TestServer::spawn(Store::Sqlite).await;

@@ -215,52 +215,63 @@ impl Catalog {
     /// [`Catalog::record_access`] of entries held in several runs (a run per request), in one
     /// transaction. No event spans two runs.
     pub async fn record_access_runs(&self, runs: &[&[AccessLogEntry]]) -> Result<()> {
+        let mut events = Vec::new();
+        for mut rest in runs.iter().copied() {
+            while !rest.is_empty() {
+                let (event, after) = next_event(rest);
+                events.push(event);
+                rest = after;
+            }
+        }
+        self.record_access_events(&events).await
+    }
+
+    /// Appends events to the access log in one transaction: what [`Catalog::record_access`]
+    /// stores, for a caller that already holds its entries grouped (a minute of bulk writes
+    /// across a million members is one event each, not a million entries).
+    pub async fn record_access_events(&self, events: &[AccessEvent<'_>]) -> Result<()> {
         let insert_event = "INSERT INTO access_events (at, subscriber_id, connection_id, purpose, dataset, action, decision, \
                             agreement_version, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
         let mut tx = self.begin().await?;
         // Index rows this transaction adds, kept apart until it commits. The work between
         // statements is one event's, so a large move never holds a runtime thread for long.
         let mut adding = KnownBlocks::default();
-        for mut rest in runs.iter().copied() {
-            while !rest.is_empty() {
-                let (event, after) = next_event(rest);
-                rest = after;
-                let e = event.shared;
-                let own = |v| if event.members.is_empty() { v } else { None };
-                let seq: i64 = sqlx::query_scalar(insert_event)
-                    .bind(e.at)
-                    .bind(e.subscriber_id.get())
-                    .bind(e.connection_id.get())
-                    .bind(e.purpose.as_str())
-                    .bind(e.dataset.as_str())
-                    .bind(str_of(e.action))
-                    .bind(str_of(e.decision))
-                    .bind(own(e.agreement_version.map(AgreementVersion::get)))
-                    .bind(own(Some(e.rows)))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let insert = "access_event_members (event_seq, member_uid, agreement_version, row_count)";
-                self.insert_rows(&mut tx, insert, 4, "", &event.members, |q, &(member, version, rows)| {
-                    q.bind(seq).bind(member).bind(version).bind(rows)
-                })
+        for event in events {
+            let e = event.shared;
+            let own = |v| if event.members.is_empty() { v } else { None };
+            let seq: i64 = sqlx::query_scalar(insert_event)
+                .bind(e.at)
+                .bind(e.subscriber_id.get())
+                .bind(e.connection_id.get())
+                .bind(e.purpose.as_str())
+                .bind(e.dataset.as_str())
+                .bind(str_of(e.action))
+                .bind(str_of(e.decision))
+                .bind(own(e.agreement_version.map(AgreementVersion::get)))
+                .bind(own(Some(e.rows)))
+                .fetch_one(&mut *tx)
                 .await?;
-                let block = seq / EVENTS_PER_BLOCK;
-                let new: Vec<i64> = {
-                    let known = self.known_blocks.lock();
-                    event
-                        .members
-                        .iter()
-                        .map(|m| m.0)
-                        .filter(|&m| !known.has(m, block) && !adding.has(m, block))
-                        .collect()
-                };
-                let insert = "access_member_blocks (member_uid, block)";
-                self.insert_rows(&mut tx, insert, 2, " ON CONFLICT DO NOTHING", &new, |q, &member| {
-                    q.bind(member).bind(block)
-                })
-                .await?;
-                adding.add(block, new);
-            }
+            let insert = "access_event_members (event_seq, member_uid, agreement_version, row_count)";
+            self.insert_rows(&mut tx, insert, 4, "", &event.members, |q, &(member, version, rows)| {
+                q.bind(seq).bind(member.get()).bind(version.map(AgreementVersion::get)).bind(rows)
+            })
+            .await?;
+            let block = seq / EVENTS_PER_BLOCK;
+            let new: Vec<i64> = {
+                let known = self.known_blocks.lock();
+                event
+                    .members
+                    .iter()
+                    .map(|m| m.0.get())
+                    .filter(|&m| !known.has(m, block) && !adding.has(m, block))
+                    .collect()
+            };
+            let insert = "access_member_blocks (member_uid, block)";
+            self.insert_rows(&mut tx, insert, 2, " ON CONFLICT DO NOTHING", &new, |q, &member| {
+                q.bind(member).bind(block)
+            })
+            .await?;
+            adding.add(block, new);
         }
         tx.commit().await?;
         self.known_blocks.lock().merge(adding);
@@ -414,33 +425,35 @@ impl KnownBlocks {
     }
 }
 
-/// Entries as the catalog stores them: one event per run of entries that share everything
-/// but the member, its version and rows (a request's read of one dataset), each member once.
-struct Event<'a> {
-    shared: &'a AccessLogEntry,
-    /// (member, agreement version, rows); empty for an entry naming no member.
-    members: Vec<(i64, Option<i64>, i64)>,
+/// Access-log entries as the catalog stores them: one event for entries that share
+/// everything but the member, its version and rows (a request's read of one dataset, a
+/// minute of one connection's writes), each member once.
+#[derive(Debug)]
+pub struct AccessEvent<'a> {
+    /// What the entries share (its own member, version and rows count only when `members`
+    /// is empty).
+    pub shared: &'a AccessLogEntry,
+    /// (member, agreement version, rows); empty for an entry naming no member. No member twice.
+    pub members: Vec<(MemberId, Option<AgreementVersion>, i64)>,
 }
 
 /// The first event of `entries`, and the entries after it.
-fn next_event(entries: &[AccessLogEntry]) -> (Event<'_>, &[AccessLogEntry]) {
+fn next_event(entries: &[AccessLogEntry]) -> (AccessEvent<'_>, &[AccessLogEntry]) {
     let first = &entries[0];
     let Some(member) = first.member else {
-        return (Event { shared: first, members: Vec::new() }, &entries[1..]);
+        return (AccessEvent { shared: first, members: Vec::new() }, &entries[1..]);
     };
-    let mut members = vec![(member.get(), first.agreement_version.map(AgreementVersion::get), first.rows)];
+    let mut members = vec![(member, first.agreement_version, first.rows)];
     let mut seen: HashSet<i64> = HashSet::from([member.get()]);
     let mut end = 1;
     for e in &entries[1..] {
         match e.member {
-            Some(m) if first.same_event(e) && seen.insert(m.get()) => {
-                members.push((m.get(), e.agreement_version.map(AgreementVersion::get), e.rows))
-            }
+            Some(m) if first.same_event(e) && seen.insert(m.get()) => members.push((m, e.agreement_version, e.rows)),
             _ => break,
         }
         end += 1;
     }
-    (Event { shared: first, members }, &entries[end..])
+    (AccessEvent { shared: first, members }, &entries[end..])
 }
 
 fn entry_from_row(row: &AnyRow) -> Result<AccessLogEntry> {

@@ -10,6 +10,7 @@ pub(crate) mod accounts;
 mod approvals;
 mod connections;
 mod data;
+pub use data::AccessEvent;
 pub(crate) mod manifest;
 
 use std::path::Path;

@@ -12,7 +12,7 @@
 //!   beside it (compaction rounds, the collector), so a long merge never holds up a flush.
 
 mod flush;
-mod record;
+pub(crate) mod record;
 mod replay;
 mod sequencer;
 mod write;

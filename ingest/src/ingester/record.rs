@@ -8,33 +8,32 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
-use crate::schema::member_runs;
 
 /// What a WAL record says besides its rows.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct RecordHeader {
-    pub(super) dataset: DatasetName,
-    pub(super) env: DataEnvironment,
-    pub(super) connection: ConnectionId,
+pub(crate) struct RecordHeader {
+    pub(crate) dataset: DatasetName,
+    pub(crate) env: DataEnvironment,
+    pub(crate) connection: ConnectionId,
     /// The write's `Idempotency-Key` and body hash, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) idempotency: Option<(String, String)>,
+    pub(crate) idempotency: Option<(String, String)>,
     /// Epoch milliseconds of the write.
-    pub(super) at: i64,
+    pub(crate) at: i64,
     /// The access log already has this write (the Mydex door logs it as it answers).
     #[serde(default)]
-    pub(super) logged: bool,
+    pub(crate) logged: bool,
 }
 
 impl RecordHeader {
-    pub(super) fn idempotent_write(&self, accepted: usize) -> Option<IdempotentWrite> {
+    pub(crate) fn idempotent_write(&self, accepted: usize) -> Option<IdempotentWrite> {
         let (key, body_hash) = self.idempotency.clone()?;
         Some(IdempotentWrite { connection: self.connection, key, body_hash, accepted: accepted as i64, at: self.at })
     }
 }
 
 /// A rows record: the header's length and JSON, then the stored batch as an IPC stream.
-pub(super) fn encode_record(header: &RecordHeader, batch: &RecordBatch) -> Result<Vec<u8>, IngestError> {
+pub(crate) fn encode_record(header: &RecordHeader, batch: &RecordBatch) -> Result<Vec<u8>, IngestError> {
     let head = serde_json::to_vec(header).map_err(|e| IngestError::Internal(e.to_string()))?;
     let mut out = Vec::with_capacity(batch.get_array_memory_size() + head.len() + 8);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
@@ -60,7 +59,7 @@ struct ReadsGroup {
     members: Vec<(Option<MemberId>, Option<catalog::AgreementVersion>, i64)>,
 }
 
-pub(super) fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8>, IngestError> {
+pub(crate) fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8>, IngestError> {
     let mut groups: Vec<ReadsGroup> = Vec::new();
     for e in entries {
         match groups.last_mut() {
@@ -75,8 +74,13 @@ pub(super) fn encode_reads(entries: &[catalog::AccessLogEntry]) -> Result<Vec<u8
     Ok(out)
 }
 
+/// Whether a record holds read access-log entries (else it holds rows).
+pub(crate) fn is_reads(payload: &[u8]) -> bool {
+    payload.starts_with(&READS_RECORD)
+}
+
 /// The entries of a reads record, or `None` for a rows record.
-pub(super) fn decode_reads(payload: &[u8]) -> Result<Option<Vec<catalog::AccessLogEntry>>, IngestError> {
+pub(crate) fn decode_reads(payload: &[u8]) -> Result<Option<Vec<catalog::AccessLogEntry>>, IngestError> {
     let Some(json) = payload.strip_prefix(&READS_RECORD) else { return Ok(None) };
     let groups: Vec<ReadsGroup> =
         serde_json::from_slice(json).map_err(|_| IngestError::Internal("WAL record: bad access-log entries".into()))?;
@@ -95,7 +99,7 @@ pub(super) fn decode_reads(payload: &[u8]) -> Result<Option<Vec<catalog::AccessL
     Ok(Some(entries))
 }
 
-pub(super) fn decode_record(payload: &[u8]) -> Result<(RecordHeader, Vec<RecordBatch>), IngestError> {
+pub(crate) fn decode_record(payload: &[u8]) -> Result<(RecordHeader, Vec<RecordBatch>), IngestError> {
     let corrupt = |what: &str| IngestError::Internal(format!("WAL record: {what}"));
     let len =
         u32::from_le_bytes(payload.get(..4).ok_or_else(|| corrupt("short"))?.try_into().expect("4 bytes")) as usize;
@@ -115,11 +119,6 @@ pub(crate) fn decode_wal_record(payload: &[u8]) -> Result<usize, IngestError> {
     }
     let (_, batches) = decode_record(payload)?;
     Ok(batches.iter().map(RecordBatch::num_rows).sum())
-}
-
-/// `(member, rows)` of a member-sorted batch.
-pub(super) fn run_lengths(batch: &RecordBatch) -> Result<Vec<(i64, usize)>, IngestError> {
-    Ok(member_runs(batch)?.into_iter().map(|(m, _, n)| (m, n)).collect())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use datafusion::arrow::compute::{filter_record_batch, max};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 
-use super::record::{decode_reads, decode_record, run_lengths};
+use super::record::{decode_reads, decode_record};
 use super::sequencer::Counters;
 use crate::IngestError;
 use crate::buffer::Buffer;
@@ -80,65 +80,66 @@ pub(super) async fn replay(
     }
     buffer.load_files(files);
     let mut schemas: HashMap<DatasetName, Arc<DatasetSchema>> = HashMap::new();
-    let dir = wal_dir.to_owned();
-    let records = tokio::task::spawn_blocking(move || wal::replay(&dir))
-        .await
-        .map_err(|e| IngestError::Internal(e.to_string()))??;
     let mut replayed = 0usize;
+    let mut records = 0usize;
     let keys = Arc::new(Keys::default());
-    let write_log = Arc::new(WriteLog::default());
-    for (segment, payload) in &records {
-        if let Some(entries) = decode_reads(payload)? {
-            write_log.reads(*segment, entries);
-            continue;
-        }
-        let (header, batches) = decode_record(payload)?;
-        if !header.logged {
-            for b in &batches {
-                write_log.record(*segment, header.connection, &header.dataset, header.at, &run_lengths(b)?);
+    let write_log = Arc::new(WriteLog::new(wal_dir));
+    std::fs::create_dir_all(wal_dir)?;
+    // A segment at a time: a WAL that fell behind holds gigabytes.
+    for segment in wal::segment_ids(wal_dir)? {
+        let dir = wal_dir.to_owned();
+        let read = tokio::task::spawn_blocking(move || wal::replay_segment(&dir, segment))
+            .await
+            .map_err(|e| IngestError::Internal(e.to_string()))??;
+        for payload in read.records() {
+            records += 1;
+            if let Some(entries) = decode_reads(payload)? {
+                write_log.reads(segment, entries);
+                continue;
             }
-        }
-        if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
-            keys.in_segment(*segment, w);
-        }
-        let schema = match schemas.get(&header.dataset) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?))?);
-                schemas.insert(header.dataset.clone(), s.clone());
-                s
+            let (header, batches) = decode_record(payload)?;
+            if let Some(w) = header.idempotent_write(batches.iter().map(RecordBatch::num_rows).sum()) {
+                keys.in_segment(segment, w);
             }
-        };
-        for batch in batches {
-            let ids = int_column(&batch, ROW_ID)?;
-            let versions = int_column(&batch, ROW_VERSION)?;
-            last_version = last_version.max(max(versions).unwrap_or(0));
-            let table = (header.env, header.dataset.clone());
-            let mut keep = Vec::with_capacity(batch.num_rows());
-            for (member, start, len) in member_runs(&batch)? {
-                let Ok(member) = MemberId::new(member) else {
-                    keep.extend(std::iter::repeat_n(false, len));
-                    continue;
-                };
-                let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
-                let most = max(&ids.slice(start, len)).unwrap_or(0);
-                let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
-                *counter = (*counter).max(most);
-                // Rows whose version is in a recorded file were flushed before the crash
-                // (a flush holds every row of its dataset sequenced before it began).
-                keep.extend(versions.values()[start..start + len].iter().map(|v| *v > done));
-            }
-            let fresh = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-            if fresh.num_rows() > 0 {
-                replayed += fresh.num_rows();
-                let runs = member_runs(&fresh)?;
-                let bytes = fresh.get_array_memory_size();
-                buffer.insert_runs(header.env, &schema, &fresh, &runs, *segment, bytes);
+            let schema = match schemas.get(&header.dataset) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(DatasetSchema::new(Arc::new(catalog.dataset(&header.dataset).await?))?);
+                    schemas.insert(header.dataset.clone(), s.clone());
+                    s
+                }
+            };
+            for batch in batches {
+                let ids = int_column(&batch, ROW_ID)?;
+                let versions = int_column(&batch, ROW_VERSION)?;
+                last_version = last_version.max(max(versions).unwrap_or(0));
+                let table = (header.env, header.dataset.clone());
+                let mut keep = Vec::with_capacity(batch.num_rows());
+                for (member, start, len) in member_runs(&batch)? {
+                    let Ok(member) = MemberId::new(member) else {
+                        keep.extend(std::iter::repeat_n(false, len));
+                        continue;
+                    };
+                    let done = persisted.get(&table).and_then(|t| t.get(&member)).copied().unwrap_or(0);
+                    let most = max(&ids.slice(start, len)).unwrap_or(0);
+                    let counter = counters.entry(table.clone()).or_default().entry(member).or_insert(0);
+                    *counter = (*counter).max(most);
+                    // Rows whose version is in a recorded file were flushed before the crash
+                    // (a flush holds every row of its dataset sequenced before it began).
+                    keep.extend(versions.values()[start..start + len].iter().map(|v| *v > done));
+                }
+                let fresh = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+                if fresh.num_rows() > 0 {
+                    replayed += fresh.num_rows();
+                    let runs = member_runs(&fresh)?;
+                    let bytes = fresh.get_array_memory_size();
+                    buffer.insert_runs(header.env, &schema, &fresh, &runs, segment, bytes);
+                }
             }
         }
     }
     if replayed > 0 {
-        tracing::info!(rows = replayed, records = records.len(), "replayed the WAL");
+        tracing::info!(rows = replayed, records, "replayed the WAL");
     }
     Ok(Replayed { buffer, manifest_seq, counters, last_version, schemas, keys, write_log })
 }

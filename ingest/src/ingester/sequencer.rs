@@ -219,10 +219,6 @@ impl Sequencer {
                         if let Some(w) = op.header.idempotent_write(stored.batch.num_rows()) {
                             keys.in_segment(segment, w);
                         }
-                        if !op.header.logged {
-                            let lengths: Vec<(i64, usize)> = stored.runs.iter().map(|(m, _, n)| (*m, *n)).collect();
-                            write_log.record(segment, op.header.connection, &op.header.dataset, op.header.at, &lengths);
-                        }
                         buffer_rows(buffer, &op.schema, &op.header, &stored, segment);
                         let _ = op.reply.send(Ok(stored.ids));
                     }
