@@ -66,7 +66,7 @@ fn day_of_readings(schema: &ingest::schema::DatasetSchema, day: i64) -> RecordBa
 async fn energy_co_scope(s: &TestServer) -> ReadScope {
     let id = ConnectionId::new(s.creds.subscribers[0].connection.id).expect("a connection id");
     let connection = Arc::new(s.catalog.connection(id).await.expect("energy-co's connection"));
-    let members: catalog::MemberMap<catalog::AgreementVersion> =
+    let members: catalog::MemberVersions =
         s.catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
     assert_eq!(members.len(), MEMBERS as usize);
     let mut datasets = Vec::new();

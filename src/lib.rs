@@ -71,7 +71,8 @@ impl Error {
 pub struct AppState {
     pub catalog: Catalog,
     pub ingester: Arc<Ingester>,
-    /// Connections, agreements and datasets for the write path, never stale.
+    /// Connections, agreements and datasets, never stale: the ingester's, shared with its
+    /// write log.
     pub auth_cache: Arc<catalog::cache::AuthCache>,
     /// The read path: scoped sessions over ingest's buffer and files.
     pub query: Arc<query::QueryEngine>,
@@ -183,8 +184,8 @@ pub fn app(
     );
     Ok(http::router(AppState {
         catalog,
+        auth_cache: ingester.auth_cache(),
         ingester,
-        auth_cache: Default::default(),
         query,
         settings: Arc::new(settings),
     }))

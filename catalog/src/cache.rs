@@ -17,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::{
-    AgreementScope, AgreementVersion, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName,
-    MemberMap, Nid, SecretHash, SubscriberId,
+    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberVersions, Nid,
+    SecretHash, SubscriberId,
 };
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -30,7 +30,7 @@ struct State {
     connections: HashMap<Nid, (SecretHash, Arc<Connection>)>,
     /// Filled once per generation: at a million members the read takes seconds, and every
     /// request that missed meanwhile waits for it rather than reading again.
-    agreements: HashMap<ConnectionId, Arc<tokio::sync::OnceCell<Arc<MemberMap<AgreementVersion>>>>>,
+    agreements: HashMap<ConnectionId, Arc<tokio::sync::OnceCell<Arc<MemberVersions>>>>,
     /// Member-connection credentials checked, with the hash of the key presented.
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
@@ -168,14 +168,14 @@ impl AuthCache {
     }
 
     /// Members with an active agreement with connection `id`, and the version each approved.
-    pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<MemberMap<AgreementVersion>>> {
+    pub async fn agreements(&self, catalog: &Catalog, id: ConnectionId) -> Result<Arc<MemberVersions>> {
         // A cell of the generation the lookup saw: a newer generation starts with new cells,
         // so a read that began before a revocation answers only the requests that began
         // before it too.
         let cell = self.state().agreements.entry(id).or_default().clone();
         let agreements = cell
             .get_or_try_init(|| async {
-                let a = Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberMap<_>>());
+                let a = Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberVersions>());
                 self.after_read().await;
                 Ok::<_, CatalogError>(a)
             })
@@ -306,14 +306,14 @@ mod tests {
         f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
         cache.refresh(&f.catalog).await.unwrap();
         assert!(
-            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member),
+            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains(f.member),
             "R2 sees the revocation"
         );
         go.send(()).unwrap();
-        assert!(r1.await.unwrap().unwrap().contains_key(&f.member), "R1 read before it");
+        assert!(r1.await.unwrap().unwrap().contains(f.member), "R1 read before it");
         cache.refresh(&f.catalog).await.unwrap();
         assert!(
-            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains_key(&f.member),
+            !cache.agreements(&f.catalog, f.connection).await.unwrap().contains(f.member),
             "R3 sees the revocation"
         );
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use catalog::{
     Catalog, ConnectionId, ConnectionTerms, DataEnvironment, DatasetGrant, DatasetKind, FieldType, GdprDeclaration,
-    MemberMap,
+    MemberVersions,
 };
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
@@ -219,7 +219,7 @@ pub fn plan_sql(sql: &str) {
     });
     let Ok(planned) = planned else { return };
     for (dataset, member) in planned.reads().rows().keys() {
-        assert!(f.scope.members.contains_key(member), "{dataset}: member {member} has no agreement");
+        assert!(f.scope.members.contains(*member), "{dataset}: member {member} has no agreement");
     }
 }
 
@@ -267,8 +267,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
     let (con_id, key) = agreement.expect("member 1's agreement");
     let member_scope = catalog.agreement_scope(subscriber.id, con_id, key.expose()).await.expect("member 1's scope");
     let connection = Arc::new(catalog.connection(id).await.expect("the connection"));
-    let members: MemberMap<catalog::AgreementVersion> =
-        catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
+    let members: MemberVersions = catalog.active_agreements(id).await.expect("agreements").into_iter().collect();
 
     // Long ticks: nothing runs in the background while targets plan.
     let config = IngestConfig {

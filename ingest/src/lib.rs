@@ -49,7 +49,8 @@
 //!   period, so the store holds exactly what the manifest names.
 //! - `background`: flush and compaction work in short jobs, at most half the cores at once, at
 //!   low priority unless a buffer is above its soft limit.
-//! - [`writelog`]: bulk writes in the access log, aggregated per minute, moved with the WAL.
+//! - [`writelog`]: bulk writes in the access log, aggregated per minute, counted from the WAL
+//!   segments as they move to the catalog.
 
 mod background;
 pub mod buffer;

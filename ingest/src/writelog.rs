@@ -10,6 +10,7 @@
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use catalog::{
     AccessAction, AccessDecision, AccessEvent, AccessLogEntry, AgreementVersion, Catalog, ConnectionId, DatasetName,
@@ -21,6 +22,7 @@ use crate::ingester::record::{decode_record, is_reads};
 use crate::schema::member_runs;
 use crate::wal::{self, SegmentRecords};
 use catalog::MemberMap;
+use catalog::cache::AuthCache;
 
 /// (connection, dataset, minute).
 type Key = (ConnectionId, DatasetName, i64);
@@ -39,18 +41,13 @@ pub struct WriteLog {
     /// Members' agreement versions per connection, kept while the catalog's authorization
     /// generation stands: read anew every second, a connection with a million members cost
     /// the flusher seconds each time.
-    agreements: catalog::cache::AuthCache,
+    agreements: Arc<AuthCache>,
 }
 
 impl WriteLog {
-    /// The log of the WAL in `dir`.
-    pub fn new(dir: &Path) -> WriteLog {
-        WriteLog {
-            dir: dir.to_owned(),
-            moved_below: Mutex::new(0),
-            reads: Mutex::default(),
-            agreements: catalog::cache::AuthCache::default(),
-        }
+    /// The log of the WAL in `dir`, naming versions through the node's `agreements` cache.
+    pub fn new(dir: &Path, agreements: Arc<AuthCache>) -> WriteLog {
+        WriteLog { dir: dir.to_owned(), moved_below: Mutex::new(0), reads: Mutex::default(), agreements }
     }
 
     /// Read entries made durable in `segment`.
@@ -129,7 +126,7 @@ impl WriteLog {
             // The event of each agreement version (versions with the same purpose share one).
             let mut event_of: HashMap<Option<AgreementVersion>, usize> = HashMap::new();
             for (member, n) in rows {
-                let version = versions.get(&member).copied();
+                let version = versions.get(member);
                 let event = *event_of.entry(version).or_insert_with(|| {
                     let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
                     let purpose = terms.map(|t| t.purposes.join("; ")).unwrap_or_default();

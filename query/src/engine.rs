@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use catalog::{AgreementVersion, Connection, MemberMap, SubscriberId};
+use catalog::{Connection, MemberVersions, SubscriberId};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
@@ -96,7 +96,7 @@ impl Default for QueryConfig {
 pub struct ReadScope {
     pub connection: Arc<Connection>,
     /// Members with an active agreement, and the revision each approved.
-    pub members: Arc<MemberMap<AgreementVersion>>,
+    pub members: Arc<MemberVersions>,
     /// The transactional datasets the serving revision names.
     pub datasets: Vec<Arc<DatasetSchema>>,
 }

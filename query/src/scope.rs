@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use catalog::{
     AgreementScope, AgreementStatus, AgreementVersion, Connection, DataEnvironment, Dataset, DatasetGrant, Field,
-    MemberId, MemberMap,
+    MemberId, MemberVersions,
 };
 use ingest::schema::{DatasetSchema, INSTANCE, MEMBER_UID, ROW_ID};
 
@@ -24,7 +24,7 @@ pub struct TableScope {
     pub columns: Vec<usize>,
     /// Members with an active agreement, and the revision each approved (shared with the
     /// authorization cache, not copied per request).
-    members: Arc<MemberMap<AgreementVersion>>,
+    members: Arc<MemberVersions>,
     /// Per approved revision, what it grants of the visible columns (a revision without an
     /// entry grants nothing).
     grants: HashMap<AgreementVersion, Access>,
@@ -48,7 +48,7 @@ impl TableScope {
     /// offered in the connection's environment.
     pub fn for_connection(
         connection: &Connection,
-        members: Arc<MemberMap<AgreementVersion>>,
+        members: Arc<MemberVersions>,
         schema: Arc<DatasetSchema>,
     ) -> Option<TableScope> {
         let env: DataEnvironment = connection.environment.into();
@@ -72,13 +72,13 @@ impl TableScope {
         let columns = columns(&schema, &fields);
         let env: DataEnvironment = scope.environment.into();
         let version = scope.agreement.version;
-        let members = Arc::new(MemberMap::from_iter([(scope.agreement.member, version)]));
+        let members = Arc::new(MemberVersions::from_iter([(scope.agreement.member, version)]));
         Ok(TableScope { schema, env, columns, members, grants: HashMap::from([(version, Access::All)]) })
     }
 
     /// Whether the table holds `member`'s rows, and with which columns.
     pub fn access(&self, member: MemberId) -> Access {
-        self.members.get(&member).and_then(|version| self.grants.get(version)).cloned().unwrap_or(Access::Hidden)
+        self.members.get(member).and_then(|version| self.grants.get(&version)).cloned().unwrap_or(Access::Hidden)
     }
 
     /// The members the table holds; `wanted` lists the only candidates when the query names
@@ -87,7 +87,7 @@ impl TableScope {
         let held = |m: &MemberId| self.access(*m) != Access::Hidden;
         match wanted {
             Some(ids) => ids.iter().filter_map(|id| MemberId::new(*id).ok()).filter(held).collect(),
-            None => self.members.keys().copied().filter(held).collect(),
+            None => self.members.members().filter(held).collect(),
         }
     }
 

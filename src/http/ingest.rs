@@ -221,8 +221,8 @@ pub(super) async fn ingest(
     let by_version: Vec<(catalog::AgreementVersion, Option<&catalog::DatasetGrant>)> =
         connection.revisions.iter().map(|r| (r.version, r.terms.datasets.get(&name))).collect();
     let grant_of = |member| {
-        let version = agreements.get(&member)?;
-        by_version.iter().find(|(v, _)| v == version).and_then(|(_, g)| *g)
+        let version = agreements.get(member)?;
+        by_version.iter().find(|(v, _)| *v == version).and_then(|(_, g)| *g)
     };
     let written = state
         .ingester

@@ -153,7 +153,7 @@ pub(super) async fn query(
         .rows()
         .into_iter()
         .map(|((dataset, member), rows)| {
-            entry(Some(member), members.get(&member).copied(), dataset.as_str(), rows, AccessDecision::Allowed)
+            entry(Some(member), members.get(member), dataset.as_str(), rows, AccessDecision::Allowed)
         })
         .collect();
     state.ingester.log_access(log).await?;

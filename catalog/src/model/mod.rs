@@ -3,6 +3,7 @@
 mod connection;
 mod dataset;
 mod ids;
+mod versions;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ pub use ids::{
     AgreementVersion, ConId, ConnectionId, DatasetName, FieldName, IdError, MemberHasher, MemberId, MemberMap, Nid,
     SubscriberId,
 };
+pub use versions::MemberVersions;
 
 /// A person who owns a personal data store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

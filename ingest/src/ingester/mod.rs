@@ -91,6 +91,7 @@ pub struct Ingester {
     row_locks: Box<[tokio::sync::Mutex<()>]>,
     keys: Arc<Keys>,
     write_log: Arc<WriteLog>,
+    auth: Arc<catalog::cache::AuthCache>,
     compactor: crate::compact::Compactor,
     /// Whether the buffer is above its soft limit: then background work runs at normal
     /// priority, below it at low priority (see `background`).
@@ -108,7 +109,8 @@ impl Ingester {
         catalog: Catalog,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Arc<Ingester>, IngestError> {
-        let replayed = replay::replay(&config.wal_dir, &catalog, &store).await?;
+        let auth = Arc::new(catalog::cache::AuthCache::default());
+        let replayed = replay::replay(&config.wal_dir, &catalog, &store, auth.clone()).await?;
         let segments = Segments::open(&config.wal_dir, config.segment_bytes, config.durability)?;
         let current_segment = Arc::new(AtomicU64::new(segments.current()));
         let (tx, thread) = sequencer::start(sequencer::Sequencer {
@@ -139,6 +141,7 @@ impl Ingester {
             row_locks: (0..write::ROW_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             keys: replayed.keys,
             write_log: replayed.write_log,
+            auth,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
             pressure: Default::default(),
             stop,
@@ -217,6 +220,12 @@ impl Ingester {
             sender.send(command).map_err(|_| stopped())?;
         }
         done.await.map_err(|_| stopped())?
+    }
+
+    /// The node's authorization cache. The server's requests and the write log share it, so
+    /// each connection's agreements are held, and read, once a node.
+    pub fn auth_cache(&self) -> Arc<catalog::cache::AuthCache> {
+        self.auth.clone()
     }
 
     /// A member's read entries still in the WAL, not yet in the catalog's access log.

@@ -40,6 +40,7 @@ pub(super) async fn replay(
     wal_dir: &Path,
     catalog: &Catalog,
     store: &Arc<dyn ObjectStore>,
+    auth: Arc<catalog::cache::AuthCache>,
 ) -> Result<Replayed, IngestError> {
     let buffer = Arc::new(Buffer::default());
     // The feed's position first: files committed while they load come again, harmlessly.
@@ -83,7 +84,7 @@ pub(super) async fn replay(
     let mut replayed = 0usize;
     let mut records = 0usize;
     let keys = Arc::new(Keys::default());
-    let write_log = Arc::new(WriteLog::new(wal_dir));
+    let write_log = Arc::new(WriteLog::new(wal_dir, auth));
     std::fs::create_dir_all(wal_dir)?;
     // A segment at a time: a WAL that fell behind holds gigabytes.
     for segment in wal::segment_ids(wal_dir)? {
