@@ -33,8 +33,9 @@ pub struct WriteLog {
     /// The WAL directory: its closed segments are read for their writes as they move.
     dir: PathBuf,
     /// Segments below this have their writes in the catalog (their files may outlive that
-    /// when deleting them failed).
-    moved_below: Mutex<u64>,
+    /// when deleting them failed). Held while writes move: two flush rounds at once (a
+    /// caller's flush of everything and the flusher's own) must not count a segment twice.
+    moved_below: tokio::sync::Mutex<u64>,
     /// Read entries by the WAL segment holding them, a run per read (kept as they came: one
     /// growing list was reallocated, and copied, on the WAL thread).
     reads: Mutex<BTreeMap<u64, Vec<Vec<AccessLogEntry>>>>,
@@ -47,7 +48,7 @@ pub struct WriteLog {
 impl WriteLog {
     /// The log of the WAL in `dir`, naming versions through the node's `agreements` cache.
     pub fn new(dir: &Path, agreements: Arc<AuthCache>) -> WriteLog {
-        WriteLog { dir: dir.to_owned(), moved_below: Mutex::new(0), reads: Mutex::default(), agreements }
+        WriteLog { dir: dir.to_owned(), moved_below: tokio::sync::Mutex::new(0), reads: Mutex::default(), agreements }
     }
 
     /// Read entries made durable in `segment`.
@@ -82,7 +83,8 @@ impl WriteLog {
                 return Err(e.into());
             }
         }
-        let from = *self.moved_below.lock();
+        let mut moved_below = self.moved_below.lock().await;
+        let from = *moved_below;
         if from >= keep_from {
             return Ok(());
         }
@@ -99,7 +101,7 @@ impl WriteLog {
             )));
             catalog.record_access_events(&events).await?;
         }
-        *self.moved_below.lock() = keep_from;
+        *moved_below = keep_from;
         Ok(())
     }
 

@@ -551,7 +551,8 @@ async fn bulk_writes_reach_the_members_access_log_aggregated() {
 }
 
 /// Write counts are read back from the WAL segments as they move: each minute's rows of a
-/// member land once, under that minute, however many segments and flush rounds pass.
+/// member land once, under that minute, however many segments and flush rounds pass, two
+/// rounds at once included.
 #[tokio::test]
 async fn write_counts_move_to_the_access_log_once_under_their_minute() {
     let start: i64 = 1_924_992_000_000;
@@ -561,7 +562,7 @@ async fn write_counts_move_to_the_access_log_once_under_their_minute() {
     // Minute one: 4 of member 1's rows and 2 of member 2's, in two writes and two segments
     // (a flush of everything closes the segment).
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&readings(4, 2, day_before))).await.0, StatusCode::OK);
-    s.flush().await;
+    tokio::join!(s.flush(), s.flush());
     let late = readings(3, 1, day_before + 3600);
     assert_eq!(s.ingest(ENERGY, "application/x-ndjson", ndjson(&late[..2])).await.0, StatusCode::OK);
     // Minute two: one more of member 1's.
@@ -579,7 +580,7 @@ async fn write_counts_move_to_the_access_log_once_under_their_minute() {
         by_minute
     };
     for _ in 0..2 {
-        s.settle_access_log().await;
+        tokio::join!(s.settle_access_log(), s.settle_access_log());
         assert_eq!(writes(1).await, BTreeMap::from([(start, 4), (start + 60_000, 1)]), "member 1");
         assert_eq!(writes(2).await, BTreeMap::from([(start, 2)]), "member 2");
     }
