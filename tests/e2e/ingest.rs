@@ -551,8 +551,8 @@ async fn bulk_writes_reach_the_members_access_log_aggregated() {
 }
 
 /// Write counts are read back from the WAL segments as they move: each minute's rows of a
-/// member land once, under that minute, however many segments and flush rounds pass, two
-/// rounds at once included.
+/// member land once, under that minute, however many segments and flush rounds pass (two
+/// callers flushing at once included).
 #[tokio::test]
 async fn write_counts_move_to_the_access_log_once_under_their_minute() {
     let start: i64 = 1_924_992_000_000;
