@@ -114,15 +114,20 @@ pub fn replay_segment(dir: &Path, id: u64) -> io::Result<SegmentRecords> {
 }
 
 /// One segment file read whole (a segment is at most about `segment_bytes`), for its intact
-/// records: those before the first torn or corrupt one, as replay keeps them.
+/// records: those before the first torn or corrupt one, as replay keeps them. Each record's
+/// checksum is checked once, as it is read.
 pub struct SegmentRecords {
-    id: u64,
     bytes: Vec<u8>,
+    /// Where each intact record's payload is in `bytes`.
+    payloads: Vec<std::ops::Range<usize>>,
 }
 
 impl std::fmt::Debug for SegmentRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentRecords").field("id", &self.id).field("bytes", &self.bytes.len()).finish()
+        f.debug_struct("SegmentRecords")
+            .field("bytes", &self.bytes.len())
+            .field("records", &self.payloads.len())
+            .finish()
     }
 }
 
@@ -130,26 +135,23 @@ impl SegmentRecords {
     pub fn read(dir: &Path, id: u64) -> io::Result<SegmentRecords> {
         let mut bytes = Vec::new();
         File::open(segment_path(dir, id))?.read_to_end(&mut bytes)?;
-        Ok(SegmentRecords { id, bytes })
+        let mut payloads = Vec::new();
+        let mut at = 0;
+        while let Some((payload, next)) = read_record(&bytes, at, id) {
+            payloads.push(next - payload.len()..next);
+            at = next;
+        }
+        Ok(SegmentRecords { bytes, payloads })
     }
 
     /// The payloads of the intact records, in order.
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let (payload, next) = read_record(&self.bytes, at, self.id)?;
-            at = next;
-            Some(payload)
-        })
+        self.payloads.iter().map(|p| &self.bytes[p.clone()])
     }
 
     /// Where the intact records end.
     fn intact_len(&self) -> usize {
-        let mut at = 0;
-        while let Some((_, next)) = read_record(&self.bytes, at, self.id) {
-            at = next;
-        }
-        at
+        self.payloads.last().map_or(0, |p| p.end)
     }
 }
 

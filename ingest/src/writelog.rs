@@ -125,34 +125,36 @@ impl WriteLog {
             let (c, versions) = &connections[&connection];
             let mut rows: Vec<(MemberId, i64)> = counts.into_iter().collect();
             rows.sort_unstable();
-            // The event of each agreement version (versions with the same purpose share one).
+            // The event of each agreement version; versions with the same purpose share one.
             let mut event_of: HashMap<Option<AgreementVersion>, usize> = HashMap::new();
+            let mut by_purpose: HashMap<String, usize> = HashMap::new();
             for (member, n) in rows {
                 let version = versions.get(member);
-                let event = *event_of.entry(version).or_insert_with(|| {
-                    let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
-                    let purpose = terms.map(|t| t.purposes.join("; ")).unwrap_or_default();
-                    let at = minute * 60_000;
-                    let same = shared.iter().rposition(|e: &AccessLogEntry| {
-                        e.at == at && e.connection_id == c.id && e.dataset == dataset.as_str() && e.purpose == purpose
-                    });
-                    same.unwrap_or_else(|| {
-                        shared.push(AccessLogEntry {
-                            at,
-                            member: None,
-                            subscriber_id: c.subscriber_id,
-                            connection_id: c.id,
-                            agreement_version: None,
-                            purpose,
-                            dataset: dataset.to_string(),
-                            action: AccessAction::Write,
-                            rows: 0,
-                            decision: AccessDecision::Allowed,
+                let event = match event_of.get(&version) {
+                    Some(&event) => event,
+                    None => {
+                        let terms = version.and_then(|v| c.revision(v)).or_else(|| c.approved()).map(|r| &r.terms);
+                        let purpose = terms.map(|t| t.purposes.join("; ")).unwrap_or_default();
+                        let event = *by_purpose.entry(purpose.clone()).or_insert_with(|| {
+                            shared.push(AccessLogEntry {
+                                at: minute * 60_000,
+                                member: None,
+                                subscriber_id: c.subscriber_id,
+                                connection_id: c.id,
+                                agreement_version: None,
+                                purpose,
+                                dataset: dataset.to_string(),
+                                action: AccessAction::Write,
+                                rows: 0,
+                                decision: AccessDecision::Allowed,
+                            });
+                            members.push(Vec::new());
+                            shared.len() - 1
                         });
-                        members.push(Vec::new());
-                        shared.len() - 1
-                    })
-                });
+                        event_of.insert(version, event);
+                        event
+                    }
+                };
                 members[event].push((member, version, n));
             }
         }
