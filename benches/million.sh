@@ -12,7 +12,9 @@
 # million) and the data directory kept in TROVE_MILLION_SEED (default
 # /tmp/trove-million-seed-N); every run starts a copy of it. TROVE_MILLION_MEMBERS changes
 # the member count (e.g. 100, the flatness baseline); TROVE_SWEEP_BIN_DIR runs binaries
-# built elsewhere (an A/B).
+# built elsewhere (an A/B). TROVE_MILLION_CHURN=S makes one more member revoke or approve
+# its agreement with the loaded connection every S seconds during the run (members consent
+# all day; each change is a new authorization generation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -46,6 +48,19 @@ wait_healthy
   echo "t=${t}s rss=${rss}MiB buffer=${buf}MiB wal=${wal}MB"
   sleep 5; t=$((t + 5))
 done) > "$work/samples.txt" &
+churn=${TROVE_MILLION_CHURN:-}
+if [ -n "$churn" ]; then
+  api=("${client[@]}" curl -sf -H 'Content-Type: application/json')
+  read -r uid secret < <("${api[@]}" -H "Authorization: Bearer $TROVE_ADMIN_TOKEN" "127.0.0.1:$port/v1/members" \
+    -d "{\"mydexid\": \"churn$RANDOM$RANDOM\"}" | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["uid"], m["secret"])')
+  connection=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["connection_id"])' "$seed/setup.json")
+  (n=0; while kill -0 $pid 2>/dev/null; do
+    action=$([ $((n % 2)) -eq 0 ] && echo approve || echo revoke)
+    "${api[@]}" -X POST -H "Authorization: Bearer $secret" \
+      "127.0.0.1:$port/v1/members/$uid/agreements/$connection/$action" > /dev/null && n=$((n + 1))
+    sleep "$churn"
+  done; echo "churn: $n changes" >&2) 2> "$work/churn.txt" &
+fi
 "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --rate "$rate" \
   --duration "${secs}s" --setup-file "$seed/setup.json" --server-pid $pid --report "$work/report.json" \
   > "$work/run.out" || true  # refusals and failures are in the summary
@@ -53,3 +68,4 @@ sleep 10
 kill -TERM $pid && wait $pid || true
 grep -v '^{' "$work/run.out"
 cat "$work/samples.txt"
+[ -z "$churn" ] || { sleep 1; cat "$work/churn.txt"; }

@@ -3,6 +3,11 @@
 //! changes in the same transaction as any change to that state; a new generation empties
 //! the cache. One tiny query per request replaces several larger ones, on every node.
 //!
+//! A connection's agreements are the exception to emptying: a million members' agreements
+//! take seconds to read, and members approve all day. A new generation keeps the maps it
+//! had as bases; the next lookup reads only the agreements changed since a base's generation
+//! (`Catalog::agreement_changes`) and applies them.
+//!
 //! A fill is tagged with the generation the cache was at when its database read began, and
 //! is kept only if the cache is still at that generation when the read returns. Otherwise a
 //! read that began before a revocation (and saw the agreement active) could land after a
@@ -31,6 +36,9 @@ struct State {
     /// Filled once per generation: at a million members the read takes seconds, and every
     /// request that missed meanwhile waits for it rather than reading again.
     agreements: HashMap<ConnectionId, Arc<tokio::sync::OnceCell<Arc<MemberVersions>>>>,
+    /// Agreements read at an earlier generation (the one given), kept across generations:
+    /// what the next lookup applies the changes since to.
+    bases: HashMap<ConnectionId, (i64, Arc<MemberVersions>)>,
     /// Member-connection credentials checked, with the hash of the key presented.
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
@@ -46,6 +54,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct AuthCache {
     state: Mutex<State>,
+    /// Whole reads of a connection's agreements (tests: the others applied changes).
+    #[cfg(test)]
+    whole_reads: std::sync::atomic::AtomicUsize,
     /// Runs between a fill's database read and its store (tests only: a deterministic
     /// interleaving of a fill with a revocation).
     #[cfg(test)]
@@ -73,7 +84,13 @@ impl AuthCache {
         let generation = catalog.generation().await?;
         let mut state = self.state();
         if generation > state.generation {
-            *state = State { generation, ..State::default() };
+            let mut bases = std::mem::take(&mut state.bases);
+            for (id, cell) in &state.agreements {
+                if let Some(agreements) = cell.get() {
+                    bases.insert(*id, (state.generation, agreements.clone()));
+                }
+            }
+            *state = State { generation, bases, ..State::default() };
         }
         Ok(())
     }
@@ -172,10 +189,23 @@ impl AuthCache {
         // A cell of the generation the lookup saw: a newer generation starts with new cells,
         // so a read that began before a revocation answers only the requests that began
         // before it too.
-        let cell = self.state().agreements.entry(id).or_default().clone();
+        let (cell, base) = {
+            let mut state = self.state();
+            (state.agreements.entry(id).or_default().clone(), state.bases.get(&id).cloned())
+        };
         let agreements = cell
             .get_or_try_init(|| async {
-                let a = Arc::new(catalog.active_agreements(id).await?.into_iter().collect::<MemberVersions>());
+                let a = match base {
+                    // Exact for every change up to its generation; the changes read now
+                    // reach at least the generation this cell belongs to.
+                    Some((since, base)) => base.with_changes(&catalog.agreement_changes(id, since).await?),
+                    None => {
+                        #[cfg(test)]
+                        self.whole_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        catalog.active_agreements(id).await?.into_iter().collect()
+                    }
+                };
+                let a = Arc::new(a);
                 self.after_read().await;
                 Ok::<_, CatalogError>(a)
             })
@@ -316,6 +346,34 @@ mod tests {
             !cache.agreements(&f.catalog, f.connection).await.unwrap().contains(f.member),
             "R3 sees the revocation"
         );
+    }
+
+    /// After the first read, approvals and revocations reach a connection's agreements as
+    /// the rows they changed, across generations in which nobody looked them up too.
+    #[tokio::test]
+    async fn agreements_follow_changes_without_reading_them_all_again() {
+        let f = fixture().await;
+        let cache = AuthCache::default();
+        let members = |a: &MemberVersions| a.members().collect::<Vec<_>>();
+        cache.refresh(&f.catalog).await.unwrap();
+        assert_eq!(members(&cache.agreements(&f.catalog, f.connection).await.unwrap()), [f.member]);
+        let (b, _) = f.catalog.create_member("b").await.unwrap();
+        let (c, _) = f.catalog.create_member("c").await.unwrap();
+        f.catalog.approve_agreement(b.uid, f.connection).await.unwrap();
+        f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        assert_eq!(members(&cache.agreements(&f.catalog, f.connection).await.unwrap()), [b.uid]);
+        // Two generations pass unseen by this connection's lookups.
+        f.catalog.approve_agreement(c.uid, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        f.catalog.revoke_agreement(b.uid, f.connection).await.unwrap();
+        f.catalog.approve_agreement(f.member, f.connection).await.unwrap();
+        cache.refresh(&f.catalog).await.unwrap();
+        let agreements = cache.agreements(&f.catalog, f.connection).await.unwrap();
+        let whole: MemberVersions = f.catalog.active_agreements(f.connection).await.unwrap().into_iter().collect();
+        assert_eq!(*agreements, whole);
+        assert_eq!(members(&agreements), [f.member, c.uid]);
+        assert_eq!(cache.whole_reads.load(std::sync::atomic::Ordering::Relaxed), 1, "read whole once, then changes");
     }
 
     /// A request that read an older generation does not wind the cache back to it.

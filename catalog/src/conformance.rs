@@ -294,6 +294,16 @@ async fn bulk_members_and_agreements(c: &Catalog) {
     assert_eq!(c.active_agreements(conn.id).await.unwrap().len(), uids.len());
     let missing = MemberId::new(9_999_999).unwrap();
     assert_eq!(kind(c.approve_agreements(&[uids[0], missing], conn.id).await), ErrorKind::NotFound);
+
+    // What changed after a generation: only the rows changed, each as it stands now.
+    let since = c.generation().await.unwrap();
+    assert_eq!(c.agreement_changes(conn.id, since).await.unwrap(), [], "nothing yet");
+    c.revoke_agreement(uids[7], conn.id).await.unwrap();
+    c.approve_agreements(&uids[2_000..2_002], conn.id).await.unwrap();
+    let mut changes = c.agreement_changes(conn.id, since).await.unwrap();
+    changes.sort();
+    assert_eq!(changes, [(uids[7], None), (uids[2_000], Some(v(1))), (uids[2_001], Some(v(1)))]);
+    assert_eq!(c.agreement_changes(conn.id, c.generation().await.unwrap()).await.unwrap(), []);
 }
 
 /// Approvals made at once commit together (`store/approvals.rs`) and answer as if alone.

@@ -60,18 +60,50 @@ impl MemberVersions {
 
     /// The members, ascending.
     pub fn members(&self) -> impl Iterator<Item = MemberId> + '_ {
+        self.iter().map(|(m, _)| m)
+    }
+
+    /// Each member and its version, ascending by member.
+    fn iter(&self) -> impl Iterator<Item = (MemberId, AgreementVersion)> + '_ {
         let (dense, sorted) = match &self.index {
             Index::Dense { first, versions } => (Some((*first, versions)), None),
             Index::Sorted(sorted) => (None, Some(sorted)),
         };
         let dense = dense.into_iter().flat_map(|(first, versions)| {
-            versions
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0)
-                .filter_map(move |(i, _)| MemberId::new(first + i as i64).ok())
+            versions.iter().enumerate().filter(|(_, v)| **v != 0).filter_map(move |(i, v)| {
+                Some((MemberId::new(first + i as i64).ok()?, AgreementVersion::new(i64::from(*v)).ok()?))
+            })
         });
-        dense.chain(sorted.into_iter().flatten().map(|(m, _)| *m))
+        dense.chain(sorted.into_iter().flatten().copied())
+    }
+
+    /// These versions with `changes` applied: a member's new version, or `None` for a member
+    /// whose agreement is no longer active. A few changes to a million members copy the
+    /// array once (4 MB) rather than reading the million again.
+    pub fn with_changes(&self, changes: &[(MemberId, Option<AgreementVersion>)]) -> MemberVersions {
+        if let Index::Dense { first, versions } = &self.index {
+            let mut versions = versions.clone();
+            let mut len = self.len;
+            let patched = changes.iter().all(|(member, version)| {
+                let slot = usize::try_from(member.get() - first).ok().and_then(|at| versions.get_mut(at));
+                let new = match version.map(|v| u32::try_from(v.get())) {
+                    None => Some(0),
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(_)) => None,
+                };
+                let (Some(slot), Some(new)) = (slot, new) else { return false };
+                len = len + usize::from(new != 0) - usize::from(*slot != 0);
+                *slot = new;
+                true
+            });
+            if patched {
+                return MemberVersions { index: Index::Dense { first: *first, versions }, len };
+            }
+        }
+        // A change outside the array (or a sorted list): built again.
+        let changed: std::collections::HashMap<MemberId, Option<AgreementVersion>> = changes.iter().copied().collect();
+        let kept = self.iter().filter(|(m, _)| !changed.contains_key(m));
+        kept.chain(changed.iter().filter_map(|(m, v)| Some((*m, (*v)?)))).collect()
     }
 }
 
@@ -129,6 +161,43 @@ mod tests {
             assert_eq!(versions.members().collect::<Vec<_>>(), pairs.iter().map(|(u, _)| *u).collect::<Vec<_>>());
         }
         let empty = MemberVersions::default();
+        assert_eq!(empty.with_changes(&[(m(5), Some(v(2))), (m(6), None)]), [(m(5), v(2))].into_iter().collect());
         assert!(empty.is_empty() && empty.get(m(1)).is_none() && empty.members().next().is_none());
+    }
+
+    #[test]
+    fn changes_apply_as_if_read_again() {
+        let pairs = |uids: &[i64]| uids.iter().map(|u| (m(*u), v(1))).collect::<Vec<_>>();
+        let dense: MemberVersions = pairs(&(1..=1000).collect::<Vec<_>>()).into_iter().collect();
+        let sparse: MemberVersions = pairs(&[1, 1_000_000, 2_000_000]).into_iter().collect();
+        // A revocation, a new version, a member new inside the span, one far outside it, a
+        // version too wide for the array, and a revocation of a member never there.
+        let changes = [
+            (m(1), None),
+            (m(2), Some(v(2))),
+            (m(999), Some(v(3))),
+            (m(5_000_000), Some(v(1))),
+            (m(3), Some(v(i64::from(u32::MAX) + 1))),
+            (m(7_000_000), None),
+        ];
+        for base in [dense.clone(), sparse] {
+            for changes in [&changes[..], &changes[..3]] {
+                let expected: Vec<(MemberId, AgreementVersion)> = base
+                    .iter()
+                    .filter(|(u, _)| !changes.iter().any(|(c, _)| c == u))
+                    .chain(changes.iter().filter_map(|(u, ver)| Some((*u, (*ver)?))))
+                    .collect::<MemberVersions>()
+                    .iter()
+                    .collect();
+                let changed = base.with_changes(changes);
+                assert_eq!(changed.iter().collect::<Vec<_>>(), expected);
+                assert_eq!(changed.len(), expected.len());
+                assert!(expected.iter().all(|(u, ver)| changed.get(*u) == Some(*ver)));
+                assert_eq!(changed.get(m(1)), None);
+            }
+        }
+        // Changes inside the array's span patch it rather than build it again.
+        let patched = dense.with_changes(&changes[..3]);
+        assert!(matches!(patched.index, Index::Dense { first: 1, .. }) && patched.len() == 999);
     }
 }

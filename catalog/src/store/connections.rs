@@ -380,16 +380,24 @@ impl Catalog {
             .collect();
         let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
+        // First: the rows carry the generation that commits them (see `agreement_changes`).
+        let generation = Self::next_counter(&mut tx, "generation").await?;
         self.insert_rows(
             &mut tx,
-            "agreements (member_uid, connection_id, version, status, key_hash, approved_at)",
-            6,
+            "agreements (member_uid, connection_id, version, status, key_hash, approved_at, generation)",
+            7,
             " ON CONFLICT (member_uid, connection_id) DO UPDATE SET \
              version = excluded.version, status = excluded.status, key_hash = excluded.key_hash, \
-             approved_at = excluded.approved_at, revoked_at = NULL",
+             approved_at = excluded.approved_at, revoked_at = NULL, generation = excluded.generation",
             &keys,
             |q, (member, _, hash)| {
-                q.bind(member.get()).bind(id.get()).bind(version.get()).bind("active").bind(hash.as_str()).bind(now)
+                q.bind(member.get())
+                    .bind(id.get())
+                    .bind(version.get())
+                    .bind("active")
+                    .bind(hash.as_str())
+                    .bind(now)
+                    .bind(generation)
             },
         )
         .await
@@ -397,7 +405,6 @@ impl Catalog {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => CatalogError::NotFound { what: "member" },
             _ => CatalogError::Store(e),
         })?;
-        Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(keys
             .into_iter()
@@ -420,11 +427,14 @@ impl Catalog {
     /// The member withdraws consent: every request that starts afterwards is refused.
     pub async fn revoke_agreement(&self, member: MemberId, id: ConnectionId) -> Result<Agreement> {
         let mut tx = self.begin().await?;
+        // Caches of agreements see the revocation with the same commit.
+        let generation = Self::next_counter(&mut tx, "generation").await?;
         let done = sqlx::query(
-            "UPDATE agreements SET status = 'revoked', revoked_at = $1 \
-             WHERE member_uid = $2 AND connection_id = $3 AND status = 'active'",
+            "UPDATE agreements SET status = 'revoked', revoked_at = $1, generation = $2 \
+             WHERE member_uid = $3 AND connection_id = $4 AND status = 'active'",
         )
         .bind(self.clock.now_ms())
+        .bind(generation)
         .bind(member.get())
         .bind(id.get())
         .execute(&mut *tx)
@@ -432,8 +442,6 @@ impl Catalog {
         if done.rows_affected() != 1 {
             return Err(CatalogError::NotFound { what: "active agreement" });
         }
-        // Caches of agreements see the revocation with the same commit.
-        Self::bump_generation(&mut tx).await?;
         tx.commit().await?;
         let connection = self.connection(id).await?;
         self.agreement(member, &connection).await
@@ -486,6 +494,31 @@ impl Catalog {
             out.push((member, AgreementVersion::new(version).map_err(CatalogError::corrupt)?));
         }
         Ok(out)
+    }
+
+    /// The agreements of connection `id` changed after generation `since`: each member's
+    /// version if its agreement is now active, `None` if it is not. Applied to the
+    /// connection's active agreements as of `since`, they give the agreements as of the
+    /// generation read before this call, or later.
+    pub async fn agreement_changes(
+        &self,
+        id: ConnectionId,
+        since: i64,
+    ) -> Result<Vec<(MemberId, Option<AgreementVersion>)>> {
+        let rows = sqlx::query_as::<_, (i64, i64, String)>(
+            "SELECT member_uid, version, status FROM agreements WHERE connection_id = $1 AND generation > $2",
+        )
+        .bind(id.get())
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(member, version, status)| {
+                let member = MemberId::new(member).map_err(CatalogError::corrupt)?;
+                let version = AgreementVersion::new(version).map_err(CatalogError::corrupt)?;
+                Ok((member, (status == "active").then_some(version)))
+            })
+            .collect()
     }
 
     /// Checks a Mydex-style member-connection credential (`con_id` + `key`) presented by
