@@ -86,10 +86,10 @@ impl MemberVersions {
             let mut len = self.len;
             let patched = changes.iter().all(|(member, version)| {
                 let slot = usize::try_from(member.get() - first).ok().and_then(|at| versions.get_mut(at));
-                let new = match version.map(|v| u32::try_from(v.get())) {
+                // 0 for no agreement; a version too wide for the array is built again.
+                let new = match version {
                     None => Some(0),
-                    Some(Ok(v)) => Some(v),
-                    Some(Err(_)) => None,
+                    Some(v) => u32::try_from(v.get()).ok(),
                 };
                 let (Some(slot), Some(new)) = (slot, new) else { return false };
                 len = len + usize::from(new != 0) - usize::from(*slot != 0);

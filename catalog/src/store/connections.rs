@@ -381,7 +381,7 @@ impl Catalog {
         let now = self.clock.now_ms();
         let mut tx = self.begin().await?;
         // First: the rows carry the generation that commits them (see `agreement_changes`).
-        let generation = Self::next_counter(&mut tx, "generation").await?;
+        let generation = Self::bump_generation(&mut tx).await?;
         self.insert_rows(
             &mut tx,
             "agreements (member_uid, connection_id, version, status, key_hash, approved_at, generation)",
@@ -428,7 +428,7 @@ impl Catalog {
     pub async fn revoke_agreement(&self, member: MemberId, id: ConnectionId) -> Result<Agreement> {
         let mut tx = self.begin().await?;
         // Caches of agreements see the revocation with the same commit.
-        let generation = Self::next_counter(&mut tx, "generation").await?;
+        let generation = Self::bump_generation(&mut tx).await?;
         let done = sqlx::query(
             "UPDATE agreements SET status = 'revoked', revoked_at = $1, generation = $2 \
              WHERE member_uid = $3 AND connection_id = $4 AND status = 'active'",

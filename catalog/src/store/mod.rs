@@ -198,9 +198,10 @@ impl Catalog {
         Ok(row.get::<i64, _>(0))
     }
 
-    async fn bump_generation(tx: &mut Transaction<'static, Any>) -> Result<()> {
-        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'generation'").execute(&mut **tx).await?;
-        Ok(())
+    /// Moves the authorization generation on, in `tx`, and returns the new one. Its row
+    /// stays locked until `tx` commits, so generations commit in order.
+    async fn bump_generation(tx: &mut Transaction<'static, Any>) -> Result<i64> {
+        Self::next_counter(tx, "generation").await
     }
 
     /// Atomically increments a named counter and returns the new value.
