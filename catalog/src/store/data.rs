@@ -398,10 +398,11 @@ fn pieces(n: usize) -> impl Iterator<Item = usize> {
 }
 
 /// The member index rows (member, block) known to be stored: those of the newest block.
+/// Hashed as member maps are: a move of a million members' writes looks each one up.
 #[derive(Debug, Default)]
 pub(super) struct KnownBlocks {
     block: i64,
-    members: HashSet<i64>,
+    members: HashSet<i64, std::hash::BuildHasherDefault<crate::model::MemberHasher>>,
 }
 
 impl KnownBlocks {
