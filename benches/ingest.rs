@@ -15,7 +15,9 @@
 //! - `wal/<fsync|process>`: one group commit (1 or 8 records of 1,000 rows) to a WAL segment
 //!   in a temp dir: written, and in the `fsync` mode `fdatasync`ed before it returns.
 //! - `buffer/insert`: a member-sorted batch of 100 members' rows buffered after an earlier
-//!   one (the steady state): kept as a chunk, per-member counts updated.
+//!   one (the steady state): kept as a chunk.
+//! - `buffer/snapshot/*`: what a read plans with, from 100 writes of 1,000 rows over 10,000
+//!   members: one member's rows counted and taken, and all 10,000 members' (Q3's plan).
 //! - `persist/encode_<lz4|zstd>`: the Parquet encode of a flush (LZ4, as flushes write) and the
 //!   same with ZSTD (as compaction writes): one file per member (100 files of 10
 //!   rows), and for comparison one member's 1,000 rows as one file.
@@ -281,6 +283,27 @@ fn bench_buffer(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // What reads plan with: 100 writes of 1,000 rows over 10,000 members (each member's
+    // rows in ten of them, with new ids each time), read for one member, and for all of
+    // them (Q3's plan).
+    let wide = Buffer::default();
+    let all = stored_by_member(&schema, 10 * ROWS, 10 * ROWS);
+    for write in 0..100 {
+        let mut columns = all.slice((write % 10) * ROWS, ROWS).columns().to_vec();
+        columns[2] = Arc::new(Int64Array::from_iter_values((1..=ROWS as i64).map(|i| (write * ROWS) as i64 + i)));
+        let part = RecordBatch::try_new(schema.stored.clone(), columns).expect("the stored schema");
+        let runs = member_runs(&part).expect("stored batches have member uids");
+        wide.insert_runs(env, &schema, &part, &runs, 1, part.get_array_memory_size());
+    }
+    let everyone: Vec<MemberId> = (1..=10 * ROWS as i64).map(|m| MemberId::new(m).expect("a member uid")).collect();
+    let read = |members: &[MemberId]| {
+        let snapshot = wide.snapshot(env, &schema.dataset.name, members.iter().copied());
+        let rows = snapshot.rows(members).expect("rows are taken");
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 10 * members.len());
+        snapshot
+    };
+    g.bench_function("snapshot/one_of_10000_members_in_100_writes", |b| b.iter(|| read(&everyone[4321..4322])));
+    g.bench_function("snapshot/10000_members_in_100_writes", |b| b.iter(|| read(&everyone)));
     g.finish();
 }
 

@@ -54,6 +54,13 @@ struct Chunk {
     segments: BTreeMap<u64, usize>,
 }
 
+impl Chunk {
+    /// The ids of its rows, if the schema has them.
+    fn ids(&self) -> Option<&[i64]> {
+        Some(self.batch.column_by_name(ROW_ID)?.as_primitive_opt::<Int64Type>()?.values())
+    }
+}
+
 /// `batch` sorted by member (stably: each member's rows keep their order, so their ids
 /// too), with each member's run.
 fn by_member(batch: RecordBatch) -> Result<(RecordBatch, Runs), crate::IngestError> {
@@ -236,83 +243,58 @@ pub struct TableSnapshot {
     pub members: Vec<(MemberId, Snapshot)>,
     pub hot: Arc<Vec<Arc<ParquetFile>>>,
     chunks: Vec<Arc<Chunk>>,
-    /// The members asked for, ascending.
-    asked: Vec<MemberId>,
-    /// The buffered rows of `asked[i]` are `places[offsets[i]..offsets[i + 1]]`:
-    /// (chunk, first row, rows), in chunk order.
-    offsets: Vec<usize>,
-    places: Vec<(u32, u32, u32)>,
+}
+
+/// What `chunks` (in the order they were made) buffer of each of `members` (ascending).
+fn count(chunks: &[Arc<Chunk>], members: &[MemberId]) -> Vec<Buffered> {
+    let mut buffered = vec![Buffered::default(); members.len()];
+    for chunk in chunks {
+        let ids = chunk.ids();
+        matching_runs(&chunk.runs, members, |i, start, len| match ids {
+            Some(ids) => buffered[i].add(&ids[start as usize..(start + len) as usize]),
+            None => buffered[i].rows += len as usize,
+        });
+    }
+    // Small writes gathered into one chunk may be older than large writes kept as chunks
+    // before it, so a member's ids can be counted out of order: only an id that came twice
+    // (an update) is a repeat. The members in doubt are checked in one more pass.
+    let (doubt, at): (Vec<MemberId>, Vec<usize>) =
+        members.iter().zip(&buffered).enumerate().filter(|(_, (_, b))| b.repeats).map(|(i, (m, _))| (*m, i)).unzip();
+    if !doubt.is_empty() {
+        let mut ids: Vec<Vec<i64>> = vec![Vec::new(); doubt.len()];
+        for chunk in chunks {
+            if let Some(chunk_ids) = chunk.ids() {
+                matching_runs(&chunk.runs, &doubt, |j, start, len| {
+                    ids[j].extend_from_slice(&chunk_ids[start as usize..(start + len) as usize]);
+                });
+            }
+        }
+        for (mut ids, i) in ids.into_iter().zip(at) {
+            ids.sort_unstable();
+            buffered[i].repeats = ids.windows(2).any(|w| w[0] == w[1]);
+        }
+    }
+    buffered
 }
 
 impl TableSnapshot {
-    /// Counts the buffered rows of `asked` (ascending) in `chunks` (in the order they were
-    /// written) and notes where they are, for [`TableSnapshot::rows`].
-    fn of_chunks(chunks: Vec<Arc<Chunk>>, asked: Vec<MemberId>) -> (TableSnapshot, Vec<Buffered>) {
-        let mut found: Vec<(u32, u32, u32, u32)> = Vec::new();
-        for (c, chunk) in chunks.iter().enumerate() {
-            matching_runs(&chunk.runs, &asked, |i, start, len| found.push((i as u32, c as u32, start, len)));
-        }
-        // Grouped by member.
-        let mut offsets = vec![0; asked.len() + 1];
-        for &(i, ..) in &found {
-            offsets[i as usize + 1] += 1;
-        }
-        for i in 1..offsets.len() {
-            offsets[i] += offsets[i - 1];
-        }
-        let mut next = offsets.clone();
-        let mut places = vec![(0, 0, 0); found.len()];
-        for (i, c, start, len) in found {
-            places[next[i as usize]] = (c, start, len);
-            next[i as usize] += 1;
-        }
-        // Each member's runs counted in the order of their ids, so that only an id that came
-        // again (an update) counts as one: small writes gathered into pending rows are older
-        // than the large writes kept as chunks after them.
-        let ids: Vec<Option<&[i64]>> = chunks
-            .iter()
-            .map(|c| c.batch.column_by_name(ROW_ID).and_then(|c| c.as_primitive_opt::<Int64Type>()).map(|a| &a.values()[..]))
-            .collect();
-        let run = |&(c, start, len): &(u32, u32, u32)| ids[c as usize].map(|ids| &ids[start as usize..(start + len) as usize]);
-        let mut buffered = vec![Buffered::default(); asked.len()];
-        for (i, b) in buffered.iter_mut().enumerate() {
-            let mine = &mut places[offsets[i]..offsets[i + 1]];
-            mine.sort_unstable_by_key(|p| run(p).and_then(<[i64]>::first).copied());
-            for p in mine.iter() {
-                match run(p) {
-                    Some(ids) => b.add(ids),
-                    None => b.rows += p.2 as usize,
-                }
-            }
-            let ascending = |p: &(u32, u32, u32)| run(p).is_some_and(|ids| ids.windows(2).all(|w| w[0] < w[1]));
-            if b.repeats && mine.len() > 1 && mine.iter().all(ascending) {
-                // Runs that ascend but interleave: an update only if two hold the same id.
-                let mut all: Vec<i64> = mine.iter().filter_map(run).flatten().copied().collect();
-                all.sort_unstable();
-                b.repeats = all.windows(2).any(|w| w[0] == w[1]);
-            }
-        }
-        (TableSnapshot { members: Vec::new(), hot: Arc::default(), chunks, asked, offsets, places }, buffered)
-    }
-
-    /// The buffered rows of `members` (of those the snapshot was taken for): one batch per
-    /// chunk that holds any (a slice when they are one run, the chunk itself when they are
-    /// all of it).
+    /// The buffered rows of `members`: one batch per chunk that holds any (a slice when
+    /// they are one run, the chunk itself when they are all of it).
     pub fn rows(&self, members: &[MemberId]) -> Result<Vec<RecordBatch>, ArrowError> {
-        let mut places: Vec<(u32, u32, u32)> = Vec::new();
-        for member in members {
-            if let Ok(i) = self.asked.binary_search(member) {
-                places.extend_from_slice(&self.places[self.offsets[i]..self.offsets[i + 1]]);
-            }
+        let mut sorted;
+        let mut members = members;
+        if !members.is_sorted_by(|a, b| a < b) {
+            sorted = members.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            members = &sorted;
         }
-        places.sort_unstable();
-        places.dedup();
         let mut out = Vec::new();
         let mut ranges = Vec::new();
-        for same_chunk in places.chunk_by(|a, b| a.0 == b.0) {
+        for c in &self.chunks {
             ranges.clear();
-            ranges.extend(same_chunk.iter().map(|&(_, start, len)| (start as usize, len as usize)));
-            out.extend(take_ranges(&self.chunks[same_chunk[0].0 as usize].batch, &ranges)?);
+            matching_runs(&c.runs, members, |_, start, len| ranges.push((start as usize, len as usize)));
+            out.extend(take_ranges(&c.batch, &ranges)?);
         }
         Ok(out)
     }
@@ -672,13 +654,12 @@ impl Buffer {
         };
         // Counted outside the lock, from the chunks themselves: counting per member as rows
         // came (and again after every flush) was a tenth of ingest at a million members.
-        let (mut snapshot, buffered) = TableSnapshot::of_chunks(chunks, asked);
-        snapshot.members = (snapshot.asked.iter().zip(buffered).zip(files))
+        let buffered = count(&chunks, &asked);
+        let members = (asked.into_iter().zip(buffered).zip(files))
             .filter(|((_, buffered), files)| !files.is_empty() || buffered.rows > 0)
-            .map(|((member, buffered), files)| (*member, Snapshot { buffered, files }))
+            .map(|((member, buffered), files)| (member, Snapshot { buffered, files }))
             .collect();
-        snapshot.hot = hot;
-        snapshot
+        TableSnapshot { members, hot, chunks }
     }
 }
 
@@ -741,7 +722,8 @@ mod tests {
         // member 2's first id (an update).
         let mut written: Vec<(i64, i64)> = Vec::new();
         let mut id = 0;
-        for (write, (step, rows)) in [(1, 1000), (7, 300), (250, 4), (3, 10), (1, 400), (2, 10)].into_iter().enumerate() {
+        for (write, (step, rows)) in [(1, 1000), (7, 300), (250, 4), (3, 10), (1, 400), (2, 10)].into_iter().enumerate()
+        {
             let mut batch_rows = Vec::new();
             for r in 0..rows {
                 let member = 1 + (r * step) % 1000;
