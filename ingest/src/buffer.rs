@@ -19,6 +19,7 @@
 //! builders and become a chunk every few thousand rows, so they do not cost an array header
 //! each.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -245,6 +246,17 @@ pub struct TableSnapshot {
     chunks: Vec<Arc<Chunk>>,
 }
 
+/// `members` ascending, each once (borrowed as they are when they already are).
+fn ascending(members: Cow<'_, [MemberId]>) -> Cow<'_, [MemberId]> {
+    if members.is_sorted_by(|a, b| a < b) {
+        return members;
+    }
+    let mut members = members.into_owned();
+    members.sort_unstable();
+    members.dedup();
+    Cow::Owned(members)
+}
+
 /// What `chunks` (in the order they were made) buffer of each of `members` (ascending).
 fn count(chunks: &[Arc<Chunk>], members: &[MemberId]) -> Vec<Buffered> {
     let mut buffered = vec![Buffered::default(); members.len()];
@@ -281,19 +293,12 @@ impl TableSnapshot {
     /// The buffered rows of `members`: one batch per chunk that holds any (a slice when
     /// they are one run, the chunk itself when they are all of it).
     pub fn rows(&self, members: &[MemberId]) -> Result<Vec<RecordBatch>, ArrowError> {
-        let mut sorted;
-        let mut members = members;
-        if !members.is_sorted_by(|a, b| a < b) {
-            sorted = members.to_vec();
-            sorted.sort_unstable();
-            sorted.dedup();
-            members = &sorted;
-        }
+        let members = ascending(Cow::Borrowed(members));
         let mut out = Vec::new();
         let mut ranges = Vec::new();
         for c in &self.chunks {
             ranges.clear();
-            matching_runs(&c.runs, members, |_, start, len| ranges.push((start as usize, len as usize)));
+            matching_runs(&c.runs, &members, |_, start, len| ranges.push((start as usize, len as usize)));
             out.extend(take_ranges(&c.batch, &ranges)?);
         }
         Ok(out)
@@ -637,11 +642,7 @@ impl Buffer {
         dataset: &DatasetName,
         members: impl IntoIterator<Item = MemberId>,
     ) -> TableSnapshot {
-        let mut asked: Vec<MemberId> = members.into_iter().collect();
-        if !asked.windows(2).all(|w| w[0] < w[1]) {
-            asked.sort_unstable();
-            asked.dedup();
-        }
+        let asked = ascending(Cow::Owned(members.into_iter().collect())).into_owned();
         let (files, hot, chunks) = {
             let mut state = self.state();
             let Some(table) = state.tables.get_mut(&(env, dataset.clone())) else { return TableSnapshot::default() };
@@ -757,11 +758,10 @@ mod tests {
                 mine.sort_unstable();
                 assert_eq!(ids(&snapshot.rows(&[member, member]).unwrap()), mine, "member {member}");
             }
-            let all: Vec<i64> = written.iter().filter(|(m, _)| asked.contains(m)).map(|(_, id)| *id).collect();
-            let mut all = all;
+            let mut all: Vec<i64> = written.iter().filter(|(m, _)| asked.contains(m)).map(|(_, id)| *id).collect();
             all.sort_unstable();
             assert_eq!(ids(&snapshot.rows(&members).unwrap()), all);
-            assert!(snapshot.rows(&[MemberId::new(5000).unwrap()]).unwrap().is_empty(), "not asked for");
+            assert!(snapshot.rows(&[MemberId::new(5000).unwrap()]).unwrap().is_empty(), "a member without rows");
         }
     }
 
