@@ -22,8 +22,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::{
-    AgreementScope, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName, MemberVersions, Nid,
-    SecretHash, SubscriberId,
+    AgreementScope, Bearer, Catalog, CatalogError, ConId, Connection, ConnectionId, Dataset, DatasetName,
+    MemberVersions, Nid, SecretHash, SubscriberId,
 };
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -43,8 +43,6 @@ struct State {
     scopes: HashMap<(SubscriberId, ConId), (SecretHash, Arc<AgreementScope>)>,
     /// Subscriber tokens by hash, with their expiry (epoch ms).
     tokens: HashMap<String, (SubscriberId, i64)>,
-    /// The operator token's hash, once read.
-    admin_hash: Option<Option<String>>,
     /// A subscriber's connections (serving terms change only with the generation).
     subscriber_connections: HashMap<SubscriberId, Arc<Vec<Arc<Connection>>>>,
     datasets: HashMap<DatasetName, Arc<Dataset>>,
@@ -79,9 +77,16 @@ impl AuthCache {
     }
 
     /// Brings the cache to the catalog's current generation. Call once when a request
-    /// starts; the lookups after it answer as of that moment or later.
+    /// starts (or call [`AuthCache::caller`]); the lookups after it answer as of that
+    /// moment or later.
     pub async fn refresh(&self, catalog: &Catalog) -> Result<()> {
-        let generation = catalog.generation().await?;
+        drop(self.advance(catalog.generation().await?));
+        Ok(())
+    }
+
+    /// Moves the cache to `generation` if that is newer; the state, at that generation or
+    /// a newer one.
+    fn advance(&self, generation: i64) -> parking_lot::MutexGuard<'_, State> {
         let mut state = self.state();
         if generation > state.generation {
             let mut bases = std::mem::take(&mut state.bases);
@@ -92,7 +97,7 @@ impl AuthCache {
             }
             *state = State { generation, bases, ..State::default() };
         }
-        Ok(())
+        state
     }
 
     /// Reads `read` from the catalog on a miss and keeps the answer with `keep` only if the
@@ -119,24 +124,40 @@ impl AuthCache {
         }
     }
 
-    /// Whether `token` is the operator's.
-    pub async fn is_admin(&self, catalog: &Catalog, token: &str) -> Result<bool> {
-        let cached = self.state().admin_hash.clone();
-        let hash = match cached {
-            Some(h) => h,
-            None => self.fill(catalog.admin_token_hash(), |s, h| s.admin_hash = Some(h.clone())).await?,
-        };
-        Ok(hash.is_some_and(|h| SecretHash::of(token).matches(&h)))
+    /// Refreshes the cache as [`AuthCache::refresh`] does and says whose bearer token this
+    /// is. A subscriber's token is kept until it expires (or the generation moves); any
+    /// other token is looked up in the same read as the generation (`Catalog::bearer`), so
+    /// a member's call costs one read. Members' secrets are not kept: a member calls
+    /// seldom, and a million of them would crowd the cache.
+    pub async fn caller(&self, catalog: &Catalog, token: &str) -> Result<Bearer> {
+        let hash = SecretHash::of(token);
+        let now = catalog.clock().now_ms();
+        if self.cached_token(&hash, now).is_some() {
+            self.refresh(catalog).await?;
+            if let Some((id, expires_at)) = self.cached_token(&hash, now) {
+                return Ok(Bearer::Subscriber { id, expires_at });
+            }
+        }
+        let (generation, bearer) = catalog.bearer(token).await?;
+        let mut state = self.advance(generation);
+        // Kept only as of the generation it was read at (see the module docs).
+        if let Some(Bearer::Subscriber { id, expires_at }) = bearer
+            && state.generation == generation
+        {
+            state.tokens.insert(hash.0, (id, expires_at));
+        }
+        bearer.ok_or(CatalogError::Unauthenticated)
+    }
+
+    fn cached_token(&self, hash: &SecretHash, now: i64) -> Option<(SubscriberId, i64)> {
+        self.state().tokens.get(&hash.0).copied().filter(|(_, expires)| *expires > now)
     }
 
     /// The subscriber behind a bearer token, until the token expires.
     pub async fn subscriber_token(&self, catalog: &Catalog, token: &str) -> Result<SubscriberId> {
         let hash = SecretHash::of(token);
-        let now = catalog.clock().now_ms();
-        if let Some((subscriber, expires)) = self.state().tokens.get(&hash.0)
-            && *expires > now
-        {
-            return Ok(*subscriber);
+        if let Some((subscriber, _)) = self.cached_token(&hash, catalog.clock().now_ms()) {
+            return Ok(subscriber);
         }
         let (subscriber, _) = self
             .fill(catalog.subscriber_token(token), |s, found| {
@@ -374,6 +395,40 @@ mod tests {
         assert_eq!(*agreements, whole);
         assert_eq!(members(&agreements), [f.member, c.uid]);
         assert_eq!(cache.whole_reads.load(std::sync::atomic::Ordering::Relaxed), 1, "read whole once, then changes");
+    }
+
+    /// The operator, a subscriber and a member are each told apart by one read; only the
+    /// subscriber's token is kept, and only until the generation moves.
+    #[tokio::test]
+    async fn callers_are_told_apart_and_only_subscriber_tokens_are_kept() {
+        let f = fixture().await;
+        let admin = f.catalog.ensure_admin_token(None).await.unwrap().expect("a fresh catalog");
+        let (subscriber, creds) = f.catalog.create_subscriber("Caller").await.unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let token = f.catalog.issue_access_token(&creds.client_id, creds.client_secret.expose(), hour).await.unwrap();
+        let (member, secret) = f.catalog.create_member("caller").await.unwrap();
+        let cache = AuthCache::default();
+        let kept = |cache: &AuthCache| cache.state().tokens.len();
+
+        assert_eq!(cache.caller(&f.catalog, admin.expose()).await.unwrap(), Bearer::Operator);
+        assert_eq!(cache.caller(&f.catalog, secret.expose()).await.unwrap(), Bearer::Member(member.uid));
+        assert_eq!(kept(&cache), 0, "neither the operator's token nor a member's secret is kept");
+        let Bearer::Subscriber { id, .. } = cache.caller(&f.catalog, token.expose()).await.unwrap() else {
+            panic!("a subscriber's token");
+        };
+        assert_eq!(id, subscriber.id);
+        assert_eq!(kept(&cache), 1);
+        for wrong in ["wrong", creds.client_secret.expose(), f.key.as_str()] {
+            assert!(cache.caller(&f.catalog, wrong).await.is_err(), "{wrong} is nobody's bearer token");
+        }
+
+        let before = cache.state().generation;
+        f.catalog.revoke_agreement(f.member, f.connection).await.unwrap();
+        assert_eq!(cache.caller(&f.catalog, secret.expose()).await.unwrap(), Bearer::Member(member.uid));
+        assert!(cache.state().generation > before, "a member's call refreshes the cache too");
+        assert_eq!(kept(&cache), 0, "the new generation starts empty");
+        assert!(matches!(cache.caller(&f.catalog, token.expose()).await.unwrap(), Bearer::Subscriber { .. }));
+        assert_eq!(kept(&cache), 1);
     }
 
     /// A request that read an older generation does not wind the cache back to it.

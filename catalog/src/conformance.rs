@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
-    AccessAction, AccessDecision, AccessLogEntry, AgreementStatus, Catalog, CatalogError, ConnectionStatus,
+    AccessAction, AccessDecision, AccessLogEntry, AgreementStatus, Bearer, Catalog, CatalogError, ConnectionStatus,
     ConnectionTerms, DataEnvironment, Dataset, DatasetEnvironment, DatasetGrant, DatasetKind, DatasetName, ErrorKind,
     Field, FieldType, GdprDeclaration, MemberId, ParquetFile, RevisionState, Secret, SubscriberId,
 };
@@ -112,13 +112,15 @@ async fn admin_token(c: &Catalog) {
     c.ensure_admin_token(Some(&configured)).await.unwrap();
     assert!(c.authenticate_admin(configured.expose()).await.unwrap(), "TROVE_ADMIN_TOKEN wins");
     assert!(!c.authenticate_admin(first.expose()).await.unwrap());
+    assert_eq!(c.bearer(configured.expose()).await.unwrap(), (c.generation().await.unwrap(), Some(Bearer::Operator)));
+    assert_eq!(c.bearer(first.expose()).await.unwrap().1, None);
     assert!(c.is_initialized().await.unwrap());
 }
 
 async fn members_and_subscribers(c: &Catalog) {
     let (m, secret) = c.create_member("alice").await.unwrap();
-    assert_eq!(c.authenticate_member(secret.expose()).await.unwrap(), m.uid);
-    assert_eq!(kind(c.authenticate_member("wrong").await), ErrorKind::Unauthenticated);
+    assert_eq!(c.bearer(secret.expose()).await.unwrap().1, Some(Bearer::Member(m.uid)));
+    assert_eq!(c.bearer("wrong").await.unwrap().1, None);
     assert_eq!(kind(c.create_member("alice").await), ErrorKind::Conflict);
     assert_eq!(kind(c.create_member("bad name").await), ErrorKind::Invalid);
 
@@ -127,6 +129,9 @@ async fn members_and_subscribers(c: &Catalog) {
     let hour = Duration::from_secs(3600);
     let token = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), hour).await.unwrap();
     assert_eq!(c.authenticate_subscriber_token(token.expose()).await.unwrap(), s.id);
+    assert!(
+        matches!(c.bearer(token.expose()).await.unwrap().1, Some(Bearer::Subscriber { id, expires_at }) if id == s.id && expires_at > 0)
+    );
     assert_eq!(kind(c.issue_access_token(&creds.client_id, "wrong", hour).await), ErrorKind::Unauthenticated);
     assert_eq!(
         kind(c.issue_access_token("nobody", creds.client_secret.expose(), hour).await),
@@ -134,6 +139,8 @@ async fn members_and_subscribers(c: &Catalog) {
     );
     let expired = c.issue_access_token(&creds.client_id, creds.client_secret.expose(), Duration::ZERO).await.unwrap();
     assert_eq!(kind(c.authenticate_subscriber_token(expired.expose()).await), ErrorKind::Unauthenticated);
+    assert_eq!(c.bearer(expired.expose()).await.unwrap().1, None);
+    assert_eq!(c.bearer(creds.client_secret.expose()).await.unwrap().1, None);
     assert_eq!(c.authenticate_api_key(creds.api_key.expose()).await.unwrap(), s.id);
     assert_eq!(kind(c.authenticate_api_key(creds.client_secret.expose()).await), ErrorKind::Unauthenticated);
 }
@@ -271,7 +278,7 @@ async fn bulk_members_and_agreements(c: &Catalog) {
     let created = c.create_members(&names).await.unwrap();
     assert_eq!(created.iter().map(|(m, _)| m.mydexid.as_str()).collect::<Vec<_>>(), names, "in the order given");
     for (m, secret) in [&created[0], &created[1_234], &created[2_499]] {
-        assert_eq!(c.authenticate_member(secret.expose()).await.unwrap(), m.uid);
+        assert_eq!(c.bearer(secret.expose()).await.unwrap().1, Some(Bearer::Member(m.uid)));
     }
     let before = c.members().await.unwrap().len();
     for refused in [vec!["fresh1".to_owned(), "bulk7".to_owned()], vec!["twice".to_owned(), "twice".to_owned()]] {

@@ -44,7 +44,7 @@ pub use builtin::{DEFAULT_EVENT_TIME_FIELD, datasets as builtin_datasets};
 pub use error::{CatalogError, ErrorKind};
 pub use model::*;
 pub use secret::{Secret, SecretHash};
-pub use store::accounts::SubscriberCredentials;
+pub use store::accounts::{Bearer, SubscriberCredentials};
 pub use store::manifest::{IdempotentWrite, ManifestChanges};
 pub use store::{AccessEvent, Backend, Catalog, normalize_terms};
 

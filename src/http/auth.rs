@@ -7,7 +7,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use std::sync::Arc;
 
-use catalog::{ConId, Connection, ConnectionId, MemberId, SubscriberId};
+use catalog::{Bearer, ConId, Connection, ConnectionId, MemberId, SubscriberId};
 
 use super::error::ApiError;
 use crate::AppState;
@@ -55,16 +55,12 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
-        let (catalog, cache) = (&state.catalog, &state.auth_cache);
         // The request starts here: everything it is allowed is decided as of now.
-        cache.refresh(catalog).await?;
-        if cache.is_admin(catalog, token).await? {
-            return Ok(Principal::Operator);
-        }
-        if let Ok(s) = cache.subscriber_token(catalog, token).await {
-            return Ok(Principal::Subscriber(s));
-        }
-        Ok(Principal::Member(catalog.authenticate_member(token).await?))
+        Ok(match state.auth_cache.caller(&state.catalog, token).await? {
+            Bearer::Operator => Principal::Operator,
+            Bearer::Subscriber { id, .. } => Principal::Subscriber(id),
+            Bearer::Member(uid) => Principal::Member(uid),
+        })
     }
 }
 

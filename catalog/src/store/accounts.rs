@@ -36,6 +36,18 @@ fn subscriber_from_row(row: &AnyRow) -> Result<Subscriber> {
     })
 }
 
+/// Whose a bearer token is: see [`Catalog::bearer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bearer {
+    Operator,
+    /// A subscriber's access token, valid until `expires_at` (epoch ms).
+    Subscriber {
+        id: SubscriberId,
+        expires_at: i64,
+    },
+    Member(MemberId),
+}
+
 /// Mydex usernames: short, printable, no spaces.
 fn check_mydexid(s: &str) -> Result<()> {
     let ok = !s.is_empty()
@@ -105,20 +117,46 @@ impl Catalog {
         rows.iter().map(member_from_row).collect()
     }
 
-    /// Resolves a member secret to its member. Any wrong secret is the same
-    /// `Unauthenticated`, so the answer never says whether a member exists.
-    pub async fn authenticate_member(&self, secret: &str) -> Result<MemberId> {
-        let hash = SecretHash::of(secret);
-        let row = sqlx::query("SELECT uid, secret_hash FROM members WHERE secret_hash = $1")
-            .bind(&hash.0)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(CatalogError::Unauthenticated)?;
-        let stored: String = row.try_get("secret_hash")?;
-        if !hash.matches(&stored) {
-            return Err(CatalogError::Unauthenticated);
+    /// Whose bearer token this is, if anyone's, with the authorization generation it was
+    /// read at: the one read a request starts from (`AuthCache::caller`). The operator's
+    /// token, a subscriber's unexpired access token or a member's secret are looked up
+    /// together, so a member's call does not pay one lookup per kind of caller first. A
+    /// wrong token is the same `None` whatever it resembles, so the answer never says
+    /// whether a member exists.
+    pub async fn bearer(&self, token: &str) -> Result<(i64, Option<Bearer>)> {
+        let hash = SecretHash::of(token);
+        let row = sqlx::query(
+            "SELECT c.value AS generation, b.kind, b.id, b.hash, b.expires_at FROM counters c LEFT JOIN ( \
+               SELECT CAST(0 AS BIGINT) AS kind, CAST(0 AS BIGINT) AS id, value AS hash, \
+                      CAST(0 AS BIGINT) AS expires_at \
+                 FROM settings WHERE name = 'admin_token_hash' AND value = $1 \
+               UNION ALL SELECT 1, subscriber_id, token_hash, expires_at FROM access_tokens \
+                 WHERE token_hash = $1 AND expires_at > $2 \
+               UNION ALL SELECT 2, uid, secret_hash, 0 FROM members WHERE secret_hash = $1 \
+               ORDER BY kind LIMIT 1) b ON 1 = 1 \
+             WHERE c.name = 'generation'",
+        )
+        .bind(&hash.0)
+        .bind(self.clock.now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        let generation = row.try_get("generation")?;
+        let Some(kind) = row.try_get::<Option<i64>, _>("kind")? else {
+            return Ok((generation, None));
+        };
+        if !hash.matches(&row.try_get::<String, _>("hash")?) {
+            return Ok((generation, None));
         }
-        MemberId::new(row.try_get("uid")?).map_err(CatalogError::corrupt)
+        let id: i64 = row.try_get("id")?;
+        let bearer = match kind {
+            0 => Bearer::Operator,
+            1 => Bearer::Subscriber {
+                id: SubscriberId::new(id).map_err(CatalogError::corrupt)?,
+                expires_at: row.try_get("expires_at")?,
+            },
+            _ => Bearer::Member(MemberId::new(id).map_err(CatalogError::corrupt)?),
+        };
+        Ok((generation, Some(bearer)))
     }
 
     /// Creates a subscriber with its OAuth2 client credentials and `api_key`.

@@ -72,6 +72,9 @@ impl Catalog {
                 // and `busy_timeout` queues writers instead of failing them.
                 AnyPoolOptions::new()
                     .max_connections(8)
+                    // An embedded database cannot hang up: sqlx's ping before every
+                    // acquire only cost a round trip to the connection's thread per query.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // A page cache of 64 MiB (allocated as used) and statement
@@ -156,13 +159,8 @@ impl Catalog {
 
     /// Checks an operator bearer token.
     pub async fn authenticate_admin(&self, token: &str) -> Result<bool> {
-        let stored = self.admin_token_hash().await?;
+        let stored = self.setting("admin_token_hash").await?;
         Ok(stored.is_some_and(|s| SecretHash::of(token).matches(&s)))
-    }
-
-    /// The hash of the operator token.
-    pub async fn admin_token_hash(&self) -> Result<Option<String>> {
-        self.setting("admin_token_hash").await
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>> {

@@ -90,7 +90,11 @@ pub async fn run(config: LoadConfig) -> Result<Report, Error> {
     };
     let base = config.url.trim_end_matches('/').to_owned();
     let client = Client::builder()
-        .pool_max_idle_per_host(config.connections as usize + config.readers as usize)
+        // Every connection a phase keeps busy stays open for the next request: a pool
+        // smaller than the setup's approvals in flight closed most of their connections
+        // after each approval, and a new one per approval cost the server as much as the
+        // approval itself.
+        .pool_max_idle_per_host((config.connections as usize + config.readers as usize).max(setup::APPROVALS_IN_FLIGHT))
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(120))
         .build()

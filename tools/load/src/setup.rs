@@ -35,6 +35,10 @@ pub(crate) struct SetupMember {
 /// Members created by one bulk call (the server takes up to 100,000).
 const MEMBERS_PER_CALL: usize = 50_000;
 
+/// Members approving at once during setup (each approval waits for a catalog commit, and
+/// approvals that wait together commit together).
+pub(crate) const APPROVALS_IN_FLIGHT: usize = 16;
+
 /// The text of a successful answer to `req` (`what` names it in errors).
 async fn answer(req: reqwest::RequestBuilder, what: &str) -> Result<String, Error> {
     let resp = req.send().await.map_err(|e| Error::Api(format!("{what}: {e}")))?;
@@ -193,7 +197,7 @@ pub(crate) async fn setup(
                 Ok::<_, Error>(SetupMember { uid, con_id, key })
             }
         })
-        .buffered(16)
+        .buffered(APPROVALS_IN_FLIGHT)
         .try_collect()
         .await?;
     eprintln!(
