@@ -198,6 +198,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, Error> {
         ack_ms: result.latencies.summary(),
         refused: result.refused,
         retried: result.retried,
+        given_up: result.given_up,
         failed: result.failed,
         errors: result.errors,
         server: server_report,
@@ -272,6 +273,7 @@ struct Counters {
     requests: AtomicU64,
     refused: AtomicU64,
     retried: AtomicU64,
+    given_up: AtomicU64,
     failed: AtomicU64,
     errors: Mutex<Vec<String>>,
     recent: Mutex<Latencies>,
@@ -294,6 +296,7 @@ struct Driven {
     requests: u64,
     refused: u64,
     retried: u64,
+    given_up: u64,
     failed: u64,
     errors: Vec<String>,
     latencies: Latencies,
@@ -332,6 +335,7 @@ impl Sender {
             requests: c.requests.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
+            given_up: c.given_up.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             errors: c.errors.lock().expect("errors lock").clone(),
             latencies,
@@ -402,11 +406,18 @@ impl Sender {
                         let pause = retry_after(&resp);
                         let _ = resp.bytes().await;
                         waited += pause;
-                        if waited > MAX_RETRY_WAIT || deadline.is_some_and(|d| Instant::now() + pause >= d) {
-                            c.failed.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            tokio::time::sleep(pause).await;
-                            continue;
+                        match after_refusal(waited, Instant::now() + pause, deadline) {
+                            AfterRefusal::Retry => {
+                                tokio::time::sleep(pause).await;
+                                continue;
+                            }
+                            AfterRefusal::GiveUp => {
+                                c.given_up.fetch_add(1, Ordering::Relaxed);
+                            }
+                            AfterRefusal::Fail => {
+                                c.failed.fetch_add(1, Ordering::Relaxed);
+                                c.error(format!("a batch still refused after {} s of waiting", waited.as_secs()));
+                            }
                         }
                     }
                     Ok(resp) => {
@@ -424,6 +435,30 @@ impl Sender {
             }
         }
         latencies
+    }
+}
+
+/// What a sender does with a refused batch (429 or 503 with `Retry-After`).
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRefusal {
+    /// Send it again once the wait the server asked for is over.
+    Retry,
+    /// The run ends before that wait does: the batch is not stored, and that is no
+    /// failure, since the server answered as it should under overload.
+    GiveUp,
+    /// Refused for longer than a batch waits in all: the server is not recovering.
+    Fail,
+}
+
+/// `waited`: the waits the server asked for this batch so far, the latest included;
+/// `resend`: when the latest wait ends; `deadline`: the end of a timed run.
+fn after_refusal(waited: Duration, resend: Instant, deadline: Option<Instant>) -> AfterRefusal {
+    if waited > MAX_RETRY_WAIT {
+        AfterRefusal::Fail
+    } else if deadline.is_some_and(|d| resend >= d) {
+        AfterRefusal::GiveUp
+    } else {
+        AfterRefusal::Retry
     }
 }
 
@@ -613,4 +648,22 @@ async fn read_loop(api: Api, setup: Arc<Setup>, door: &'static str, stop: Arc<At
         }
     }
     (latencies, failed, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_batch_is_retried_until_the_run_ends_and_fails_only_past_the_longest_wait() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let end = Some(now + 10 * second);
+        assert_eq!(after_refusal(second, now + second, end), AfterRefusal::Retry);
+        assert_eq!(after_refusal(second, now + second, None), AfterRefusal::Retry, "a run of so many rows");
+        assert_eq!(after_refusal(5 * second, now + 10 * second, end), AfterRefusal::GiveUp, "the wait reaches the end");
+        assert_eq!(after_refusal(MAX_RETRY_WAIT, now + second, None), AfterRefusal::Retry);
+        assert_eq!(after_refusal(MAX_RETRY_WAIT + second, now + second, None), AfterRefusal::Fail);
+        assert_eq!(after_refusal(MAX_RETRY_WAIT + second, now + 10 * second, end), AfterRefusal::Fail);
+    }
 }

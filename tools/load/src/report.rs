@@ -106,8 +106,11 @@ pub struct Report {
     pub(crate) refused: u64,
     /// Batches that were sent again after a refusal (and then stored once).
     pub(crate) retried: u64,
-    /// Batches that were not stored: any other answer, a transport error, or still refused
-    /// when the run ended.
+    /// Batches still refused when the run ended (the wait the server asked for went past
+    /// it): not stored, and not a failure.
+    pub(crate) given_up: u64,
+    /// Batches that were not stored: any other answer, a transport error, or refusals for
+    /// longer than a batch waits.
     pub(crate) failed: u64,
     pub(crate) errors: Vec<String>,
     pub(crate) server: Option<ServerReport>,
@@ -139,7 +142,10 @@ impl Report {
             self.ack_ms.p999,
             self.ack_ms.max
         );
-        println!("  refused {}, retried {}, failed {}", self.refused, self.retried, self.failed);
+        println!(
+            "  refused {}, retried {}, given up at the end {}, failed {}",
+            self.refused, self.retried, self.given_up, self.failed
+        );
         for e in &self.errors {
             println!("  error: {e}");
         }
