@@ -22,7 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::error::CatalogError;
-use crate::secret::{Secret, SecretHash};
+use crate::secret::Secret;
 use crate::time::{Clock, SystemClock};
 
 pub use connections::normalize_terms;
@@ -155,12 +155,6 @@ impl Catalog {
         // Insert-if-absent: of several nodes starting together exactly one token wins.
         let inserted = self.put_setting("admin_token_hash", &fresh.hash().0, false).await?;
         Ok(inserted.then_some(fresh))
-    }
-
-    /// Checks an operator bearer token.
-    pub async fn authenticate_admin(&self, token: &str) -> Result<bool> {
-        let stored = self.setting("admin_token_hash").await?;
-        Ok(stored.is_some_and(|s| SecretHash::of(token).matches(&s)))
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>> {
