@@ -3,7 +3,8 @@
 # `trove-load` (core 0) creating MEMBERS members through the operator's bulk path, then each
 # member approving the loaded connection through the API with its own secret (16 in flight).
 # Prints the load generator's setup lines (members created, then everything approved) and
-# the server's CPU time over the whole setup (a second per 1,000 members is 1 ms each).
+# the server's CPU time over the whole setup (a second per 1,000 members is 1 ms each) and
+# its resident memory when setup is done (what an ingest run after it starts from).
 #
 #   benches/approvals.sh [MEMBERS]   default 100,000; TROVE_SWEEP_BIN_DIR for an A/B
 set -euo pipefail
@@ -19,4 +20,5 @@ wait_healthy
 "${client[@]}" "$bin/trove-load" --url "http://127.0.0.1:$port" --members "$members" --rows 1 \
   > "$work/run.out" 2> "$work/setup.err"
 awk '{ print "server CPU: " ($14 + $15) / 100 " s" }' "/proc/$pid/stat"  # utime + stime, in ticks of 10 ms
+awk '$1 == "VmRSS:" { r = $2 } $1 == "VmHWM:" { h = $2 } END { printf "server RSS: %d MiB (peak %d MiB)\n", r / 1024, h / 1024 }' "/proc/$pid/status"
 grep '^setup:' "$work/setup.err" | grep -v 'agreements$'
