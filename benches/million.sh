@@ -14,7 +14,8 @@
 # the member count (e.g. 100, the flatness baseline); TROVE_SWEEP_BIN_DIR runs binaries
 # built elsewhere (an A/B). TROVE_MILLION_CHURN=S makes one more member revoke or approve
 # its agreement with the loaded connection every S seconds during the run (members consent
-# all day; each change is a new authorization generation).
+# all day; each change is a new authorization generation). Extra `trove serve` flags go in
+# TROVE_MILLION_SERVE_FLAGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -37,8 +38,9 @@ if [ ! -f "$seed/setup.json" ]; then
   mv "$seed/setup.json.part" "$seed/setup.json"
 fi
 cp -a "$seed/data" "$work/data"
+# shellcheck disable=SC2086
 "${server[@]}" "$bin/trove" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --flush-age 10s \
-  > "$work/serve.log" 2>&1 &
+  ${TROVE_MILLION_SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
 pid=$!
 wait_healthy
 (t=0; while kill -0 $pid 2>/dev/null; do
