@@ -144,6 +144,10 @@ pub fn ingest_config(storage: &StorageConfig, args: &IngestArgs) -> IngestConfig
         compact_interval: args.compact_interval,
         inflight_bytes: args.ingest_inflight_bytes,
         max_rows_per_write: args.max_ingest_rows,
+        memory_limit: Some(
+            args.memory_limit
+                .unwrap_or(args.buffer_bytes.saturating_add(args.ingest_inflight_bytes).saturating_add(512 << 20)),
+        ),
     }
 }
 

@@ -283,6 +283,7 @@ async fn seed() -> (QueryEngine, ReadScope, Vec<TableScope>) {
         compact_interval: Duration::from_secs(86_400),
         inflight_bytes: 64 << 20,
         max_rows_per_write: 1_000_000,
+        memory_limit: None,
     };
     let objects: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let ingester = Ingester::open(config, catalog.clone(), objects.clone()).await.expect("an ingester");

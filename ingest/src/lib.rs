@@ -49,6 +49,8 @@
 //!   period, so the store holds exactly what the manifest names.
 //! - `background`: flush and compaction work in short jobs, at most half the cores at once, at
 //!   low priority unless a buffer is above its soft limit.
+//! - `resident`: the process's resident memory, which writes are refused on past its limit
+//!   while the buffer is above its soft limit (the allocator's share the buffer cannot see).
 //! - [`writelog`]: bulk writes in the access log, aggregated per minute, counted from the WAL
 //!   segments as they move to the catalog.
 
@@ -63,6 +65,7 @@ pub mod idempotency;
 mod ingester;
 pub mod partition;
 pub mod persist;
+mod resident;
 pub mod schema;
 pub mod validate;
 pub mod wal;

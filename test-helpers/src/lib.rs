@@ -137,6 +137,10 @@ pub struct TestConfig {
     /// At most this much of a dataset's buffer goes into one flush's file.
     pub flush_bytes: usize,
     pub ingest_inflight_bytes: usize,
+    /// Resident memory past which writes are refused while the buffer is above half full
+    /// (`IngestConfig::memory_limit`; none by default: a test process's memory is not the
+    /// server's alone).
+    pub memory_limit: Option<usize>,
     pub query: query::QueryConfig,
     /// Members of the demo fixture (uids 1..N).
     pub members: u32,
@@ -155,6 +159,7 @@ impl TestConfig {
             buffer_bytes: 256 << 20,
             flush_bytes: 8 << 20,
             ingest_inflight_bytes: 256 << 20,
+            memory_limit: None,
             query: query::QueryConfig::default(),
             members: 10,
             body: Default::default(),
@@ -210,6 +215,7 @@ impl TestServer {
             compact_interval: Duration::from_secs(3600),
             inflight_bytes: config.ingest_inflight_bytes,
             max_rows_per_write: 1_000_000,
+            memory_limit: config.memory_limit,
         };
         let ingester = Ingester::open(ingest, catalog.clone(), objects.clone()).await.expect("ingester");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

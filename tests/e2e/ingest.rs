@@ -358,6 +358,48 @@ async fn overload_is_refused_with_retry_after_and_accepted_rows_stay() {
 }
 
 #[tokio::test]
+async fn writes_yield_once_the_buffer_is_half_full_and_the_process_over_its_memory_limit() {
+    const BUFFER: usize = 1 << 20;
+    let mut config = TestConfig::new(Store::Sqlite);
+    config.buffer_bytes = BUFFER;
+    // Every process holds more than a byte: past half its budget the buffer must yield.
+    config.memory_limit = Some(1);
+    let s = TestServer::start(config).await;
+    let mut accepted = 0;
+    let write = |i: i64| {
+        let rows = readings(200, 9, now_secs() - 400 * 86_400 + i * 200 * 900);
+        s.ingest_request(ENERGY, "application/x-ndjson", ndjson(&rows)).send()
+    };
+    let mut refused_at = None;
+    for i in 0..500 {
+        let resp = write(i).await.unwrap();
+        match resp.status() {
+            StatusCode::OK => accepted += resp.json::<Value>().await.unwrap()["accepted"].as_i64().unwrap(),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(resp.headers().contains_key("retry-after"), "429 carries Retry-After");
+                refused_at = Some(s.ingester.buffer().bytes());
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let buffered = refused_at.expect("writes are refused once the buffer is half full");
+    assert!(accepted > 0, "below half its budget the buffer takes writes whatever the process holds");
+    assert!(
+        (BUFFER / 2..BUFFER).contains(&buffered),
+        "refused for memory, not for a full buffer: {buffered} bytes buffered"
+    );
+    // Once flushed, the buffer takes writes again.
+    s.flush().await;
+    let again = write(100).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    accepted += again.json::<Value>().await.unwrap()["accepted"].as_i64().unwrap();
+    let (catalog, objects, _dir) = s.stop().await;
+    let stored: usize = by_member(&stored_rows(&catalog, &objects).await).values().map(Vec::len).sum();
+    assert_eq!(stored as i64, accepted, "every accepted row is stored");
+}
+
+#[tokio::test]
 async fn idempotency_keys_answer_retries_once() {
     let s = TestServer::spawn(Store::Sqlite).await;
     let send = |key: &'static str, body: Vec<u8>| {

@@ -280,6 +280,7 @@ async fn files_another_node_flushes_and_compacts_are_read() {
         compact_interval: Duration::from_secs(3600),
         inflight_bytes: 64 << 20,
         max_rows_per_write: 1_000_000,
+        memory_limit: None,
     };
     let node2 = ingest::Ingester::open(config, s.catalog.clone(), s.objects.clone()).await.unwrap();
     let dataset = std::sync::Arc::new(s.catalog.dataset(&E.parse().unwrap()).await.unwrap());

@@ -32,6 +32,7 @@ impl Ingester {
                 let buffered = self.buffer.bytes();
                 self.pressure.set(buffered >= self.config.buffer_soft_bytes);
                 metrics::gauge!("trove_ingest_buffer_bytes").set(buffered as f64);
+                metrics::gauge!("trove_process_resident_bytes").set(self.resident.bytes() as f64);
                 metrics::gauge!("trove_ingest_files").set(self.buffer.file_count() as f64);
             };
             if std::panic::AssertUnwindSafe(round).catch_unwind().await.is_err() {

@@ -65,6 +65,9 @@ pub struct IngestConfig {
     pub inflight_bytes: usize,
     /// Most rows in one write (413 past it).
     pub max_rows_per_write: usize,
+    /// Resident memory of the whole process above which writes are refused (429) while the
+    /// buffer is above its soft limit; `None`: only the buffer's own limits apply.
+    pub memory_limit: Option<usize>,
 }
 
 /// The write path. Cheap to share (`Arc`).
@@ -96,6 +99,7 @@ pub struct Ingester {
     /// Whether the buffer is above its soft limit: then background work runs at normal
     /// priority, below it at low priority (see `background`).
     pressure: crate::background::Pressure,
+    resident: crate::resident::Resident,
     stop: tokio::sync::watch::Sender<bool>,
     /// The flusher's and the compactor's tasks.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -144,6 +148,7 @@ impl Ingester {
             auth,
             compactor: crate::compact::Compactor::new(config.compaction.clone()),
             pressure: Default::default(),
+            resident: crate::resident::Resident::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
@@ -170,10 +175,19 @@ impl Ingester {
     /// Refuses new writes while the buffer is over its hard limit, before a body is read:
     /// 429 when flushing is merely behind, 503 when object storage is failing. Until then
     /// writes keep being acknowledged into the WAL while storage is down.
+    ///
+    /// Also 429 while the buffer is above its soft limit and the process's resident memory
+    /// is above [`IngestConfig::memory_limit`]: the buffer then yields what the rest of the
+    /// process (the allocator's freed pages among it) took beyond its share. Below the soft
+    /// limit the buffer is never refused for memory it does not hold.
     pub fn admit(&self) -> Result<(), IngestError> {
         let buffered = self.buffer.bytes();
-        self.pressure.set(buffered >= self.config.buffer_soft_bytes);
-        if buffered < self.config.buffer_bytes {
+        let pressed = buffered >= self.config.buffer_soft_bytes;
+        self.pressure.set(pressed);
+        let full = buffered >= self.config.buffer_bytes;
+        let over_memory =
+            pressed && !full && self.config.memory_limit.is_some_and(|limit| self.resident.bytes() > limit);
+        if !full && !over_memory {
             return Ok(());
         }
         if self.storage_failing.load(Ordering::Relaxed) {
@@ -182,7 +196,8 @@ impl Ingester {
                 "object storage is failing; rows are safe in the WAL, retry later".into(),
             ));
         }
-        metrics::counter!("trove_ingest_refusals_total", "reason" => "buffer_full").increment(1);
+        let reason = if full { "buffer_full" } else { "memory" };
+        metrics::counter!("trove_ingest_refusals_total", "reason" => reason).increment(1);
         Err(IngestError::Overloaded { retry_after_secs: 1 })
     }
 
