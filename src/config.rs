@@ -258,9 +258,10 @@ pub struct IngestArgs {
     #[arg(long, env = "TROVE_INGEST_INFLIGHT_BYTES", default_value_t = 256 << 20)]
     pub ingest_inflight_bytes: usize,
 
-    /// Resident memory of the whole process, in bytes, above which writes get 429 with
-    /// `Retry-After` while the buffer is above half its limit (the allocator keeps freed
-    /// pages for a while, which the buffer's own count cannot see). Default: `--buffer-bytes`
+    /// Resident memory of the process in bytes, less what the read side holds and counts
+    /// itself (its file cache, running queries), above which writes get 429 with
+    /// `Retry-After` while the buffer is above half its limit: the allocator keeps freed
+    /// pages for a while, which the buffer's own count cannot see. Default: `--buffer-bytes`
     /// + `--ingest-inflight-bytes` + 512 MiB.
     #[arg(long, env = "TROVE_MEMORY_LIMIT")]
     pub memory_limit: Option<usize>,

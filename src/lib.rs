@@ -186,6 +186,10 @@ pub fn app(
     let query = Arc::new(
         query::QueryEngine::new(query, ingester.buffer().clone(), store).map_err(|e| Error::Config(e.to_string()))?,
     );
+    ingester.count_memory_elsewhere({
+        let query = query.clone();
+        move || query.memory_held()
+    });
     Ok(http::router(AppState {
         catalog,
         auth_cache: ingester.auth_cache(),

@@ -4,6 +4,7 @@
 //! can still be hundreds of MiB over what the operator planned for. Reading what the
 //! kernel counts bounds that too.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,19 +12,44 @@ use std::time::{Duration, Instant};
 /// is read, and reading `/proc` costs a few microseconds.
 const FRESH_FOR: Duration = Duration::from_millis(10);
 
+/// What other parts of the process hold and count themselves, in bytes.
+pub(crate) type HeldElsewhere = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// The last reading of the process's resident bytes, read again when it is older than
 /// [`FRESH_FOR`]. Zero where the system does not tell (outside Linux): then nothing is refused.
-#[derive(Debug)]
 pub(crate) struct Resident {
     start: Instant,
     /// When the last reading was taken, in ms since `start`.
     read_at: AtomicU64,
     bytes: AtomicUsize,
+    elsewhere: OnceLock<HeldElsewhere>,
+}
+
+impl std::fmt::Debug for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resident").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
 }
 
 impl Resident {
     pub(crate) fn new() -> Self {
-        Resident { start: Instant::now(), read_at: AtomicU64::new(0), bytes: AtomicUsize::new(read()) }
+        Resident {
+            start: Instant::now(),
+            read_at: AtomicU64::new(0),
+            bytes: AtomicUsize::new(read()),
+            elsewhere: OnceLock::new(),
+        }
+    }
+
+    /// Counts what `held` says out of [`Resident::own_bytes`] from now on (the first one
+    /// set stays).
+    pub(crate) fn held_elsewhere(&self, held: HeldElsewhere) {
+        let _ = self.elsewhere.set(held);
+    }
+
+    /// Resident bytes less what other parts of the process hold and count themselves.
+    pub(crate) fn own_bytes(&self) -> usize {
+        self.bytes().saturating_sub(self.elsewhere.get().map_or(0, |held| held()))
     }
 
     /// Resident bytes, at most [`FRESH_FOR`] old; one caller at a time reads them again.
@@ -59,6 +85,9 @@ mod tests {
         std::thread::sleep(FRESH_FOR * 2);
         let during = resident.bytes();
         assert!(during >= before + (200 << 20), "{before} then {during}");
+        // What another part of the process counts itself is left out.
+        resident.held_elsewhere(Box::new(|| 256 << 20));
+        assert!(resident.own_bytes() <= during - (256 << 20) + (16 << 20));
         drop(held);
     }
 }

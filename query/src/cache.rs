@@ -67,6 +67,11 @@ pub struct FileCache {
 }
 
 impl FileCache {
+    /// Bytes the cached entries hold (as their weights count them).
+    pub fn bytes(&self) -> usize {
+        self.entries.weighted_size() as usize
+    }
+
     pub fn new(limit: usize) -> FileCache {
         // Least recently used out, as a file cache read by repeated queries wants; moka's
         // weights are u32, and no entry over the limit is kept, so the cap only matters for

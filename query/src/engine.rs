@@ -152,6 +152,12 @@ impl QueryEngine {
         &self.config
     }
 
+    /// Memory the read side holds now and counts itself: decoded files in the cache and
+    /// what running queries have reserved (the write path's memory guard leaves it out).
+    pub fn memory_held(&self) -> usize {
+        self.sources.cache.bytes() + self.runtime.memory_pool.reserved()
+    }
+
     /// Slots for one of `subscriber`'s queries (either read door), held until its answer is
     /// sent: past the subscriber's cap 429 ([`QueryError::Busy`]), past the server's 503.
     pub fn admit(&self, subscriber: SubscriberId) -> Result<Admission, QueryError> {

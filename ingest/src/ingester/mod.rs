@@ -65,7 +65,8 @@ pub struct IngestConfig {
     pub inflight_bytes: usize,
     /// Most rows in one write (413 past it).
     pub max_rows_per_write: usize,
-    /// Resident memory of the whole process above which writes are refused (429) while the
+    /// Resident memory of the process, less what the read side holds and counts itself
+    /// ([`Ingester::count_memory_elsewhere`]), above which writes are refused (429) while the
     /// buffer is above its soft limit; `None`: only the buffer's own limits apply.
     pub memory_limit: Option<usize>,
 }
@@ -186,7 +187,7 @@ impl Ingester {
         self.pressure.set(pressed);
         let full = buffered >= self.config.buffer_bytes;
         let over_memory =
-            pressed && !full && self.config.memory_limit.is_some_and(|limit| self.resident.bytes() > limit);
+            pressed && !full && self.config.memory_limit.is_some_and(|limit| self.resident.own_bytes() > limit);
         if !full && !over_memory {
             return Ok(());
         }
@@ -199,6 +200,13 @@ impl Ingester {
         let reason = if full { "buffer_full" } else { "memory" };
         metrics::counter!("trove_ingest_refusals_total", "reason" => reason).increment(1);
         Err(IngestError::Overloaded { retry_after_secs: 1 })
+    }
+
+    /// Tells the memory guard ([`IngestConfig::memory_limit`]) what other parts of the
+    /// process hold and count themselves (the read side's file cache and running queries):
+    /// it is left out of the resident memory compared with the limit.
+    pub fn count_memory_elsewhere(&self, held: impl Fn() -> usize + Send + Sync + 'static) {
+        self.resident.held_elsewhere(Box::new(held));
     }
 
     /// A share of `bytes` of the in-flight budget for a write about to read its body (its
