@@ -259,8 +259,9 @@ pub struct IngestArgs {
     pub ingest_inflight_bytes: usize,
 
     /// Resident memory of the process in bytes, less what the read side holds and counts
-    /// itself (its file cache, running queries), above which writes get 429 with
-    /// `Retry-After` while the buffer is above half its limit: the allocator keeps freed
+    /// itself (its file cache, running queries), that writes keep below: above it less
+    /// `--flush-bytes` (what a flush under way may still add), writes get 429 with
+    /// `Retry-After` while the buffer is above half its limit. The allocator keeps freed
     /// pages for a while, which the buffer's own count cannot see. Default: `--buffer-bytes`
     /// + `--ingest-inflight-bytes` + 512 MiB.
     #[arg(long, env = "TROVE_MEMORY_LIMIT")]

@@ -66,8 +66,9 @@ pub struct IngestConfig {
     /// Most rows in one write (413 past it).
     pub max_rows_per_write: usize,
     /// Resident memory of the process, less what the read side holds and counts itself
-    /// ([`Ingester::count_memory_elsewhere`]), above which writes are refused (429) while the
-    /// buffer is above its soft limit; `None`: only the buffer's own limits apply.
+    /// ([`Ingester::count_memory_elsewhere`]), that writes keep below: above it less
+    /// `flush_bytes` (what a flush under way may still add), writes are refused (429) while
+    /// the buffer is above its soft limit; `None`: only the buffer's own limits apply.
     pub memory_limit: Option<usize>,
 }
 
@@ -178,16 +179,23 @@ impl Ingester {
     /// writes keep being acknowledged into the WAL while storage is down.
     ///
     /// Also 429 while the buffer is above its soft limit and the process's resident memory
-    /// is above [`IngestConfig::memory_limit`]: the buffer then yields what the rest of the
-    /// process (the allocator's freed pages among it) took beyond its share. Below the soft
-    /// limit the buffer is never refused for memory it does not hold.
+    /// is above [`IngestConfig::memory_limit`] less one flush's bytes: the buffer then
+    /// yields what the rest of the process (the allocator's freed pages among it) took
+    /// beyond its share. Below the soft limit the buffer is never refused for memory it does
+    /// not hold.
     pub fn admit(&self) -> Result<(), IngestError> {
         let buffered = self.buffer.bytes();
         let pressed = buffered >= self.config.buffer_soft_bytes;
         self.pressure.set(pressed);
         let full = buffered >= self.config.buffer_bytes;
-        let over_memory =
-            pressed && !full && self.config.memory_limit.is_some_and(|limit| self.resident.own_bytes() > limit);
+        // A flush under way still sorts and encodes up to `flush_bytes` outside the buffer,
+        // whatever is refused now: the limit keeps room for it.
+        let over_memory = pressed
+            && !full
+            && self
+                .config
+                .memory_limit
+                .is_some_and(|limit| self.resident.own_bytes() + self.config.flush_bytes > limit);
         if !full && !over_memory {
             return Ok(());
         }
