@@ -86,8 +86,8 @@ impl Catalog {
                             // The soft heap limit, 128 MiB, bounds SQLite's memory in the whole
                             // process (its share of the per-member state the memory budget
                             // allows beside the ingest buffers): past it, caches recycle their
-                            // own pages instead of growing. Eight full caches over a catalog of
-                            // a million members held 375 MiB.
+                            // own pages instead of growing (eight caches of up to 64 MiB could
+                            // hold 512 MiB).
                             conn.execute(
                                 "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; \
                                  PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; \
